@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `cleanse bench`: training and inference images/s of the same CIFAR
+ResNet-18 (3x3 stem, no max-pool, BasicBlocks [2,2,2,2], width multiplier) on random 32x32 data,
+SGD momentum 0.9, weight decay 5e-4, on the CPU. Run by hand, not in CI:
+
+    python3 bench/pytorch_resnet18.py --width 64 --batch-size 128 --steps 5 --warmup 2 --threads 2
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, width=64, num_classes=10):
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(3, w, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        chans = [(w, w, 1), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 8 * w, 2)]
+        self.layers = nn.Sequential(*[nn.Sequential(BasicBlock(i, o, s), BasicBlock(o, o, 1)) for i, o, s in chans])
+        self.fc = nn.Linear(8 * w, num_classes)
+
+    def forward(self, x):
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = ResNet18(a.width)
+    print("parameters:", sum(p.numel() for p in model.parameters()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.rand(a.batch_size, 3, 32, 32)
+    y = torch.randint(0, 10, (a.batch_size,))
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    model.train()
+    for _ in range(a.warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    train_ips = a.steps * a.batch_size / (time.perf_counter() - t)
+    model.eval()
+    with torch.no_grad():
+        for _ in range(max(a.warmup, 1)):
+            model(x)
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            model(x)
+        infer_ips = a.steps * a.batch_size / (time.perf_counter() - t)
+    print(json.dumps({
+        "framework": f"pytorch {torch.__version__}", "threads": a.threads, "width": a.width,
+        "batch_size": a.batch_size, "train_images_per_sec": train_ips, "inference_images_per_sec": infer_ips,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

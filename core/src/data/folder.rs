@@ -1,0 +1,132 @@
+//! Image folders (ImageNet-10 style): `train/<class>/*.png|jpg|ppm` and `val/<class>/...`
+//! (or `test/<class>/...`); classes are the sub-folder names in sorted order, and every image is
+//! resized to `size`x`size` with a bilinear filter.
+
+use super::{ImageSet, TrainTest};
+use crate::{Error, Result};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+const EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "ppm", "pnm", "JPEG"];
+
+/// Decodes an image file to planar RGB bytes at `size`x`size`.
+pub fn decode_resized(path: &Path, size: usize) -> Result<Vec<u8>> {
+    let img = image::open(path).map_err(|e| Error::Decode {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    let rgb = img
+        .resize_exact(
+            size as u32,
+            size as u32,
+            image::imageops::FilterType::Triangle,
+        )
+        .to_rgb8();
+    let plane = size * size;
+    let mut out = vec![0u8; 3 * plane];
+    for (i, px) in rgb.pixels().enumerate() {
+        out[i] = px[0];
+        out[plane + i] = px[1];
+        out[2 * plane + i] = px[2];
+    }
+    Ok(out)
+}
+
+fn class_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut classes = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        if e.path().is_dir() {
+            classes.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+        }
+    }
+    classes.sort();
+    Ok(classes)
+}
+
+fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        let ext = p.extension().and_then(|x| x.to_str()).unwrap_or("");
+        if p.is_file() && EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(ext)) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads one split directory whose sub-folders are the classes in `classes`.
+fn read_split(dir: &Path, classes: &[String], size: usize) -> Result<ImageSet> {
+    let mut items = Vec::new();
+    for (c, name) in classes.iter().enumerate() {
+        let cdir = dir.join(name);
+        if !cdir.is_dir() {
+            return Err(Error::NoData {
+                path: cdir,
+                reason: format!("class folder missing (the training split has class `{name}`)"),
+            });
+        }
+        for f in list_images(&cdir)? {
+            items.push((f, c));
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::NoData {
+            path: dir.into(),
+            reason: "no PNG, JPEG or PPM images in the class folders".into(),
+        });
+    }
+    let decoded: Vec<Vec<u8>> = items
+        .par_iter()
+        .map(|(p, _)| decode_resized(p, size))
+        .collect::<Result<_>>()?;
+    Ok(ImageSet {
+        pixels: decoded.concat(),
+        labels: items.iter().map(|(_, c)| *c as u16).collect(),
+        channels: 3,
+        height: size,
+        width: size,
+        num_classes: classes.len(),
+        class_names: classes.to_vec(),
+    })
+}
+
+/// Reads `dir/train` and `dir/val` (or `dir/test`).
+pub fn load_dir(dir: &Path, size: usize) -> Result<TrainTest> {
+    if size == 0 {
+        return Err(Error::config("image-size", "must be positive"));
+    }
+    let train_dir = dir.join("train");
+    let test_dir = ["val", "test"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_dir());
+    let (true, Some(test_dir)) = (train_dir.is_dir(), test_dir) else {
+        return Err(Error::NoData {
+            path: dir.into(),
+            reason: "expected sub-folders `train/` and `val/` (or `test/`), each with one folder per class".into(),
+        });
+    };
+    let classes: Vec<String> = class_dirs(&train_dir)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if classes.len() < 2 {
+        return Err(Error::NoData {
+            path: train_dir,
+            reason: format!("found {} class folders; need at least 2", classes.len()),
+        });
+    }
+    if classes.len() > u16::MAX as usize {
+        return Err(Error::NoData {
+            path: train_dir,
+            reason: "too many classes".into(),
+        });
+    }
+    Ok(TrainTest {
+        train: read_split(&train_dir, &classes, size)?,
+        test: read_split(&test_dir, &classes, size)?,
+    })
+}

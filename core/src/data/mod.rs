@@ -1,0 +1,183 @@
+//! Data sets: readers (CIFAR-10 binary, GTSRB, image folders, synthetic), splits, augmentation
+//! and the batcher that feeds training.
+//!
+//! Every reader returns an [`ImageSet`]: decoded 8-bit images in planar CHW order (the CIFAR-10
+//! record layout), decoded once and kept in memory.
+
+pub mod augment;
+pub mod batcher;
+pub mod cifar10;
+pub mod folder;
+pub mod gtsrb;
+pub mod records;
+pub mod split;
+pub mod synthetic;
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Decoded images with labels.
+///
+/// `pixels` holds `len() * channels * height * width` bytes, image after image, each image
+/// planar (all of channel 0, then channel 1, ...), rows top to bottom.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageSet {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u16>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub num_classes: usize,
+    pub class_names: Vec<String>,
+}
+
+impl ImageSet {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the set holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes per image.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// The planar bytes of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// A new set holding the images at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> ImageSet {
+        let n = self.image_len();
+        let mut pixels = Vec::with_capacity(indices.len() * n);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            pixels.extend_from_slice(self.image(i));
+            labels.push(self.labels[i]);
+        }
+        ImageSet {
+            pixels,
+            labels,
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            num_classes: self.num_classes,
+            class_names: self.class_names.clone(),
+        }
+    }
+
+    /// Images per class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.num_classes];
+        for &l in &self.labels {
+            c[l as usize] += 1;
+        }
+        c
+    }
+
+    /// Appends another set of the same geometry and classes.
+    pub fn extend(&mut self, other: ImageSet) {
+        debug_assert_eq!(self.image_len(), other.image_len());
+        self.pixels.extend(other.pixels);
+        self.labels.extend(other.labels);
+    }
+}
+
+/// The data set kinds the toolkit reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// CIFAR-10 binary records (10 classes).
+    Cifar10,
+    /// GTSRB: official layout or 32x32 binary records (43 classes).
+    Gtsrb,
+    /// One sub-folder per class, PNG/JPEG/PPM images.
+    Folder,
+    /// Deterministic synthetic images for tests and smoke runs.
+    Synthetic,
+}
+
+impl DatasetKind {
+    /// Name as used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Gtsrb => "gtsrb",
+            DatasetKind::Folder => "folder",
+            DatasetKind::Synthetic => "synthetic",
+        }
+    }
+
+    /// Whether horizontal flips are label-preserving for this data (not for traffic signs).
+    pub fn allows_flip(self) -> bool {
+        !matches!(self, DatasetKind::Gtsrb)
+    }
+}
+
+/// Where and how to read a data set. Serialised into every report and checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    pub kind: DatasetKind,
+    /// Directory of the data (unused for synthetic data).
+    pub path: Option<PathBuf>,
+    /// Side length images are resized to (image folders and official GTSRB).
+    pub image_size: usize,
+    /// Synthetic data: training and test set sizes and classes.
+    pub synthetic: synthetic::SyntheticConfig,
+}
+
+impl DataSpec {
+    /// A spec for a data set on disk.
+    pub fn new(kind: DatasetKind, path: Option<PathBuf>) -> Self {
+        DataSpec {
+            kind,
+            path,
+            image_size: 32,
+            synthetic: synthetic::SyntheticConfig::default(),
+        }
+    }
+
+    fn require_path(&self) -> Result<&Path> {
+        self.path.as_deref().ok_or_else(|| {
+            Error::config(
+                "data",
+                format!("dataset `{}` needs a data directory", self.kind.name()),
+            )
+        })
+    }
+
+    /// Reads the training and test sets.
+    pub fn load(&self) -> Result<TrainTest> {
+        match self.kind {
+            DatasetKind::Cifar10 => cifar10::load_dir(self.require_path()?),
+            DatasetKind::Gtsrb => gtsrb::load_dir(self.require_path()?, self.image_size),
+            DatasetKind::Folder => folder::load_dir(self.require_path()?, self.image_size),
+            DatasetKind::Synthetic => Ok(synthetic::generate(&self.synthetic)),
+        }
+    }
+
+    /// The model normalisation the method spec prescribes for this data.
+    pub fn normalization(&self) -> crate::model::Normalization {
+        match self.kind {
+            DatasetKind::Cifar10 => crate::model::Normalization::cifar10(),
+            DatasetKind::Gtsrb => crate::model::Normalization::identity(),
+            DatasetKind::Folder => crate::model::Normalization::imagenet(),
+            DatasetKind::Synthetic => crate::model::Normalization::identity(),
+        }
+    }
+}
+
+/// A training set and a test set of the same geometry.
+#[derive(Clone, Debug)]
+pub struct TrainTest {
+    pub train: ImageSet,
+    pub test: ImageSet,
+}

@@ -1,0 +1,99 @@
+//! Seeded splits.
+//!
+//! - [`holdout`]: a fraction of the training set held out *before* poisoning; the attacker never
+//!   sees it, and it later becomes the defender's clean, unlabeled data.
+//! - [`per_class_slice`]: the first `n` images of each class (in a seeded order) of a test set, the
+//!   rest being used for evaluation (the GTSRB protocol for the defender's data).
+
+use super::ImageSet;
+use crate::rng::Rng;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Indices of a split of one set into two disjoint parts, sorted ascending.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// The part the attacker (or trainer) uses.
+    pub keep: Vec<usize>,
+    /// The held-out part.
+    pub held_out: Vec<usize>,
+}
+
+/// Holds out `round(fraction * n)` images, stratified by class so every class keeps its share.
+pub fn holdout(set: &ImageSet, fraction: f64, seed: u64) -> Result<Split> {
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(Error::config(
+            "holdout",
+            format!("fraction must be in [0, 1); got {fraction}"),
+        ));
+    }
+    let mut rng = Rng::from_parts(&[seed, 0x5EED_5B17]);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); set.num_classes];
+    for (i, &l) in set.labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    let total = (fraction * set.len() as f64).round() as usize;
+    // Largest-remainder apportionment of `total` over classes.
+    let exact: Vec<f64> = by_class.iter().map(|v| v.len() as f64 * fraction).collect();
+    let mut quota: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..quota.len()).collect();
+    order.sort_by(|&a, &b| {
+        let ra = exact[a] - exact[a].floor();
+        let rb = exact[b] - exact[b].floor();
+        rb.partial_cmp(&ra)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
+    let mut missing = total.saturating_sub(quota.iter().sum());
+    for &c in order.iter().cycle().take(order.len() * 2) {
+        if missing == 0 {
+            break;
+        }
+        if quota[c] < by_class[c].len() {
+            quota[c] += 1;
+            missing -= 1;
+        }
+    }
+    let mut held_out = Vec::with_capacity(total);
+    for (c, members) in by_class.iter_mut().enumerate() {
+        rng.shuffle(members);
+        held_out.extend_from_slice(&members[..quota[c]]);
+    }
+    held_out.sort_unstable();
+    let mut is_held = vec![false; set.len()];
+    for &i in &held_out {
+        is_held[i] = true;
+    }
+    let keep = (0..set.len()).filter(|&i| !is_held[i]).collect();
+    Ok(Split { keep, held_out })
+}
+
+/// Takes `per_class` images of each class (seeded choice) as `held_out`; the rest is `keep`.
+pub fn per_class_slice(set: &ImageSet, per_class: usize, seed: u64) -> Result<Split> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); set.num_classes];
+    for (i, &l) in set.labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    let mut rng = Rng::from_parts(&[seed, 0xC1A5_5511]);
+    let mut held_out = Vec::new();
+    for (c, members) in by_class.iter_mut().enumerate() {
+        if members.len() < per_class {
+            return Err(Error::config(
+                "per-class",
+                format!(
+                    "class {c} has {} images, fewer than the {per_class} requested",
+                    members.len()
+                ),
+            ));
+        }
+        rng.shuffle(members);
+        held_out.extend_from_slice(&members[..per_class]);
+    }
+    held_out.sort_unstable();
+    let mut is_held = vec![false; set.len()];
+    for &i in &held_out {
+        is_held[i] = true;
+    }
+    let keep = (0..set.len()).filter(|&i| !is_held[i]).collect();
+    Ok(Split { keep, held_out })
+}

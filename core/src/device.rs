@@ -1,0 +1,151 @@
+//! Picking the compute device: one function, [`select`], decides for every command.
+
+use crate::{Error, Result};
+use burn::prelude::Device;
+use burn::tensor::DeviceKind;
+use serde::{Deserialize, Serialize};
+
+/// What the user asked for (`--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// wgpu on a hardware GPU adapter when there is one, else the CPU backend.
+    #[default]
+    Auto,
+    /// wgpu on whatever adapter it finds (a software Vulkan driver included).
+    Wgpu,
+    /// Burn's pure-Rust CPU backend (`flex`).
+    Cpu,
+}
+
+/// The backend that runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Wgpu,
+    Flex,
+}
+
+/// One graphics adapter as wgpu reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdapterInfo {
+    pub name: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu` or `Other`.
+    pub device_type: String,
+    /// Vulkan, Metal, Dx12, Gl, BrowserWebGpu.
+    pub api: String,
+    pub driver: String,
+}
+
+impl AdapterInfo {
+    /// Whether this is real GPU hardware (not a software rasteriser such as lavapipe).
+    pub fn is_hardware(&self) -> bool {
+        matches!(
+            self.device_type.as_str(),
+            "DiscreteGpu" | "IntegratedGpu" | "VirtualGpu"
+        )
+    }
+}
+
+/// The device a run uses, with what the report records about it.
+#[derive(Clone, Debug)]
+pub struct Selected {
+    pub device: Device,
+    pub info: DeviceInfo,
+}
+
+/// What a report records about the device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub requested: DeviceChoice,
+    pub backend: Backend,
+    /// The wgpu adapter, for the wgpu backend.
+    pub adapter: Option<AdapterInfo>,
+    /// Threads of the CPU pool (flex backend and data loading).
+    pub cpu_threads: usize,
+}
+
+/// Every adapter wgpu can open on this machine, hardware first.
+pub fn list_adapters() -> Vec<AdapterInfo> {
+    let instance = wgpu::Instance::default();
+    let adapters =
+        futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let mut out: Vec<AdapterInfo> = adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            AdapterInfo {
+                name: i.name,
+                device_type: format!("{:?}", i.device_type),
+                api: format!("{:?}", i.backend),
+                driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
+            }
+        })
+        .collect();
+    out.sort_by_key(|a| !a.is_hardware());
+    out
+}
+
+const INSTALL_HINT: &str = "install a GPU driver with Vulkan support, or Mesa's software Vulkan \
+     driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`), or use `--device cpu`";
+
+/// Chooses and opens the device for `choice`. `auto` picks wgpu only on hardware adapters.
+pub fn select(choice: DeviceChoice) -> Result<Selected> {
+    let cpu_threads = rayon::current_num_threads();
+    let flex = || Selected {
+        device: Device::flex(),
+        info: DeviceInfo {
+            requested: choice,
+            backend: Backend::Flex,
+            adapter: None,
+            cpu_threads,
+        },
+    };
+    let wgpu_on = |adapter: AdapterInfo| {
+        let kind = match adapter.device_type.as_str() {
+            "Cpu" => DeviceKind::Cpu,
+            _ => DeviceKind::DefaultDevice,
+        };
+        Selected {
+            device: Device::wgpu(kind),
+            info: DeviceInfo {
+                requested: choice,
+                backend: Backend::Wgpu,
+                adapter: Some(adapter),
+                cpu_threads,
+            },
+        }
+    };
+    match choice {
+        DeviceChoice::Cpu => Ok(flex()),
+        DeviceChoice::Wgpu => {
+            let adapters = list_adapters();
+            let Some(first) = adapters.into_iter().next() else {
+                return Err(Error::Device {
+                    device: "wgpu".into(),
+                    reason: format!("no graphics adapter found; {INSTALL_HINT}"),
+                });
+            };
+            Ok(wgpu_on(first))
+        }
+        DeviceChoice::Auto => match list_adapters().into_iter().find(AdapterInfo::is_hardware) {
+            Some(a) => Ok(wgpu_on(a)),
+            None => Ok(flex()),
+        },
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "wgpu" => Ok(DeviceChoice::Wgpu),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            _ => Err(Error::config(
+                "device",
+                format!("`{s}`: expected auto, wgpu or cpu"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The library's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `cleanse-core`, with the file, record or setting involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A data file does not have the expected layout.
+    #[error("{path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    /// One record of a data file is invalid.
+    #[error("{path}: record {record}: {reason}")]
+    BadRecord {
+        path: PathBuf,
+        record: usize,
+        reason: String,
+    },
+    /// A data set directory holds nothing usable.
+    #[error("{path}: {reason}")]
+    NoData { path: PathBuf, reason: String },
+    /// An image could not be decoded.
+    #[error("{path}: cannot decode image: {reason}")]
+    Decode { path: PathBuf, reason: String },
+    /// A setting is out of range or inconsistent.
+    #[error("invalid setting `{name}`: {reason}")]
+    Config { name: String, reason: String },
+    /// The requested compute device cannot be used.
+    #[error("device `{device}` unavailable: {reason}")]
+    Device { device: String, reason: String },
+    /// A saved artifact (checkpoint, model, report) is missing, foreign or of another version.
+    #[error("{path}: {reason}")]
+    Artifact { path: PathBuf, reason: String },
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A bad setting.
+    pub fn config(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A bad artifact.
+    pub fn artifact(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Artifact {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

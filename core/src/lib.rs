@@ -1,0 +1,15 @@
+//! cleanse-core: data readers, ResNet-18, training, and the run reports of the `cleanse` toolkit.
+//!
+//! Images are NCHW `f32` in `[0, 1]` everywhere; the model normalises them itself
+//! (see [`model::Normalization`]). All randomness flows from the run's seed through [`rng::Rng`].
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod report;
+pub mod rng;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,118 @@
+//! Building blocks shared by the ResNets.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+/// Kaiming-normal, fan-out, ReLU gain: the method spec's conv initialisation.
+pub fn kaiming_fan_out() -> Initializer {
+    Initializer::KaimingNormal {
+        gain: std::f64::consts::SQRT_2,
+        fan_out_only: true,
+    }
+}
+
+/// A bias-free `k`x`k` convolution with "same" padding.
+pub fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([c_in, c_out], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
+        .with_bias(false)
+        .with_initializer(kaiming_fan_out())
+        .init(device)
+}
+
+/// Batch normalisation, PyTorch defaults (momentum 0.1, eps 1e-5, weight 1, bias 0).
+pub fn bn(c: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(c).init(device)
+}
+
+/// 1x1 convolution + BN shortcut.
+#[derive(Module, Debug)]
+pub struct Shortcut {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+}
+
+/// ResNet BasicBlock: conv-BN-ReLU-conv-BN plus shortcut, then ReLU.
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv2d,
+    pub bn2: BatchNorm,
+    pub shortcut: Option<Shortcut>,
+}
+
+impl BasicBlock {
+    /// A block from `c_in` to `c_out` channels; a projection shortcut when the shape changes.
+    pub fn new(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Self {
+        let shortcut = (stride != 1 || c_in != c_out).then(|| Shortcut {
+            conv: conv(c_in, c_out, 1, stride, device),
+            bn: bn(c_out, device),
+        });
+        BasicBlock {
+            conv1: conv(c_in, c_out, 3, stride, device),
+            bn1: bn(c_out, device),
+            conv2: conv(c_out, c_out, 3, 1, device),
+            bn2: bn(c_out, device),
+            shortcut,
+        }
+    }
+
+    /// # Shapes
+    /// `[N, c_in, H, W]` -> `[N, c_out, H/stride, W/stride]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
+        let out = self.bn2.forward(self.conv2.forward(out));
+        let skip = match &self.shortcut {
+            Some(s) => s.bn.forward(s.conv.forward(x)),
+            None => x,
+        };
+        relu(out + skip)
+    }
+}
+
+/// Pre-activation block: BN-ReLU-conv-BN-ReLU-conv plus shortcut (1x1 conv, no BN).
+#[derive(Module, Debug)]
+pub struct PreActBlock {
+    pub bn1: BatchNorm,
+    pub conv1: Conv2d,
+    pub bn2: BatchNorm,
+    pub conv2: Conv2d,
+    pub shortcut: Option<Conv2d>,
+}
+
+impl PreActBlock {
+    /// A block from `c_in` to `c_out` channels.
+    pub fn new(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Self {
+        PreActBlock {
+            bn1: bn(c_in, device),
+            conv1: conv(c_in, c_out, 3, stride, device),
+            bn2: bn(c_out, device),
+            conv2: conv(c_out, c_out, 3, 1, device),
+            shortcut: (stride != 1 || c_in != c_out).then(|| conv(c_in, c_out, 1, stride, device)),
+        }
+    }
+
+    /// # Shapes
+    /// `[N, c_in, H, W]` -> `[N, c_out, H/stride, W/stride]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let out = relu(self.bn1.forward(x.clone()));
+        let skip = match &self.shortcut {
+            Some(c) => c.forward(out.clone()),
+            None => x,
+        };
+        let out = self.conv1.forward(out);
+        let out = self.conv2.forward(relu(self.bn2.forward(out)));
+        out + skip
+    }
+}
+
+/// Global average pooling `[N, C, H, W]` -> `[N, C]`.
+pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, _, _] = x.dims();
+    x.mean_dim(3).mean_dim(2).reshape([n, c])
+}

@@ -1,0 +1,214 @@
+//! Classifiers: the CIFAR ResNet-18 of the method spec and PreAct-ResNet-18 (BackdoorBench's
+//! default), both with a width multiplier, behind one [`Classifier`] that normalises its input.
+
+pub mod blocks;
+pub mod preact_resnet;
+pub mod resnet;
+
+use burn::module::Module;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use preact_resnet::PreActResNet18;
+pub use resnet::ResNet18;
+
+/// Per-channel input normalisation `(x - mean) / std`, the one place images leave `[0,1]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// CIFAR-10 statistics (method spec).
+    pub fn cifar10() -> Self {
+        Normalization {
+            mean: [0.4914, 0.4822, 0.4465],
+            std: [0.247, 0.243, 0.261],
+        }
+    }
+    /// No change (GTSRB in the method spec: mean 0, std 1).
+    pub fn identity() -> Self {
+        Normalization {
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
+    }
+    /// ImageNet statistics, for image folders.
+    pub fn imagenet() -> Self {
+        Normalization {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+
+    /// Applies the normalisation to `[N, 3, H, W]` images.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        if *self == Normalization::identity() {
+            return x;
+        }
+        let device = x.device();
+        let mean = Tensor::<1>::from_floats(self.mean, &device).reshape([1, 3, 1, 1]);
+        let inv_std =
+            Tensor::<1>::from_floats(self.std.map(|s| 1.0 / s), &device).reshape([1, 3, 1, 1]);
+        (x - mean) * inv_std
+    }
+}
+
+/// Which architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    /// CIFAR ResNet-18 (method spec).
+    Resnet18,
+    /// PreAct-ResNet-18 (BackdoorBench's default).
+    PreactResnet18,
+}
+
+impl Architecture {
+    /// Name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Resnet18 => "resnet18",
+            Architecture::PreactResnet18 => "preact-resnet18",
+        }
+    }
+}
+
+/// Everything needed to rebuild a classifier before loading its weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    /// Width of the first stage; 64 is the standard ResNet-18.
+    pub width: usize,
+    pub num_classes: usize,
+    pub normalization: Normalization,
+}
+
+impl ModelConfig {
+    /// Builds a freshly initialised classifier on `device`.
+    pub fn init(&self, device: &Device) -> Classifier {
+        let net = match self.architecture {
+            Architecture::Resnet18 => {
+                Network::Resnet18(ResNet18::new(self.width, self.num_classes, device))
+            }
+            Architecture::PreactResnet18 => {
+                Network::PreactResnet18(PreActResNet18::new(self.width, self.num_classes, device))
+            }
+        };
+        Classifier {
+            net,
+            normalization: self.normalization.clone(),
+        }
+    }
+}
+
+/// The outputs of a forward pass that defenses and plots need besides the logits.
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// Outputs of the four residual stages, `[N, w*2^i, H/2^i, W/2^i]`.
+    pub stages: [Tensor<4>; 4],
+    /// Pooled penultimate features, `[N, 8w]`.
+    pub penultimate: Tensor<2>,
+    /// Class scores, `[N, K]`.
+    pub logits: Tensor<2>,
+}
+
+/// The architectures, one variant each.
+#[derive(Module, Debug)]
+pub enum Network {
+    Resnet18(ResNet18),
+    PreactResnet18(PreActResNet18),
+}
+
+/// A classifier over images in `[0,1]`.
+#[derive(Module, Debug)]
+pub struct Classifier {
+    pub net: Network,
+    #[module(skip)]
+    pub normalization: Normalization,
+}
+
+impl Classifier {
+    /// Logits of `[N, 3, H, W]` images in `[0,1]`.
+    ///
+    /// # Shapes
+    /// - input: `[N, 3, H, W]`
+    /// - output: `[N, K]`
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.features(images).logits
+    }
+
+    /// Stage outputs, penultimate features and logits.
+    pub fn features(&self, images: Tensor<4>) -> Features {
+        let x = self.normalization.apply(images);
+        match &self.net {
+            Network::Resnet18(m) => m.features(x),
+            Network::PreactResnet18(m) => m.features(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(architecture: Architecture, width: usize, num_classes: usize) -> ModelConfig {
+        ModelConfig {
+            architecture,
+            width,
+            num_classes,
+            normalization: Normalization::cifar10(),
+        }
+    }
+
+    #[test]
+    fn resnet18_full_width_has_the_standard_parameter_count() {
+        let device = Device::flex();
+        // 11,159,232 conv + 9,600 BN + 5,130 fc = 11,173,962: the CIFAR ResNet-18 with 10 classes (kuangliu / BackdoorBench).
+        assert_eq!(
+            cfg(Architecture::Resnet18, 64, 10)
+                .init(&device)
+                .num_params(),
+            11_173_962
+        );
+        // PreAct-ResNet-18 (BackdoorBench layout): same convs, BN only before convs and once at the
+        // end, no BN on shortcuts: 11,159,232 conv + 7,808 BN + 5,130 fc = 11,172,170.
+        assert_eq!(
+            cfg(Architecture::PreactResnet18, 64, 10)
+                .init(&device)
+                .num_params(),
+            11_172_170
+        );
+    }
+
+    #[test]
+    fn feature_shapes_at_narrow_width() {
+        let device = Device::flex();
+        for arch in [Architecture::Resnet18, Architecture::PreactResnet18] {
+            let model = cfg(arch, 8, 43).init(&device);
+            let f = model.features(Tensor::zeros([2, 3, 32, 32], &device));
+            assert_eq!(f.stages[0].dims(), [2, 8, 32, 32]);
+            assert_eq!(f.stages[1].dims(), [2, 16, 16, 16]);
+            assert_eq!(f.stages[2].dims(), [2, 32, 8, 8]);
+            assert_eq!(f.stages[3].dims(), [2, 64, 4, 4]);
+            assert_eq!(f.penultimate.dims(), [2, 64]);
+            assert_eq!(f.logits.dims(), [2, 43]);
+        }
+    }
+
+    #[test]
+    fn normalization_matches_formula() {
+        let device = Device::flex();
+        let x = Tensor::<4>::ones([1, 3, 1, 1], &device);
+        let y: Vec<f32> = Normalization::cifar10()
+            .apply(x)
+            .into_data()
+            .try_to_vec()
+            .expect("f32");
+        let n = Normalization::cifar10();
+        for c in 0..3 {
+            assert!((y[c] - (1.0 - n.mean[c]) / n.std[c]).abs() < 1e-5);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Per-epoch checkpoints: model weights, optimiser state, epoch and the history so far.
+//!
+//! Layout of `DIR/checkpoint/`: `model-eN.bpk` (Burn's burnpack record), `sgd-eN.bin` (momentum
+//! buffers) and `state.json`, written last and atomically, which names the files of the latest
+//! complete epoch. A crash at any point leaves the previous checkpoint valid.
+
+use crate::io::{read_json, write_atomic, write_json_atomic};
+use crate::model::Classifier;
+use crate::report::EpochRecord;
+use crate::train::sgd::Sgd;
+use crate::{Error, Result};
+use burn::module::Module;
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Version of the checkpoint layout.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// The `state.json` of a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub checkpoint_version: u32,
+    /// Epochs completed (the next epoch to run, 0-based).
+    pub epochs_done: usize,
+    pub seed: u64,
+    /// The run's configuration, compared on resume.
+    pub config: serde_json::Value,
+    pub model_file: String,
+    pub optimizer_file: String,
+    pub history: Vec<EpochRecord>,
+}
+
+/// Writes the model weights to `path` atomically.
+pub fn save_model(model: &Classifier, path: &Path) -> Result<()> {
+    let bytes = model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| Error::artifact(path, format!("cannot serialise model: {e:?}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Loads weights from `path` into `model` (built with the same [`crate::model::ModelConfig`]).
+pub fn load_model(model: Classifier, path: &Path) -> Result<Classifier> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| Error::artifact(path, format!("not a model file: {e:?}")))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| Error::artifact(path, format!("weights do not fit this model: {e:?}")))
+}
+
+/// Saves a checkpoint after `state.epochs_done` epochs and removes older files.
+pub fn save(dir: &Path, model: &Classifier, sgd: &Sgd, mut state: CheckpointState) -> Result<()> {
+    crate::io::create_dir_all(dir)?;
+    let e = state.epochs_done;
+    state.model_file = format!("model-e{e}.bpk");
+    state.optimizer_file = format!("sgd-e{e}.bin");
+    save_model(model, &dir.join(&state.model_file))?;
+    write_atomic(&dir.join(&state.optimizer_file), &sgd.to_bytes())?;
+    write_json_atomic(&dir.join("state.json"), &state)?;
+    // Only now are older epochs' files unreferenced.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = (name.starts_with("model-e") || name.starts_with("sgd-e"))
+                && name != state.model_file
+                && name != state.optimizer_file;
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The state file of a checkpoint directory.
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+/// Reads a checkpoint's state.
+pub fn load_state(dir: &Path) -> Result<CheckpointState> {
+    let path = state_path(dir);
+    let state: CheckpointState = read_json(&path)?;
+    if state.checkpoint_version != CHECKPOINT_VERSION {
+        return Err(Error::artifact(
+            path,
+            format!(
+                "checkpoint version {} (this build reads version {CHECKPOINT_VERSION})",
+                state.checkpoint_version
+            ),
+        ));
+    }
+    Ok(state)
+}
+
+/// Restores model and optimiser from a checkpoint into freshly built ones.
+pub fn restore(
+    dir: &Path,
+    state: &CheckpointState,
+    model: Classifier,
+    sgd: &mut Sgd,
+    device: &Device,
+) -> Result<Classifier> {
+    let model = load_model(model, &dir.join(&state.model_file))?;
+    let opt_path = dir.join(&state.optimizer_file);
+    let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
+    sgd.load_bytes(&opt_path, &bytes, device)?;
+    Ok(model)
+}

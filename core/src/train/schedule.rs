@@ -1,0 +1,78 @@
+//! Learning-rate schedules, stepped once per epoch as PyTorch's `MultiStepLR` and
+//! `CosineAnnealingLR` are in the reference code.
+
+use serde::{Deserialize, Serialize};
+
+/// A per-epoch learning-rate schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Schedule {
+    /// Multiply by `gamma` at each milestone epoch (supplement: [100, 150], 0.1).
+    Multistep { milestones: Vec<usize>, gamma: f64 },
+    /// Cosine annealing from the base rate to `eta_min` over `t_max` epochs.
+    Cosine { t_max: usize, eta_min: f64 },
+    /// Constant rate.
+    Constant,
+}
+
+impl Schedule {
+    /// The supplement's MultiStep schedule, milestones scaled to `epochs` (100/200 and 150/200).
+    pub fn supplement_multistep(epochs: usize) -> Self {
+        Schedule::Multistep {
+            milestones: vec![epochs / 2, epochs * 3 / 4],
+            gamma: 0.1,
+        }
+    }
+
+    /// Cosine annealing to 0 over `epochs`.
+    pub fn cosine(epochs: usize) -> Self {
+        Schedule::Cosine {
+            t_max: epochs,
+            eta_min: 0.0,
+        }
+    }
+
+    /// Learning rate of epoch `epoch` (0-based) for base rate `base`.
+    pub fn lr(&self, base: f64, epoch: usize) -> f64 {
+        match self {
+            Schedule::Multistep { milestones, gamma } => {
+                let passed = milestones.iter().filter(|&&m| epoch >= m).count();
+                base * gamma.powi(passed as i32)
+            }
+            Schedule::Cosine { t_max, eta_min } => {
+                let t = epoch as f64 / (*t_max).max(1) as f64;
+                eta_min + (base - eta_min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+            Schedule::Constant => base,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multistep_matches_pytorch() {
+        let s = Schedule::supplement_multistep(200);
+        assert_eq!(
+            s,
+            Schedule::Multistep {
+                milestones: vec![100, 150],
+                gamma: 0.1
+            }
+        );
+        assert!((s.lr(0.1, 0) - 0.1).abs() < 1e-12);
+        assert!((s.lr(0.1, 99) - 0.1).abs() < 1e-12);
+        assert!((s.lr(0.1, 100) - 0.01).abs() < 1e-12);
+        assert!((s.lr(0.1, 150) - 0.001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cosine_matches_pytorch_closed_form() {
+        let s = Schedule::cosine(100);
+        assert!((s.lr(0.01, 0) - 0.01).abs() < 1e-12);
+        assert!((s.lr(0.01, 50) - 0.005).abs() < 1e-12);
+        assert!(s.lr(0.01, 99) < 1e-5 && s.lr(0.01, 99) > 0.0);
+    }
+}

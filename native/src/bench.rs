@@ -1,0 +1,123 @@
+//! `cleanse bench`: training and inference throughput of a classifier on random 32x32 data.
+//! Numbers go into BENCHMARKS.md with the command that produced them.
+
+use crate::{DeviceArgs, ModelArg};
+use anyhow::Result;
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use clap::Args;
+use cleanse_core::model::{ModelConfig, Normalization};
+use cleanse_core::rng::Rng;
+use cleanse_core::train::eval::{images_tensor, labels_tensor};
+use cleanse_core::train::{Sgd, SgdConfig, cross_entropy};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = ModelArg::Resnet18)]
+    model: ModelArg,
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Timed training steps (after the warm-up).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed warm-up steps (kernel compilation, autotuning, allocation).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Serialize)]
+struct BenchResult {
+    model: String,
+    width: usize,
+    batch_size: usize,
+    steps: usize,
+    device: cleanse_core::device::DeviceInfo,
+    train_images_per_sec: f64,
+    inference_images_per_sec: f64,
+    first_step_seconds: f64,
+}
+
+fn batch(rng: &mut Rng, n: usize) -> (Vec<f32>, Vec<i64>) {
+    let images = (0..n * 3 * 32 * 32).map(|_| rng.next_f32()).collect();
+    let labels = (0..n).map(|_| rng.below(10) as i64).collect();
+    (images, labels)
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let selected = a.device.select()?;
+    let device = selected.device.clone();
+    let ad = device.clone().autodiff();
+    let config = ModelConfig {
+        architecture: a.model.into(),
+        width: a.width,
+        num_classes: 10,
+        normalization: Normalization::cifar10(),
+    };
+    let mut model = config.init(&ad);
+    let mut sgd = Sgd::new(SgdConfig::default());
+    let mut rng = Rng::new(0);
+    let shape = [a.batch_size, 3, 32, 32];
+    let mut step = |model: cleanse_core::model::Classifier, rng: &mut Rng| {
+        let (x, y) = batch(rng, a.batch_size);
+        let logits = model.forward(images_tensor(x, shape, &ad));
+        let loss = cross_entropy(logits, labels_tensor(y, &ad));
+        let _: f32 = loss.clone().into_scalar();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        sgd.step(0.01, model, grads)
+    };
+    let t = Instant::now();
+    model = step(model, &mut rng);
+    let first_step_seconds = t.elapsed().as_secs_f64();
+    eprintln!("first training step: {first_step_seconds:.1}s");
+    for _ in 1..a.warmup {
+        model = step(model, &mut rng);
+    }
+    let _ = device.sync();
+    let t = Instant::now();
+    for _ in 0..a.steps {
+        model = step(model, &mut rng);
+    }
+    let _ = device.sync();
+    let train_ips = (a.steps * a.batch_size) as f64 / t.elapsed().as_secs_f64();
+    eprintln!("training: {train_ips:.1} images/s");
+
+    let eval = model.valid();
+    let infer = |rng: &mut Rng| {
+        let (x, _) = batch(rng, a.batch_size);
+        let out = eval.forward(images_tensor(x, shape, &device));
+        let _ = out.into_data();
+    };
+    for _ in 0..a.warmup.max(1) {
+        infer(&mut rng);
+    }
+    let t = Instant::now();
+    for _ in 0..a.steps {
+        infer(&mut rng);
+    }
+    let infer_ips = (a.steps * a.batch_size) as f64 / t.elapsed().as_secs_f64();
+    eprintln!("inference: {infer_ips:.1} images/s");
+    let result = BenchResult {
+        model: config.architecture.name().into(),
+        width: a.width,
+        batch_size: a.batch_size,
+        steps: a.steps,
+        device: selected.info,
+        train_images_per_sec: train_ips,
+        inference_images_per_sec: infer_ips,
+        first_step_seconds,
+    };
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    if let Some(p) = &a.json {
+        cleanse_core::io::write_json_atomic(p, &result)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! `cleanse`: train, attack, defend and evaluate backdoored image classifiers.
+
+mod bench;
+mod progress;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use cleanse_core::data::augment::Augment;
+use cleanse_core::data::synthetic::SyntheticConfig;
+use cleanse_core::data::{DataSpec, DatasetKind};
+use cleanse_core::device::{self, DeviceChoice};
+use cleanse_core::model::Architecture;
+use cleanse_core::train::{Schedule, TrainConfig};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cleanse",
+    version,
+    about = "Backdoor attacks, defenses and the distillation cleanser on Burn"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a classifier (clean) and write model, checkpoints and report.json into --out.
+    Train(TrainArgs),
+    /// List the compute devices this machine offers and the one `--device auto` picks.
+    Devices,
+    /// Measure training and inference throughput of ResNet-18 on random data.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DatasetArg {
+    Cifar10,
+    Gtsrb,
+    Folder,
+    Synthetic,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum ModelArg {
+    Resnet18,
+    PreactResnet18,
+}
+
+impl From<ModelArg> for Architecture {
+    fn from(m: ModelArg) -> Self {
+        match m {
+            ModelArg::Resnet18 => Architecture::Resnet18,
+            ModelArg::PreactResnet18 => Architecture::PreactResnet18,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScheduleArg {
+    Multistep,
+    Cosine,
+    Constant,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Default)]
+pub(crate) enum DeviceArg {
+    #[default]
+    Auto,
+    Wgpu,
+    Cpu,
+}
+
+impl From<DeviceArg> for DeviceChoice {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Wgpu => DeviceChoice::Wgpu,
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+        }
+    }
+}
+
+/// Device and thread flags shared by every command that computes.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DeviceArgs {
+    /// auto: wgpu on a hardware GPU when there is one, else the CPU backend.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// CPU threads for the CPU backend and data loading (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl DeviceArgs {
+    pub fn select(&self) -> Result<device::Selected> {
+        if self.threads > 0 {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(self.threads)
+                .build_global()
+                .context("setting --threads")?;
+        }
+        Ok(device::select(self.device.into())?)
+    }
+}
+
+/// Defaults are the supplement's values (ResNet-18, 200 epochs, batch 128, lr 0.1,
+/// MultiStep [100,150] x0.1, momentum 0.9, weight decay 5e-4, crop 4 + flip, 10% held out).
+#[derive(Args, Debug)]
+struct TrainArgs {
+    #[arg(long, value_enum)]
+    dataset: DatasetArg,
+    /// Data directory (not needed for synthetic data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ModelArg::Resnet18)]
+    model: ModelArg,
+    /// Base width of the ResNet (64 = standard; 8 or 16 for quick runs).
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Multistep)]
+    schedule: ScheduleArg,
+    /// MultiStep milestones (epochs); default: 1/2 and 3/4 of --epochs (100,150 for 200).
+    #[arg(long, value_delimiter = ',')]
+    milestones: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 0.1)]
+    gamma: f64,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fraction of the training set held out for the defender.
+    #[arg(long, default_value_t = 0.1)]
+    holdout: f64,
+    /// Zero padding of the random crop (0 disables cropping).
+    #[arg(long, default_value_t = 4)]
+    crop_padding: usize,
+    /// Disable horizontal flips (always off for GTSRB).
+    #[arg(long)]
+    no_flip: bool,
+    /// Side length images are resized to (image folders, official GTSRB).
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Synthetic data: training images.
+    #[arg(long, default_value_t = 512)]
+    synthetic_train: usize,
+    /// Synthetic data: test images.
+    #[arg(long, default_value_t = 128)]
+    synthetic_test: usize,
+    #[arg(long, default_value_t = 256)]
+    eval_batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Output directory; must be new or empty unless --resume.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        let kind = match self.dataset {
+            DatasetArg::Cifar10 => DatasetKind::Cifar10,
+            DatasetArg::Gtsrb => DatasetKind::Gtsrb,
+            DatasetArg::Folder => DatasetKind::Folder,
+            DatasetArg::Synthetic => DatasetKind::Synthetic,
+        };
+        let mut data = DataSpec::new(kind, self.data.clone());
+        data.image_size = self.image_size;
+        data.synthetic = SyntheticConfig {
+            train_size: self.synthetic_train,
+            test_size: self.synthetic_test,
+            seed: self.seed,
+            ..SyntheticConfig::default()
+        };
+        let mut c = TrainConfig::supplement(data);
+        c.architecture = self.model.into();
+        c.width = self.width;
+        c.epochs = self.epochs;
+        c.batch_size = self.batch_size;
+        c.lr = self.lr;
+        c.schedule = match self.schedule {
+            ScheduleArg::Multistep => match &self.milestones {
+                Some(m) => Schedule::Multistep {
+                    milestones: m.clone(),
+                    gamma: self.gamma,
+                },
+                None => Schedule::Multistep {
+                    milestones: vec![self.epochs / 2, self.epochs * 3 / 4],
+                    gamma: self.gamma,
+                },
+            },
+            ScheduleArg::Cosine => Schedule::cosine(self.epochs),
+            ScheduleArg::Constant => Schedule::Constant,
+        };
+        c.sgd.momentum = self.momentum;
+        c.sgd.weight_decay = self.weight_decay;
+        c.seed = self.seed;
+        c.holdout = self.holdout;
+        c.augment = Augment {
+            crop_padding: self.crop_padding,
+            flip: !self.no_flip && kind.allows_flip(),
+        };
+        c.eval_batch_size = self.eval_batch_size;
+        c
+    }
+}
+
+fn run_train(args: &TrainArgs) -> Result<()> {
+    let config = args.config();
+    let selected = args.device.select()?;
+    eprintln!(
+        "device: {}",
+        match &selected.info.adapter {
+            Some(a) => format!("wgpu on {} ({}, {})", a.name, a.device_type, a.api),
+            None => format!("cpu (flex, {} threads)", selected.info.cpu_threads),
+        }
+    );
+    let mut bars = progress::Bars::new();
+    let report = cleanse_core::train::train(&config, &args.out, args.resume, &selected, &mut bars)
+        .with_context(|| format!("training into {}", args.out.display()))?;
+    bars.finish();
+    let acc = report.final_metrics.map(|f| f.clean_acc).unwrap_or(0.0);
+    println!(
+        "clean_acc {:.4} after {} epochs; report: {}",
+        acc,
+        report.epochs.len(),
+        args.out.join("report.json").display()
+    );
+    Ok(())
+}
+
+fn run_devices() -> Result<()> {
+    let adapters = device::list_adapters();
+    if adapters.is_empty() {
+        println!(
+            "wgpu adapters: none (install a Vulkan driver, e.g. mesa-vulkan-drivers, to use --device wgpu)"
+        );
+    }
+    for a in &adapters {
+        println!(
+            "wgpu adapter: {} [{}] via {} {}{}",
+            a.name,
+            a.device_type,
+            a.api,
+            a.driver,
+            if a.is_hardware() { "" } else { " (software)" }
+        );
+    }
+    let auto = device::select(DeviceChoice::Auto)?;
+    println!(
+        "--device auto -> {}",
+        match auto.info.adapter {
+            Some(a) => format!("wgpu ({})", a.name),
+            None => format!("cpu (flex, {} threads)", auto.info.cpu_threads),
+        }
+    );
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Train(a) => run_train(a),
+        Command::Devices => run_devices(),
+        Command::Bench(a) => bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
