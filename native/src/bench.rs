@@ -62,7 +62,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         num_classes: 10,
         normalization: Normalization::cifar10(),
     };
-    let mut model = config.init(&ad);
+    let mut model = config.init_seeded(&ad, 0);
     let mut sgd = Sgd::new(SgdConfig::default());
     let mut rng = Rng::new(0);
     let shape = [a.batch_size, 3, 32, 32];

@@ -130,3 +130,60 @@ pub fn load_dir(dir: &Path, size: usize) -> Result<TrainTest> {
         test: read_split(&test_dir, &classes, size)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_image(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {
+        let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+        img.save(path).expect("save image");
+    }
+
+    #[test]
+    fn reads_classes_resizes_and_keeps_colour_planes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for split in ["train", "val"] {
+            for (name, rgb) in [("cat", [200u8, 10, 10]), ("dog", [10u8, 10, 200])] {
+                let d = dir.path().join(split).join(name);
+                std::fs::create_dir_all(&d).expect("mkdir");
+                write_image(&d.join("a.png"), 40, 30, rgb);
+                write_image(&d.join("b.ppm"), 8, 8, rgb);
+            }
+        }
+        std::fs::write(dir.path().join("train/cat/notes.txt"), "ignored").expect("write");
+        let data = load_dir(dir.path(), 16).expect("load");
+        assert_eq!(data.train.len(), 4);
+        assert_eq!(data.train.class_names, vec!["cat", "dog"]);
+        assert_eq!(data.train.labels, vec![0, 0, 1, 1]);
+        assert_eq!((data.test.height, data.test.width), (16, 16));
+        let img = data.train.image(0);
+        assert_eq!(
+            (img[0], img[256], img[512]),
+            (200, 10, 10),
+            "planar R, G, B"
+        );
+        let img = data.train.image(3);
+        assert_eq!((img[0], img[256], img[512]), (10, 10, 200));
+    }
+
+    #[test]
+    fn layout_and_decode_errors_name_the_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let err = load_dir(dir.path(), 32).unwrap_err().to_string();
+        assert!(
+            err.contains("train/") && err.contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+        for split in ["train", "test"] {
+            std::fs::create_dir_all(dir.path().join(split).join("a")).expect("mkdir");
+            std::fs::create_dir_all(dir.path().join(split).join("b")).expect("mkdir");
+        }
+        std::fs::write(dir.path().join("train/a/broken.png"), b"not a png").expect("write");
+        let err = load_dir(dir.path(), 32).unwrap_err().to_string();
+        assert!(
+            err.contains("broken.png") && err.contains("cannot decode"),
+            "{err}"
+        );
+    }
+}

@@ -218,4 +218,42 @@ mod tests {
         let e = parse_gt_csv(p, "a,b,c\n").unwrap_err().to_string();
         assert!(e.contains("ClassId"), "{e}");
     }
+
+    #[test]
+    fn official_layout_is_read_and_resized() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let images = dir.path().join("GTSRB/Final_Training/Images");
+        for c in 0..NUM_CLASSES {
+            let d = images.join(format!("{c:05}"));
+            std::fs::create_dir_all(&d).expect("mkdir");
+            let mut csv =
+                String::from("Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n");
+            if c < 2 {
+                let img = image::RgbImage::from_pixel(45, 50, image::Rgb([c as u8 * 100, 7, 9]));
+                img.save(d.join("00000_00000.ppm")).expect("save");
+                csv.push_str(&format!("00000_00000.ppm;45;50;5;5;40;45;{c}\n"));
+            }
+            std::fs::write(d.join(format!("GT-{c:05}.csv")), csv).expect("csv");
+        }
+        let test = dir.path().join("GTSRB/Final_Test/Images");
+        std::fs::create_dir_all(&test).expect("mkdir");
+        image::RgbImage::from_pixel(20, 25, image::Rgb([1, 2, 3]))
+            .save(test.join("00000.ppm"))
+            .expect("save");
+        std::fs::write(
+            test.join("GT-final_test.csv"),
+            "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n00000.ppm;20;25;1;1;19;24;16\n",
+        )
+        .expect("csv");
+        let data = load_dir(dir.path(), 32).expect("load");
+        assert_eq!(data.train.labels, vec![0, 1]);
+        assert_eq!(data.test.labels, vec![16]);
+        assert_eq!((data.train.height, data.train.width), (32, 32));
+        assert_eq!(data.train.image(1)[0], 100);
+        assert_eq!(data.test.image(0)[1024], 2);
+        // The records layout refuses another size.
+        let rec = tempfile::tempdir().expect("tmp");
+        let err = load_dir(rec.path(), 48).unwrap_err().to_string();
+        assert!(err.contains("image-size"), "{err}");
+    }
 }

@@ -2,6 +2,7 @@
 //! default), both with a width multiplier, behind one [`Classifier`] that normalises its input.
 
 pub mod blocks;
+pub mod init;
 pub mod preact_resnet;
 pub mod resnet;
 
@@ -86,7 +87,13 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Builds a freshly initialised classifier on `device`.
+    /// Builds a classifier initialised from `seed` alone ([`init::SeededInit`]): the same
+    /// weights on every device and in every thread.
+    pub fn init_seeded(&self, device: &Device, seed: u64) -> Classifier {
+        self.init(device).map(&mut init::SeededInit::new(seed))
+    }
+
+    /// Builds a classifier with Burn's own initialisation (a template to load weights into).
     pub fn init(&self, device: &Device) -> Classifier {
         let net = match self.architecture {
             Architecture::Resnet18 => {
@@ -139,6 +146,35 @@ impl Classifier {
         self.features(images).logits
     }
 
+    /// Number of trainable parameters (weights and biases; batch-norm running statistics are
+    /// state, not parameters, as in PyTorch's `parameters()`).
+    pub fn num_trainable_params(&self) -> usize {
+        struct Count {
+            path: Vec<String>,
+            total: usize,
+        }
+        impl burn::module::ModuleVisitor for Count {
+            fn enter_module(&mut self, name: &str, _container_type: &str) {
+                self.path.push(name.to_string());
+            }
+            fn exit_module(&mut self, _name: &str, _container_type: &str) {
+                self.path.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                let leaf = self.path.last().map(String::as_str).unwrap_or("");
+                if !leaf.starts_with("running_") {
+                    self.total += param.lazy_shape().num_elements();
+                }
+            }
+        }
+        let mut c = Count {
+            path: Vec::new(),
+            total: 0,
+        };
+        self.visit(&mut c);
+        c.total
+    }
+
     /// Stage outputs, penultimate features and logits.
     pub fn features(&self, images: Tensor<4>) -> Features {
         let x = self.normalization.apply(images);
@@ -165,11 +201,14 @@ mod tests {
     #[test]
     fn resnet18_full_width_has_the_standard_parameter_count() {
         let device = Device::flex();
+        // Burn's `num_params` also counts the BN running mean and variance (9,600 values).
+        let m = cfg(Architecture::Resnet18, 64, 10).init(&device);
+        assert_eq!(m.num_params() - m.num_trainable_params(), 9_600);
         // 11,159,232 conv + 9,600 BN + 5,130 fc = 11,173,962: the CIFAR ResNet-18 with 10 classes (kuangliu / BackdoorBench).
         assert_eq!(
             cfg(Architecture::Resnet18, 64, 10)
                 .init(&device)
-                .num_params(),
+                .num_trainable_params(),
             11_173_962
         );
         // PreAct-ResNet-18 (BackdoorBench layout): same convs, BN only before convs and once at the
@@ -177,7 +216,7 @@ mod tests {
         assert_eq!(
             cfg(Architecture::PreactResnet18, 64, 10)
                 .init(&device)
-                .num_params(),
+                .num_trainable_params(),
             11_172_170
         );
     }
@@ -195,6 +234,45 @@ mod tests {
             assert_eq!(f.penultimate.dims(), [2, 64]);
             assert_eq!(f.logits.dims(), [2, 43]);
         }
+    }
+
+    #[test]
+    fn seeded_init_is_reproducible_and_follows_the_spec() {
+        let device = Device::flex();
+        let c = cfg(Architecture::Resnet18, 8, 10);
+        let a = c.init_seeded(&device, 3);
+        let b = c.init_seeded(&device, 3);
+        let other = c.init_seeded(&device, 4);
+        let w = |m: &Classifier| -> Vec<f32> {
+            let Network::Resnet18(r) = &m.net else {
+                panic!("resnet")
+            };
+            r.layer3[0]
+                .conv1
+                .weight
+                .val()
+                .into_data()
+                .try_to_vec()
+                .expect("f32")
+        };
+        assert_eq!(w(&a), w(&b));
+        assert_ne!(w(&a), w(&other));
+        // Kaiming normal, fan-out: std = sqrt(2 / (out * k * k)) = sqrt(2 / (32 * 9)).
+        let v = w(&a);
+        let var = v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32;
+        let expect = 2.0 / (32.0 * 9.0);
+        assert!(
+            (var / expect - 1.0).abs() < 0.1,
+            "variance {var} vs {expect}"
+        );
+        let Network::Resnet18(r) = &a.net else {
+            panic!("resnet")
+        };
+        let fc: Vec<f32> = r.fc.weight.val().into_data().try_to_vec().expect("f32");
+        let bound = 1.0 / (64f32).sqrt();
+        assert!(fc.iter().all(|x| x.abs() <= bound));
+        let gamma: Vec<f32> = r.stem_bn.gamma.val().into_data().try_to_vec().expect("f32");
+        assert!(gamma.iter().all(|g| *g == 1.0));
     }
 
     #[test]

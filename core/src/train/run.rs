@@ -216,8 +216,7 @@ pub fn train(
 
     let device = selected.device.clone();
     let ad_device = device.clone().autodiff();
-    ad_device.seed(config.seed);
-    let mut model = model_config.init(&ad_device);
+    let mut model = model_config.init_seeded(&ad_device, config.seed);
     let mut sgd = Sgd::new(config.sgd.clone());
     let mut history = Vec::new();
     let mut first_epoch = 0;
