@@ -191,15 +191,19 @@ impl TrainArgs {
         c.batch_size = self.batch_size;
         c.lr = self.lr;
         c.schedule = match self.schedule {
-            ScheduleArg::Multistep => match &self.milestones {
-                Some(m) => Schedule::Multistep {
+            ScheduleArg::Multistep => match (
+                &self.milestones,
+                Schedule::supplement_multistep(self.epochs),
+            ) {
+                (Some(m), _) => Schedule::Multistep {
                     milestones: m.clone(),
                     gamma: self.gamma,
                 },
-                None => Schedule::Multistep {
-                    milestones: vec![self.epochs / 2, self.epochs * 3 / 4],
+                (None, Schedule::Multistep { milestones, .. }) => Schedule::Multistep {
+                    milestones,
                     gamma: self.gamma,
                 },
+                (None, other) => other,
             },
             ScheduleArg::Cosine => Schedule::cosine(self.epochs),
             ScheduleArg::Constant => Schedule::Constant,

@@ -17,9 +17,16 @@ pub enum Schedule {
 
 impl Schedule {
     /// The supplement's MultiStep schedule, milestones scaled to `epochs` (100/200 and 150/200).
+    /// Milestones that would fall on epoch 0 (runs shorter than 2 epochs) are dropped, so a short
+    /// run starts at the base rate.
     pub fn supplement_multistep(epochs: usize) -> Self {
+        let mut milestones: Vec<usize> = [epochs / 2, epochs * 3 / 4]
+            .into_iter()
+            .filter(|&m| m > 0)
+            .collect();
+        milestones.dedup();
         Schedule::Multistep {
-            milestones: vec![epochs / 2, epochs * 3 / 4],
+            milestones,
             gamma: 0.1,
         }
     }
@@ -66,6 +73,22 @@ mod tests {
         assert!((s.lr(0.1, 99) - 0.1).abs() < 1e-12);
         assert!((s.lr(0.1, 100) - 0.01).abs() < 1e-12);
         assert!((s.lr(0.1, 150) - 0.001).abs() < 1e-12);
+        // Short runs: no milestone at epoch 0, none repeated.
+        assert!((Schedule::supplement_multistep(1).lr(0.1, 0) - 0.1).abs() < 1e-12);
+        assert_eq!(
+            Schedule::supplement_multistep(3),
+            Schedule::Multistep {
+                milestones: vec![1, 2],
+                gamma: 0.1
+            }
+        );
+        assert_eq!(
+            Schedule::supplement_multistep(2),
+            Schedule::Multistep {
+                milestones: vec![1],
+                gamma: 0.1
+            }
+        );
     }
 
     #[test]
