@@ -78,6 +78,15 @@ fn read_split(dir: &Path, classes: &[String], size: usize) -> Result<ImageSet> {
             reason: "no PNG, JPEG or PPM images in the class folders".into(),
         });
     }
+    decode_set(&items, size, classes)
+}
+
+/// Decodes `(file, class)` pairs in parallel into one set at `size`x`size`.
+pub fn decode_set(
+    items: &[(PathBuf, usize)],
+    size: usize,
+    class_names: &[String],
+) -> Result<ImageSet> {
     let decoded: Vec<Vec<u8>> = items
         .par_iter()
         .map(|(p, _)| decode_resized(p, size))
@@ -88,8 +97,8 @@ fn read_split(dir: &Path, classes: &[String], size: usize) -> Result<ImageSet> {
         channels: 3,
         height: size,
         width: size,
-        num_classes: classes.len(),
-        class_names: classes.to_vec(),
+        num_classes: class_names.len(),
+        class_names: class_names.to_vec(),
     })
 }
 

@@ -9,7 +9,6 @@
 
 use super::{ImageSet, TrainTest, folder, records};
 use crate::{Error, Result};
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// Number of GTSRB classes.
@@ -125,27 +124,6 @@ fn read_gt(path: &Path) -> Result<Vec<GtRow>> {
     parse_gt_csv(path, &text)
 }
 
-fn decode_all(items: Vec<(PathBuf, usize)>, size: usize, names: &[String]) -> Result<ImageSet> {
-    let decoded: Vec<Vec<u8>> = items
-        .par_iter()
-        .map(|(p, _)| folder::decode_resized(p, size))
-        .collect::<Result<_>>()?;
-    let mut set = ImageSet {
-        pixels: Vec::with_capacity(items.len() * 3 * size * size),
-        labels: Vec::with_capacity(items.len()),
-        channels: 3,
-        height: size,
-        width: size,
-        num_classes: NUM_CLASSES,
-        class_names: names.to_vec(),
-    };
-    for ((_, c), px) in items.iter().zip(decoded) {
-        set.pixels.extend(px);
-        set.labels.push(*c as u16);
-    }
-    Ok(set)
-}
-
 fn load_official_train(images: &Path, size: usize, names: &[String]) -> Result<ImageSet> {
     let mut items = Vec::new();
     for c in 0..NUM_CLASSES {
@@ -170,7 +148,7 @@ fn load_official_train(images: &Path, size: usize, names: &[String]) -> Result<I
             items.push((class_dir.join(&row.file), c));
         }
     }
-    decode_all(items, size, names)
+    folder::decode_set(&items, size, names)
 }
 
 fn load_official_test(test_root: &Path, size: usize, names: &[String]) -> Result<ImageSet> {
@@ -187,11 +165,11 @@ fn load_official_test(test_root: &Path, size: usize, names: &[String]) -> Result
         path: test_root.into(),
         reason: "GT-final_test.csv (the test labels, with a ClassId column) not found in Final_Test/Images, Final_Test or beside Final_Test".into(),
     })?;
-    let items = read_gt(csv)?
+    let items: Vec<(PathBuf, usize)> = read_gt(csv)?
         .into_iter()
         .map(|r| (images.join(&r.file), r.class_id))
         .collect();
-    decode_all(items, size, names)
+    folder::decode_set(&items, size, names)
 }
 
 #[cfg(test)]

@@ -19,6 +19,26 @@ pub struct Split {
     pub held_out: Vec<usize>,
 }
 
+/// Indices of `set` grouped by class.
+fn by_class(set: &ImageSet) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); set.num_classes];
+    for (i, &l) in set.labels.iter().enumerate() {
+        groups[l as usize].push(i);
+    }
+    groups
+}
+
+/// The split whose held-out part is `held_out` (any order) and whose kept part is the rest.
+fn complement(n: usize, mut held_out: Vec<usize>) -> Split {
+    held_out.sort_unstable();
+    let mut is_held = vec![false; n];
+    for &i in &held_out {
+        is_held[i] = true;
+    }
+    let keep = (0..n).filter(|&i| !is_held[i]).collect();
+    Split { keep, held_out }
+}
+
 /// Holds out `round(fraction * n)` images, stratified by class so every class keeps its share.
 pub fn holdout(set: &ImageSet, fraction: f64, seed: u64) -> Result<Split> {
     if !(0.0..1.0).contains(&fraction) {
@@ -28,10 +48,7 @@ pub fn holdout(set: &ImageSet, fraction: f64, seed: u64) -> Result<Split> {
         ));
     }
     let mut rng = Rng::from_parts(&[seed, 0x5EED_5B17]);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); set.num_classes];
-    for (i, &l) in set.labels.iter().enumerate() {
-        by_class[l as usize].push(i);
-    }
+    let mut by_class = by_class(set);
     let total = (fraction * set.len() as f64).round() as usize;
     // Largest-remainder apportionment of `total` over classes.
     let exact: Vec<f64> = by_class.iter().map(|v| v.len() as f64 * fraction).collect();
@@ -59,21 +76,12 @@ pub fn holdout(set: &ImageSet, fraction: f64, seed: u64) -> Result<Split> {
         rng.shuffle(members);
         held_out.extend_from_slice(&members[..quota[c]]);
     }
-    held_out.sort_unstable();
-    let mut is_held = vec![false; set.len()];
-    for &i in &held_out {
-        is_held[i] = true;
-    }
-    let keep = (0..set.len()).filter(|&i| !is_held[i]).collect();
-    Ok(Split { keep, held_out })
+    Ok(complement(set.len(), held_out))
 }
 
 /// Takes `per_class` images of each class (seeded choice) as `held_out`; the rest is `keep`.
 pub fn per_class_slice(set: &ImageSet, per_class: usize, seed: u64) -> Result<Split> {
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); set.num_classes];
-    for (i, &l) in set.labels.iter().enumerate() {
-        by_class[l as usize].push(i);
-    }
+    let mut by_class = by_class(set);
     let mut rng = Rng::from_parts(&[seed, 0xC1A5_5511]);
     let mut held_out = Vec::new();
     for (c, members) in by_class.iter_mut().enumerate() {
@@ -89,11 +97,5 @@ pub fn per_class_slice(set: &ImageSet, per_class: usize, seed: u64) -> Result<Sp
         rng.shuffle(members);
         held_out.extend_from_slice(&members[..per_class]);
     }
-    held_out.sort_unstable();
-    let mut is_held = vec![false; set.len()];
-    for &i in &held_out {
-        is_held[i] = true;
-    }
-    let keep = (0..set.len()).filter(|&i| !is_held[i]).collect();
-    Ok(Split { keep, held_out })
+    Ok(complement(set.len(), held_out))
 }
