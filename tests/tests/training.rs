@@ -204,8 +204,7 @@ fn checkpoint_round_trip_preserves_outputs() {
     let bogus = out.path().join("bogus.bpk");
     std::fs::write(&bogus, b"not a model").expect("write");
     let err = cleanse_core::train::checkpoint::load_model(a.config.init(&device), &bogus)
-        .err()
-        .expect("must fail")
+        .expect_err("must fail")
         .to_string();
     assert!(err.contains("bogus.bpk"), "{err}");
 }

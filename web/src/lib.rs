@@ -24,7 +24,7 @@ mod tests {
             ("b.json", "{\"x\":1}"),
             ("c.json", "{\"schema_version\":99}"),
         ]);
-        let errs: Vec<String> = r.into_iter().map(|x| x.err().expect("must fail")).collect();
+        let errs: Vec<String> = r.into_iter().map(|x| x.expect_err("must fail")).collect();
         assert!(errs[0].starts_with("a.json: not JSON"), "{}", errs[0]);
         assert!(
             errs[1].starts_with("b.json: not a cleanse report"),

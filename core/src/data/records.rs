@@ -19,7 +19,7 @@ pub fn parse(path: &Path, bytes: &[u8], num_classes: usize) -> Result<(Vec<u8>, 
             reason: "file is empty; expected records of 3,073 bytes".into(),
         });
     }
-    if bytes.len() % RECORD_LEN != 0 {
+    if !bytes.len().is_multiple_of(RECORD_LEN) {
         return Err(Error::BadFile {
             path: path.into(),
             reason: format!(

@@ -285,8 +285,8 @@ mod tests {
             .try_to_vec()
             .expect("f32");
         let n = Normalization::cifar10();
-        for c in 0..3 {
-            assert!((y[c] - (1.0 - n.mean[c]) / n.std[c]).abs() < 1e-5);
+        for (c, v) in y.iter().enumerate() {
+            assert!((v - (1.0 - n.mean[c]) / n.std[c]).abs() < 1e-5);
         }
     }
 }
