@@ -127,7 +127,8 @@ struct TrainArgs {
     lr: f64,
     #[arg(long, value_enum, default_value_t = ScheduleArg::Multistep)]
     schedule: ScheduleArg,
-    /// MultiStep milestones (epochs); default: 1/2 and 3/4 of --epochs (100,150 for 200).
+    /// MultiStep milestones (epochs); default: 1/2 and 3/4 of --epochs (100,150 for 200),
+    /// none at epoch 0.
     #[arg(long, value_delimiter = ',')]
     milestones: Option<Vec<usize>>,
     #[arg(long, default_value_t = 0.1)]
@@ -191,19 +192,12 @@ impl TrainArgs {
         c.batch_size = self.batch_size;
         c.lr = self.lr;
         c.schedule = match self.schedule {
-            ScheduleArg::Multistep => match (
-                &self.milestones,
-                Schedule::supplement_multistep(self.epochs),
-            ) {
-                (Some(m), _) => Schedule::Multistep {
-                    milestones: m.clone(),
-                    gamma: self.gamma,
-                },
-                (None, Schedule::Multistep { milestones, .. }) => Schedule::Multistep {
-                    milestones,
-                    gamma: self.gamma,
-                },
-                (None, other) => other,
+            ScheduleArg::Multistep => Schedule::Multistep {
+                milestones: self
+                    .milestones
+                    .clone()
+                    .unwrap_or_else(|| Schedule::default_milestones(self.epochs)),
+                gamma: self.gamma,
             },
             ScheduleArg::Cosine => Schedule::cosine(self.epochs),
             ScheduleArg::Constant => Schedule::Constant,

@@ -81,29 +81,26 @@ fn train_writes_report_and_refuses_to_overwrite() {
 #[test]
 fn bad_flags_and_paths_are_named() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let o = cleanse(&[
-        "train",
-        "--dataset",
-        "cifar10",
-        "--data",
-        "/no/such/dir",
-        "--device",
-        "cpu",
-        "--out",
-    ]);
+    let missing_data = |out: Option<&str>| {
+        let mut args = vec![
+            "train",
+            "--dataset",
+            "cifar10",
+            "--data",
+            "/no/such/dir",
+            "--device",
+            "cpu",
+            "--out",
+        ];
+        args.extend(out);
+        cleanse(&args)
+    };
+    // --out without a value is refused by the parser, naming the flag.
+    let o = missing_data(None);
     assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--out"));
     let out = tmp.path().join("x");
-    let o = cleanse(&[
-        "train",
-        "--dataset",
-        "cifar10",
-        "--data",
-        "/no/such/dir",
-        "--device",
-        "cpu",
-        "--out",
-        out.to_str().expect("utf8"),
-    ]);
+    let o = missing_data(Some(out.to_str().expect("utf8")));
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/no/such/dir"), "{err}");

@@ -16,17 +16,22 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// The supplement's MultiStep schedule, milestones scaled to `epochs` (100/200 and 150/200).
+    /// The supplement's MultiStep milestones scaled to `epochs` (100/200 and 150/200).
     /// Milestones that would fall on epoch 0 (runs shorter than 2 epochs) are dropped, so a short
     /// run starts at the base rate.
-    pub fn supplement_multistep(epochs: usize) -> Self {
+    pub fn default_milestones(epochs: usize) -> Vec<usize> {
         let mut milestones: Vec<usize> = [epochs / 2, epochs * 3 / 4]
             .into_iter()
             .filter(|&m| m > 0)
             .collect();
         milestones.dedup();
+        milestones
+    }
+
+    /// The supplement's MultiStep schedule: [`Schedule::default_milestones`], gamma 0.1.
+    pub fn supplement_multistep(epochs: usize) -> Self {
         Schedule::Multistep {
-            milestones,
+            milestones: Self::default_milestones(epochs),
             gamma: 0.1,
         }
     }
