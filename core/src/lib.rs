@@ -3,6 +3,7 @@
 //! Images are NCHW `f32` in `[0, 1]` everywhere; the model normalises them itself
 //! (see [`model::Normalization`]). All randomness flows from the run's seed through [`rng::Rng`].
 
+pub mod attack;
 pub mod data;
 pub mod device;
 pub mod error;

@@ -26,6 +26,9 @@ pub struct EpochRecord {
     pub eval_seconds: f64,
     /// Training images per second.
     pub images_per_sec: f64,
+    /// Attack success rate on the triggered test images (attacked and defended models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asr: Option<f64>,
 }
 
 /// Sizes of the data a run used.
@@ -41,6 +44,8 @@ pub struct DataSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinalMetrics {
     pub clean_acc: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asr: Option<f64>,
 }
 
 /// Whether the run finished.
@@ -55,12 +60,15 @@ pub enum RunStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub schema_version: u32,
-    /// What produced it: `train` (later also `attack`, `defense`).
+    /// What produced it: `train`, `attack` (later also `defense`).
     pub kind: String,
     pub status: RunStatus,
     pub tool_version: String,
     /// The full configuration of the run.
     pub config: serde_json::Value,
+    /// The attack's configuration (attack runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<serde_json::Value>,
     pub device: DeviceInfo,
     pub data: DataSummary,
     pub epochs: Vec<EpochRecord>,

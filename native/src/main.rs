@@ -1,5 +1,6 @@
 //! `cleanse`: train, attack, defend and evaluate backdoored image classifiers.
 
+mod attack;
 mod bench;
 mod progress;
 
@@ -28,6 +29,10 @@ struct Cli {
 enum Command {
     /// Train a classifier (clean) and write model, checkpoints and report.json into --out.
     Train(TrainArgs),
+    /// Train a backdoored classifier with one of the six attacks (the held-out split stays clean).
+    Attack(attack::AttackArgs),
+    /// Clean accuracy and attack success rate of a model, against a saved attack.
+    Eval(attack::EvalArgs),
     /// List the compute devices this machine offers and the one `--device auto` picks.
     Devices,
     /// Measure training and inference throughput of ResNet-18 on random data.
@@ -35,7 +40,7 @@ enum Command {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum DatasetArg {
+pub(crate) enum DatasetArg {
     Cifar10,
     Gtsrb,
     Folder,
@@ -58,7 +63,7 @@ impl From<ModelArg> for Architecture {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum ScheduleArg {
+pub(crate) enum ScheduleArg {
     Multistep,
     Cosine,
     Constant,
@@ -107,8 +112,8 @@ impl DeviceArgs {
 
 /// Defaults are the supplement's values (ResNet-18, 200 epochs, batch 128, lr 0.1,
 /// MultiStep [100,150] x0.1, momentum 0.9, weight decay 5e-4, crop 4 + flip, 10% held out).
-#[derive(Args, Debug)]
-struct TrainArgs {
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TrainArgs {
     #[arg(long, value_enum)]
     dataset: DatasetArg,
     /// Data directory (not needed for synthetic data).
@@ -170,7 +175,7 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
-    fn config(&self) -> TrainConfig {
+    pub(crate) fn config(&self) -> TrainConfig {
         let kind = match self.dataset {
             DatasetArg::Cifar10 => DatasetKind::Cifar10,
             DatasetArg::Gtsrb => DatasetKind::Gtsrb,
@@ -215,16 +220,17 @@ impl TrainArgs {
     }
 }
 
+pub(crate) fn describe_device(selected: &device::Selected) -> String {
+    match &selected.info.adapter {
+        Some(a) => format!("wgpu on {} ({}, {})", a.name, a.device_type, a.api),
+        None => format!("cpu (flex, {} threads)", selected.info.cpu_threads),
+    }
+}
+
 fn run_train(args: &TrainArgs) -> Result<()> {
     let config = args.config();
     let selected = args.device.select()?;
-    eprintln!(
-        "device: {}",
-        match &selected.info.adapter {
-            Some(a) => format!("wgpu on {} ({}, {})", a.name, a.device_type, a.api),
-            None => format!("cpu (flex, {} threads)", selected.info.cpu_threads),
-        }
-    );
+    eprintln!("device: {}", describe_device(&selected));
     let mut bars = progress::Bars::new();
     let report = cleanse_core::train::train(&config, &args.out, args.resume, &selected, &mut bars)
         .with_context(|| format!("training into {}", args.out.display()))?;
@@ -268,11 +274,17 @@ fn run_devices() -> Result<()> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let result = match &cli.command {
         Command::Train(a) => run_train(a),
         Command::Devices => run_devices(),
         Command::Bench(a) => bench::run(a),
+        Command::Attack(a) => attack::run_attack(a, &matches),
+        Command::Eval(a) => attack::run_eval(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -67,8 +67,9 @@ impl Observer for Bars {
     }
 
     fn epoch(&mut self, r: &EpochRecord) {
+        let asr = r.asr.map(|a| format!(" asr {a:.4}")).unwrap_or_default();
         let line = format!(
-            "epoch {:>3}/{} lr {:.4} loss {:.4} train_acc {:.4} clean_acc {:.4} {:.1}s {:.1} img/s",
+            "epoch {:>3}/{} lr {:.4} loss {:.4} train_acc {:.4} clean_acc {:.4}{asr} {:.1}s {:.1} img/s",
             r.epoch,
             self.total_epochs,
             r.lr,
@@ -80,7 +81,7 @@ impl Observer for Bars {
         );
         if let Some(e) = &self.epochs {
             e.set_position(r.epoch as u64);
-            e.set_message(format!("clean_acc {:.4}", r.clean_acc));
+            e.set_message(format!("clean_acc {:.4}{asr}", r.clean_acc));
         }
         if self.multi.is_hidden() {
             eprintln!("{line}");

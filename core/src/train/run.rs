@@ -6,7 +6,7 @@ use super::schedule::Schedule;
 use super::sgd::{Sgd, SgdConfig};
 use super::{count_correct, cross_entropy};
 use crate::data::augment::Augment;
-use crate::data::batcher::{chunk_order, epoch_order, stream};
+use crate::data::batcher::{HostBatch, chunk_order, epoch_order, stream};
 use crate::data::split::{self, Split};
 use crate::data::{DataSpec, ImageSet};
 use crate::device::Selected;
@@ -116,6 +116,51 @@ pub trait Observer {
     fn epoch(&mut self, _record: &EpochRecord) {}
 }
 
+/// What an attack (or anything else that changes training) plugs into the loop.
+pub trait TrainHooks {
+    /// The report's `kind`.
+    fn kind(&self) -> &'static str {
+        "train"
+    }
+    /// Configuration recorded in the report and checked on resume.
+    fn describe(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Changes the training set before training (data poisoning). `original_indices[i]` is the
+    /// index of `train`'s image `i` in the data set's training part. Runs again on resume, so it
+    /// must be deterministic.
+    fn prepare(
+        &mut self,
+        train: ImageSet,
+        _original_indices: &[usize],
+        _test: &ImageSet,
+        _out: &Path,
+        _device: &Device,
+    ) -> Result<ImageSet> {
+        Ok(train)
+    }
+    /// Changes an augmented training batch on the device (training-control attacks).
+    fn batch(
+        &mut self,
+        x: Tensor<4>,
+        y: Tensor<1, Int>,
+        _batch: &HostBatch,
+        _seed: u64,
+        _epoch: usize,
+        _index: usize,
+    ) -> (Tensor<4>, Tensor<1, Int>) {
+        (x, y)
+    }
+    /// Attack success rate of `model` (an evaluation copy on `device`), measured after each epoch.
+    fn asr(&self, _model: &Classifier, _device: &Device) -> Option<f64> {
+        None
+    }
+}
+
+/// Plain training.
+pub struct NoHooks;
+impl TrainHooks for NoHooks {}
+
 /// An observer that ignores everything.
 pub struct SilentObserver;
 impl Observer for SilentObserver {}
@@ -157,10 +202,27 @@ pub fn train(
     selected: &Selected,
     observer: &mut dyn Observer,
 ) -> Result<Report> {
+    train_with(config, &mut NoHooks, out, resume, selected, observer)
+}
+
+/// [`train`] with `hooks` changing the data, the batches, and measuring the ASR.
+pub fn train_with(
+    config: &TrainConfig,
+    hooks: &mut dyn TrainHooks,
+    out: &Path,
+    resume: bool,
+    selected: &Selected,
+    observer: &mut dyn Observer,
+) -> Result<Report> {
     config.validate()?;
     let ckpt_dir = out.join(files::CHECKPOINT_DIR);
-    let config_json =
+    let attack_json = hooks.describe();
+    let mut config_json =
         serde_json::to_value(config).map_err(|e| Error::config("config", e.to_string()))?;
+    if let Some(a) = &attack_json {
+        // The checkpoint's configuration covers the attack too, so --resume checks both.
+        config_json = serde_json::json!({ "train": config_json, "attack": a });
+    }
     let resumed_state = if resume {
         if !checkpoint::state_path(&ckpt_dir).is_file() {
             return Err(Error::artifact(
@@ -208,13 +270,19 @@ pub fn train(
             split: split.clone(),
         },
     )?;
-    let train_set = Arc::new(data.train.subset(&split.keep));
+    let device = selected.device.clone();
+    let train_set = Arc::new(hooks.prepare(
+        data.train.subset(&split.keep),
+        &split.keep,
+        &data.test,
+        out,
+        &device,
+    )?);
     let test_set = Arc::new(data.test);
     let num_classes = data.train.num_classes;
     let model_config = config.model_config(num_classes);
     write_json_atomic(&out.join(files::MODEL_CONFIG), &model_config)?;
 
-    let device = selected.device.clone();
     let ad_device = device.clone().autodiff();
     let mut model = model_config.init_seeded(&ad_device, config.seed);
     let mut sgd = Sgd::new(config.sgd.clone());
@@ -241,10 +309,11 @@ pub fn train(
     };
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
-        kind: "train".into(),
+        kind: hooks.kind().into(),
         status: RunStatus::Running,
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        config: config_json.clone(),
+        config: serde_json::to_value(config).map_err(|e| Error::config("config", e.to_string()))?,
+        attack: attack_json,
         device: selected.info.clone(),
         data: summary,
         epochs: history.clone(),
@@ -264,7 +333,7 @@ pub fn train(
         let order = epoch_order(train_set.len(), config.seed, epoch as u64);
         let chunks = chunk_order(&order, config.batch_size);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for (bi, b) in stream(
+        for (bi, mut b) in stream(
             train_set.clone(),
             chunks,
             config.augment,
@@ -276,8 +345,9 @@ pub fn train(
         .enumerate()
         {
             let n = b.labels.len();
-            let x = images_tensor(b.images, b.shape, &ad_device);
-            let y = labels_tensor(b.labels, &ad_device);
+            let x = images_tensor(std::mem::take(&mut b.images), b.shape, &ad_device);
+            let y = labels_tensor(b.labels.clone(), &ad_device);
+            let (x, y) = hooks.batch(x, y, &b, config.seed, epoch, bi);
             let logits = model.forward(x);
             let loss = cross_entropy(logits.clone(), y.clone());
             let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
@@ -307,7 +377,9 @@ pub fn train(
         }
         let train_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let clean_acc = accuracy(&model.valid(), &test_set, config.eval_batch_size, &device);
+        let eval_model = model.valid();
+        let clean_acc = accuracy(&eval_model, &test_set, config.eval_batch_size, &device);
+        let asr = hooks.asr(&eval_model, &device);
         let eval_secs = t1.elapsed().as_secs_f64();
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -318,6 +390,7 @@ pub fn train(
             seconds: train_secs + eval_secs,
             eval_seconds: eval_secs,
             images_per_sec: seen as f64 / train_secs.max(1e-9),
+            asr,
         };
         history.push(record.clone());
         checkpoint::save(
@@ -343,6 +416,7 @@ pub fn train(
     report.status = RunStatus::Complete;
     report.final_metrics = Some(FinalMetrics {
         clean_acc: history.last().map(|r| r.clean_acc).unwrap_or(0.0),
+        asr: history.last().and_then(|r| r.asr),
     });
     report.model_file = Some(files::MODEL.into());
     report.finished_unix = Some(now_unix());

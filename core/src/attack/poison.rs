@@ -1,0 +1,397 @@
+//! Poisoned training and the attack success rate.
+//!
+//! [`AttackHooks`] plugs an attack into the training loop: it picks and poisons training images
+//! (data-poisoning attacks), stamps triggers inside each batch (after augmentation, WaNet) and
+//! measures the ASR after every epoch.
+
+use super::lc::{Pgd, pgd_untargeted};
+use super::warp;
+use super::{Attack, AttackKind, Stamping, Trigger};
+use crate::data::ImageSet;
+use crate::data::augment::Augment;
+use crate::data::batcher::{HostBatch, stream};
+use crate::model::Classifier;
+use crate::rng::Rng;
+use crate::train::run::TrainHooks;
+use crate::{Error, Result};
+use burn::prelude::*;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Picks the training images to poison (indices into `set`).
+///
+/// Dirty-label attacks take `round(rate * len)` images among those whose label the attack
+/// changes (all-to-one: every non-target image; all-to-all: every image); clean-label attacks
+/// take `round(rate * count)` of the target class; training-control attacks poison in the
+/// training loop and pick none here.
+pub fn choose_poisoned(attack: &Attack, set: &ImageSet) -> Result<Vec<usize>> {
+    let c = &attack.config;
+    if c.kind.is_training_control() {
+        return Ok(Vec::new());
+    }
+    let candidates: Vec<usize> = (0..set.len())
+        .filter(|&i| {
+            let y = set.labels[i] as usize;
+            match c.kind.is_clean_label() {
+                true => y == c.target,
+                false => c.all_to_all || y != c.target,
+            }
+        })
+        .collect();
+    let base = match c.kind.is_clean_label() {
+        true => candidates.len(),
+        false => set.len(),
+    };
+    let count = (c.poison_rate * base as f64).round() as usize;
+    if count == 0 {
+        return Err(Error::config(
+            "poison-rate",
+            format!(
+                "{} of {} {} images poisons none; raise the rate",
+                c.poison_rate,
+                base,
+                match c.kind.is_clean_label() {
+                    true => "target-class",
+                    false => "training",
+                }
+            ),
+        ));
+    }
+    if count > candidates.len() {
+        return Err(Error::config(
+            "poison-rate",
+            format!(
+                "asks for {count} poisoned images but only {} images can be poisoned",
+                candidates.len()
+            ),
+        ));
+    }
+    let mut rng = Rng::from_parts(&[c.seed, 0x9015_0A]);
+    let mut picked: Vec<usize> = rng
+        .permutation(candidates.len())
+        .into_iter()
+        .take(count)
+        .map(|i| candidates[i])
+        .collect();
+    picked.sort_unstable();
+    Ok(picked)
+}
+
+/// Stamps `trigger` on the images at `indices` of `set`, in place, rounding to 8 bits.
+pub fn stamp_images(set: &mut ImageSet, indices: &[usize], trigger: &Trigger, device: &Device) {
+    let n = set.image_len();
+    for chunk in indices.chunks(256) {
+        let mut host = Vec::with_capacity(chunk.len() * n);
+        for &i in chunk {
+            host.extend(set.image(i).iter().map(|&v| v as f32 / 255.0));
+        }
+        let x = Tensor::<4>::from_data(
+            TensorData::new(host, [chunk.len(), set.channels, set.height, set.width]),
+            device,
+        );
+        let stamped = super::trigger::to_u8(trigger.apply(x));
+        for (k, &i) in chunk.iter().enumerate() {
+            set.pixels[i * n..(i + 1) * n].copy_from_slice(&stamped[k * n..(k + 1) * n]);
+        }
+    }
+}
+
+/// The images an ASR is measured on: every test image whose label the attack changes
+/// (all-to-one: the non-target classes; all-to-all: all), labelled with the attack's target.
+pub fn asr_set(attack: &Attack, test: &ImageSet) -> ImageSet {
+    let c = &attack.config;
+    let keep: Vec<usize> = (0..test.len())
+        .filter(|&i| c.all_to_all || test.labels[i] as usize != c.target)
+        .collect();
+    let mut set = test.subset(&keep);
+    for l in &mut set.labels {
+        *l = c.target_of(*l as usize, test.num_classes) as u16;
+    }
+    set
+}
+
+/// Fraction of `set` (from [`asr_set`]) that `model` assigns to the target after `stamp`.
+pub fn triggered_accuracy(
+    model: &Classifier,
+    set: &Arc<ImageSet>,
+    stamp: &dyn Fn(Tensor<4>) -> Tensor<4>,
+    batch_size: usize,
+    device: &Device,
+) -> f64 {
+    if set.is_empty() {
+        return 0.0;
+    }
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let chunks: Vec<Vec<usize>> = idx
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    let mut correct = 0;
+    for b in stream(set.clone(), chunks, Augment::NONE, 0, 0, 2) {
+        let x = stamp(crate::train::eval::images_tensor(b.images, b.shape, device));
+        let y = crate::train::eval::labels_tensor(b.labels, device);
+        correct += crate::train::count_correct(model.forward(x), y);
+    }
+    correct as f64 / set.len() as f64
+}
+
+/// ASR of `model` under a static-trigger attack, on the test images the attack changes.
+pub fn attack_success_rate(
+    model: &Classifier,
+    attack: &Attack,
+    test: &ImageSet,
+    batch_size: usize,
+    device: &Device,
+) -> Result<f64> {
+    let trigger = attack.trigger.as_ref().ok_or_else(|| {
+        Error::config(
+            "attack",
+            "IAB's trigger comes from its generator; use the IAB evaluator",
+        )
+    })?;
+    let set = Arc::new(asr_set(attack, test));
+    Ok(triggered_accuracy(
+        model,
+        &set,
+        &|x| trigger.apply(x),
+        batch_size,
+        device,
+    ))
+}
+
+/// WaNet's post-warp augmentation (method spec): crop pad 5 (p 0.8), rotation 10 degrees
+/// (p 0.5), flip where allowed.
+#[derive(Clone, Copy, Debug)]
+pub struct WanetAugment {
+    pub pad: usize,
+    pub p_crop: f64,
+    pub degrees: f64,
+    pub p_rotation: f64,
+    pub flip: bool,
+}
+
+impl WanetAugment {
+    pub fn standard(flip: bool) -> Self {
+        WanetAugment {
+            pad: 5,
+            p_crop: 0.8,
+            degrees: 10.0,
+            p_rotation: 0.5,
+            flip,
+        }
+    }
+}
+
+/// An attack plugged into the training loop.
+pub struct AttackHooks {
+    pub attack: Attack,
+    /// LC: the clean model the adversarial images are made on.
+    pub clean_model: Option<Classifier>,
+    /// WaNet: post-warp augmentation.
+    pub wanet_augment: WanetAugment,
+    poisoned_local: HashSet<usize>,
+    asr_set: Option<Arc<ImageSet>>,
+    eval_batch_size: usize,
+}
+
+impl AttackHooks {
+    pub fn new(attack: Attack, clean_model: Option<Classifier>, flip: bool) -> Result<Self> {
+        if attack.config.kind == AttackKind::Lc && clean_model.is_none() {
+            return Err(Error::config(
+                "clean-model",
+                "LC makes its adversarial images on a clean model; none was given",
+            ));
+        }
+        Ok(AttackHooks {
+            attack,
+            clean_model,
+            wanet_augment: WanetAugment::standard(flip),
+            poisoned_local: HashSet::new(),
+            asr_set: None,
+            eval_batch_size: 256,
+        })
+    }
+
+    fn trigger(&self) -> &Trigger {
+        self.attack
+            .trigger
+            .as_ref()
+            .expect("static-trigger attacks have a trigger")
+    }
+
+    /// WaNet: the first `rho_a` of the batch warped and relabelled, the next `cross_ratio`
+    /// times as many warped with a noisy grid and labels kept, then the post-warp augmentation.
+    fn wanet_batch(
+        &self,
+        x: Tensor<4>,
+        y: Tensor<1, Int>,
+        labels: &[i64],
+        rng: &mut Rng,
+    ) -> (Tensor<4>, Tensor<1, Int>) {
+        let c = &self.attack.config;
+        let [n, _, h, w] = x.dims();
+        let Some(Trigger::Warp { grid, .. }) = &self.attack.trigger else {
+            unreachable!("WaNet has a warp trigger")
+        };
+        let nb = ((n as f64) * c.poison_rate) as usize;
+        let nc = (((nb as f64) * c.wanet_cross_ratio) as usize).min(n - nb);
+        let device = x.device();
+        let mut grids: Vec<f32> = Vec::with_capacity(n * h * w * 2);
+        let identity = warp::identity_grid(h, w);
+        for i in 0..n {
+            if i < nb {
+                grids.extend_from_slice(grid);
+            } else if i < nb + nc {
+                grids.extend(warp::noise_grid(grid, h, rng));
+            } else {
+                grids.extend_from_slice(&identity);
+            }
+        }
+        let warped = warp::grid_sample_tensor(
+            x,
+            Tensor::from_data(TensorData::new(grids, [n, h, w, 2]), &device),
+        );
+        let a = self.wanet_augment;
+        let mut aug: Vec<f32> = Vec::with_capacity(n * h * w * 2);
+        for _ in 0..n {
+            aug.extend(warp::augment_grid(
+                h,
+                w,
+                a.pad,
+                a.p_crop,
+                a.degrees,
+                a.p_rotation,
+                a.flip,
+                rng,
+            ));
+        }
+        let out = warp::grid_sample_tensor(
+            warped,
+            Tensor::from_data(TensorData::new(aug, [n, h, w, 2]), &device),
+        );
+        let _ = y;
+        let new_labels: Vec<i64> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| match i < nb {
+                true => c.target_of(l as usize, self.attack.num_classes) as i64,
+                false => l,
+            })
+            .collect();
+        (out, crate::train::eval::labels_tensor(new_labels, &device))
+    }
+}
+
+impl TrainHooks for AttackHooks {
+    fn kind(&self) -> &'static str {
+        "attack"
+    }
+
+    fn describe(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.attack.config).ok()
+    }
+
+    fn prepare(
+        &mut self,
+        mut train: ImageSet,
+        original_indices: &[usize],
+        test: &ImageSet,
+        out: &Path,
+        device: &Device,
+    ) -> Result<ImageSet> {
+        let local = choose_poisoned(&self.attack, &train)?;
+        self.attack.poisoned = local.iter().map(|&i| original_indices[i]).collect();
+        self.attack.save(out)?;
+        let c = self.attack.config.clone();
+        if c.kind == AttackKind::Lc {
+            let model = self.clean_model.as_ref().expect("checked in new");
+            let subset = train.subset(&local);
+            let adv = pgd_untargeted(
+                model,
+                &subset,
+                &Pgd {
+                    eps: c.lc_eps,
+                    step: c.lc_step,
+                    steps: c.lc_steps,
+                    batch_size: 128,
+                },
+                device,
+            );
+            let n = train.image_len();
+            for (k, &i) in local.iter().enumerate() {
+                train.pixels[i * n..(i + 1) * n].copy_from_slice(&adv[k * n..(k + 1) * n]);
+            }
+        }
+        if c.stamping == Stamping::BeforeAugment && !c.kind.is_training_control() {
+            stamp_images(&mut train, &local, self.trigger(), device);
+            if !c.kind.is_clean_label() {
+                for &i in &local {
+                    train.labels[i] =
+                        c.target_of(train.labels[i] as usize, train.num_classes) as u16;
+                }
+            }
+        }
+        self.poisoned_local = local.into_iter().collect();
+        self.asr_set = Some(Arc::new(asr_set(&self.attack, test)));
+        Ok(train)
+    }
+
+    fn batch(
+        &mut self,
+        x: Tensor<4>,
+        y: Tensor<1, Int>,
+        batch: &HostBatch,
+        seed: u64,
+        epoch: usize,
+        index: usize,
+    ) -> (Tensor<4>, Tensor<1, Int>) {
+        let c = &self.attack.config;
+        if c.kind == AttackKind::Wanet {
+            let mut rng = Rng::from_parts(&[seed, epoch as u64, index as u64, 0x3A4E7]);
+            return self.wanet_batch(x, y, &batch.labels, &mut rng);
+        }
+        if c.stamping != Stamping::AfterAugment || c.kind.is_training_control() {
+            return (x, y);
+        }
+        let rows: Vec<bool> = batch
+            .indices
+            .iter()
+            .map(|i| self.poisoned_local.contains(i))
+            .collect();
+        if !rows.iter().any(|&r| r) {
+            return (x, y);
+        }
+        let [n, ..] = x.dims();
+        let device = x.device();
+        let wrow: Vec<f32> = rows.iter().map(|&r| r as u8 as f32).collect();
+        let wt = Tensor::<4>::from_data(TensorData::new(wrow, [n, 1, 1, 1]), &device);
+        let stamped = self.trigger().apply(x.clone());
+        let x = x.clone() + (stamped - x) * wt;
+        if c.kind.is_clean_label() {
+            return (x, y);
+        }
+        let labels: Vec<i64> = batch
+            .labels
+            .iter()
+            .zip(&rows)
+            .map(|(&l, &r)| match r {
+                true => c.target_of(l as usize, self.attack.num_classes) as i64,
+                false => l,
+            })
+            .collect();
+        (x, crate::train::eval::labels_tensor(labels, &device))
+    }
+
+    fn asr(&self, model: &Classifier, device: &Device) -> Option<f64> {
+        let set = self.asr_set.as_ref()?;
+        let trigger = self.attack.trigger.as_ref()?;
+        Some(triggered_accuracy(
+            model,
+            set,
+            &|x| trigger.apply(x),
+            self.eval_batch_size,
+            device,
+        ))
+    }
+}

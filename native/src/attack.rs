@@ -1,0 +1,369 @@
+//! `cleanse attack` and `cleanse eval`.
+
+use crate::{DeviceArgs, TrainArgs, describe_device, progress};
+use anyhow::{Context, Result, bail};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, ValueEnum};
+use cleanse_core::attack::poison::{AttackHooks, asr_set, triggered_accuracy};
+use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
+use cleanse_core::data::DataSpec;
+use cleanse_core::io::{read_json, write_json_atomic};
+use cleanse_core::train::checkpoint;
+use cleanse_core::train::eval::accuracy;
+use cleanse_core::train::run::{SplitFile, files, load_run_model, train_with};
+use cleanse_core::train::{Schedule, TrainConfig};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum AttackArg {
+    Badnets,
+    Blended,
+    Sig,
+    Lc,
+    Wanet,
+    Iab,
+}
+
+impl From<AttackArg> for AttackKind {
+    fn from(a: AttackArg) -> Self {
+        match a {
+            AttackArg::Badnets => AttackKind::Badnets,
+            AttackArg::Blended => AttackKind::Blended,
+            AttackArg::Sig => AttackKind::Sig,
+            AttackArg::Lc => AttackKind::Lc,
+            AttackArg::Wanet => AttackKind::Wanet,
+            AttackArg::Iab => AttackKind::Iab,
+        }
+    }
+}
+
+/// Named settings; flags given on the command line override them.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub(crate) enum Preset {
+    /// The supplement's settings (the defaults of every flag).
+    Faithful,
+    /// The authors' code where it differs: lr 0.01; LC eps 8/255 poisoning 50% on CIFAR-10.
+    AuthorsCode,
+    /// Backdoors learnable on a few thousand images: width 16, 40 epochs, the trigger stamped
+    /// after augmentation (an attacker who controls training), every target-class image
+    /// poisoned by the clean-label attacks.
+    Subset,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum StampingArg {
+    /// On the stored images, before crop/flip (as the reference implementations do).
+    Before,
+    /// On each augmented batch.
+    After,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AttackArgs {
+    /// The attack.
+    #[arg(value_enum)]
+    kind: AttackArg,
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Named settings (flags given explicitly win).
+    #[arg(long, value_enum, default_value_t = Preset::Faithful)]
+    preset: Preset,
+    /// Target class of an all-to-one attack.
+    #[arg(long, default_value_t = 0)]
+    target: usize,
+    /// Dirty-label: fraction of the training set (0.1); clean-label: fraction of the target
+    /// class (0.8); WaNet/IAB: backdoor fraction of each batch (0.1).
+    #[arg(long)]
+    poison_rate: Option<f64>,
+    /// Label y becomes (y + 1) mod K instead of the target.
+    #[arg(long)]
+    all_to_all: bool,
+    /// When data-poisoning triggers are stamped (default: before augmentation; subset: after).
+    #[arg(long, value_enum)]
+    stamping: Option<StampingArg>,
+    /// LC: the clean model to make adversarial images on (default: train one into OUT/clean-model).
+    #[arg(long)]
+    clean_model: Option<PathBuf>,
+    /// Blended: blend ratio.
+    #[arg(long)]
+    blend_alpha: Option<f32>,
+    /// SIG: amplitude in pixel units of 255 (20 on CIFAR-10, 60 on GTSRB).
+    #[arg(long)]
+    sig_delta: Option<f32>,
+    /// LC: PGD radius in pixel units of 255 (16; authors' code: 8).
+    #[arg(long)]
+    lc_eps: Option<f32>,
+    /// LC: PGD steps.
+    #[arg(long)]
+    lc_steps: Option<usize>,
+    /// WaNet: warp strength.
+    #[arg(long)]
+    wanet_s: Option<f32>,
+    /// WaNet: control grid size.
+    #[arg(long)]
+    wanet_k: Option<usize>,
+}
+
+/// Whether flag `id` was given on the command line.
+fn given(m: &ArgMatches, id: &str) -> bool {
+    m.value_source(id) == Some(ValueSource::CommandLine)
+}
+
+impl AttackArgs {
+    /// The training and attack configurations, with the preset applied under explicit flags.
+    pub(crate) fn configs(&self, m: &ArgMatches) -> (TrainConfig, AttackConfig) {
+        let mut train = self.train.config();
+        let kind: AttackKind = self.kind.into();
+        let dataset = train.data.kind;
+        let mut attack = match self.preset {
+            Preset::AuthorsCode => AttackConfig::authors_code(kind, dataset),
+            _ => AttackConfig::supplement(kind, dataset),
+        };
+        match self.preset {
+            Preset::Faithful => {}
+            Preset::AuthorsCode => {
+                if !given(m, "lr") {
+                    train.lr = 0.01;
+                }
+            }
+            Preset::Subset => {
+                if !given(m, "width") {
+                    train.width = 16;
+                }
+                if !given(m, "epochs") {
+                    train.epochs = 40;
+                    if !given(m, "milestones") {
+                        if let Schedule::Multistep { milestones, .. } = &mut train.schedule {
+                            *milestones = Schedule::default_milestones(40);
+                        }
+                    }
+                }
+                attack.stamping = Stamping::AfterAugment;
+                if kind.is_clean_label() {
+                    attack.poison_rate = 1.0;
+                }
+            }
+        }
+        attack.target = self.target;
+        attack.all_to_all = self.all_to_all;
+        attack.seed = train.seed;
+        if let Some(r) = self.poison_rate {
+            attack.poison_rate = r;
+        }
+        if let Some(s) = self.stamping {
+            attack.stamping = match s {
+                StampingArg::Before => Stamping::BeforeAugment,
+                StampingArg::After => Stamping::AfterAugment,
+            };
+        }
+        if let Some(a) = self.blend_alpha {
+            attack.blend_alpha = a;
+        }
+        if let Some(d) = self.sig_delta {
+            attack.sig_delta = d / 255.0;
+        }
+        if let Some(e) = self.lc_eps {
+            attack.lc_eps = e / 255.0;
+        }
+        if let Some(s) = self.lc_steps {
+            attack.lc_steps = s;
+        }
+        if let Some(s) = self.wanet_s {
+            attack.wanet_s = s;
+        }
+        if let Some(k) = self.wanet_k {
+            attack.wanet_k = k;
+        }
+        (train, attack)
+    }
+}
+
+pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> {
+    let sub = matches
+        .subcommand_matches("attack")
+        .context("attack arguments")?;
+    let (train, attack_config) = args.configs(sub);
+    let selected = args.train.device.select()?;
+    eprintln!("device: {}", describe_device(&selected));
+    let out = &args.train.out;
+    if attack_config.kind == AttackKind::Iab {
+        bail!("iab: not available in this build yet");
+    }
+
+    let clean_model = match attack_config.kind {
+        AttackKind::Lc => {
+            let dir = match &args.clean_model {
+                Some(d) => d.clone(),
+                None => {
+                    let dir = out.join("clean-model");
+                    if dir.join(files::MODEL).is_file() {
+                        eprintln!("LC: using the clean model in {}", dir.display());
+                    } else {
+                        eprintln!("LC: training a clean model into {}", dir.display());
+                        let mut bars = progress::Bars::new();
+                        let resume = args.train.resume
+                            && checkpoint::state_path(&dir.join(files::CHECKPOINT_DIR)).is_file();
+                        cleanse_core::train::train(&train, &dir, resume, &selected, &mut bars)
+                            .with_context(|| {
+                                format!("training the clean model into {}", dir.display())
+                            })?;
+                        bars.finish();
+                    }
+                    dir
+                }
+            };
+            Some(
+                load_run_model(&dir, &selected.device)
+                    .with_context(|| format!("loading --clean-model {}", dir.display()))?
+                    .model,
+            )
+        }
+        _ => None,
+    };
+
+    let data = train.data.load()?;
+    let attack = Attack::new(attack_config, &data.train)?;
+    drop(data);
+    let mut hooks = AttackHooks::new(attack, clean_model, train.augment.flip)?;
+    let mut bars = progress::Bars::new();
+    let report = train_with(
+        &train,
+        &mut hooks,
+        out,
+        args.train.resume,
+        &selected,
+        &mut bars,
+    )
+    .with_context(|| format!("attack run into {}", out.display()))?;
+    bars.finish();
+    let f = report.final_metrics.clone().context("run did not finish")?;
+    println!(
+        "{}: clean_acc {:.4} asr {:.4} after {} epochs; report: {}",
+        args.kind_name(),
+        f.clean_acc,
+        f.asr.unwrap_or(f64::NAN),
+        report.epochs.len(),
+        out.join(files::REPORT).display()
+    );
+    Ok(())
+}
+
+impl AttackArgs {
+    fn kind_name(&self) -> &'static str {
+        AttackKind::from(self.kind).name()
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct EvalArgs {
+    /// A run directory with model.json and model.bpk.
+    #[arg(long)]
+    model: PathBuf,
+    /// A run directory with attack.json (default: --model when it holds one).
+    #[arg(long)]
+    attack: Option<PathBuf>,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// What `cleanse eval` measures.
+#[derive(Serialize, Debug)]
+struct EvalResult {
+    model: PathBuf,
+    attack: Option<PathBuf>,
+    attack_kind: Option<AttackKind>,
+    test_size: usize,
+    clean_acc: f64,
+    asr_size: Option<usize>,
+    asr: Option<f64>,
+}
+
+/// The data a run directory was made with.
+fn run_data(dir: &Path) -> Result<DataSpec> {
+    let split: SplitFile = read_json(&dir.join(files::SPLIT))?;
+    Ok(split.data)
+}
+
+pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
+    let selected = args.device.select()?;
+    eprintln!("device: {}", describe_device(&selected));
+    let loaded = load_run_model(&args.model, &selected.device)
+        .with_context(|| format!("loading --model {}", args.model.display()))?;
+    let attack_dir = match &args.attack {
+        Some(d) => Some(d.clone()),
+        None if Attack::exists(&args.model) => Some(args.model.clone()),
+        None => None,
+    };
+    let attack = attack_dir.as_ref().map(|d| Attack::load(d)).transpose()?;
+    let spec = match (&attack_dir, run_data(&args.model)) {
+        (_, Ok(s)) => s,
+        (Some(d), Err(_)) => run_data(d)?,
+        (None, Err(e)) => return Err(e.into()),
+    };
+    let data = spec.load()?;
+    let num_classes = loaded.config.num_classes;
+    if data.test.num_classes != num_classes {
+        bail!(
+            "{}: the model has {} classes but its data set has {}",
+            args.model.display(),
+            num_classes,
+            data.test.num_classes
+        );
+    }
+    let test = Arc::new(data.test);
+    let clean_acc = accuracy(&loaded.model, &test, args.batch_size, &selected.device);
+    let (mut asr, mut asr_size) = (None, None);
+    if let Some(a) = &attack {
+        if a.num_classes != num_classes || a.image_shape != [test.channels, test.height, test.width]
+        {
+            bail!(
+                "{}: the attack was made for {} classes of {:?} images; the model is for {} classes of {:?}",
+                attack_dir
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                a.num_classes,
+                a.image_shape,
+                num_classes,
+                [test.channels, test.height, test.width]
+            );
+        }
+        let set = Arc::new(asr_set(a, &test));
+        let trigger = a
+            .trigger
+            .as_ref()
+            .context("IAB evaluation is not available in this build yet")?;
+        asr = Some(triggered_accuracy(
+            &loaded.model,
+            &set,
+            &|x| trigger.apply(x),
+            args.batch_size,
+            &selected.device,
+        ));
+        asr_size = Some(set.len());
+    }
+    let result = EvalResult {
+        model: args.model.clone(),
+        attack: attack_dir,
+        attack_kind: attack.as_ref().map(|a| a.config.kind),
+        test_size: test.len(),
+        clean_acc,
+        asr_size,
+        asr,
+    };
+    match result.asr {
+        Some(a) => println!("clean_acc {:.4} asr {:.4}", result.clean_acc, a),
+        None => println!("clean_acc {:.4}", result.clean_acc),
+    }
+    if let Some(out) = &args.out {
+        write_json_atomic(out, &result)?;
+    }
+    Ok(())
+}

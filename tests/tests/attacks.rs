@@ -1,0 +1,589 @@
+//! The six attacks on tiny data: what each trigger changes, poison counts and label rules, ASR
+//! bookkeeping, and saved attacks that reload and stamp identically.
+
+use burn::prelude::*;
+use cleanse_core::attack::poison::{AttackHooks, asr_set, choose_poisoned};
+use cleanse_core::attack::trigger::to_u8;
+use cleanse_core::attack::warp;
+use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping, Trigger};
+use cleanse_core::data::batcher::HostBatch;
+use cleanse_core::data::synthetic::{SyntheticConfig, generate};
+use cleanse_core::data::{DatasetKind, ImageSet};
+use cleanse_core::rng::Rng;
+use cleanse_core::train::run::TrainHooks;
+
+fn dev() -> Device {
+    Device::flex()
+}
+
+fn tiny(train: usize) -> ImageSet {
+    generate(&SyntheticConfig {
+        train_size: train,
+        test_size: 10,
+        ..Default::default()
+    })
+    .train
+}
+
+/// Random images in (0.1, 0.9) so no trigger value coincides with a pixel by accident.
+fn random_images(n: usize, c: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n * c * h * w)
+        .map(|_| 0.1 + 0.8 * rng.next_f32())
+        .collect()
+}
+
+fn tensor(v: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(v, shape), &dev())
+}
+
+fn values(t: Tensor<4>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32")
+}
+
+/// Positions `(channel, row, col)` where two planar images differ.
+fn changed(a: &[f32], b: &[f32], c: usize, h: usize, w: usize) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    for ch in 0..c {
+        for r in 0..h {
+            for col in 0..w {
+                let i = (ch * h + r) * w + col;
+                if (a[i] - b[i]).abs() > 1e-6 {
+                    out.push((ch, r, col));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn config(kind: AttackKind) -> AttackConfig {
+    AttackConfig::supplement(kind, DatasetKind::Cifar10)
+}
+
+#[test]
+fn badnets_changes_exactly_the_lower_right_3x3_with_the_pattern() {
+    let x = random_images(2, 3, 32, 32, 1);
+    let t = Trigger::badnets(3, 32, 32);
+    let y = values(t.apply(tensor(x.clone(), [2, 3, 32, 32])));
+    let per = 3 * 32 * 32;
+    for k in 0..2 {
+        let diff = changed(
+            &x[k * per..(k + 1) * per],
+            &y[k * per..(k + 1) * per],
+            3,
+            32,
+            32,
+        );
+        assert_eq!(diff.len(), 27, "3 channels x 3x3");
+        assert!(
+            diff.iter()
+                .all(|&(_, r, c)| (29..32).contains(&r) && (29..32).contains(&c))
+        );
+        for ch in 0..3 {
+            let patch: Vec<f32> = (29..32)
+                .flat_map(|r| (29..32).map(move |c| (r, c)))
+                .map(|(r, c)| y[k * per + (ch * 32 + r) * 32 + c])
+                .collect();
+            assert_eq!(patch, vec![0., 0., 1., 0., 1., 0., 1., 0., 1.]);
+        }
+    }
+}
+
+#[test]
+fn lc_stamps_the_same_pattern_at_all_four_corners_only() {
+    let x = random_images(1, 3, 32, 32, 2);
+    let y = values(Trigger::four_corners(3, 32, 32).apply(tensor(x.clone(), [1, 3, 32, 32])));
+    let diff = changed(&x, &y, 3, 32, 32);
+    assert_eq!(diff.len(), 4 * 27);
+    let corner = |r: usize, c: usize| (r < 3 || r >= 29) && (c < 3 || c >= 29);
+    assert!(diff.iter().all(|&(_, r, c)| corner(r, c)));
+    // Copied, not mirrored: the top-left patch equals the bottom-right one.
+    for dr in 0..3 {
+        for dc in 0..3 {
+            assert_eq!(y[dr * 32 + dc], y[(29 + dr) * 32 + 29 + dc]);
+            assert_eq!(y[dr * 32 + 29 + dc], y[(29 + dr) * 32 + dc]);
+        }
+    }
+}
+
+#[test]
+fn blended_mixes_the_seeded_pattern_at_alpha() {
+    let x = random_images(1, 3, 8, 8, 3);
+    let t = Trigger::blended(3, 8, 8, 0.2, 7);
+    assert_eq!(t, Trigger::blended(3, 8, 8, 0.2, 7), "seeded");
+    assert_ne!(t, Trigger::blended(3, 8, 8, 0.2, 8));
+    let Trigger::Blend { pattern, .. } = &t else {
+        panic!("blend")
+    };
+    let y = values(t.apply(tensor(x.clone(), [1, 3, 8, 8])));
+    for i in 0..x.len() {
+        let want = 0.8 * x[i] + 0.2 * pattern[i] as f32 / 255.0;
+        assert!((y[i] - want).abs() < 1e-6);
+    }
+    let distinct: std::collections::HashSet<u8> = pattern.iter().copied().collect();
+    assert!(distinct.len() > 100, "pattern spans [0,256)");
+}
+
+#[test]
+fn sig_adds_a_column_only_sinusoid_and_clips() {
+    let (h, w) = (8, 32);
+    let x = vec![0.5f32; 3 * h * w];
+    let t = Trigger::signal(3, h, w, 20.0 / 255.0, 6.0);
+    let y = values(t.apply(tensor(x.clone(), [1, 3, h, w])));
+    for j in 0..w {
+        let want =
+            0.5 + 20.0 / 255.0 * (2.0 * std::f32::consts::PI * j as f32 * 6.0 / w as f32).sin();
+        for ch in 0..3 {
+            for r in 0..h {
+                assert!(
+                    (y[(ch * h + r) * w + j] - want).abs() < 1e-6,
+                    "depends on the column only"
+                );
+            }
+        }
+    }
+    let ones = values(t.apply(tensor(vec![1.0; 3 * h * w], [1, 3, h, w])));
+    assert!(ones.iter().all(|&v| v <= 1.0));
+    assert!(ones.iter().any(|&v| v < 1.0));
+}
+
+#[test]
+fn wanet_is_the_identity_at_strength_zero_and_warps_otherwise() {
+    let ins = warp::wanet_control_points(4, 0);
+    let mean_abs: f32 = ins.iter().map(|v| v.abs()).sum::<f32>() / ins.len() as f32;
+    assert!((mean_abs - 1.0).abs() < 1e-5);
+    let x = random_images(2, 3, 16, 16, 4);
+    let id =
+        values(Trigger::warp(3, 16, 16, &ins, 4, 0.0).apply(tensor(x.clone(), [2, 3, 16, 16])));
+    for (a, b) in x.iter().zip(&id) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    let warped =
+        values(Trigger::warp(3, 16, 16, &ins, 4, 0.5).apply(tensor(x.clone(), [2, 3, 16, 16])));
+    let max = x
+        .iter()
+        .zip(&warped)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(max > 0.01, "a real warp moves pixels: {max}");
+}
+
+#[test]
+fn bicubic_upsampling_keeps_corners_and_constants() {
+    let plane: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin()).collect();
+    let up = warp::bicubic_upsample(&plane, 4, 32, 32);
+    // align_corners: the corner samples land exactly on the control points.
+    assert!((up[0] - plane[0]).abs() < 1e-6);
+    assert!((up[31] - plane[3]).abs() < 1e-6);
+    assert!((up[31 * 32] - plane[12]).abs() < 1e-6);
+    assert!((up[32 * 32 - 1] - plane[15]).abs() < 1e-6);
+    let flat = warp::bicubic_upsample(&[0.25; 16], 4, 9, 7);
+    assert!(flat.iter().all(|v| (v - 0.25).abs() < 1e-6));
+    // A linear ramp is reproduced exactly away from the clamped border.
+    let ramp: Vec<f32> = (0..64).map(|i| (i % 8) as f32).collect();
+    let up = warp::bicubic_upsample(&ramp, 8, 15, 15);
+    for j in 4..11 {
+        assert!(
+            (up[7 * 15 + j] - j as f32 * 0.5).abs() < 1e-5,
+            "{j}: {}",
+            up[7 * 15 + j]
+        );
+    }
+}
+
+#[test]
+fn grid_sample_tensor_matches_the_host_reference_with_zero_padding() {
+    let (n, c, h, w) = (2, 3, 7, 9);
+    let x = random_images(n, c, h, w, 5);
+    let mut rng = Rng::new(9);
+    // Coordinates beyond [-1, 1] exercise the zero padding.
+    let grid: Vec<f32> = (0..n * h * w * 2)
+        .map(|_| rng.next_f32() * 2.6 - 1.3)
+        .collect();
+    let got = values(warp::grid_sample_tensor(
+        tensor(x.clone(), [n, c, h, w]),
+        tensor(grid.clone(), [n, h, w, 2]),
+    ));
+    let per = c * h * w;
+    for k in 0..n {
+        let want = warp::grid_sample_host(
+            &x[k * per..(k + 1) * per],
+            c,
+            h,
+            w,
+            &grid[k * h * w * 2..(k + 1) * h * w * 2],
+            h,
+            w,
+        );
+        for (a, b) in got[k * per..(k + 1) * per].iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn augment_grid_without_augmentation_is_the_identity_and_flip_mirrors() {
+    let mut rng = Rng::new(1);
+    let g = warp::augment_grid(8, 8, 0, 0.8, 0.0, 0.5, false, &mut rng);
+    let id = warp::identity_grid(8, 8);
+    for (a, b) in g.iter().zip(&id) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    // With flips on, some of many draws mirror x and keep y.
+    let flipped = (0..16).any(|_| {
+        let g = warp::augment_grid(8, 8, 0, 0.0, 0.0, 0.0, true, &mut rng);
+        (g[0] - 1.0).abs() < 1e-6 && (g[1] + 1.0).abs() < 1e-6
+    });
+    assert!(flipped);
+}
+
+#[test]
+fn dirty_label_poisoning_picks_the_rate_among_non_target_images() {
+    let set = tiny(200);
+    let attack = Attack::new(config(AttackKind::Badnets), &set).expect("attack");
+    let p = choose_poisoned(&attack, &set).expect("poison");
+    assert_eq!(p.len(), 20);
+    assert!(p.iter().all(|&i| set.labels[i] != 0));
+    assert_eq!(p, choose_poisoned(&attack, &set).expect("again"), "seeded");
+    let mut c = config(AttackKind::Badnets);
+    c.all_to_all = true;
+    c.poison_rate = 0.5;
+    let a2a = Attack::new(c, &set).expect("attack");
+    let p = choose_poisoned(&a2a, &set).expect("poison");
+    assert_eq!(p.len(), 100);
+    assert!(
+        p.iter().any(|&i| set.labels[i] == 0),
+        "all-to-all poisons every class"
+    );
+}
+
+#[test]
+fn clean_label_attacks_poison_only_the_target_class_and_keep_labels() {
+    let set = tiny(200);
+    for kind in [AttackKind::Sig] {
+        let mut c = config(kind);
+        c.target = 3;
+        let mut hooks =
+            AttackHooks::new(Attack::new(c, &set).expect("attack"), None, true).expect("hooks");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let idx: Vec<usize> = (0..set.len()).collect();
+        let poisoned = hooks
+            .prepare(set.clone(), &idx, &tiny(20), tmp.path(), &dev())
+            .expect("prepare");
+        assert_eq!(poisoned.labels, set.labels, "labels never change");
+        let targets = set.labels.iter().filter(|&&l| l == 3).count();
+        assert_eq!(
+            hooks.attack.poisoned.len(),
+            (0.8 * targets as f64).round() as usize
+        );
+        let n = set.image_len();
+        for i in 0..set.len() {
+            let differs = poisoned.image(i) != set.image(i);
+            let is_poisoned = hooks.attack.poisoned.contains(&i);
+            assert_eq!(differs, is_poisoned, "image {i}");
+            if is_poisoned {
+                assert_eq!(set.labels[i], 3);
+            }
+            let _ = n;
+        }
+    }
+}
+
+#[test]
+fn before_augment_poisoning_stamps_and_relabels_the_chosen_images_only() {
+    let set = tiny(100);
+    let mut c = config(AttackKind::Badnets);
+    c.target = 2;
+    let mut hooks =
+        AttackHooks::new(Attack::new(c, &set).expect("attack"), None, true).expect("hooks");
+    let tmp = tempfile::tempdir().expect("tmp");
+    // The attacker's part is images 50..100 of the data set.
+    let keep: Vec<usize> = (50..100).collect();
+    let part = set.subset(&keep);
+    let out = hooks
+        .prepare(part.clone(), &keep, &tiny(20), tmp.path(), &dev())
+        .expect("prepare");
+    assert_eq!(hooks.attack.poisoned.len(), 5);
+    assert!(
+        hooks.attack.poisoned.iter().all(|i| (50..100).contains(i)),
+        "data-set indices"
+    );
+    let trigger = Trigger::badnets(3, 32, 32);
+    for local in 0..part.len() {
+        let hit = hooks.attack.poisoned.contains(&keep[local]);
+        assert_eq!(out.labels[local], if hit { 2 } else { part.labels[local] });
+        let want = if hit {
+            trigger.apply_u8(part.image(local), &dev())
+        } else {
+            part.image(local).to_vec()
+        };
+        assert_eq!(out.image(local), &want[..]);
+    }
+    // The saved attack names the same images.
+    let saved = Attack::load(tmp.path()).expect("load");
+    assert_eq!(saved.poisoned, hooks.attack.poisoned);
+}
+
+#[test]
+fn after_augment_poisoning_stamps_inside_the_batch() {
+    let set = tiny(100);
+    let mut c = config(AttackKind::Blended);
+    c.stamping = Stamping::AfterAugment;
+    c.target = 1;
+    let mut hooks =
+        AttackHooks::new(Attack::new(c, &set).expect("attack"), None, true).expect("hooks");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let idx: Vec<usize> = (0..100).collect();
+    let out = hooks
+        .prepare(set.clone(), &idx, &tiny(20), tmp.path(), &dev())
+        .expect("prepare");
+    assert_eq!(out, set, "nothing stamped on the stored images");
+    let rows: Vec<usize> = (0..100).collect();
+    let images = random_images(100, 3, 32, 32, 6);
+    let batch = HostBatch {
+        images: images.clone(),
+        labels: set.labels.iter().map(|&l| l as i64).collect(),
+        indices: rows,
+        shape: [100, 3, 32, 32],
+    };
+    let x = tensor(images.clone(), [100, 3, 32, 32]);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [100]), &dev());
+    let (x2, y2) = hooks.batch(x, y, &batch, 0, 0, 0);
+    let x2 = values(x2);
+    let y2: Vec<i64> = y2.into_data().try_to_vec_as::<i64>().expect("i64");
+    let stamped = values(
+        hooks
+            .attack
+            .trigger
+            .as_ref()
+            .expect("trigger")
+            .apply(tensor(images.clone(), [100, 3, 32, 32])),
+    );
+    let per = 3 * 32 * 32;
+    for i in 0..100 {
+        let hit = hooks.attack.poisoned.contains(&i);
+        let src = if hit { &stamped } else { &images };
+        for k in 0..per {
+            assert!((x2[i * per + k] - src[i * per + k]).abs() < 1e-6);
+        }
+        assert_eq!(y2[i], if hit { 1 } else { batch.labels[i] });
+    }
+}
+
+#[test]
+fn wanet_batches_relabel_the_backdoor_fraction_and_keep_noise_labels() {
+    let set = tiny(50);
+    let c = config(AttackKind::Wanet);
+    let mut hooks =
+        AttackHooks::new(Attack::new(c, &set).expect("attack"), None, true).expect("hooks");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let idx: Vec<usize> = (0..50).collect();
+    hooks
+        .prepare(set.clone(), &idx, &tiny(20), tmp.path(), &dev())
+        .expect("prepare");
+    let labels: Vec<i64> = (0..40).map(|i| 1 + (i % 9) as i64).collect();
+    let batch = HostBatch {
+        images: random_images(40, 3, 32, 32, 7),
+        labels: labels.clone(),
+        indices: (0..40).collect(),
+        shape: [40, 3, 32, 32],
+    };
+    let x = tensor(batch.images.clone(), [40, 3, 32, 32]);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [40]), &dev());
+    let (x2, y2) = hooks.batch(x, y, &batch, 0, 0, 0);
+    let y2: Vec<i64> = y2.into_data().try_to_vec_as::<i64>().expect("i64");
+    // 10% backdoor (4 images) to the target; the rest keep their labels.
+    assert_eq!(&y2[..4], &[0, 0, 0, 0]);
+    assert_eq!(&y2[4..], &labels[4..]);
+    assert_eq!(x2.dims(), [40, 3, 32, 32]);
+    let v = values(x2);
+    assert!(v.iter().all(|p| (-1e-6..=1.0 + 1e-6).contains(p)));
+}
+
+#[test]
+fn asr_set_excludes_target_class_and_maps_all_to_all_labels() {
+    let test = tiny(60);
+    let mut c = config(AttackKind::Badnets);
+    c.target = 4;
+    let a = Attack::new(c.clone(), &test).expect("attack");
+    let s = asr_set(&a, &test);
+    assert_eq!(s.len(), test.labels.iter().filter(|&&l| l != 4).count());
+    assert!(s.labels.iter().all(|&l| l == 4));
+    c.all_to_all = true;
+    let a = Attack::new(c, &test).expect("attack");
+    let s = asr_set(&a, &test);
+    assert_eq!(s.len(), test.len());
+    for (got, orig) in s.labels.iter().zip(&test.labels) {
+        assert_eq!(*got, (orig + 1) % 10);
+    }
+}
+
+#[test]
+fn saved_attacks_reload_and_stamp_identically() {
+    let set = tiny(40);
+    let x = random_images(3, 3, 32, 32, 8);
+    for kind in [
+        AttackKind::Badnets,
+        AttackKind::Blended,
+        AttackKind::Sig,
+        AttackKind::Lc,
+        AttackKind::Wanet,
+    ] {
+        let mut c = config(kind);
+        c.seed = 11;
+        let a = Attack::new(c, &set).expect("attack");
+        let tmp = tempfile::tempdir().expect("tmp");
+        a.save(tmp.path()).expect("save");
+        let b = Attack::load(tmp.path()).expect("load");
+        assert_eq!(a, b, "{kind:?}");
+        let ta = a.trigger.as_ref().expect("trigger");
+        let tb = b.trigger.as_ref().expect("trigger");
+        let ya = to_u8(ta.apply(tensor(x.clone(), [3, 3, 32, 32])));
+        let yb = to_u8(tb.apply(tensor(x.clone(), [3, 3, 32, 32])));
+        assert_eq!(ya, yb, "{kind:?}");
+    }
+}
+
+#[test]
+fn bad_attack_settings_are_rejected_with_the_flag_named() {
+    let set = tiny(40);
+    let mut c = config(AttackKind::Badnets);
+    c.target = 10;
+    let e = Attack::new(c, &set)
+        .expect_err("target out of range")
+        .to_string();
+    assert!(e.contains("target"), "{e}");
+    let mut c = config(AttackKind::Sig);
+    c.all_to_all = true;
+    let e = Attack::new(c, &set)
+        .expect_err("clean-label all-to-all")
+        .to_string();
+    assert!(e.contains("all-to-all"), "{e}");
+    let mut c = config(AttackKind::Badnets);
+    c.poison_rate = 1.5;
+    let e = Attack::new(c, &set).expect_err("rate").to_string();
+    assert!(e.contains("poison-rate"), "{e}");
+    let e = AttackHooks::new(
+        Attack::new(config(AttackKind::Lc), &set).expect("attack"),
+        None,
+        true,
+    )
+    .err()
+    .expect("LC needs a clean model")
+    .to_string();
+    assert!(e.contains("clean-model"), "{e}");
+}
+
+#[test]
+fn lc_pgd_stays_within_eps_on_the_8_bit_grid_and_raises_the_loss() {
+    use cleanse_core::attack::lc::{Pgd, pgd_untargeted};
+    use cleanse_core::model::{Architecture, ModelConfig, Normalization};
+    let set = tiny(16);
+    let model = ModelConfig {
+        architecture: Architecture::Resnet18,
+        width: 4,
+        num_classes: 10,
+        normalization: Normalization::cifar10(),
+    }
+    .init_seeded(&dev(), 3);
+    let pgd = Pgd {
+        eps: 8.0 / 255.0,
+        step: 1.5 / 255.0,
+        steps: 10,
+        batch_size: 8,
+    };
+    let adv = pgd_untargeted(&model, &set, &pgd, &dev());
+    assert_eq!(adv.len(), set.pixels.len());
+    let max = adv
+        .iter()
+        .zip(&set.pixels)
+        .map(|(&a, &b)| (a as i32 - b as i32).abs())
+        .max()
+        .expect("pixels");
+    assert!(max <= 8, "L-inf {max}/255 exceeds eps 8/255");
+    assert!(max >= 7, "PGD moved pixels by at most {max}/255");
+    let loss = |pixels: &[u8]| -> f32 {
+        let x: Vec<f32> = pixels.iter().map(|&v| v as f32 / 255.0).collect();
+        let x = tensor(x, [16, 3, 32, 32]);
+        let y = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                set.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+                [16],
+            ),
+            &dev(),
+        );
+        cleanse_core::train::cross_entropy(model.forward(x), y).into_scalar::<f32>()
+    };
+    assert!(
+        loss(&adv) > loss(&set.pixels),
+        "untargeted PGD raises the loss"
+    );
+}
+
+#[test]
+fn an_attack_run_reports_asr_per_epoch_that_eval_reproduces() {
+    use cleanse_core::data::augment::Augment;
+    use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::train::run::{load_run_model, train_with};
+    use cleanse_core::train::{Schedule, SilentObserver, TrainConfig};
+    let mut data = DataSpec::new(DatasetKind::Synthetic, None);
+    data.synthetic = SyntheticConfig {
+        train_size: 120,
+        test_size: 40,
+        num_classes: 4,
+        side: 16,
+        seed: 2,
+    };
+    let mut tc = TrainConfig::supplement(data.clone());
+    tc.width = 4;
+    tc.epochs = 2;
+    tc.batch_size = 16;
+    tc.lr = 0.05;
+    tc.schedule = Schedule::cosine(2);
+    tc.augment = Augment::NONE;
+    let loaded = data.load().expect("data");
+    let mut c = config(AttackKind::Badnets);
+    c.stamping = Stamping::AfterAugment;
+    c.target = 1;
+    let attack = Attack::new(c, &loaded.train).expect("attack");
+    let mut hooks = AttackHooks::new(attack, None, false).expect("hooks");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let selected =
+        cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu).expect("cpu");
+    let report = train_with(
+        &tc,
+        &mut hooks,
+        tmp.path(),
+        false,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect("attack run");
+    assert_eq!(report.kind, "attack");
+    assert_eq!(
+        report.attack.as_ref().expect("attack config")["kind"],
+        "badnets"
+    );
+    assert!(
+        report
+            .epochs
+            .iter()
+            .all(|e| e.asr.is_some_and(|a| (0.0..=1.0).contains(&a)))
+    );
+    let final_asr = report
+        .final_metrics
+        .as_ref()
+        .and_then(|f| f.asr)
+        .expect("final asr");
+    let model = load_run_model(tmp.path(), &dev()).expect("model").model;
+    let saved = Attack::load(tmp.path()).expect("attack.json");
+    assert_eq!(
+        saved.poisoned.len(),
+        11,
+        "10% of the 108 attacker images, none of the target class"
+    );
+    let again = cleanse_core::attack::attack_success_rate(&model, &saved, &loaded.test, 64, &dev())
+        .expect("asr");
+    assert!((again - final_asr).abs() < 1e-9, "{again} vs {final_asr}");
+}
