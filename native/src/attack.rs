@@ -4,13 +4,14 @@ use crate::{DeviceArgs, TrainArgs, describe_device, progress};
 use anyhow::{Context, Result, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
+use cleanse_core::attack::iab::IabHooks;
 use cleanse_core::attack::poison::{AttackHooks, asr_set, triggered_accuracy};
-use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
+use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor, Stamping};
 use cleanse_core::data::DataSpec;
 use cleanse_core::io::{read_json, write_json_atomic};
 use cleanse_core::train::checkpoint;
 use cleanse_core::train::eval::accuracy;
-use cleanse_core::train::run::{SplitFile, files, load_run_model, train_with};
+use cleanse_core::train::run::{SplitFile, TrainHooks, files, load_run_model, train_with};
 use cleanse_core::train::{Schedule, TrainConfig};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -188,9 +189,6 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
     let selected = args.train.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let out = &args.train.out;
-    if attack_config.kind == AttackKind::Iab {
-        bail!("iab: not available in this build yet");
-    }
 
     let clean_model = match attack_config.kind {
         AttackKind::Lc => {
@@ -226,17 +224,28 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
     let data = train.data.load()?;
     let attack = Attack::new(attack_config, &data.train)?;
     drop(data);
-    let mut hooks = AttackHooks::new(attack, clean_model, train.augment.flip)?;
+    let mut static_hooks;
+    let mut iab_hooks;
+    let hooks: &mut dyn TrainHooks = match attack.config.kind {
+        AttackKind::Iab => {
+            let mut h = IabHooks::new(attack, train.batch_size, train.augment, train.seed);
+            h.on_mask_epoch = Some(Box::new(|e, total, loss| {
+                eprintln!(
+                    "IAB mask pre-training epoch {:>3}/{total} loss {loss:.4}",
+                    e + 1
+                )
+            }));
+            iab_hooks = h;
+            &mut iab_hooks
+        }
+        _ => {
+            static_hooks = AttackHooks::new(attack, clean_model, train.augment.flip)?;
+            &mut static_hooks
+        }
+    };
     let mut bars = progress::Bars::new();
-    let report = train_with(
-        &train,
-        &mut hooks,
-        out,
-        args.train.resume,
-        &selected,
-        &mut bars,
-    )
-    .with_context(|| format!("attack run into {}", out.display()))?;
+    let report = train_with(&train, hooks, out, args.train.resume, &selected, &mut bars)
+        .with_context(|| format!("attack run into {}", out.display()))?;
     bars.finish();
     let f = report.final_metrics.clone().context("run did not finish")?;
     println!(
@@ -336,14 +345,12 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
             );
         }
         let set = Arc::new(asr_set(a, &test));
-        let trigger = a
-            .trigger
-            .as_ref()
-            .context("IAB evaluation is not available in this build yet")?;
+        let dir = attack_dir.as_ref().context("attack directory")?;
+        let backdoor = Backdoor::load(dir, a, &selected.device)?;
         asr = Some(triggered_accuracy(
             &loaded.model,
             &set,
-            &|x| trigger.apply(x),
+            &|x| backdoor.apply(x),
             args.batch_size,
             &selected.device,
         ));

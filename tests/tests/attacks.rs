@@ -349,7 +349,8 @@ fn after_augment_poisoning_stamps_inside_the_batch() {
     };
     let x = tensor(images.clone(), [100, 3, 32, 32]);
     let y = Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [100]), &dev());
-    let (x2, y2) = hooks.batch(x, y, &batch, 0, 0, 0);
+    let (x2, y2, extra) = hooks.batch(x, y, &batch, 0, 0, 0);
+    assert!(extra.is_none());
     let x2 = values(x2);
     let y2: Vec<i64> = y2.into_data().try_to_vec_as::<i64>().expect("i64");
     let stamped = values(
@@ -391,7 +392,8 @@ fn wanet_batches_relabel_the_backdoor_fraction_and_keep_noise_labels() {
     };
     let x = tensor(batch.images.clone(), [40, 3, 32, 32]);
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [40]), &dev());
-    let (x2, y2) = hooks.batch(x, y, &batch, 0, 0, 0);
+    let (x2, y2, extra) = hooks.batch(x, y, &batch, 0, 0, 0);
+    assert!(extra.is_none());
     let y2: Vec<i64> = y2.into_data().try_to_vec_as::<i64>().expect("i64");
     // 10% backdoor (4 images) to the target; the rest keep their labels.
     assert_eq!(&y2[..4], &[0, 0, 0, 0]);
@@ -585,5 +587,104 @@ fn an_attack_run_reports_asr_per_epoch_that_eval_reproduces() {
     );
     let again = cleanse_core::attack::attack_success_rate(&model, &saved, &loaded.test, 64, &dev())
         .expect("asr");
+    assert!((again - final_asr).abs() < 1e-9, "{again} vs {final_asr}");
+}
+
+#[test]
+fn iab_networks_have_the_reference_shapes_and_ranges() {
+    use cleanse_core::attack::iab::{Generator, IabNets, diversity_loss, rms_distance};
+    let nets = IabNets::new(3, 4, 1, &dev());
+    let x = tensor(random_images(2, 3, 16, 16, 9), [2, 3, 16, 16]);
+    let p = nets.generator.valid().forward(x.clone());
+    assert_eq!(p.dims(), [2, 3, 16, 16]);
+    let m = IabNets::mask_of(&nets.mask.valid(), x.clone());
+    assert_eq!(m.dims(), [2, 1, 16, 16]);
+    for v in values(p).into_iter().chain(values(m)) {
+        assert!((0.0..=1.0).contains(&v));
+    }
+    // The threshold is a steep step at 0.5.
+    let t = values(Generator::threshold(tensor(
+        vec![0.0, 0.45, 0.55, 1.0],
+        [1, 1, 2, 2],
+    )));
+    assert!(t[0] < 1e-4 && t[1] < 0.5 && t[2] > 0.5 && t[3] > 0.9999);
+    // Seeded: the same networks twice.
+    let again = IabNets::new(3, 4, 1, &dev());
+    let a = values(nets.valid().stamp(x.clone()));
+    let b = values(again.valid().stamp(x.clone()));
+    assert_eq!(a, b);
+    // rms distance and the diversity loss against hand computation.
+    let z = tensor(vec![0.0; 12], [1, 3, 2, 2]);
+    let o = tensor(vec![0.5; 12], [1, 3, 2, 2]);
+    let d: f32 = rms_distance(o.clone(), z.clone()).into_scalar();
+    assert!((d - 0.5).abs() < 1e-6);
+    let q = tensor(vec![0.25; 12], [1, 3, 2, 2]);
+    let l: f32 = diversity_loss(o, z.clone(), q, z).into_scalar();
+    assert!((l - 2.0).abs() < 1e-4, "{l}");
+}
+
+#[test]
+fn an_iab_run_trains_the_generator_and_saves_networks_that_reload() {
+    use cleanse_core::attack::iab::{IabHooks, IabNets};
+    use cleanse_core::data::augment::Augment;
+    use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::train::run::{load_run_model, train_with};
+    use cleanse_core::train::{Schedule, SilentObserver, TrainConfig};
+    let mut data = DataSpec::new(DatasetKind::Synthetic, None);
+    data.synthetic = SyntheticConfig {
+        train_size: 64,
+        test_size: 16,
+        num_classes: 4,
+        side: 16,
+        seed: 2,
+    };
+    let mut tc = TrainConfig::supplement(data.clone());
+    tc.width = 4;
+    tc.epochs = 2;
+    tc.batch_size = 16;
+    tc.lr = 0.05;
+    tc.schedule = Schedule::cosine(2);
+    tc.augment = Augment::NONE;
+    let loaded = data.load().expect("data");
+    let mut c = config(AttackKind::Iab);
+    c.iab_width = 4;
+    c.iab_mask_epochs = 1;
+    let attack = Attack::new(c, &loaded.train).expect("attack");
+    let mut hooks = IabHooks::new(attack, 16, Augment::NONE, 0);
+    let before = IabNets::new(3, 4, 0, &dev());
+    let tmp = tempfile::tempdir().expect("tmp");
+    let selected =
+        cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu).expect("cpu");
+    let report = train_with(
+        &tc,
+        &mut hooks,
+        tmp.path(),
+        false,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect("iab run");
+    let final_asr = report.final_metrics.and_then(|f| f.asr).expect("asr");
+    let saved = Attack::load(tmp.path()).expect("attack");
+    let nets = IabNets::load(tmp.path(), 3, 4, &dev()).expect("networks");
+    let x = tensor(random_images(4, 3, 16, 16, 10), [4, 3, 16, 16]);
+    let trained = values(nets.generator.forward(x.clone()));
+    let fresh = values(before.generator.valid().forward(x));
+    assert!(
+        trained
+            .iter()
+            .zip(&fresh)
+            .any(|(a, b)| (a - b).abs() > 1e-4),
+        "the generator was trained"
+    );
+    let model = load_run_model(tmp.path(), &dev()).expect("model").model;
+    let set = std::sync::Arc::new(asr_set(&saved, &loaded.test));
+    let again = cleanse_core::attack::poison::triggered_accuracy(
+        &model,
+        &set,
+        &|x| nets.stamp(x),
+        64,
+        &dev(),
+    );
     assert!((again - final_asr).abs() < 1e-9, "{again} vs {final_asr}");
 }

@@ -5,6 +5,7 @@
 //! `attack.json` (the configuration, the trigger's parameters and the poisoned indices) and, for
 //! WaNet, the warp grid in `warp_grid.f32`.
 
+pub mod iab;
 pub mod lc;
 pub mod poison;
 pub mod trigger;
@@ -349,5 +350,38 @@ impl Attack {
                 .collect();
         }
         Ok(attack)
+    }
+}
+
+/// The test-time trigger of a saved attack: a static trigger or IAB's networks.
+pub enum Backdoor {
+    Static(Trigger),
+    Iab(iab::IabNets),
+}
+
+impl Backdoor {
+    /// The trigger of the attack saved in `dir` (`attack` read from it), on `device`.
+    pub fn load(dir: &Path, attack: &Attack, device: &burn::prelude::Device) -> Result<Backdoor> {
+        match (&attack.trigger, attack.config.kind) {
+            (Some(t), _) => Ok(Backdoor::Static(t.clone())),
+            (None, AttackKind::Iab) => Ok(Backdoor::Iab(iab::IabNets::load(
+                dir,
+                attack.image_shape[0],
+                attack.config.iab_width,
+                device,
+            )?)),
+            (None, k) => Err(Error::artifact(
+                dir.join(files::ATTACK),
+                format!("a {} attack without its trigger", k.name()),
+            )),
+        }
+    }
+
+    /// Stamps the trigger on `[N, C, H, W]` images in `[0, 1]`.
+    pub fn apply(&self, x: burn::prelude::Tensor<4>) -> burn::prelude::Tensor<4> {
+        match self {
+            Backdoor::Static(t) => t.apply(x),
+            Backdoor::Iab(n) => n.stamp(x),
+        }
     }
 }

@@ -345,6 +345,34 @@ impl TrainHooks for AttackHooks {
         seed: u64,
         epoch: usize,
         index: usize,
+    ) -> (Tensor<4>, Tensor<1, Int>, Option<Tensor<1>>) {
+        let (x, y) = self.poison_batch(x, y, batch, seed, epoch, index);
+        (x, y, None)
+    }
+
+    fn asr(&self, model: &Classifier, device: &Device) -> Option<f64> {
+        let set = self.asr_set.as_ref()?;
+        let trigger = self.attack.trigger.as_ref()?;
+        Some(triggered_accuracy(
+            model,
+            set,
+            &|x| trigger.apply(x),
+            self.eval_batch_size,
+            device,
+        ))
+    }
+}
+
+impl AttackHooks {
+    /// The batch with the attack applied.
+    pub fn poison_batch(
+        &self,
+        x: Tensor<4>,
+        y: Tensor<1, Int>,
+        batch: &HostBatch,
+        seed: u64,
+        epoch: usize,
+        index: usize,
     ) -> (Tensor<4>, Tensor<1, Int>) {
         let c = &self.attack.config;
         if c.kind == AttackKind::Wanet {
@@ -381,17 +409,5 @@ impl TrainHooks for AttackHooks {
             })
             .collect();
         (x, crate::train::eval::labels_tensor(labels, &device))
-    }
-
-    fn asr(&self, model: &Classifier, device: &Device) -> Option<f64> {
-        let set = self.asr_set.as_ref()?;
-        let trigger = self.attack.trigger.as_ref()?;
-        Some(triggered_accuracy(
-            model,
-            set,
-            &|x| trigger.apply(x),
-            self.eval_batch_size,
-            device,
-        ))
     }
 }

@@ -33,7 +33,7 @@ pub struct CheckpointState {
 }
 
 /// Writes the model weights to `path` atomically.
-pub fn save_model(model: &Classifier, path: &Path) -> Result<()> {
+pub fn save_model<M: Module>(model: &M, path: &Path) -> Result<()> {
     let bytes = model
         .clone()
         .into_record()
@@ -43,7 +43,7 @@ pub fn save_model(model: &Classifier, path: &Path) -> Result<()> {
 }
 
 /// Loads weights from `path` into `model` (built with the same [`crate::model::ModelConfig`]).
-pub fn load_model(model: Classifier, path: &Path) -> Result<Classifier> {
+pub fn load_model<M: Module>(model: M, path: &Path) -> Result<M> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map_err(|e| Error::artifact(path, format!("not a model file: {e:?}")))?;

@@ -1,6 +1,7 @@
 //! Training: SGD with PyTorch semantics, learning-rate schedules, checkpoints, and the loop that
 //! trains a classifier with per-epoch evaluation and resumable checkpoints.
 
+pub mod adam;
 pub mod checkpoint;
 pub mod eval;
 pub mod run;

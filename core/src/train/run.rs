@@ -139,7 +139,8 @@ pub trait TrainHooks {
     ) -> Result<ImageSet> {
         Ok(train)
     }
-    /// Changes an augmented training batch on the device (training-control attacks).
+    /// Changes an augmented training batch on the device (training-control attacks); may add a
+    /// term to the loss.
     fn batch(
         &mut self,
         x: Tensor<4>,
@@ -148,8 +149,28 @@ pub trait TrainHooks {
         _seed: u64,
         _epoch: usize,
         _index: usize,
-    ) -> (Tensor<4>, Tensor<1, Int>) {
-        (x, y)
+    ) -> (Tensor<4>, Tensor<1, Int>, Option<Tensor<1>>) {
+        (x, y, None)
+    }
+    /// Sees the gradients of each step before the classifier's update (IAB steps its generator).
+    fn after_backward(&mut self, _grads: &mut burn::tensor::Gradients, _epoch: usize) {}
+    /// Saves the hook's own training state beside the checkpoint of `epochs_done` epochs
+    /// (called before the checkpoint's state file is written).
+    fn save_checkpoint(&self, _dir: &Path, _epochs_done: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Restores what [`TrainHooks::save_checkpoint`] wrote.
+    fn restore_checkpoint(
+        &mut self,
+        _dir: &Path,
+        _epochs_done: usize,
+        _device: &Device,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Writes the hook's final artifacts into the run directory.
+    fn finish(&self, _out: &Path) -> Result<()> {
+        Ok(())
     }
     /// Attack success rate of `model` (an evaluation copy on `device`), measured after each epoch.
     fn asr(&self, _model: &Classifier, _device: &Device) -> Option<f64> {
@@ -290,6 +311,7 @@ pub fn train_with(
     let mut first_epoch = 0;
     if let Some(state) = &resumed_state {
         model = checkpoint::restore(&ckpt_dir, state, model, &mut sgd, &device)?;
+        hooks.restore_checkpoint(&ckpt_dir, state.epochs_done, &device)?;
         history = state.history.clone();
         first_epoch = state.epochs_done;
     }
@@ -347,9 +369,12 @@ pub fn train_with(
             let n = b.labels.len();
             let x = images_tensor(std::mem::take(&mut b.images), b.shape, &ad_device);
             let y = labels_tensor(b.labels.clone(), &ad_device);
-            let (x, y) = hooks.batch(x, y, &b, config.seed, epoch, bi);
+            let (x, y, extra) = hooks.batch(x, y, &b, config.seed, epoch, bi);
             let logits = model.forward(x);
-            let loss = cross_entropy(logits.clone(), y.clone());
+            let mut loss = cross_entropy(logits.clone(), y.clone());
+            if let Some(extra) = extra {
+                loss = loss + extra;
+            }
             let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
                 return Err(Error::config(
@@ -362,7 +387,9 @@ pub fn train_with(
                 ));
             }
             correct += count_correct(logits.detach(), y);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut grads = loss.backward();
+            hooks.after_backward(&mut grads, epoch);
+            let grads = GradientsParams::from_grads(grads, &model);
             model = sgd.step(lr, model, grads);
             loss_sum += loss_value * n as f64;
             seen += n;
@@ -393,6 +420,8 @@ pub fn train_with(
             asr,
         };
         history.push(record.clone());
+        crate::io::create_dir_all(&ckpt_dir)?;
+        hooks.save_checkpoint(&ckpt_dir, epoch + 1)?;
         checkpoint::save(
             &ckpt_dir,
             &model,
@@ -413,6 +442,7 @@ pub fn train_with(
     }
 
     checkpoint::save_model(&model.valid(), &out.join(files::MODEL))?;
+    hooks.finish(out)?;
     report.status = RunStatus::Complete;
     report.final_metrics = Some(FinalMetrics {
         clean_acc: history.last().map(|r| r.clean_acc).unwrap_or(0.0),

@@ -129,53 +129,69 @@ impl Sgd {
 
     /// Serialises the momentum buffers: magic, count, then per buffer the path and `f32` values.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.buffers.len() as u64).to_le_bytes());
-        for (k, v) in &self.buffers {
-            let values: Vec<f32> = v.to_data().try_to_vec_as::<f32>().unwrap_or_default();
-            out.extend_from_slice(&(k.len() as u64).to_le_bytes());
-            out.extend_from_slice(k.as_bytes());
-            out.extend_from_slice(&(values.len() as u64).to_le_bytes());
-            for x in values {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-        out
+        encode_buffers(MAGIC, &self.buffers)
     }
 
     /// Restores buffers written by [`Sgd::to_bytes`] onto `device`.
     pub fn load_bytes(&mut self, path: &Path, bytes: &[u8], device: &Device) -> Result<()> {
-        let bad = |reason: &str| Error::artifact(path, format!("optimizer state: {reason}"));
-        let mut pos = 0usize;
-        let mut take = |n: usize| -> Result<&[u8]> {
-            let s = bytes.get(pos..pos + n).ok_or_else(|| bad("truncated"))?;
-            pos += n;
-            Ok(s)
-        };
-        if take(8)? != MAGIC {
-            return Err(bad("not a cleanse SGD state file"));
-        }
-        let read_u64 = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])) as usize;
-        let count = read_u64(take(8)?);
-        let mut buffers = BTreeMap::new();
-        for _ in 0..count {
-            let klen = read_u64(take(8)?);
-            let key = String::from_utf8(take(klen)?.to_vec()).map_err(|_| bad("bad path"))?;
-            let n = read_u64(take(8)?);
-            let raw = take(n.checked_mul(4).ok_or_else(|| bad("bad length"))?)?;
-            let values: Vec<f32> = raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            buffers.insert(
-                key,
-                Tensor::<1>::from_data(TensorData::new(values, [n]), device),
-            );
-        }
-        self.buffers = buffers;
+        self.buffers = decode_buffers(MAGIC, "SGD", path, bytes, device)?;
         Ok(())
     }
+}
+
+/// Serialises named flat tensors: `magic`, count, then per tensor the name and `f32` values.
+pub(crate) fn encode_buffers(magic: &[u8; 8], buffers: &BTreeMap<String, Tensor<1>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&(buffers.len() as u64).to_le_bytes());
+    for (k, v) in buffers {
+        let values: Vec<f32> = v.to_data().try_to_vec_as::<f32>().unwrap_or_default();
+        out.extend_from_slice(&(k.len() as u64).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(values.len() as u64).to_le_bytes());
+        for x in values {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Reads what [`encode_buffers`] wrote, onto `device`; `what` names the optimiser in errors.
+pub(crate) fn decode_buffers(
+    magic: &[u8; 8],
+    what: &str,
+    path: &Path,
+    bytes: &[u8],
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor<1>>> {
+    let bad = |reason: &str| Error::artifact(path, format!("optimizer state: {reason}"));
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let s = bytes.get(pos..pos + n).ok_or_else(|| bad("truncated"))?;
+        pos += n;
+        Ok(s)
+    };
+    if take(8)? != magic {
+        return Err(bad(&format!("not a cleanse {what} state file")));
+    }
+    let read_u64 = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])) as usize;
+    let count = read_u64(take(8)?);
+    let mut buffers = BTreeMap::new();
+    for _ in 0..count {
+        let klen = read_u64(take(8)?);
+        let key = String::from_utf8(take(klen)?.to_vec()).map_err(|_| bad("bad path"))?;
+        let n = read_u64(take(8)?);
+        let raw = take(n.checked_mul(4).ok_or_else(|| bad("bad length"))?)?;
+        let values: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        buffers.insert(
+            key,
+            Tensor::<1>::from_data(TensorData::new(values, [n]), device),
+        );
+    }
+    Ok(buffers)
 }
 
 #[cfg(test)]

@@ -1,0 +1,592 @@
+//! Input-Aware Dynamic attack (IAB): a generator makes a per-image pattern and a mask network a
+//! per-image mask; `x' = x + (G(x) - x) * M(x)`.
+//!
+//! The networks follow the reference code: an encoder of three steps of two 3x3 conv blocks
+//! (conv + BN(momentum 0.05) + ReLU) and a 2x2 max-pool, with widths `c, 2c, 4c`; a middle block;
+//! a decoder of three steps of a bilinear x2 upsampling and two conv blocks halving the width, the
+//! last block without ReLU; output `tanh(x) / (2 + 1e-7) + 0.5`. The mask network is the same
+//! with one output channel, thresholded by `tanh(20 m - 10) / (2 + 1e-7) + 0.5`.
+
+use crate::data::ImageSet;
+use crate::data::augment::Augment;
+use crate::data::batcher::{chunk_order, epoch_order, stream};
+use crate::rng::Rng;
+use crate::train::adam::{Adam, AdamConfig};
+use crate::train::eval::images_tensor;
+use crate::{Error, Result};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::activation::{relu, tanh};
+use burn::tensor::module::{interpolate, max_pool2d};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use std::path::Path;
+use std::sync::Arc;
+
+const EPSILON: f32 = 1e-7;
+
+/// 3x3 conv (padding 1, bias) + BN (momentum 0.05) + optional ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+    #[module(skip)]
+    pub relu: bool,
+}
+
+impl ConvBlock {
+    fn new(c_in: usize, c_out: usize, relu: bool, device: &Device) -> Self {
+        ConvBlock {
+            conv: Conv2dConfig::new([c_in, c_out], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            bn: BatchNormConfig::new(c_out).with_momentum(0.05).init(device),
+            relu,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.bn.forward(self.conv.forward(x));
+        if self.relu { relu(y) } else { y }
+    }
+}
+
+/// The encoder-decoder shared by the pattern generator and the mask network.
+#[derive(Module, Debug)]
+pub struct Generator {
+    pub down: Vec<ConvBlock>,
+    pub middle: ConvBlock,
+    pub up: Vec<ConvBlock>,
+}
+
+/// Encoder/decoder steps: images must be divisible by `2^STEPS`.
+pub const STEPS: usize = 3;
+
+impl Generator {
+    /// A network from `c_in` image channels to `c_out` output channels with base width `width`.
+    pub fn new(c_in: usize, c_out: usize, width: usize, device: &Device) -> Self {
+        let mut down = Vec::new();
+        let (mut cur, mut next) = (c_in, width);
+        for step in 0..STEPS {
+            down.push(ConvBlock::new(cur, next, true, device));
+            down.push(ConvBlock::new(next, next, true, device));
+            if step < STEPS - 1 {
+                cur = next;
+                next *= 2;
+            }
+        }
+        let middle = ConvBlock::new(next, next, true, device);
+        let mut up = Vec::new();
+        cur = next;
+        next = cur / 2;
+        for step in 0..STEPS {
+            up.push(ConvBlock::new(cur, cur, true, device));
+            up.push(ConvBlock::new(cur, next, step < STEPS - 1, device));
+            cur = next;
+            next /= 2;
+            if step + 2 == STEPS {
+                next = c_out;
+            }
+        }
+        Generator { down, middle, up }
+    }
+
+    /// Output in `(0, 1)`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = x;
+        for step in 0..STEPS {
+            x = self.down[2 * step].forward(x);
+            x = self.down[2 * step + 1].forward(x);
+            x = max_pool2d(x, MaxPoolOptions::new([2, 2]).with_stride([2, 2]));
+        }
+        x = self.middle.forward(x);
+        for step in 0..STEPS {
+            let [_, _, h, w] = x.dims();
+            x = interpolate(
+                x,
+                InterpolateOptions::new(InterpolateMode::Bilinear)
+                    .with_align_corners(false)
+                    .with_output_size([2 * h, 2 * w]),
+            );
+            x = self.up[2 * step].forward(x);
+            x = self.up[2 * step + 1].forward(x);
+        }
+        tanh(x) / (2.0 + EPSILON) + 0.5
+    }
+
+    /// The mask network's output threshold.
+    pub fn threshold(m: Tensor<4>) -> Tensor<4> {
+        tanh(m * 20.0 - 10.0) / (2.0 + EPSILON) + 0.5
+    }
+}
+
+/// PyTorch's default conv initialisation (weights and biases uniform in `±1/sqrt(fan_in)`),
+/// drawn per parameter path from `seed`.
+struct DefaultInit {
+    seed: u64,
+    path: Vec<String>,
+    conv_fan_in: Option<(String, usize)>,
+}
+
+impl ModuleMapper for DefaultInit {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let leaf = self.path.last().cloned().unwrap_or_default();
+        let parent = self.path[..self.path.len().saturating_sub(1)].join(".");
+        let (id, tensor, mapper) = param.consume();
+        let dims = tensor.dims();
+        let fan_in = match (D, leaf.as_str()) {
+            (4, "weight") => {
+                let f = dims[1] * dims[2] * dims[3];
+                self.conv_fan_in = Some((parent.clone(), f));
+                Some(f)
+            }
+            (1, "bias") => match &self.conv_fan_in {
+                Some((p, f)) if *p == parent => Some(*f),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(fan_in) = fan_in else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let mut parts = vec![self.seed];
+        parts.extend(self.path.join(".").bytes().map(u64::from));
+        let mut rng = Rng::from_parts(&parts);
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
+            .collect();
+        let mut fresh = Tensor::<D>::from_data(TensorData::new(values, dims), &tensor.device());
+        if tensor.is_require_grad() {
+            fresh = fresh.require_grad();
+        }
+        Param::from_mapped_value(id, fresh, mapper)
+    }
+}
+
+/// A generator initialised from `seed` alone.
+pub fn seeded_generator(
+    c_in: usize,
+    c_out: usize,
+    width: usize,
+    seed: u64,
+    device: &Device,
+) -> Generator {
+    Generator::new(c_in, c_out, width, device).map(&mut DefaultInit {
+        seed,
+        path: Vec::new(),
+        conv_fan_in: None,
+    })
+}
+
+/// The pattern generator and the mask network.
+#[derive(Clone, Debug)]
+pub struct IabNets {
+    pub generator: Generator,
+    pub mask: Generator,
+}
+
+impl IabNets {
+    /// Fresh networks for `channels`-channel images.
+    pub fn new(channels: usize, width: usize, seed: u64, device: &Device) -> Self {
+        IabNets {
+            generator: seeded_generator(channels, channels, width, derive(seed, 1), device),
+            mask: seeded_generator(channels, 1, width, derive(seed, 2), device),
+        }
+    }
+
+    /// The per-image mask in `(0, 1)`.
+    pub fn mask_of(mask: &Generator, x: Tensor<4>) -> Tensor<4> {
+        Generator::threshold(mask.forward(x))
+    }
+
+    /// `x + (G(x) - x) * M(x)`.
+    pub fn stamp(&self, x: Tensor<4>) -> Tensor<4> {
+        let p = self.generator.forward(x.clone());
+        let m = Self::mask_of(&self.mask, x.clone());
+        x.clone() + (p - x) * m
+    }
+
+    /// Evaluation copies (batch norm on running statistics, no autodiff).
+    pub fn valid(&self) -> IabNets {
+        IabNets {
+            generator: self.generator.valid(),
+            mask: self.mask.valid(),
+        }
+    }
+
+    /// Writes both networks into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_module(
+            &self.generator.valid(),
+            &dir.join(super::files::IAB_GENERATOR),
+        )?;
+        save_module(&self.mask.valid(), &dir.join(super::files::IAB_MASK))
+    }
+
+    /// Reads networks saved by [`IabNets::save`].
+    pub fn load(dir: &Path, channels: usize, width: usize, device: &Device) -> Result<IabNets> {
+        Ok(IabNets {
+            generator: load_module(
+                Generator::new(channels, channels, width, device),
+                &dir.join(super::files::IAB_GENERATOR),
+            )?
+            .valid(),
+            mask: load_module(
+                Generator::new(channels, 1, width, device),
+                &dir.join(super::files::IAB_MASK),
+            )?
+            .valid(),
+        })
+    }
+}
+
+fn derive(seed: u64, k: u64) -> u64 {
+    crate::rng::derive_seed(&[seed, 0x1AB, k])
+}
+
+pub use crate::train::checkpoint::{load_model as load_module, save_model as save_module};
+
+/// Per-sample root-mean-square difference of two `[N, C, H, W]` batches, `[N]`.
+pub fn rms_distance(a: Tensor<4>, b: Tensor<4>) -> Tensor<1> {
+    let [n, ..] = a.dims();
+    let d = a - b;
+    (d.clone() * d)
+        .reshape([n as i32, -1])
+        .mean_dim(1)
+        .reshape([n])
+        .sqrt()
+}
+
+/// The diversity loss `mean(rms(x1 - x2) / (rms(p1 - p2) + 1e-7))`.
+pub fn diversity_loss(x1: Tensor<4>, x2: Tensor<4>, p1: Tensor<4>, p2: Tensor<4>) -> Tensor<1> {
+    let di = rms_distance(x1, x2);
+    let dp = rms_distance(p1, p2);
+    (di / (dp + EPSILON)).mean()
+}
+
+/// Settings of the mask pre-training.
+#[derive(Clone, Debug)]
+pub struct MaskTraining {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub density: f32,
+    pub lambda_norm: f32,
+    pub lambda_div: f32,
+    pub augment: Augment,
+    pub seed: u64,
+}
+
+/// Pre-trains the mask network alone (method spec: 25 epochs; loss
+/// `lambda_norm * mean(relu(M(x) - density)) + lambda_div * diversity`), Adam betas (0.5, 0.9),
+/// learning rate divided by 10 at epochs 10 and 20 (scaled to `epochs`).
+pub fn pretrain_mask(
+    mask: Generator,
+    set: &Arc<ImageSet>,
+    t: &MaskTraining,
+    device: &Device,
+    mut progress: impl FnMut(usize, f64),
+) -> Generator {
+    let ad = device.clone().autodiff();
+    let mut mask = mask.train();
+    let mut adam = Adam::new(AdamConfig {
+        beta1: 0.5,
+        beta2: 0.9,
+        eps: 1e-8,
+    });
+    let milestones = [t.epochs * 10 / 25, t.epochs * 20 / 25];
+    for epoch in 0..t.epochs {
+        let lr =
+            t.lr * 0.1f64.powi(milestones.iter().filter(|&&m| m > 0 && epoch >= m).count() as i32);
+        let a = chunk_order(&epoch_order(set.len(), t.seed, epoch as u64), t.batch_size);
+        let b = chunk_order(
+            &epoch_order(set.len(), t.seed ^ 0x5EC0_4D, epoch as u64),
+            t.batch_size,
+        );
+        let sa = stream(set.clone(), a, t.augment, t.seed, epoch as u64, 2);
+        let sb = stream(
+            set.clone(),
+            b,
+            t.augment,
+            t.seed ^ 0x5EC0_4D,
+            epoch as u64,
+            2,
+        );
+        let (mut sum, mut count) = (0.0, 0);
+        for (b1, b2) in sa.iter().zip(sb.iter()) {
+            let n = b1.labels.len().min(b2.labels.len());
+            if n < 2 {
+                continue;
+            }
+            let x1 = images_tensor(b1.images, b1.shape, &ad).narrow(0, 0, n);
+            let x2 = images_tensor(b2.images, b2.shape, &ad).narrow(0, 0, n);
+            let m1 = IabNets::mask_of(&mask, x1.clone());
+            let m2 = IabNets::mask_of(&mask, x2.clone());
+            let norm = relu(m1.clone() - t.density).mean();
+            let div = diversity_loss(x1, x2, m1, m2);
+            let loss = norm * t.lambda_norm + div * t.lambda_div;
+            sum += loss.clone().into_scalar::<f32>() as f64;
+            count += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &mask);
+            mask = adam.step(lr, mask, grads);
+        }
+        progress(epoch, sum / count.max(1) as f64);
+    }
+    mask
+}
+
+/// IAB plugged into the training loop: the mask network is pre-trained first, then the
+/// generator trains with the classifier (CE through the poisoned and cross samples, plus the
+/// diversity loss), stepped by its own Adam.
+pub struct IabHooks {
+    pub attack: super::Attack,
+    generator: Option<Generator>,
+    mask: Option<Generator>,
+    adam: Adam,
+    asr_set: Option<Arc<ImageSet>>,
+    /// Batch size, augmentation and seed of the mask pre-training.
+    pub mask_batch_size: usize,
+    pub augment: Augment,
+    pub seed: u64,
+    /// Called after each mask pre-training epoch with the epoch and its mean loss.
+    pub on_mask_epoch: Option<Box<dyn FnMut(usize, usize, f64)>>,
+}
+
+impl IabHooks {
+    pub fn new(attack: super::Attack, batch_size: usize, augment: Augment, seed: u64) -> Self {
+        IabHooks {
+            attack,
+            generator: None,
+            mask: None,
+            adam: Adam::new(AdamConfig {
+                beta1: 0.5,
+                beta2: 0.9,
+                eps: 1e-8,
+            }),
+            asr_set: None,
+            mask_batch_size: batch_size,
+            augment,
+            seed,
+            on_mask_epoch: None,
+        }
+    }
+
+    fn fresh_generator(&self, device: &Device) -> Generator {
+        let c = self.attack.image_shape[0];
+        IabNets::new(c, self.attack.config.iab_width, self.seed, device).generator
+    }
+
+    /// The trained networks (evaluation copies).
+    pub fn nets(&self) -> Option<IabNets> {
+        Some(IabNets {
+            generator: self.generator.as_ref()?.valid(),
+            mask: self.mask.as_ref()?.valid(),
+        })
+    }
+}
+
+fn iab_ckpt_files(epoch: usize) -> (String, String) {
+    (
+        format!("iab-generator-e{epoch}.bpk"),
+        format!("iab-adam-e{epoch}.bin"),
+    )
+}
+
+impl crate::train::run::TrainHooks for IabHooks {
+    fn kind(&self) -> &'static str {
+        "attack"
+    }
+
+    fn describe(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.attack.config).ok()
+    }
+
+    fn prepare(
+        &mut self,
+        train: ImageSet,
+        _original_indices: &[usize],
+        test: &ImageSet,
+        out: &Path,
+        device: &Device,
+    ) -> Result<ImageSet> {
+        let c = self.attack.config.clone();
+        let [ch, h, w] = self.attack.image_shape;
+        if h % (1 << STEPS) != 0 || w % (1 << STEPS) != 0 {
+            return Err(Error::config(
+                "image-size",
+                format!("IAB's networks need sides divisible by 8; got {h}x{w}"),
+            ));
+        }
+        let mask_path = out.join(super::files::IAB_MASK);
+        let mask = if mask_path.is_file() {
+            load_module(Generator::new(ch, 1, c.iab_width, device), &mask_path)?
+        } else {
+            let set = Arc::new(train.clone());
+            let fresh = IabNets::new(ch, c.iab_width, self.seed, device).mask;
+            let mut cb = self.on_mask_epoch.take();
+            let epochs = c.iab_mask_epochs;
+            let trained = pretrain_mask(
+                fresh,
+                &set,
+                &MaskTraining {
+                    epochs,
+                    batch_size: self.mask_batch_size,
+                    lr: c.iab_lr,
+                    density: c.iab_mask_density,
+                    lambda_norm: c.iab_lambda_norm,
+                    lambda_div: c.iab_lambda_div,
+                    augment: self.augment,
+                    seed: crate::rng::derive_seed(&[self.seed, 0x3A5C]),
+                },
+                device,
+                |e, loss| {
+                    if let Some(f) = cb.as_mut() {
+                        f(e, epochs, loss)
+                    }
+                },
+            );
+            self.on_mask_epoch = cb;
+            let trained = trained.valid();
+            save_module(&trained, &mask_path)?;
+            trained
+        };
+        self.mask = Some(mask.valid());
+        self.generator = Some(self.fresh_generator(device).train());
+        self.attack.save(out)?;
+        self.asr_set = Some(Arc::new(super::poison::asr_set(&self.attack, test)));
+        Ok(train)
+    }
+
+    fn batch(
+        &mut self,
+        x: Tensor<4>,
+        _y: Tensor<1, Int>,
+        batch: &crate::data::batcher::HostBatch,
+        _seed: u64,
+        _epoch: usize,
+        _index: usize,
+    ) -> (Tensor<4>, Tensor<1, Int>, Option<Tensor<1>>) {
+        let c = &self.attack.config;
+        let [n, ..] = x.dims();
+        let device = x.device();
+        let nb = ((n as f64) * c.poison_rate) as usize;
+        let nc = (((n as f64) * c.iab_cross_rate) as usize).min(n - nb);
+        let labels: Vec<i64> = batch
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| match i < nb {
+                true => c.target_of(l as usize, self.attack.num_classes) as i64,
+                false => l,
+            })
+            .collect();
+        let y = crate::train::eval::labels_tensor(labels, &device);
+        if nb == 0 {
+            return (x, y, None);
+        }
+        let g = self.generator.as_ref().expect("prepared");
+        let m = self.mask.as_ref().expect("prepared");
+        // Partners for the cross samples: the image half a batch away.
+        let partner: Vec<i64> = (0..n).map(|i| ((i + n / 2) % n) as i64).collect();
+        let pidx = Tensor::<1, Int>::from_data(TensorData::new(partner, [n]), &device);
+        let x2 = x.clone().select(0, pidx);
+        let x1b = x.clone().narrow(0, 0, nb);
+        let p1 = g.forward(x1b.clone());
+        let m1 = IabNets::mask_of(m, x1b.clone().inner()).autodiff();
+        let bd = x1b.clone() + (p1.clone() - x1b.clone()) * m1;
+        let mut parts = vec![bd];
+        let mut div = None;
+        if nc > 0 {
+            let x1c = x.clone().narrow(0, nb, nc);
+            let x2c = x2.narrow(0, nb, nc);
+            let p2 = g.forward(x2c.clone());
+            let m2 = IabNets::mask_of(m, x2c.clone().inner()).autodiff();
+            parts.push(x1c.clone() + (p2.clone() - x1c) * m2);
+            let k = nb.min(nc);
+            div = Some(
+                diversity_loss(
+                    x1b.narrow(0, 0, k),
+                    x2c.narrow(0, 0, k),
+                    p1.narrow(0, 0, k),
+                    p2.narrow(0, 0, k),
+                ) * c.iab_lambda_div,
+            );
+        }
+        if nb + nc < n {
+            parts.push(x.narrow(0, nb + nc, n - nb - nc));
+        }
+        (Tensor::cat(parts, 0), y, div)
+    }
+
+    fn after_backward(&mut self, grads: &mut burn::tensor::Gradients, _epoch: usize) {
+        if let Some(g) = self.generator.take() {
+            let gp = GradientsParams::from_module(grads, &g);
+            self.generator = Some(self.adam.step(self.attack.config.iab_lr, g, gp));
+        }
+    }
+
+    fn asr(&self, model: &crate::model::Classifier, device: &Device) -> Option<f64> {
+        let set = self.asr_set.as_ref()?;
+        let nets = self.nets()?;
+        Some(super::poison::triggered_accuracy(
+            model,
+            set,
+            &|x| nets.stamp(x),
+            256,
+            device,
+        ))
+    }
+
+    fn save_checkpoint(&self, dir: &Path, epochs_done: usize) -> Result<()> {
+        let Some(g) = &self.generator else {
+            return Ok(());
+        };
+        let (gf, af) = iab_ckpt_files(epochs_done);
+        save_module(&g.valid(), &dir.join(&gf))?;
+        crate::io::write_atomic(&dir.join(&af), &self.adam.to_bytes())?;
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("iab-") && name != gf && name != af && epochs_done > 0 {
+                    // Files of the previous epoch stay until the new state is written.
+                    let prev = iab_ckpt_files(epochs_done - 1);
+                    if name != prev.0 && name != prev.1 {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn restore_checkpoint(
+        &mut self,
+        dir: &Path,
+        epochs_done: usize,
+        device: &Device,
+    ) -> Result<()> {
+        let (gf, af) = iab_ckpt_files(epochs_done);
+        let g = load_module(self.fresh_generator(device), &dir.join(&gf))?;
+        self.generator = Some(g.train());
+        let path = dir.join(&af);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        self.adam.load_bytes(&path, &bytes, device)
+    }
+
+    fn finish(&self, out: &Path) -> Result<()> {
+        match self.nets() {
+            Some(n) => n.save(out),
+            None => Ok(()),
+        }
+    }
+}
