@@ -8,6 +8,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod io;
+pub mod kernels;
 pub mod model;
 pub mod report;
 pub mod rng;

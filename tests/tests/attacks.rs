@@ -688,3 +688,51 @@ fn an_iab_run_trains_the_generator_and_saves_networks_that_reload() {
     );
     assert!((again - final_asr).abs() < 1e-9, "{again} vs {final_asr}");
 }
+
+#[test]
+fn poisoned_training_batches_carry_the_trigger_on_the_autodiff_device() {
+    use cleanse_core::data::augment::Augment;
+    use cleanse_core::data::batcher::make_batch;
+    let set = tiny(100);
+    let mut c = config(AttackKind::Badnets);
+    c.stamping = Stamping::AfterAugment;
+    c.poison_rate = 0.3;
+    let mut hooks =
+        AttackHooks::new(Attack::new(c, &set).expect("attack"), None, true).expect("hooks");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let idx: Vec<usize> = (0..100).collect();
+    hooks
+        .prepare(set.clone(), &idx, &tiny(20), tmp.path(), &dev())
+        .expect("prepare");
+    let ad = dev().autodiff();
+    let b = make_batch(&set, &idx, &Augment::standard(true), 3, 1);
+    let x = cleanse_core::train::eval::images_tensor(b.images.clone(), b.shape, &ad);
+    let y = cleanse_core::train::eval::labels_tensor(b.labels.clone(), &ad);
+    let (x2, y2, _) = hooks.batch(x, y, &b, 3, 1, 0);
+    let v = values(x2.inner());
+    let labels: Vec<i64> = y2
+        .inner()
+        .into_data()
+        .try_to_vec_as::<i64>()
+        .expect("labels");
+    let per = 3 * 32 * 32;
+    let mut hits = 0;
+    for i in 0..100 {
+        let corner: Vec<f32> = (29..32)
+            .flat_map(|r| (29..32).map(move |col| (r, col)))
+            .map(|(r, col)| v[i * per + r * 32 + col])
+            .collect();
+        if hooks.attack.poisoned.contains(&i) {
+            hits += 1;
+            assert_eq!(
+                corner,
+                vec![0., 0., 1., 0., 1., 0., 1., 0., 1.],
+                "image {i}"
+            );
+            assert_eq!(labels[i], 0);
+        } else {
+            assert_eq!(labels[i], set.labels[i] as i64);
+        }
+    }
+    assert_eq!(hits, 30);
+}

@@ -248,7 +248,7 @@ impl AttackHooks {
                 grids.extend_from_slice(&identity);
             }
         }
-        let warped = warp::grid_sample_tensor(
+        let warped = warp::grid_sample(
             x,
             Tensor::from_data(TensorData::new(grids, [n, h, w, 2]), &device),
         );
@@ -266,7 +266,7 @@ impl AttackHooks {
                 rng,
             ));
         }
-        let out = warp::grid_sample_tensor(
+        let out = warp::grid_sample(
             warped,
             Tensor::from_data(TensorData::new(aug, [n, h, w, 2]), &device),
         );

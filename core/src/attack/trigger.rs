@@ -241,7 +241,43 @@ impl Trigger {
 
     /// Applies the trigger on `x`'s device: the WGSL kernels on wgpu, tensor operations elsewhere.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        self.apply_tensor(x)
+        if !crate::kernels::is_wgpu(&x.device()) {
+            return self.apply_tensor(x);
+        }
+        self.apply_kernel(x)
+    }
+
+    /// Applies the trigger with the hand-written WGSL kernels (wgpu devices only).
+    pub fn apply_kernel(&self, x: Tensor<4>) -> Tensor<4> {
+        use crate::kernels;
+        let [n, c, h, w] = x.dims();
+        assert_eq!(
+            [c, h, w],
+            self.shape(),
+            "trigger made for another image shape"
+        );
+        let device = x.device().inner();
+        match self {
+            Trigger::Patch { mask, pattern, .. } => kernels::stamp_patch(
+                x,
+                u8_tensor(mask, [1, 1, h, w], 1.0, &device),
+                u8_tensor(pattern, [1, c, h, w], 1.0 / 255.0, &device),
+            ),
+            Trigger::Blend { alpha, pattern, .. } => kernels::blend(
+                x,
+                u8_tensor(pattern, [1, c, h, w], 1.0 / 255.0, &device),
+                *alpha,
+            ),
+            Trigger::Signal {
+                delta, frequency, ..
+            } => kernels::sig(x, *delta, *frequency),
+            Trigger::Warp { grid, .. } => {
+                let g =
+                    Tensor::<4>::from_data(TensorData::new(grid.clone(), [1, h, w, 2]), &device)
+                        .repeat_dim(0, n);
+                kernels::grid_sample(x, g)
+            }
+        }
     }
 
     /// Applies the trigger to one planar `u8` image, rounding back to 8 bits (dataset poisoning).

@@ -163,6 +163,16 @@ pub fn augment_grid(
     g
 }
 
+/// Bilinear `grid_sample` (align_corners, zero padding) on `x`'s device: the WGSL kernel on wgpu
+/// (values only, no gradient), [`grid_sample_tensor`] elsewhere.
+pub fn grid_sample(x: Tensor<4>, grid: Tensor<4>) -> Tensor<4> {
+    if crate::kernels::is_wgpu(&x.device()) {
+        crate::kernels::grid_sample(x, grid)
+    } else {
+        grid_sample_tensor(x, grid)
+    }
+}
+
 /// Bilinear `grid_sample` with `align_corners=True` and zero padding, in plain tensor operations
 /// (differentiable in `x`). `x`: `[N, C, H, W]`; `grid`: `[N, Ho, Wo, 2]`.
 pub fn grid_sample_tensor(x: Tensor<4>, grid: Tensor<4>) -> Tensor<4> {

@@ -1,0 +1,135 @@
+//! Each WGSL trigger kernel against its plain-tensor twin, on the wgpu device (lavapipe where
+//! there is no GPU), and the twins against independent host computations.
+
+use burn::prelude::*;
+use cleanse_core::attack::warp;
+use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Trigger};
+use cleanse_core::data::DatasetKind;
+use cleanse_core::data::synthetic::{SyntheticConfig, generate};
+use cleanse_core::device::{self, DeviceChoice};
+use cleanse_core::kernels;
+use cleanse_core::rng::Rng;
+
+fn wgpu() -> Device {
+    device::select(DeviceChoice::Wgpu)
+        .expect("no wgpu adapter: install mesa-vulkan-drivers (the README's setup and .ci/run do)")
+        .device
+}
+
+fn random(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| lo + (hi - lo) * rng.next_f32()).collect()
+}
+
+fn on(v: &[f32], shape: [usize; 4], device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
+}
+
+fn values(t: Tensor<4>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32")
+}
+
+fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= tol, "{what}: max difference {worst} > {tol}");
+}
+
+#[test]
+fn device_detection_tells_wgpu_from_cpu() {
+    assert!(kernels::is_wgpu(&wgpu()));
+    assert!(kernels::is_wgpu(&wgpu().autodiff()));
+    assert!(!kernels::is_wgpu(&Device::flex()));
+}
+
+#[test]
+fn trigger_kernels_match_their_tensor_twins_on_wgpu() {
+    let device = wgpu();
+    // Odd sizes and more elements than one row of workgroups exercise the index folding.
+    let shape = [37, 3, 32, 32];
+    let x = random(shape.iter().product(), 1, 0.0, 1.0);
+    let set = generate(&SyntheticConfig {
+        train_size: 20,
+        test_size: 1,
+        ..Default::default()
+    })
+    .train;
+    for kind in [
+        AttackKind::Badnets,
+        AttackKind::Lc,
+        AttackKind::Blended,
+        AttackKind::Sig,
+        AttackKind::Wanet,
+    ] {
+        let attack = Attack::new(AttackConfig::supplement(kind, DatasetKind::Cifar10), &set)
+            .expect("attack");
+        let t = attack.trigger.expect("trigger");
+        let twin = values(t.apply_tensor(on(&x, shape, &Device::flex())));
+        let twin_wgpu = values(t.apply_tensor(on(&x, shape, &device)));
+        let kernel = values(t.apply_kernel(on(&x, shape, &device)));
+        let dispatched = values(t.apply(on(&x, shape, &device)));
+        assert_close(&kernel, &twin, 1e-5, kind.name());
+        assert_close(&kernel, &twin_wgpu, 1e-5, kind.name());
+        assert_eq!(
+            kernel,
+            dispatched,
+            "{}: apply uses the kernel on wgpu",
+            kind.name()
+        );
+        // Autodiff tensors (as in training) get the same values back.
+        let ad = values(t.apply(on(&x, shape, &device.clone().autodiff())));
+        assert_close(&ad, &kernel, 0.0, kind.name());
+    }
+}
+
+#[test]
+fn sig_kernel_handles_gtsrb_amplitude_and_clipping() {
+    let device = wgpu();
+    let shape = [4, 3, 32, 32];
+    let x = random(4 * 3 * 32 * 32, 2, -0.2, 1.2);
+    let t = Trigger::signal(3, 32, 32, 60.0 / 255.0, 6.0);
+    let kernel = values(t.apply_kernel(on(&x, shape, &device)));
+    let twin = values(t.apply_tensor(on(&x, shape, &Device::flex())));
+    assert_close(&kernel, &twin, 1e-5, "sig");
+    assert!(kernel.iter().all(|v| (0.0..=1.0).contains(v)));
+}
+
+#[test]
+fn grid_sample_kernel_matches_host_reference_with_per_sample_grids_and_padding() {
+    let device = wgpu();
+    let (n, c, h, w, ho, wo) = (5, 3, 9, 11, 7, 13);
+    let x = random(n * c * h * w, 3, 0.0, 1.0);
+    let grid = random(n * ho * wo * 2, 4, -1.3, 1.3);
+    let got = values(kernels::grid_sample(
+        on(&x, [n, c, h, w], &device),
+        on(&grid, [n, ho, wo, 2], &device),
+    ));
+    let twin = values(warp::grid_sample_tensor(
+        on(&x, [n, c, h, w], &Device::flex()),
+        on(&grid, [n, ho, wo, 2], &Device::flex()),
+    ));
+    assert_close(&got, &twin, 1e-5, "grid_sample vs twin");
+    let per_in = c * h * w;
+    let per_out = c * ho * wo;
+    for k in 0..n {
+        let want = warp::grid_sample_host(
+            &x[k * per_in..(k + 1) * per_in],
+            c,
+            h,
+            w,
+            &grid[k * ho * wo * 2..(k + 1) * ho * wo * 2],
+            ho,
+            wo,
+        );
+        assert_close(
+            &got[k * per_out..(k + 1) * per_out],
+            &want,
+            1e-5,
+            "grid_sample vs host",
+        );
+    }
+}
