@@ -121,3 +121,91 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cleanse bench-kernels`: each WGSL trigger kernel against its plain-tensor twin on one device.
+#[derive(Args, Debug)]
+pub struct KernelBenchArgs {
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Timed repetitions per kernel (after one untimed warm-up).
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Serialize)]
+struct KernelRow {
+    trigger: &'static str,
+    kernel_images_per_sec: Option<f64>,
+    twin_images_per_sec: f64,
+}
+
+pub fn run_kernels(a: &KernelBenchArgs) -> Result<()> {
+    use burn::prelude::*;
+    use cleanse_core::attack::{Attack, AttackConfig, AttackKind};
+    use cleanse_core::data::DatasetKind;
+    use cleanse_core::data::synthetic::{SyntheticConfig, generate};
+    let selected = a.device.select()?;
+    let device = selected.device.clone();
+    let on_wgpu = cleanse_core::kernels::is_wgpu(&device);
+    let set = generate(&SyntheticConfig {
+        train_size: 10,
+        test_size: 1,
+        ..Default::default()
+    })
+    .train;
+    let mut rng = Rng::new(1);
+    let n = a.batch_size;
+    let x: Vec<f32> = (0..n * 3 * 32 * 32).map(|_| rng.next_f32()).collect();
+    let input = || Tensor::<4>::from_data(TensorData::new(x.clone(), [n, 3, 32, 32]), &device);
+    let time = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| -> f64 {
+        // One warm-up (compilation), then timed runs, each read back to wait for the device.
+        let _ = f(input()).sum().into_scalar::<f32>();
+        let inputs: Vec<Tensor<4>> = (0..a.reps).map(|_| input()).collect();
+        let _ = inputs
+            .iter()
+            .map(|t| t.clone().sum().into_scalar::<f32>())
+            .count();
+        let t0 = Instant::now();
+        for t in inputs {
+            let _ = f(t).sum().into_scalar::<f32>();
+        }
+        (n * a.reps) as f64 / t0.elapsed().as_secs_f64()
+    };
+    let mut rows = Vec::new();
+    for kind in [
+        AttackKind::Badnets,
+        AttackKind::Blended,
+        AttackKind::Sig,
+        AttackKind::Wanet,
+    ] {
+        let attack = Attack::new(AttackConfig::supplement(kind, DatasetKind::Cifar10), &set)?;
+        let t = attack.trigger.clone().expect("static trigger");
+        let twin = time(&|x| t.apply_tensor(x));
+        let kernel = on_wgpu.then(|| time(&|x| t.apply_kernel(x)));
+        println!(
+            "{:<8} kernel {:>12} img/s   tensor twin {:>12.0} img/s",
+            kind.name(),
+            kernel
+                .map(|k| format!("{k:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            twin
+        );
+        rows.push(KernelRow {
+            trigger: kind.name(),
+            kernel_images_per_sec: kernel,
+            twin_images_per_sec: twin,
+        });
+    }
+    if let Some(p) = &a.json {
+        cleanse_core::io::write_json_atomic(
+            p,
+            &serde_json::json!({ "device": selected.info, "batch_size": n, "reps": a.reps, "rows": rows }),
+        )?;
+    }
+    Ok(())
+}

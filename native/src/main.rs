@@ -2,6 +2,7 @@
 
 mod attack;
 mod bench;
+mod gallery;
 mod progress;
 
 use anyhow::{Context, Result};
@@ -33,6 +34,10 @@ enum Command {
     Attack(attack::AttackArgs),
     /// Clean accuracy and attack success rate of a model, against a saved attack.
     Eval(attack::EvalArgs),
+    /// Throughput of each WGSL trigger kernel against its plain-tensor twin.
+    BenchKernels(bench::KernelBenchArgs),
+    /// One clean image and its poisoned versions under all six attacks, with magnified residuals.
+    Triggers(gallery::TriggersArgs),
     /// List the compute devices this machine offers and the one `--device auto` picks.
     Devices,
     /// Measure training and inference throughput of ResNet-18 on random data.
@@ -285,6 +290,8 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Attack(a) => attack::run_attack(a, &matches),
         Command::Eval(a) => attack::run_eval(a),
+        Command::Triggers(a) => gallery::run(a),
+        Command::BenchKernels(a) => bench::run_kernels(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

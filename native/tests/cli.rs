@@ -129,3 +129,123 @@ fn bad_flags_and_paths_are_named() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("`lr`") && err.contains("positive"), "{err}");
 }
+
+fn attack_args(kind: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = train_args(out);
+    args[0] = "attack".into();
+    args.insert(1, kind.into());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run_ok(args: &[String]) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = cleanse(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn attack_then_eval_reproduces_the_reported_asr() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("blended");
+    run_ok(&attack_args(
+        "blended",
+        &out,
+        &["--target", "2", "--poison-rate", "0.2"],
+    ));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report"))
+            .expect("json");
+    assert_eq!(report["kind"], "attack");
+    assert_eq!(report["attack"]["kind"], "blended");
+    assert_eq!(report["attack"]["target"], 2);
+    let asr = report["final"]["asr"].as_f64().expect("asr");
+    assert!(
+        report["epochs"]
+            .as_array()
+            .expect("epochs")
+            .iter()
+            .all(|e| e["asr"].as_f64().is_some())
+    );
+    let attack: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("attack.json")).expect("attack"))
+            .expect("json");
+    // 20% of the 58 attacker images (64 minus the 10% held out).
+    assert_eq!(attack["poisoned"].as_array().expect("indices").len(), 12);
+    let eval_json = tmp.path().join("eval.json");
+    let stdout = run_ok(&[
+        "eval".into(),
+        "--model".into(),
+        out.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        eval_json.display().to_string(),
+    ]);
+    assert!(stdout.contains("asr"), "{stdout}");
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval_json).expect("eval")).expect("json");
+    assert!((e["asr"].as_f64().expect("asr") - asr).abs() < 1e-9);
+    assert_eq!(e["attack_kind"], "blended");
+    // A clean model evaluated against the saved attack.
+    let clean = tmp.path().join("clean");
+    let targs = train_args(&clean);
+    run_ok(&targs);
+    let stdout = run_ok(&[
+        "eval".into(),
+        "--model".into(),
+        clean.display().to_string(),
+        "--attack".into(),
+        out.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+    ]);
+    assert!(
+        stdout.contains("clean_acc") && stdout.contains("asr"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn attack_flags_are_checked_and_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let args = attack_args("badnets", &tmp.path().join("a"), &["--target", "12"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = cleanse(&args);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("`target`") && err.contains("0..9"), "{err}");
+    let args = attack_args("sig", &tmp.path().join("b"), &["--all-to-all"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = cleanse(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("all-to-all"));
+    let o = cleanse(&["eval", "--model", "/no/such/run", "--device", "cpu"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/run"));
+}
+
+#[test]
+fn triggers_writes_a_gallery_of_all_six_attacks() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let png = tmp.path().join("g.png");
+    let stdout = run_ok(&[
+        "triggers".into(),
+        "--dataset".into(),
+        "synthetic".into(),
+        "--scale".into(),
+        "2".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        png.display().to_string(),
+    ]);
+    for k in ["badnets", "blended", "sig", "lc", "wanet", "iab"] {
+        assert!(stdout.contains(k), "{stdout}");
+    }
+    let img = image::open(&png).expect("png");
+    // 7 columns and 2 rows of 32x32 images at scale 2 with 4-pixel gaps.
+    assert_eq!(img.width(), 7 * 64 + 8 * 4);
+    assert_eq!(img.height(), 2 * 64 + 3 * 4);
+}

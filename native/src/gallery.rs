@@ -1,0 +1,180 @@
+//! `cleanse triggers`: one clean image and its poisoned versions under all six attacks, with the
+//! magnified residuals (the supplement's Figure 1).
+
+use crate::{DatasetArg, DeviceArgs, describe_device};
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use clap::Args;
+use cleanse_core::attack::iab::IabNets;
+use cleanse_core::attack::lc::{Pgd, pgd_untargeted};
+use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor};
+use cleanse_core::data::{DataSpec, DatasetKind, ImageSet};
+use cleanse_core::train::run::load_run_model;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub(crate) struct TriggersArgs {
+    #[arg(long, value_enum)]
+    dataset: DatasetArg,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Test image to show.
+    #[arg(long, default_value_t = 0)]
+    index: usize,
+    /// Residuals are |x' - x| times this.
+    #[arg(long, default_value_t = 5.0)]
+    magnify: f32,
+    /// Each pixel becomes a square of this side.
+    #[arg(long, default_value_t = 4)]
+    scale: u32,
+    /// A trained IAB attack (run directory) for its generator; without it, freshly initialised
+    /// networks show the kind of pattern only.
+    #[arg(long)]
+    iab: Option<PathBuf>,
+    /// A clean model for LC's adversarial perturbation; without it, LC shows the trigger only.
+    #[arg(long)]
+    clean_model: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// PNG file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn kind_of(d: DatasetArg) -> DatasetKind {
+    match d {
+        DatasetArg::Cifar10 => DatasetKind::Cifar10,
+        DatasetArg::Gtsrb => DatasetKind::Gtsrb,
+        DatasetArg::Folder => DatasetKind::Folder,
+        DatasetArg::Synthetic => DatasetKind::Synthetic,
+    }
+}
+
+pub(crate) fn run(args: &TriggersArgs) -> Result<()> {
+    let selected = args.device.select()?;
+    eprintln!("device: {}", describe_device(&selected));
+    let device = selected.device.clone();
+    let kind = kind_of(args.dataset);
+    let data = DataSpec::new(kind, args.data.clone()).load()?;
+    let test = data.test;
+    if args.index >= test.len() {
+        bail!(
+            "--index {}: the test set has {} images",
+            args.index,
+            test.len()
+        );
+    }
+    let one = test.subset(&[args.index]);
+    let [c, h, w] = [one.channels, one.height, one.width];
+    let clean: Vec<f32> = one.pixels.iter().map(|&v| v as f32 / 255.0).collect();
+    let x = || Tensor::<4>::from_data(TensorData::new(clean.clone(), [1, c, h, w]), &device);
+    let mut panels: Vec<(&str, Vec<f32>)> = Vec::new();
+    for attack_kind in AttackKind::ALL {
+        let config = AttackConfig::supplement(attack_kind, kind);
+        let attack = Attack::new(config.clone(), &test)?;
+        let poisoned = match attack_kind {
+            AttackKind::Iab => {
+                let nets = match &args.iab {
+                    Some(dir) => {
+                        let a = Attack::load(dir)?;
+                        IabNets::load(dir, c, a.config.iab_width, &device)
+                            .with_context(|| format!("--iab {}", dir.display()))?
+                    }
+                    None => IabNets::new(c, config.iab_width, 0, &device).valid(),
+                };
+                Backdoor::Iab(nets).apply(x())
+            }
+            AttackKind::Lc => {
+                let base = match &args.clean_model {
+                    Some(dir) => {
+                        let model = load_run_model(dir, &device)
+                            .with_context(|| format!("--clean-model {}", dir.display()))?
+                            .model;
+                        let adv = pgd_untargeted(
+                            &model,
+                            &one,
+                            &Pgd {
+                                eps: config.lc_eps,
+                                step: config.lc_step,
+                                steps: config.lc_steps,
+                                batch_size: 1,
+                            },
+                            &device,
+                        );
+                        adv.iter().map(|&v| v as f32 / 255.0).collect()
+                    }
+                    None => clean.clone(),
+                };
+                let t = attack.trigger.as_ref().context("LC trigger")?;
+                t.apply(Tensor::from_data(
+                    TensorData::new(base, [1, c, h, w]),
+                    &device,
+                ))
+            }
+            _ => attack.trigger.as_ref().context("trigger")?.apply(x()),
+        };
+        let v: Vec<f32> = poisoned
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        panels.push((attack_kind.name(), v));
+    }
+    let img = compose(&one, &clean, &panels, args.magnify, args.scale);
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("{}", parent.display()))?;
+    }
+    let tmp = args.out.with_extension("png.tmp");
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "wrote {} (top: clean, then {}; bottom: residuals x{})",
+        args.out.display(),
+        panels.iter().map(|p| p.0).collect::<Vec<_>>().join(", "),
+        args.magnify
+    );
+    Ok(())
+}
+
+/// Two rows: the clean image then each poisoned one; below each poisoned image its residual.
+fn compose(
+    one: &ImageSet,
+    clean: &[f32],
+    panels: &[(&str, Vec<f32>)],
+    magnify: f32,
+    scale: u32,
+) -> image::RgbImage {
+    let (c, h, w) = (one.channels, one.height as u32, one.width as u32);
+    let gap = 2 * scale;
+    let cols = panels.len() as u32 + 1;
+    let width = cols * w * scale + (cols + 1) * gap;
+    let height = 2 * h * scale + 3 * gap;
+    let mut img = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let mut draw = |col: u32, row: u32, v: &dyn Fn(usize, usize) -> [f32; 3]| {
+        let x0 = gap + col * (w * scale + gap);
+        let y0 = gap + row * (h * scale + gap);
+        for i in 0..h {
+            for j in 0..w {
+                let rgb = v(i as usize, j as usize);
+                let px = image::Rgb(rgb.map(|q| (q.clamp(0.0, 1.0) * 255.0).round() as u8));
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        img.put_pixel(x0 + j * scale + dx, y0 + i * scale + dy, px);
+                    }
+                }
+            }
+        }
+    };
+    let plane = (h * w) as usize;
+    let at =
+        |v: &[f32], ch: usize, i: usize, j: usize| v[ch.min(c - 1) * plane + i * w as usize + j];
+    draw(0, 0, &|i, j| [0, 1, 2].map(|ch| at(clean, ch, i, j)));
+    for (k, (_, p)) in panels.iter().enumerate() {
+        let col = k as u32 + 1;
+        draw(col, 0, &|i, j| [0, 1, 2].map(|ch| at(p, ch, i, j)));
+        draw(col, 1, &|i, j| {
+            [0, 1, 2].map(|ch| (at(p, ch, i, j) - at(clean, ch, i, j)).abs() * magnify)
+        });
+    }
+    img
+}
