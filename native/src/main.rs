@@ -38,6 +38,8 @@ enum Command {
     BenchKernels(bench::KernelBenchArgs),
     /// One clean image and its poisoned versions under all six attacks, with magnified residuals.
     Triggers(gallery::TriggersArgs),
+    /// A Markdown table (clean accuracy, ASR) of the runs under the given directories.
+    Summarize(SummarizeArgs),
     /// List the compute devices this machine offers and the one `--device auto` picks.
     Devices,
     /// Measure training and inference throughput of ResNet-18 on random data.
@@ -250,6 +252,63 @@ fn run_train(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args, Debug)]
+struct SummarizeArgs {
+    /// Run directories, or directories holding run directories (searched two levels deep).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+}
+
+fn find_reports(dir: &std::path::Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let report = dir.join("report.json");
+    if report.is_file() {
+        out.push(report);
+        return;
+    }
+    if depth == 0 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        find_reports(&d, depth - 1, out);
+    }
+}
+
+fn run_summarize(a: &SummarizeArgs) -> Result<()> {
+    use cleanse_core::report::{Report, SummaryRow, markdown_table};
+    let mut files = Vec::new();
+    for r in &a.runs {
+        if !r.exists() {
+            anyhow::bail!("{}: no such file or directory", r.display());
+        }
+        find_reports(r, 2, &mut files);
+    }
+    if files.is_empty() {
+        anyhow::bail!("no report.json under {:?}", a.runs);
+    }
+    let mut rows = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("{}", f.display()))?;
+        let report =
+            Report::from_json(&f.display().to_string(), &text).map_err(anyhow::Error::msg)?;
+        let name = f
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        rows.push(SummaryRow::of(&name, &report));
+    }
+    print!("{}", markdown_table(&rows));
+    Ok(())
+}
+
 fn run_devices() -> Result<()> {
     let adapters = device::list_adapters();
     if adapters.is_empty() {
@@ -291,6 +350,7 @@ fn main() {
         Command::Attack(a) => attack::run_attack(a, &matches),
         Command::Eval(a) => attack::run_eval(a),
         Command::Triggers(a) => gallery::run(a),
+        Command::Summarize(a) => run_summarize(a),
         Command::BenchKernels(a) => bench::run_kernels(a),
     };
     if let Err(e) = result {
