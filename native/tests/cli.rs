@@ -249,3 +249,48 @@ fn triggers_writes_a_gallery_of_all_six_attacks() {
     assert_eq!(img.width(), 7 * 64 + 8 * 4);
     assert_eq!(img.height(), 2 * 64 + 3 * 4);
 }
+
+#[test]
+fn presets_set_defaults_that_explicit_flags_override() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("p");
+    // train_args passes --width 4 --epochs 2 --batch-size 16 explicitly.
+    run_ok(&attack_args(
+        "sig",
+        &out,
+        &["--preset", "subset", "--target", "1"],
+    ));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report"))
+            .expect("json");
+    assert_eq!(r["config"]["width"], 4, "explicit --width wins");
+    assert_eq!(r["config"]["epochs"], 2, "explicit --epochs wins");
+    assert_eq!(r["config"]["batch_size"], 16, "explicit --batch-size wins");
+    assert_eq!(r["config"]["lr"], 0.05, "the preset's lr");
+    assert_eq!(r["attack"]["stamping"], "after_augment");
+    assert_eq!(
+        r["attack"]["poison_rate"], 1.0,
+        "clean-label: the whole target class"
+    );
+    let out2 = tmp.path().join("q");
+    run_ok(&attack_args(
+        "sig",
+        &out2,
+        &[
+            "--target",
+            "1",
+            "--stamping",
+            "after",
+            "--poison-rate",
+            "0.5",
+        ],
+    ));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.join("report.json")).expect("report"))
+            .expect("json");
+    assert_eq!(r["config"]["lr"], 0.1, "faithful: the supplement's lr");
+    assert_eq!(r["attack"]["poison_rate"], 0.5);
+    assert_eq!(r["attack"]["stamping"], "after_augment");
+    let sig_delta = r["attack"]["sig_delta"].as_f64().expect("delta");
+    assert!((sig_delta - 20.0 / 255.0).abs() < 1e-6);
+}
