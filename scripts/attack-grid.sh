@@ -18,14 +18,19 @@ add() { jobs_list+=("$*"); }
 
 group=${1:-all}
 if [[ $group == subset || $group == all ]]; then
+  # The clean model with the preset's training settings; LC makes its PGD images on it.
   add subset/clean train "${CIFAR[@]}" --width 16 --epochs 24 --batch-size 32 --lr 0.05
-  for a in badnets blended sig lc wanet iab; do
+  add subset/sig attack sig --preset subset "${CIFAR[@]}"
+  add subset/lc attack lc --preset subset --clean-model runs/subset/clean "${CIFAR[@]}"
+  for a in wanet iab blended badnets; do
     add subset/$a attack $a --preset subset "${CIFAR[@]}"
   done
 fi
 if [[ $group == faithful || $group == all ]]; then
   add faithful/clean train "${CIFAR[@]}" "${FAITHFUL[@]}"
-  for a in badnets blended sig lc wanet iab; do
+  add faithful/badnets attack badnets "${CIFAR[@]}" "${FAITHFUL[@]}"
+  add faithful/lc attack lc --clean-model runs/faithful/clean "${CIFAR[@]}" "${FAITHFUL[@]}"
+  for a in blended sig wanet iab; do
     add faithful/$a attack $a "${CIFAR[@]}" "${FAITHFUL[@]}"
   done
 fi

@@ -154,10 +154,10 @@ impl AttackArgs {
                 }
                 if !given(m, "epochs") {
                     train.epochs = SUBSET_EPOCHS;
-                    if !given(m, "milestones") {
-                        if let Schedule::Multistep { milestones, .. } = &mut train.schedule {
-                            *milestones = Schedule::default_milestones(SUBSET_EPOCHS);
-                        }
+                    if !given(m, "milestones")
+                        && let Schedule::Multistep { milestones, .. } = &mut train.schedule
+                    {
+                        *milestones = Schedule::default_milestones(SUBSET_EPOCHS);
                     }
                 }
                 attack.stamping = Stamping::AfterAugment;
@@ -362,7 +362,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
     let spec = match (&attack_dir, run_data(&args.model)) {
         (_, Ok(s)) => s,
         (Some(d), Err(_)) => run_data(d)?,
-        (None, Err(e)) => return Err(e.into()),
+        (None, Err(e)) => return Err(e),
     };
     let data = spec.load()?;
     let num_classes = loaded.config.num_classes;

@@ -82,7 +82,7 @@ pub(crate) fn run(args: &TriggersArgs) -> Result<()> {
                     }
                     None => IabNets::new(c, config.iab_width, 0, &device).valid(),
                 };
-                Backdoor::Iab(nets).apply(x())
+                Backdoor::Iab(Box::new(nets)).apply(x())
             }
             AttackKind::Lc => {
                 let base = match &args.clean_model {

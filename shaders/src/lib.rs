@@ -92,13 +92,13 @@ mod tests {
             ));
         }
         for (_, v) in module.global_variables.iter() {
-            if let naga::AddressSpace::Storage { access } = v.space {
-                if !access.contains(naga::StorageAccess::STORE) {
-                    return Err(format!(
-                        "binding `{}` must be read_write",
-                        v.name.as_deref().unwrap_or("?")
-                    ));
-                }
+            if let naga::AddressSpace::Storage { access } = v.space
+                && !access.contains(naga::StorageAccess::STORE)
+            {
+                return Err(format!(
+                    "binding `{}` must be read_write",
+                    v.name.as_deref().unwrap_or("?")
+                ));
             }
         }
         Ok(())

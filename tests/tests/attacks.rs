@@ -96,7 +96,7 @@ fn lc_stamps_the_same_pattern_at_all_four_corners_only() {
     let y = values(Trigger::four_corners(3, 32, 32).apply(tensor(x.clone(), [1, 3, 32, 32])));
     let diff = changed(&x, &y, 3, 32, 32);
     assert_eq!(diff.len(), 4 * 27);
-    let corner = |r: usize, c: usize| (r < 3 || r >= 29) && (c < 3 || c >= 29);
+    let corner = |r: usize, c: usize| !(3..29).contains(&r) && !(3..29).contains(&c);
     assert!(diff.iter().all(|&(_, r, c)| corner(r, c)));
     // Copied, not mirrored: the top-left patch equals the bottom-right one.
     for dr in 0..3 {
@@ -225,14 +225,21 @@ fn grid_sample_tensor_matches_the_host_reference_with_zero_padding() {
 #[test]
 fn augment_grid_without_augmentation_is_the_identity_and_flip_mirrors() {
     let mut rng = Rng::new(1);
-    let g = warp::augment_grid(8, 8, 0, 0.8, 0.0, 0.5, false, &mut rng);
+    let none = warp::WanetAugment {
+        pad: 0,
+        p_crop: 0.8,
+        degrees: 0.0,
+        p_rotation: 0.5,
+        flip: false,
+    };
+    let g = warp::augment_grid(8, 8, &none, &mut rng);
     let id = warp::identity_grid(8, 8);
     for (a, b) in g.iter().zip(&id) {
         assert!((a - b).abs() < 1e-6);
     }
     // With flips on, some of many draws mirror x and keep y.
     let flipped = (0..16).any(|_| {
-        let g = warp::augment_grid(8, 8, 0, 0.0, 0.0, 0.0, true, &mut rng);
+        let g = warp::augment_grid(8, 8, &warp::WanetAugment { flip: true, ..none }, &mut rng);
         (g[0] - 1.0).abs() < 1e-6 && (g[1] + 1.0).abs() < 1e-6
     });
     assert!(flipped);
@@ -310,8 +317,8 @@ fn before_augment_poisoning_stamps_and_relabels_the_chosen_images_only() {
         "data-set indices"
     );
     let trigger = Trigger::badnets(3, 32, 32);
-    for local in 0..part.len() {
-        let hit = hooks.attack.poisoned.contains(&keep[local]);
+    for (local, original) in keep.iter().enumerate() {
+        let hit = hooks.attack.poisoned.contains(original);
         assert_eq!(out.labels[local], if hit { 2 } else { part.labels[local] });
         let want = if hit {
             trigger.apply_u8(part.image(local), &dev())

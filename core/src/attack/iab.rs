@@ -310,7 +310,7 @@ pub fn pretrain_mask(
             t.lr * 0.1f64.powi(milestones.iter().filter(|&&m| m > 0 && epoch >= m).count() as i32);
         let a = chunk_order(&epoch_order(set.len(), t.seed, epoch as u64), t.batch_size);
         let b = chunk_order(
-            &epoch_order(set.len(), t.seed ^ 0x5EC0_4D, epoch as u64),
+            &epoch_order(set.len(), t.seed ^ 0x005E_C04D, epoch as u64),
             t.batch_size,
         );
         let sa = stream(set.clone(), a, t.augment, t.seed, epoch as u64, 2);
@@ -318,7 +318,7 @@ pub fn pretrain_mask(
             set.clone(),
             b,
             t.augment,
-            t.seed ^ 0x5EC0_4D,
+            t.seed ^ 0x005E_C04D,
             epoch as u64,
             2,
         );
@@ -345,6 +345,9 @@ pub fn pretrain_mask(
     mask
 }
 
+/// Called with (epoch, epochs, mean loss) after each mask pre-training epoch.
+pub type MaskEpochCallback = Box<dyn FnMut(usize, usize, f64)>;
+
 /// IAB plugged into the training loop: the mask network is pre-trained first, then the
 /// generator trains with the classifier (CE through the poisoned and cross samples, plus the
 /// diversity loss), stepped by its own Adam.
@@ -359,7 +362,7 @@ pub struct IabHooks {
     pub augment: Augment,
     pub seed: u64,
     /// Called after each mask pre-training epoch with the epoch and its mean loss.
-    pub on_mask_epoch: Option<Box<dyn FnMut(usize, usize, f64)>>,
+    pub on_mask_epoch: Option<MaskEpochCallback>,
 }
 
 impl IabHooks {

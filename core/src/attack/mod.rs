@@ -356,7 +356,7 @@ impl Attack {
 /// The test-time trigger of a saved attack: a static trigger or IAB's networks.
 pub enum Backdoor {
     Static(Trigger),
-    Iab(iab::IabNets),
+    Iab(Box<iab::IabNets>),
 }
 
 impl Backdoor {
@@ -364,12 +364,12 @@ impl Backdoor {
     pub fn load(dir: &Path, attack: &Attack, device: &burn::prelude::Device) -> Result<Backdoor> {
         match (&attack.trigger, attack.config.kind) {
             (Some(t), _) => Ok(Backdoor::Static(t.clone())),
-            (None, AttackKind::Iab) => Ok(Backdoor::Iab(iab::IabNets::load(
+            (None, AttackKind::Iab) => Ok(Backdoor::Iab(Box::new(iab::IabNets::load(
                 dir,
                 attack.image_shape[0],
                 attack.config.iab_width,
                 device,
-            )?)),
+            )?))),
             (None, k) => Err(Error::artifact(
                 dir.join(files::ATTACK),
                 format!("a {} attack without its trigger", k.name()),

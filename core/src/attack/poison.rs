@@ -67,7 +67,7 @@ pub fn choose_poisoned(attack: &Attack, set: &ImageSet) -> Result<Vec<usize>> {
             ),
         ));
     }
-    let mut rng = Rng::from_parts(&[c.seed, 0x9015_0A]);
+    let mut rng = Rng::from_parts(&[c.seed, 0x0090_150A]);
     let mut picked: Vec<usize> = rng
         .permutation(candidates.len())
         .into_iter()
@@ -160,28 +160,7 @@ pub fn attack_success_rate(
     ))
 }
 
-/// WaNet's post-warp augmentation (method spec): crop pad 5 (p 0.8), rotation 10 degrees
-/// (p 0.5), flip where allowed.
-#[derive(Clone, Copy, Debug)]
-pub struct WanetAugment {
-    pub pad: usize,
-    pub p_crop: f64,
-    pub degrees: f64,
-    pub p_rotation: f64,
-    pub flip: bool,
-}
-
-impl WanetAugment {
-    pub fn standard(flip: bool) -> Self {
-        WanetAugment {
-            pad: 5,
-            p_crop: 0.8,
-            degrees: 10.0,
-            p_rotation: 0.5,
-            flip,
-        }
-    }
-}
+pub use super::warp::WanetAugment;
 
 /// An attack plugged into the training loop.
 pub struct AttackHooks {
@@ -255,16 +234,7 @@ impl AttackHooks {
         let a = self.wanet_augment;
         let mut aug: Vec<f32> = Vec::with_capacity(n * h * w * 2);
         for _ in 0..n {
-            aug.extend(warp::augment_grid(
-                h,
-                w,
-                a.pad,
-                a.p_crop,
-                a.degrees,
-                a.p_rotation,
-                a.flip,
-                rng,
-            ));
+            aug.extend(warp::augment_grid(h, w, &a, rng));
         }
         let out = warp::grid_sample(
             warped,

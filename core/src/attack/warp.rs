@@ -112,19 +112,33 @@ pub fn noise_grid(grid: &[f32], h: usize, rng: &mut Rng) -> Vec<f32> {
         .collect()
 }
 
-/// WaNet's post-warp augmentation of one image as a sampling grid: random crop with padding
-/// `pad` (probability `p_crop`), rotation uniform in `[-deg, deg]` (probability `p_rot`) about
-/// the centre, and horizontal flip (probability 1/2 when `flip`).
-pub fn augment_grid(
-    h: usize,
-    w: usize,
-    pad: usize,
-    p_crop: f64,
-    deg: f64,
-    p_rot: f64,
-    flip: bool,
-    rng: &mut Rng,
-) -> Vec<f32> {
+/// WaNet's post-warp augmentation (method spec): random crop with padding 5 (probability 0.8),
+/// rotation uniform in +-10 degrees about the centre (probability 0.5), horizontal flip
+/// (probability 1/2, where allowed).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WanetAugment {
+    pub pad: usize,
+    pub p_crop: f64,
+    pub degrees: f64,
+    pub p_rotation: f64,
+    pub flip: bool,
+}
+
+impl WanetAugment {
+    pub fn standard(flip: bool) -> Self {
+        WanetAugment {
+            pad: 5,
+            p_crop: 0.8,
+            degrees: 10.0,
+            p_rotation: 0.5,
+            flip,
+        }
+    }
+}
+
+/// One image's draw of `a` as a sampling grid `[H, W, 2]`.
+pub fn augment_grid(h: usize, w: usize, a: &WanetAugment, rng: &mut Rng) -> Vec<f32> {
+    let (pad, p_crop, deg, p_rot, flip) = (a.pad, a.p_crop, a.degrees, a.p_rotation, a.flip);
     let (mut dx, mut dy) = (0.0f64, 0.0f64);
     if pad > 0 && rng.bernoulli(p_crop) {
         dx = rng.below(2 * pad + 1) as f64 - pad as f64;
