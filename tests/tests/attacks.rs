@@ -268,11 +268,21 @@ fn dirty_label_poisoning_picks_the_rate_among_non_target_images() {
 #[test]
 fn clean_label_attacks_poison_only_the_target_class_and_keep_labels() {
     let set = tiny(200);
-    for kind in [AttackKind::Sig] {
+    for kind in [AttackKind::Sig, AttackKind::Lc] {
         let mut c = config(kind);
         c.target = 3;
+        c.lc_steps = 5;
+        let clean = (kind == AttackKind::Lc).then(|| {
+            cleanse_core::model::ModelConfig {
+                architecture: cleanse_core::model::Architecture::Resnet18,
+                width: 4,
+                num_classes: 10,
+                normalization: cleanse_core::model::Normalization::cifar10(),
+            }
+            .init_seeded(&dev(), 1)
+        });
         let mut hooks =
-            AttackHooks::new(Attack::new(c, &set).expect("attack"), None, true).expect("hooks");
+            AttackHooks::new(Attack::new(c, &set).expect("attack"), clean, true).expect("hooks");
         let tmp = tempfile::tempdir().expect("tmp");
         let idx: Vec<usize> = (0..set.len()).collect();
         let poisoned = hooks
