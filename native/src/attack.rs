@@ -43,7 +43,8 @@ impl From<AttackArg> for AttackKind {
 /// Named settings; flags given on the command line override them.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub(crate) enum Preset {
-    /// The supplement's settings (the defaults of every flag).
+    /// The supplement's settings (the defaults of every flag; WaNet and IAB train their
+    /// classifier with lr 0.01, as their released code does).
     Faithful,
     /// The authors' code where it differs: lr 0.01; LC eps 8/255 poisoning 50% on CIFAR-10.
     AuthorsCode,
@@ -136,7 +137,13 @@ impl AttackArgs {
             _ => AttackConfig::supplement(kind, dataset),
         };
         match self.preset {
-            Preset::Faithful => {}
+            Preset::Faithful => {
+                // The supplement trains WaNet and IAB "following released open-source codes",
+                // whose classifier optimiser is SGD with lr 0.01.
+                if kind.is_training_control() && !given(m, "lr") {
+                    train.lr = 0.01;
+                }
+            }
             Preset::AuthorsCode => {
                 if !given(m, "lr") {
                     train.lr = 0.01;

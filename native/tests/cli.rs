@@ -294,3 +294,21 @@ fn presets_set_defaults_that_explicit_flags_override() {
     let sig_delta = r["attack"]["sig_delta"].as_f64().expect("delta");
     assert!((sig_delta - 20.0 / 255.0).abs() < 1e-6);
 }
+
+#[test]
+fn faithful_training_control_attacks_use_their_codes_lr() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("w");
+    run_ok(&attack_args("wanet", &out, &[]));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report"))
+            .expect("json");
+    assert_eq!(r["config"]["lr"], 0.01);
+    assert!(out.join("warp_grid.f32").is_file());
+    assert_eq!(
+        std::fs::metadata(out.join("warp_grid.f32"))
+            .expect("grid")
+            .len(),
+        32 * 32 * 2 * 4
+    );
+}
