@@ -19,7 +19,7 @@ add() { jobs_list+=("$*"); }
 group=${1:-all}
 if [[ $group == subset || $group == all ]]; then
   # The clean model with the preset's training settings; LC makes its PGD images on it.
-  add subset/clean train "${CIFAR[@]}" --width 16 --epochs 24 --batch-size 32 --lr 0.05
+  add subset/clean train "${CIFAR[@]}" --width 16 --epochs 24 --batch-size 32 --lr 0.05 --crop-padding 0 --no-flip
   add subset/sig attack sig --preset subset "${CIFAR[@]}"
   add subset/lc attack lc --preset subset --clean-model runs/subset/clean "${CIFAR[@]}"
   for a in wanet iab blended badnets; do
@@ -41,7 +41,7 @@ if [[ $group == sweep || $group == all ]]; then
   done
 fi
 if [[ $group == gtsrb || $group == all ]]; then
-  add gtsrb/clean train "${GTSRB[@]}" --width 16 --epochs 24 --batch-size 32 --lr 0.05
+  add gtsrb/clean train "${GTSRB[@]}" --width 16 --epochs 24 --batch-size 32 --lr 0.05 --crop-padding 0 --no-flip
   add gtsrb/badnets attack badnets --preset subset "${GTSRB[@]}"
 fi
 
