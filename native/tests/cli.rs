@@ -312,3 +312,42 @@ fn faithful_training_control_attacks_use_their_codes_lr() {
         32 * 32 * 2 * 4
     );
 }
+
+#[test]
+fn iab_attack_saves_its_networks_and_eval_reproduces_the_asr() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("iab");
+    run_ok(&attack_args(
+        "iab",
+        &out,
+        &[
+            "--iab-width",
+            "4",
+            "--iab-mask-epochs",
+            "1",
+            "--poison-rate",
+            "0.2",
+        ],
+    ));
+    for f in ["iab_generator.bpk", "iab_mask.bpk", "attack.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report"))
+            .expect("json");
+    let asr = r["final"]["asr"].as_f64().expect("asr");
+    let eval_json = tmp.path().join("eval.json");
+    run_ok(&[
+        "eval".into(),
+        "--model".into(),
+        out.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        eval_json.display().to_string(),
+    ]);
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval_json).expect("eval")).expect("json");
+    assert!((e["asr"].as_f64().expect("asr") - asr).abs() < 1e-9);
+    assert_eq!(e["attack_kind"], "iab");
+}

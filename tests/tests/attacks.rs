@@ -753,3 +753,98 @@ fn poisoned_training_batches_carry_the_trigger_on_the_autodiff_device() {
     }
     assert_eq!(hits, 30);
 }
+
+/// An IAB run killed after its first epoch and resumed ends where an uninterrupted run does:
+/// the mask network, the generator and its Adam state all come back from the checkpoint.
+#[test]
+fn a_resumed_iab_run_ends_where_an_uninterrupted_one_does() {
+    use cleanse_core::attack::iab::IabHooks;
+    use cleanse_core::data::augment::Augment;
+    use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::train::run::train_with;
+    use cleanse_core::train::{Observer, Schedule, SilentObserver, TrainConfig};
+    let mut data = DataSpec::new(DatasetKind::Synthetic, None);
+    data.synthetic = SyntheticConfig {
+        train_size: 48,
+        test_size: 16,
+        num_classes: 4,
+        side: 16,
+        seed: 4,
+    };
+    let mut tc = TrainConfig::supplement(data.clone());
+    tc.width = 4;
+    tc.epochs = 3;
+    tc.batch_size = 16;
+    tc.lr = 0.05;
+    tc.schedule = Schedule::cosine(3);
+    tc.augment = Augment::standard(true);
+    let loaded = data.load().expect("data");
+    let mut c = config(AttackKind::Iab);
+    c.iab_width = 4;
+    c.iab_mask_epochs = 1;
+    c.poison_rate = 0.2;
+    let hooks = || {
+        IabHooks::new(
+            Attack::new(c.clone(), &loaded.train).expect("attack"),
+            16,
+            Augment::standard(true),
+            0,
+        )
+    };
+    let selected =
+        cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu).expect("cpu");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let straight = tmp.path().join("straight");
+    let full = train_with(
+        &tc,
+        &mut hooks(),
+        &straight,
+        false,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect("straight");
+    struct StopAfter;
+    impl Observer for StopAfter {
+        fn epoch(&mut self, r: &cleanse_core::report::EpochRecord) {
+            if r.epoch == 1 {
+                panic!("simulated kill after epoch 1");
+            }
+        }
+    }
+    let killed = tmp.path().join("killed");
+    let (k, tc2, sel) = (killed.clone(), tc.clone(), selected.clone());
+    let mut h = hooks();
+    let crashed = std::thread::spawn(move || {
+        let _ = train_with(&tc2, &mut h, &k, false, &sel, &mut StopAfter);
+    })
+    .join();
+    assert!(crashed.is_err());
+    assert!(
+        !killed.join("iab_generator.bpk").exists(),
+        "no final networks yet"
+    );
+    let resumed = train_with(
+        &tc,
+        &mut hooks(),
+        &killed,
+        true,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect("resume");
+    let (a, b) = (&full.epochs[2], &resumed.epochs[2]);
+    assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
+    assert_eq!(a.asr, b.asr);
+    assert_eq!(a.clean_acc, b.clean_acc);
+    let x = tensor(random_images(4, 3, 16, 16, 12), [4, 3, 16, 16]);
+    let ga = cleanse_core::attack::iab::IabNets::load(&straight, 3, 4, &dev()).expect("nets");
+    let gb = cleanse_core::attack::iab::IabNets::load(&killed, 3, 4, &dev()).expect("nets");
+    let (va, vb) = (values(ga.stamp(x.clone())), values(gb.stamp(x)));
+    let worst = va
+        .iter()
+        .zip(&vb)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(worst < 1e-4, "resumed generator differs by {worst}");
+}

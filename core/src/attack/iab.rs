@@ -346,7 +346,7 @@ pub fn pretrain_mask(
 }
 
 /// Called with (epoch, epochs, mean loss) after each mask pre-training epoch.
-pub type MaskEpochCallback = Box<dyn FnMut(usize, usize, f64)>;
+pub type MaskEpochCallback = Box<dyn FnMut(usize, usize, f64) + Send>;
 
 /// IAB plugged into the training loop: the mask network is pre-trained first, then the
 /// generator trains with the classifier (CE through the poisoned and cross samples, plus the
