@@ -5,6 +5,7 @@
 
 pub mod attack;
 pub mod data;
+pub mod defend;
 pub mod device;
 pub mod error;
 pub mod io;

@@ -1,0 +1,104 @@
+//! The defender's data without labels: a type that has no labels to read, so the cleanser cannot
+//! use them by accident.
+
+use crate::data::ImageSet;
+use crate::data::augment::{self, Augment};
+use crate::rng::Rng;
+use rayon::prelude::*;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+/// Decoded 8-bit planar images, nothing else.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnlabeledImages {
+    pixels: Vec<u8>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl UnlabeledImages {
+    /// Drops the labels of `set`.
+    pub fn from_set(set: ImageSet) -> Self {
+        UnlabeledImages {
+            pixels: set.pixels,
+            channels: set.channels,
+            height: set.height,
+            width: set.width,
+        }
+    }
+
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    pub fn len(&self) -> usize {
+        self.pixels.len() / self.image_len().max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+}
+
+/// A batch of images in `[0,1]`, NCHW, without labels.
+#[derive(Clone, Debug)]
+pub struct ImageBatch {
+    pub images: Vec<f32>,
+    pub shape: [usize; 4],
+}
+
+/// Builds the batch of `indices`, augmented per image from `(seed, epoch, index)`.
+pub fn make_batch(
+    set: &UnlabeledImages,
+    indices: &[usize],
+    aug: &Augment,
+    seed: u64,
+    epoch: u64,
+) -> ImageBatch {
+    let n = set.image_len();
+    let mut images = vec![0.0f32; indices.len() * n];
+    images
+        .par_chunks_mut(n)
+        .zip(indices.par_iter())
+        .for_each(|(out, &i)| {
+            let mut rng = Rng::from_parts(&[seed, epoch, i as u64]);
+            augment::apply(
+                set.image(i),
+                set.channels,
+                set.height,
+                set.width,
+                aug,
+                &mut rng,
+                out,
+            );
+        });
+    ImageBatch {
+        images,
+        shape: [indices.len(), set.channels, set.height, set.width],
+    }
+}
+
+/// Streams the batches of `chunks`, prepared on a background thread.
+pub fn stream(
+    set: Arc<UnlabeledImages>,
+    chunks: Vec<Vec<usize>>,
+    aug: Augment,
+    seed: u64,
+    epoch: u64,
+) -> Receiver<ImageBatch> {
+    let (tx, rx) = sync_channel(2);
+    std::thread::spawn(move || {
+        for c in chunks {
+            if tx.send(make_batch(&set, &c, &aug, seed, epoch)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
