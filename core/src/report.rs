@@ -69,6 +69,10 @@ pub struct Report {
     /// The attack's configuration (attack runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<serde_json::Value>,
+    /// What a defense did (defense runs): the method, its data and, for the cleanser, the
+    /// realised re-initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defense: Option<serde_json::Value>,
     pub device: DeviceInfo,
     pub data: DataSummary,
     pub epochs: Vec<EpochRecord>,
@@ -228,6 +232,7 @@ mod summary_tests {
             tool_version: "0".into(),
             config: serde_json::json!({}),
             attack,
+            defense: None,
             device: serde_json::from_value(serde_json::json!({
                 "requested": "cpu", "backend": "flex", "adapter": null, "cpu_threads": 2
             }))

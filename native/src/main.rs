@@ -2,6 +2,7 @@
 
 mod attack;
 mod bench;
+mod defend;
 mod gallery;
 mod progress;
 
@@ -32,6 +33,9 @@ enum Command {
     Train(TrainArgs),
     /// Train a backdoored classifier with one of the six attacks (the held-out split stays clean).
     Attack(attack::AttackArgs),
+    /// Remove a backdoor from a model.
+    #[command(subcommand)]
+    Defend(defend::DefendCommand),
     /// Clean accuracy and attack success rate of a model, against a saved attack.
     Eval(attack::EvalArgs),
     /// Throughput of each WGSL trigger kernel against its plain-tensor twin.
@@ -349,6 +353,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Attack(a) => attack::run_attack(a, &matches),
         Command::Eval(a) => attack::run_eval(a),
+        Command::Defend(c) => defend::run(c),
         Command::Triggers(a) => gallery::run(a),
         Command::Summarize(a) => run_summarize(a),
         Command::BenchKernels(a) => bench::run_kernels(a),

@@ -233,3 +233,103 @@ fn unlabeled_images_keep_pixels_and_batch_deterministically() {
             .all(|(a, b)| (a - b).abs() < 1e-6)
     );
 }
+
+#[test]
+fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
+    use cleanse_core::attack::poison::AttackHooks;
+    use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
+    use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::defend::cleanse::{KdConfig, cleanse};
+    use cleanse_core::train::run::train_with;
+    use cleanse_core::train::{Schedule, SilentObserver, TrainConfig};
+    let mut data = DataSpec::new(DatasetKind::Synthetic, None);
+    data.synthetic = SyntheticConfig {
+        train_size: 400,
+        test_size: 100,
+        num_classes: 4,
+        side: 16,
+        seed: 3,
+    };
+    let mut tc = TrainConfig::supplement(data.clone());
+    tc.width = 4;
+    tc.epochs = 10;
+    tc.batch_size = 16;
+    tc.lr = 0.02;
+    tc.schedule = Schedule::cosine(10);
+    tc.augment = Augment::NONE;
+    tc.holdout = 0.3;
+    let loaded = data.load().expect("data");
+    let mut c = AttackConfig::supplement(AttackKind::Blended, DatasetKind::Synthetic);
+    c.stamping = Stamping::AfterAugment;
+    c.poison_rate = 0.3;
+    c.blend_alpha = 0.3;
+    let mut hooks = AttackHooks::new(Attack::new(c, &loaded.train).expect("attack"), None, false)
+        .expect("hooks");
+    let selected =
+        cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu).expect("cpu");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let teacher_dir = tmp.path().join("teacher");
+    let teacher = train_with(
+        &tc,
+        &mut hooks,
+        &teacher_dir,
+        false,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect("attack");
+    let teacher_asr = teacher
+        .final_metrics
+        .as_ref()
+        .and_then(|f| f.asr)
+        .expect("asr");
+    let teacher_acc = teacher
+        .final_metrics
+        .as_ref()
+        .map(|f| f.clean_acc)
+        .expect("acc");
+    let mut kc = KdConfig::paper(teacher_dir.clone(), false);
+    kc.epochs = 6;
+    kc.batch_size = 16;
+    kc.lr = 0.05;
+    kc.augment = Augment::NONE;
+    let report = cleanse(
+        &kc,
+        &tmp.path().join("student"),
+        false,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect("cleanse");
+    let student_asr = report
+        .final_metrics
+        .as_ref()
+        .and_then(|f| f.asr)
+        .expect("asr");
+    assert_eq!(report.kind, "defense");
+    assert!(
+        teacher_asr > 0.8,
+        "the tiny teacher is backdoored: {teacher_asr}"
+    );
+    assert!(
+        student_asr < teacher_asr - 0.3,
+        "{teacher_asr} -> {student_asr}"
+    );
+    let student_acc = report
+        .final_metrics
+        .as_ref()
+        .map(|f| f.clean_acc)
+        .expect("acc");
+    assert!(
+        student_acc > teacher_acc - 0.2,
+        "{teacher_acc} -> {student_acc}"
+    );
+    // The report says what the initialisation did, and the student evaluates like any run.
+    let defense = report.defense.as_ref().expect("defense info");
+    assert_eq!(
+        defense["init"]["groups"].as_array().expect("groups").len(),
+        6
+    );
+    assert!(tmp.path().join("student/attack.json").is_file());
+    assert!(tmp.path().join("student/model.bpk").is_file());
+}

@@ -336,6 +336,7 @@ pub fn train_with(
         tool_version: env!("CARGO_PKG_VERSION").into(),
         config: serde_json::to_value(config).map_err(|e| Error::config("config", e.to_string()))?,
         attack: attack_json,
+        defense: None,
         device: selected.info.clone(),
         data: summary,
         epochs: history.clone(),
