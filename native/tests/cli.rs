@@ -351,3 +351,65 @@ fn iab_attack_saves_its_networks_and_eval_reproduces_the_asr() {
     assert!((e["asr"].as_f64().expect("asr") - asr).abs() < 1e-9);
     assert_eq!(e["attack_kind"], "iab");
 }
+
+#[test]
+fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let teacher = tmp.path().join("teacher");
+    run_ok(&attack_args(
+        "badnets",
+        &teacher,
+        &["--stamping", "after", "--poison-rate", "0.3"],
+    ));
+    let student = tmp.path().join("student");
+    let stdout = run_ok(&[
+        "defend".into(),
+        "kd".into(),
+        "--model".into(),
+        teacher.display().to_string(),
+        "--epochs".into(),
+        "2".into(),
+        "--batch-size".into(),
+        "16".into(),
+        "--init".into(),
+        "single:4".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        student.display().to_string(),
+    ]);
+    assert!(stdout.contains("kd: clean_acc"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(student.join("report.json")).expect("report"),
+    )
+    .expect("json");
+    assert_eq!(r["kind"], "defense");
+    assert_eq!(r["config"]["init"]["mode"], "single");
+    assert_eq!(r["config"]["unlabeled"]["source"], "holdout");
+    let groups = r["defense"]["init"]["groups"].as_array().expect("groups");
+    for g in groups {
+        let hit = g["reinitialised"].as_u64().expect("count") > 0;
+        assert_eq!(hit, g["group"] == "stage4", "{g}");
+    }
+    assert!(r["final"]["asr"].as_f64().is_some());
+    for (flag, value, needle) in [
+        ("--ratios", "0.1,0.2", "--ratios"),
+        ("--init", "half", "init"),
+    ] {
+        let o = cleanse(&[
+            "defend",
+            "kd",
+            "--model",
+            teacher.to_str().expect("utf8"),
+            flag,
+            value,
+            "--device",
+            "cpu",
+            "--out",
+            tmp.path().join("bad").to_str().expect("utf8"),
+        ]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{err}");
+    }
+}
