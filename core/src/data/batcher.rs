@@ -18,6 +18,28 @@ pub struct HostBatch {
     pub shape: [usize; 4],
 }
 
+/// The planar images at `indices` as `f32` in `[0,1]`, each augmented from its own stream
+/// `(seed, epoch, index)`; `image(i)` gives image `i`'s bytes, of shape `[c, h, w]`.
+pub fn augmented_images<'a>(
+    image: impl Fn(usize) -> &'a [u8] + Sync,
+    [c, h, w]: [usize; 3],
+    indices: &[usize],
+    aug: &Augment,
+    seed: u64,
+    epoch: u64,
+) -> Vec<f32> {
+    let n = c * h * w;
+    let mut images = vec![0.0f32; indices.len() * n];
+    images
+        .par_chunks_mut(n)
+        .zip(indices.par_iter())
+        .for_each(|(out, &i)| {
+            let mut rng = Rng::from_parts(&[seed, epoch, i as u64]);
+            augment::apply(image(i), c, h, w, aug, &mut rng, out);
+        });
+    images
+}
+
 /// Builds one batch of the images at `indices`.
 pub fn make_batch(
     set: &ImageSet,
@@ -26,23 +48,8 @@ pub fn make_batch(
     seed: u64,
     epoch: u64,
 ) -> HostBatch {
-    let n = set.image_len();
-    let mut images = vec![0.0f32; indices.len() * n];
-    images
-        .par_chunks_mut(n)
-        .zip(indices.par_iter())
-        .for_each(|(out, &i)| {
-            let mut rng = Rng::from_parts(&[seed, epoch, i as u64]);
-            augment::apply(
-                set.image(i),
-                set.channels,
-                set.height,
-                set.width,
-                aug,
-                &mut rng,
-                out,
-            );
-        });
+    let shape = [set.channels, set.height, set.width];
+    let images = augmented_images(|i| set.image(i), shape, indices, aug, seed, epoch);
     HostBatch {
         images,
         labels: indices.iter().map(|&i| set.labels[i] as i64).collect(),

@@ -2,9 +2,8 @@
 //! use them by accident.
 
 use crate::data::ImageSet;
-use crate::data::augment::{self, Augment};
-use crate::rng::Rng;
-use rayon::prelude::*;
+use crate::data::augment::Augment;
+use crate::data::batcher::augmented_images;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
@@ -61,23 +60,8 @@ pub fn make_batch(
     seed: u64,
     epoch: u64,
 ) -> ImageBatch {
-    let n = set.image_len();
-    let mut images = vec![0.0f32; indices.len() * n];
-    images
-        .par_chunks_mut(n)
-        .zip(indices.par_iter())
-        .for_each(|(out, &i)| {
-            let mut rng = Rng::from_parts(&[seed, epoch, i as u64]);
-            augment::apply(
-                set.image(i),
-                set.channels,
-                set.height,
-                set.width,
-                aug,
-                &mut rng,
-                out,
-            );
-        });
+    let shape = [set.channels, set.height, set.width];
+    let images = augmented_images(|i| set.image(i), shape, indices, aug, seed, epoch);
     ImageBatch {
         images,
         shape: [indices.len(), set.channels, set.height, set.width],
