@@ -135,10 +135,7 @@ pub fn cleanse(
         }
         Some(s)
     } else {
-        if std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-        {
+        if !crate::train::run::dir_is_empty(out)? {
             return Err(Error::artifact(
                 out,
                 "output directory exists and is not empty; choose another --out, or pass --resume",

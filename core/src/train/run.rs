@@ -204,7 +204,8 @@ pub mod files {
     pub const CHECKPOINT_DIR: &str = "checkpoint";
 }
 
-fn dir_is_empty(dir: &Path) -> Result<bool> {
+/// Whether `dir` is missing or empty (a run may start in it).
+pub(crate) fn dir_is_empty(dir: &Path) -> Result<bool> {
     match std::fs::read_dir(dir) {
         Ok(mut it) => Ok(it.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
