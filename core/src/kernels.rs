@@ -3,8 +3,10 @@
 //! Each operation is a Burn backend extension implemented for the CubeCL backend, so it runs
 //! inside Burn's fusion stream on the tensors' own device buffers. The public functions take
 //! and return ordinary tensors; they must only be called on wgpu devices ([`is_wgpu`]); the
-//! callers fall back to the plain-tensor twins elsewhere. The kernels are not differentiable:
-//! they take the values of autodiff tensors and return constants (triggers act on data).
+//! callers fall back to the plain-tensor twins elsewhere. The trigger kernels are not
+//! differentiable: they take the values of autodiff tensors and return constants (triggers act
+//! on data). The distillation-loss kernel computes the loss and its gradient in one pass, and
+//! [`kd_loss`] hands that gradient to autodiff.
 
 use burn::backend::wgpu::{
     CubeBackend, CubeDim, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
@@ -82,6 +84,10 @@ fn launch(kernel: Kernel, inputs: Vec<CubeTensor>, out_shape: Shape, info: Vec<u
     out
 }
 
+fn kd_kl_shape(student: &Shape) -> Shape {
+    Shape::new([student[0], student[1] + 1])
+}
+
 fn grid_sample_shape(x: &Shape, grid: &Shape) -> Shape {
     Shape::new([x[0], x[1], grid[1], grid[2]])
 }
@@ -104,6 +110,15 @@ pub trait TriggerKernels: Backend {
 
     #[fusion(shape = grid_sample_shape(x, grid), dtype = x)]
     fn grid_sample(x: FloatTensor<Self>, grid: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `[N, K+1]`: the gradient of the distillation loss in the first `K` columns, each row's
+    /// share of the loss in the last.
+    #[fusion(shape = kd_kl_shape(student), dtype = student)]
+    fn kd_kl(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        temperature: f32,
+    ) -> FloatTensor<Self>;
 }
 
 fn dims4(t: &CubeTensor) -> [usize; 4] {
@@ -158,6 +173,28 @@ impl TriggerKernels for CubeBackend {
             cleanse_shaders::GRID_SAMPLE,
             vec![x, grid],
             Shape::new([n, c, ho, wo]),
+            info,
+        )
+    }
+
+    fn kd_kl(student: CubeTensor, teacher: CubeTensor, temperature: f32) -> CubeTensor {
+        let s = student.meta.shape().clone();
+        let (n, k) = (s[0], s[1]);
+        assert_eq!(
+            teacher.meta.shape()[..],
+            s[..],
+            "teacher and student logits differ in shape"
+        );
+        let info = vec![
+            (n * (k + 1)) as u32,
+            k as u32,
+            (1.0 / temperature).to_bits(),
+            (1.0 / n.max(1) as f32).to_bits(),
+        ];
+        launch(
+            cleanse_shaders::KD_KL,
+            vec![student, teacher],
+            Shape::new([n, k + 1]),
             info,
         )
     }
@@ -217,4 +254,24 @@ pub fn grid_sample(x: Tensor<4>, grid: Tensor<4>) -> Tensor<4> {
         let x = a.pop().expect("x");
         <Dispatch as TriggerKernels>::grid_sample(x, g)
     })
+}
+
+/// The cleanser's distillation loss `mean_n KL(softmax(t/T) || softmax(s/T))` by the fused WGSL
+/// kernel (the twin is [`crate::defend::kd::kd_loss`]). The kernel returns the loss and its
+/// gradient with respect to the student's logits `G`; the result is
+/// `loss + sum(s * G) - detach(sum(s * G))`, whose value is the loss and whose gradient is `G`,
+/// so autodiff carries the kernel's gradient into the student. The teacher gets no gradient.
+pub fn kd_loss(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) -> Tensor<1> {
+    let [n, k] = student.dims();
+    let autodiff = student.device().is_autodiff();
+    let out = Tensor::<2>::from_dispatch(<Dispatch as TriggerKernels>::kd_kl(
+        student.clone().inner().into_dispatch(),
+        teacher.inner().into_dispatch(),
+        temperature as f32,
+    ));
+    let out = if autodiff { out.autodiff() } else { out };
+    let grad = out.clone().slice([0..n, 0..k]);
+    let loss = out.slice([0..n, k..k + 1]).sum();
+    let linear = (student * grad).sum();
+    loss + linear.clone() - linear.detach()
 }

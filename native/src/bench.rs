@@ -122,7 +122,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `cleanse bench-kernels`: each WGSL trigger kernel against its plain-tensor twin on one device.
+/// `cleanse bench-kernels`: each WGSL kernel (triggers, distillation loss) against its
+/// plain-tensor twin on one device.
 #[derive(Args, Debug)]
 pub struct KernelBenchArgs {
     #[arg(long, default_value_t = 256)]
@@ -200,10 +201,63 @@ pub fn run_kernels(a: &KernelBenchArgs) -> Result<()> {
             twin_images_per_sec: twin,
         });
     }
+    // The distillation loss with its gradient: logits of the cleanser's batch size (launch
+    // bound) and of 64 batches (bandwidth bound), 10 classes.
+    let mut kd_rows = Vec::new();
+    for rows_n in [n, 64 * n] {
+        let k = 10;
+        let s: Vec<f32> = (0..rows_n * k)
+            .map(|_| 8.0 * rng.next_f32() - 4.0)
+            .collect();
+        let t: Vec<f32> = (0..rows_n * k)
+            .map(|_| 8.0 * rng.next_f32() - 4.0)
+            .collect();
+        let time_kd = |fused: bool| -> f64 {
+            let step = || {
+                let student =
+                    Tensor::<2>::from_data(TensorData::new(s.clone(), [rows_n, k]), &device)
+                        .autodiff()
+                        .require_grad();
+                let teacher =
+                    Tensor::<2>::from_data(TensorData::new(t.clone(), [rows_n, k]), &device)
+                        .autodiff();
+                let loss = if fused {
+                    cleanse_core::kernels::kd_loss(student.clone(), teacher, 2.0)
+                } else {
+                    cleanse_core::defend::kd::kd_loss(student.clone(), teacher, 2.0)
+                };
+                let grads = loss.backward();
+                let g = student.grad(&grads).expect("gradient");
+                let _ = g.sum().into_scalar::<f32>();
+            };
+            step();
+            let t0 = Instant::now();
+            for _ in 0..a.reps {
+                step();
+            }
+            (rows_n * a.reps) as f64 / t0.elapsed().as_secs_f64()
+        };
+        let twin = time_kd(false);
+        let kernel = on_wgpu.then(|| time_kd(true));
+        println!(
+            "kd-kl {rows_n:>6} rows: kernel {:>12} rows/s   tensor twin {:>12.0} rows/s (loss + gradient)",
+            kernel
+                .map(|k| format!("{k:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            twin
+        );
+        kd_rows.push(serde_json::json!({
+            "rows": rows_n, "classes": k,
+            "kernel_rows_per_sec": kernel, "twin_rows_per_sec": twin,
+        }));
+    }
     if let Some(p) = &a.json {
         cleanse_core::io::write_json_atomic(
             p,
-            &serde_json::json!({ "device": selected.info, "batch_size": n, "reps": a.reps, "rows": rows }),
+            &serde_json::json!({
+                "device": selected.info, "batch_size": n, "reps": a.reps, "rows": rows,
+                "kd_kl": kd_rows,
+            }),
         )?;
     }
     Ok(())

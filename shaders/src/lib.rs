@@ -1,5 +1,5 @@
 //! The hand-written WGSL kernels of cleanse (trigger stamping, blending, the SIG signal, the
-//! bilinear warp, and later the distillation loss), as source constants.
+//! bilinear warp, the distillation loss), as source constants.
 //!
 //! Conventions shared by every kernel, which the launcher in `cleanse-core` relies on:
 //! - the entry point is `main`, `@workgroup_size(256, 1, 1)`, one invocation per output element,
@@ -49,8 +49,15 @@ pub const GRID_SAMPLE: Kernel = Kernel {
     inputs: 2,
 };
 
+/// The cleanser's temperature-softmax KL loss with its gradient (forward and backward fused).
+pub const KD_KL: Kernel = Kernel {
+    name: "kd_kl",
+    source: include_str!("wgsl/kd_kl.wgsl"),
+    inputs: 2,
+};
+
 /// Every kernel this crate ships.
-pub const KERNELS: &[Kernel] = &[PATCH_STAMP, BLEND, SIG, GRID_SAMPLE];
+pub const KERNELS: &[Kernel] = &[PATCH_STAMP, BLEND, SIG, GRID_SAMPLE, KD_KL];
 
 #[cfg(test)]
 mod tests {
@@ -106,7 +113,7 @@ mod tests {
 
     #[test]
     fn every_kernel_is_valid_wgsl_with_the_launch_conventions() {
-        assert_eq!(KERNELS.len(), 4);
+        assert_eq!(KERNELS.len(), 5);
         for k in KERNELS {
             if let Err(e) = validate(k) {
                 panic!("{}: {e}", k.name);

@@ -133,3 +133,51 @@ fn grid_sample_kernel_matches_host_reference_with_per_sample_grids_and_padding()
         );
     }
 }
+
+/// The fused distillation-loss kernel: its loss and its gradient with respect to the student's
+/// logits against the tensor twin's loss and autodiff gradient, on CPU and on wgpu.
+#[test]
+fn kd_kl_kernel_matches_the_twin_loss_and_gradient() {
+    use cleanse_core::defend::kd::kd_loss;
+    let wgpu = wgpu();
+    let cpu = Device::flex();
+    // 300 rows x 10 classes spans more than one workgroup; 43 classes is GTSRB.
+    for (n, k, t) in [(300usize, 10usize, 1.3f64), (7, 43, 4.0)] {
+        let s = random(n * k, 11, -6.0, 6.0);
+        let tl = random(n * k, 12, -6.0, 6.0);
+        let run = |device: &Device, fused: bool| {
+            let student = Tensor::<2>::from_data(TensorData::new(s.clone(), [n, k]), device)
+                .autodiff()
+                .require_grad();
+            let teacher =
+                Tensor::<2>::from_data(TensorData::new(tl.clone(), [n, k]), device).autodiff();
+            let loss = if fused {
+                kernels::kd_loss(student.clone(), teacher, t)
+            } else {
+                kd_loss(student.clone(), teacher, t)
+            };
+            let value: f32 = loss.clone().into_scalar();
+            let grads = loss.backward();
+            let g = student
+                .grad(&grads)
+                .expect("student gradient")
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32");
+            (value, g)
+        };
+        let (twin_loss, twin_grad) = run(&cpu, false);
+        let (kernel_loss, kernel_grad) = run(&wgpu, true);
+        assert!(twin_loss > 0.1, "a nontrivial loss ({twin_loss})");
+        assert!(
+            (twin_loss - kernel_loss).abs() <= 1e-4 * twin_loss.abs().max(1.0),
+            "n={n} k={k}: loss {kernel_loss} vs twin {twin_loss}"
+        );
+        let scale = twin_grad.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0);
+        assert_close(&kernel_grad, &twin_grad, 1e-4 * scale, "kd_kl gradient");
+        // The twin on the wgpu device agrees as well (the dispatching entry point).
+        let (wgpu_twin, _) = run(&wgpu, false);
+        assert!((wgpu_twin - twin_loss).abs() <= 1e-4 * twin_loss.abs().max(1.0));
+    }
+}

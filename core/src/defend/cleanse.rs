@@ -3,7 +3,7 @@
 //! clean accuracy and ASR against the teacher's attack after every epoch. The final model is the
 //! last epoch's.
 
-use super::kd::{kd_loss, temperature};
+use super::kd::{distillation_loss, temperature};
 use super::reinit::{self, InitMode, Realised};
 use super::unlabeled::{UnlabeledImages, stream};
 use crate::attack::poison::{asr_set, triggered_accuracy};
@@ -242,7 +242,7 @@ pub fn cleanse(
             let x = images_tensor(b.images, b.shape, &device);
             let t_logits = teacher.forward(x.clone());
             let s_logits = student.forward(x.autodiff());
-            let loss = kd_loss(s_logits.clone(), t_logits.clone().autodiff(), temp);
+            let loss = distillation_loss(s_logits.clone(), t_logits.clone().autodiff(), temp);
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
                 return Err(Error::config(

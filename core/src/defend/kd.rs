@@ -18,3 +18,13 @@ pub fn kd_loss(student: Tensor<2>, teacher: Tensor<2>, t: f64) -> Tensor<1> {
     let pt = softmax(teacher / t, 1);
     (pt * (log_pt - log_ps)).sum() / n as f64
 }
+
+/// [`kd_loss`] by the fused WGSL kernel on wgpu devices ([`crate::kernels::kd_loss`]), by the
+/// plain-tensor twin elsewhere.
+pub fn distillation_loss(student: Tensor<2>, teacher: Tensor<2>, t: f64) -> Tensor<1> {
+    if crate::kernels::is_wgpu(&student.device()) {
+        crate::kernels::kd_loss(student, teacher, t)
+    } else {
+        kd_loss(student, teacher, t)
+    }
+}
