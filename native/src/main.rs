@@ -5,6 +5,7 @@ mod bench;
 mod defend;
 mod gallery;
 mod progress;
+mod tsne;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -38,10 +39,12 @@ enum Command {
     Defend(defend::DefendCommand),
     /// Clean accuracy and attack success rate of a model, against a saved attack.
     Eval(attack::EvalArgs),
-    /// Throughput of each WGSL trigger kernel against its plain-tensor twin.
+    /// Throughput of each WGSL kernel (triggers, distillation loss) against its plain-tensor twin.
     BenchKernels(bench::KernelBenchArgs),
     /// One clean image and its poisoned versions under all six attacks, with magnified residuals.
     Triggers(gallery::TriggersArgs),
+    /// t-SNE map of penultimate features of clean and triggered test images (PNG + JSON).
+    Tsne(tsne::TsneArgs),
     /// A Markdown table (clean accuracy, ASR) of the runs under the given directories.
     Summarize(SummarizeArgs),
     /// List the compute devices this machine offers and the one `--device auto` picks.
@@ -356,6 +359,7 @@ fn main() {
         Command::Defend(c) => defend::run(c),
         Command::Triggers(a) => gallery::run(a),
         Command::Summarize(a) => run_summarize(a),
+        Command::Tsne(a) => tsne::run(a),
         Command::BenchKernels(a) => bench::run_kernels(a),
     };
     if let Err(e) = result {

@@ -413,3 +413,82 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+#[test]
+fn tsne_maps_clean_and_triggered_features() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = tmp.path().join("model");
+    run_ok(&attack_args("blended", &model, &["--poison-rate", "0.2"]));
+    let png = tmp.path().join("maps").join("tsne.png");
+    let args: Vec<String> = [
+        "tsne",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--per-class",
+        "2",
+        "--triggered",
+        "12",
+        "--perplexity",
+        "5",
+        "--iterations",
+        "300",
+        "--size",
+        "200",
+        "--device",
+        "cpu",
+        "--out",
+        png.to_str().expect("utf8"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    run_ok(&args);
+    let img = image::open(&png).expect("a PNG");
+    assert_eq!((img.width(), img.height()), (200, 200));
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(png.with_extension("json")).expect("json"))
+            .expect("valid json");
+    let points = j["points"].as_array().expect("points");
+    let triggered = points.iter().filter(|p| p["triggered"] == true).count();
+    // At most 2 clean images per class (of 32 test images in 10 classes), and 12 triggered
+    // non-target images.
+    let clean = points.len() - triggered;
+    assert!((10..=20).contains(&clean), "{clean} clean points");
+    for c in 0..10u64 {
+        let n = points
+            .iter()
+            .filter(|p| p["triggered"] == false && p["label"].as_u64() == Some(c))
+            .count();
+        assert!(n <= 2, "class {c}: {n} clean points");
+    }
+    assert_eq!(triggered, 12);
+    let target = j["target"].as_u64().expect("target");
+    assert!(
+        points
+            .iter()
+            .filter(|p| p["triggered"] == true)
+            .all(|p| p["label"].as_u64() != Some(target))
+    );
+    assert!(
+        points
+            .iter()
+            .all(|p| p["x"].as_f64().is_some_and(f64::is_finite))
+    );
+    // The same seed gives the same map.
+    let again = tmp.path().join("again.png");
+    let mut args2 = args.clone();
+    *args2.last_mut().expect("out") = again.display().to_string();
+    run_ok(&args2);
+    let k: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(again.with_extension("json")).expect("json"))
+            .expect("valid json");
+    assert_eq!(j["points"], k["points"]);
+    // A perplexity too large for the points is refused with the reason.
+    let mut bad = args.clone();
+    let i = bad.iter().position(|a| a == "--perplexity").expect("flag");
+    bad[i + 1] = "40".into();
+    let argv: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let o = cleanse(&argv);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("perplexity"));
+}
