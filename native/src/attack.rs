@@ -119,6 +119,7 @@ pub(crate) struct AttackArgs {
 const SUBSET_BATCH: usize = 32;
 const SUBSET_LR: f64 = 0.05;
 const SUBSET_EPOCHS: usize = 24;
+pub(crate) const SUBSET_HOLDOUT: f64 = 0.25;
 
 /// Whether flag `id` was given on the command line.
 fn given(m: &ArgMatches, id: &str) -> bool {
@@ -151,6 +152,11 @@ impl AttackArgs {
             Preset::Subset => {
                 if !given(m, "width") {
                     train.width = 16;
+                }
+                // A quarter held out: 1,000 unlabeled CIFAR-10 subset images for the defender,
+                // 3,000 for the attacker.
+                if !given(m, "holdout") {
+                    train.holdout = SUBSET_HOLDOUT;
                 }
                 if !given(m, "batch_size") {
                     train.batch_size = SUBSET_BATCH;
@@ -355,7 +361,7 @@ struct EvalResult {
 }
 
 /// The data a run directory was made with.
-fn run_data(dir: &Path) -> Result<DataSpec> {
+pub(crate) fn run_data(dir: &Path) -> Result<DataSpec> {
     let split: SplitFile = read_json(&dir.join(files::SPLIT))?;
     Ok(split.data)
 }

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Runs the experiments behind RESULTS.md on the bundled data: several runs at a time, each run
+# started once the runs it needs are complete, unfinished runs resumed, finished ones skipped.
+#
+#   bash scripts/grid.sh [GROUP...]
+#
+# Groups (default: all, in this order): subset cleanse ablation ood tsne gtsrb sweep faithful
+#   subset    clean reference and the six attacks with --preset subset (CIFAR-10 subset)
+#   cleanse   `defend kd` at the method's defaults on each subset attack
+#   ablation  the initialisation ablation on subset BadNets (uniform, single:1..4, none, fresh)
+#   ood       cleansing subset BadNets with GTSRB images as the unlabeled data
+#   tsne      t-SNE figures of the BadNets teacher and its cleansed student
+#   gtsrb     clean reference and BadNets on the GTSRB subset
+#   sweep     BadNets all-to-one and all-to-all at 1%, 5%, 10%, 20% poison rate
+#   faithful  clean reference and the six attacks with the supplement's settings
+#
+# Environment (defaults in brackets):
+#   DEVICE [cpu]  --device of every run (cpu, wgpu, auto)
+#   THREADS [1]   --threads of every run
+#   SLOTS [2]     runs at a time
+#   DATA [../shared/data]  folder holding cifar10-subset/ and gtsrb32-subset/
+#   RUNS [runs]   output folder; run NAME goes to RUNS/NAME, its log to RUNS/logs/
+#   BIN           the cleanse binary [target/release/cleanse, built first]
+#   STOP_AFTER    seconds after which no new run starts and running ones are stopped (they
+#                 resume on the next call) [none]
+# Summarise with: cargo run --release -- summarize runs/subset runs/cleanse ...
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-1}
+SLOTS=${SLOTS:-2}
+DATA=${DATA:-../shared/data}
+RUNS=${RUNS:-runs}
+STOP_AFTER=${STOP_AFTER:-0}
+if [[ -z ${BIN:-} ]]; then
+  BIN=target/release/cleanse
+  cargo build --release || exit 1
+fi
+CIFAR=(--dataset cifar10 --data "$DATA/cifar10-subset")
+GTSRB=(--dataset gtsrb --data "$DATA/gtsrb32-subset")
+DEV=(--device "$DEVICE" --threads "$THREADS")
+# The clean reference of the subset preset: its training settings without an attack.
+SUBSET_TRAIN=(--width 16 --epochs 24 --batch-size 32 --lr 0.05 --crop-padding 0 --no-flip --holdout 0.25)
+FAITHFUL=(--width 16 --epochs 40)
+mkdir -p "$RUNS/logs"
+
+names=()
+declare -A deps cmd done_file out_of
+# job NAME "DEPS" ARGS...: run `cleanse ARGS... --out RUNS/NAME` once every run in DEPS is done.
+job() {
+  local name=$1 d=$2
+  shift 2
+  names+=("$name")
+  deps[$name]=$d
+  cmd[$name]=$(printf '%q ' "$@")
+  out_of[$name]=$RUNS/$name
+  done_file[$name]=$RUNS/$name/report.json
+}
+
+want() { [[ " $GROUPS_WANTED " == *" $1 "* ]]; }
+GROUPS_WANTED=${*:-subset cleanse ablation ood tsne gtsrb sweep faithful}
+
+# Each attack's cleanse directly follows it, so a partial grid has complete before/after pairs.
+for a in badnets blended clean sig lc wanet iab; do
+  if want subset; then
+    case $a in
+      clean) job subset/clean "" train "${CIFAR[@]}" "${SUBSET_TRAIN[@]}" "${DEV[@]}" ;;
+      # LC makes its PGD images on the clean reference.
+      lc) job subset/lc "subset/clean" attack lc --preset subset --clean-model "$RUNS/subset/clean" \
+        "${CIFAR[@]}" "${DEV[@]}" ;;
+      *) job subset/$a "" attack $a --preset subset "${CIFAR[@]}" "${DEV[@]}" ;;
+    esac
+  fi
+  if want cleanse && [[ $a != clean ]]; then
+    job cleanse/$a "subset/$a" defend kd --model "$RUNS/subset/$a" "${DEV[@]}"
+  fi
+done
+if want ablation; then
+  for m in uniform single:1 single:2 single:3 single:4 none fresh; do
+    job ablation/init-${m/:/} "subset/badnets" defend kd --model "$RUNS/subset/badnets" --init $m "${DEV[@]}"
+  done
+fi
+if want ood; then
+  job ood/badnets-gtsrb "subset/badnets" defend kd --model "$RUNS/subset/badnets" \
+    --unlabeled-dataset gtsrb --unlabeled-data "$DATA/gtsrb32-subset" "${DEV[@]}"
+fi
+if want tsne; then
+  for who in subset/badnets cleanse/badnets; do
+    name=tsne/${who/\//-}
+    job $name "$who" tsne --model "$RUNS/$who" "${DEV[@]}"
+    out_of[$name]=$RUNS/$name.png
+    done_file[$name]=$RUNS/$name.json
+  done
+fi
+if want gtsrb; then
+  job gtsrb/clean "" train "${GTSRB[@]}" "${SUBSET_TRAIN[@]}" "${DEV[@]}"
+  job gtsrb/badnets "" attack badnets --preset subset "${GTSRB[@]}" "${DEV[@]}"
+fi
+if want sweep; then
+  for r in 0.01 0.05 0.1 0.2; do
+    job sweep/badnets-a2o-$r "" attack badnets --preset subset --poison-rate $r "${CIFAR[@]}" "${DEV[@]}"
+    job sweep/badnets-a2a-$r "" attack badnets --preset subset --poison-rate $r --all-to-all \
+      "${CIFAR[@]}" "${DEV[@]}"
+  done
+fi
+if want faithful; then
+  job faithful/clean "" train "${CIFAR[@]}" "${FAITHFUL[@]}" "${DEV[@]}"
+  job faithful/lc "faithful/clean" attack lc --clean-model "$RUNS/faithful/clean" \
+    "${CIFAR[@]}" "${FAITHFUL[@]}" "${DEV[@]}"
+  for a in iab wanet badnets blended sig; do
+    job faithful/$a "" attack $a "${CIFAR[@]}" "${FAITHFUL[@]}" "${DEV[@]}"
+  done
+fi
+
+is_done() {
+  local f=${done_file[$1]}
+  [[ -f $f ]] || return 1
+  [[ $f != */report.json ]] || grep -q '"status": "complete"' "$f"
+}
+
+declare -A state pid_of # state: waiting, running, done, failed
+for n in "${names[@]}"; do
+  if is_done "$n"; then state[$n]=done; echo "done already: $n"; else state[$n]=waiting; fi
+done
+
+stop_all() {
+  for n in "${!pid_of[@]}"; do kill -INT "${pid_of[$n]}" 2>/dev/null; done
+  wait
+  echo "stopped; running jobs resume on the next call"
+  exit 2
+}
+trap stop_all INT TERM
+
+start() {
+  local n=$1 out=${out_of[$1]} log=$RUNS/logs/${1//\//-}.log resume=()
+  [[ -f $out/checkpoint/state.json ]] && resume=(--resume)
+  echo "$(date +%T) start: $n"
+  eval "\"$BIN\" ${cmd[$n]} --out \"$out\" ${resume[*]:-}" >"$log" 2>&1 &
+  pid_of[$n]=$!
+  state[$n]=running
+}
+
+t0=$SECONDS
+status=0
+while :; do
+  running=0
+  for n in "${!pid_of[@]}"; do
+    if ! kill -0 "${pid_of[$n]}" 2>/dev/null; then
+      if wait "${pid_of[$n]}"; then
+        state[$n]=done; echo "$(date +%T) finished: $n"
+      else
+        state[$n]=failed; status=1; echo "$(date +%T) FAILED: $n (see $RUNS/logs/${n//\//-}.log)"
+      fi
+      unset "pid_of[$n]"
+    else
+      running=$((running + 1))
+    fi
+  done
+  late=0
+  ((STOP_AFTER > 0 && SECONDS - t0 >= STOP_AFTER)) && late=1
+  if ((late)); then
+    ((running > 0)) && stop_all
+    break
+  fi
+  pending=0
+  for n in "${names[@]}"; do
+    [[ ${state[$n]} == waiting ]] || continue
+    ready=1
+    for d in ${deps[$n]}; do
+      case ${state[$d]:-} in
+        done) ;;
+        failed) state[$n]=failed; echo "skipped: $n (needs $d, which failed)"; ready=0; break ;;
+        "") is_done "$d" || { state[$n]=failed; echo "skipped: $n (needs $d)"; ready=0; break; } ;;
+        *) ready=0 ;;
+      esac
+    done
+    [[ ${state[$n]} == waiting ]] || continue
+    pending=$((pending + 1))
+    if ((ready && running < SLOTS)); then
+      start "$n"
+      running=$((running + 1))
+    fi
+  done
+  ((running == 0 && pending == 0)) && break
+  sleep 2
+done
+exit $status
