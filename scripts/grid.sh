@@ -124,9 +124,17 @@ for n in "${names[@]}"; do
 done
 
 stop_all() {
+  # Checkpoints are written atomically after each epoch, so a stopped run loses at most the
+  # epoch in progress. Processes still busy after a short grace (a GPU driver call) are killed.
   for n in "${!pid_of[@]}"; do kill -INT "${pid_of[$n]}" 2>/dev/null; done
-  wait
-  echo "stopped; running jobs resume on the next call"
+  for _ in 1 2 3 4 5; do
+    alive=0
+    for n in "${!pid_of[@]}"; do kill -0 "${pid_of[$n]}" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 1
+  done
+  for n in "${!pid_of[@]}"; do kill -KILL "${pid_of[$n]}" 2>/dev/null; done
+  echo "$(date +%T) stopped: ${!pid_of[*]} (they resume on the next call)"
   exit 2
 }
 trap stop_all INT TERM
