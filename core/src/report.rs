@@ -200,6 +200,210 @@ pub fn markdown_table(rows: &[SummaryRow]) -> String {
     s
 }
 
+/// The supplement's name of an attack kind (`badnets` -> `BadNets`).
+pub fn attack_display_name(kind: &str) -> String {
+    match kind {
+        "badnets" => "BadNets".into(),
+        "blended" => "Blended".into(),
+        "sig" => "SIG".into(),
+        "lc" => "LC".into(),
+        "wanet" => "WaNet".into(),
+        "iab" => "IAB".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The row label of an attack configuration: name, then what sets it apart from the supplement's
+/// all-to-one, target-0 setting (target, all-to-all, poison rate).
+pub fn attack_label(attack: &serde_json::Value) -> String {
+    let mut s = attack_display_name(attack["kind"].as_str().unwrap_or("?"));
+    if attack["all_to_all"].as_bool() == Some(true) {
+        s.push_str(" all-to-all");
+    } else if let Some(t) = attack["target"].as_u64().filter(|&t| t != 0) {
+        s.push_str(&format!(" target {t}"));
+    }
+    if let Some(p) = attack["poison_rate"].as_f64() {
+        s.push_str(&format!(" {}%", (p * 1000.0).round() / 10.0));
+    }
+    s
+}
+
+/// The column label of a defense run: its method, then each setting that differs from the
+/// method's defaults (initialisation, unlabeled data, epochs).
+pub fn defense_label(report: &Report) -> String {
+    let d = report.defense.as_ref();
+    let method = d.and_then(|d| d["method"].as_str()).unwrap_or("defense");
+    let mut s = match method {
+        "kd" => "KD".to_string(),
+        m => m.to_uppercase(),
+    };
+    let c = &report.config;
+    if let Some(mode) = c["init"]["mode"].as_str().filter(|m| *m != "adaptive") {
+        match c["init"]["stage"].as_u64() {
+            Some(st) => s.push_str(&format!(" init {mode}:{st}")),
+            None => s.push_str(&format!(" init {mode}")),
+        }
+    }
+    if let Some(src) = c["unlabeled"]["source"]
+        .as_str()
+        .filter(|s| *s != "holdout")
+    {
+        let kind = c["unlabeled"]["spec"]["kind"].as_str().unwrap_or(src);
+        s.push_str(&format!(" on {kind}"));
+    }
+    if method == "kd"
+        && let Some(e) = c["epochs"].as_u64().filter(|&e| e != 100)
+    {
+        s.push_str(&format!(" {e} ep"));
+    }
+    s
+}
+
+/// Clean accuracy and ASR of one model, as fractions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cell {
+    pub clean_acc: f64,
+    pub asr: Option<f64>,
+    /// The run finished (otherwise: its last epoch so far).
+    pub complete: bool,
+}
+
+/// Rows: attacks; columns: "No defense" then each defense; cells: ACC and ASR (the supplement's
+/// table layout).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AttackDefenseTable {
+    pub defenses: Vec<String>,
+    pub rows: Vec<(String, Vec<Option<Cell>>)>,
+    /// Reports that could not be placed, and cells that two reports claimed, by name.
+    pub notes: Vec<String>,
+}
+
+/// The column of the undefended models.
+pub const NO_DEFENSE: &str = "No defense";
+
+impl AttackDefenseTable {
+    /// Builds the table from named reports. Attack runs fill "No defense"; a defense run fills its
+    /// own column and, when no attack run of that attack is among the reports, "No defense" from
+    /// the teacher's metrics it recorded. Clean (attack-free) runs are skipped. Rows and columns
+    /// keep the order in which they first appear; the first report for a cell wins.
+    pub fn build<'a>(reports: impl IntoIterator<Item = (&'a str, &'a Report)>) -> Self {
+        let mut t = AttackDefenseTable {
+            defenses: vec![NO_DEFENSE.to_string()],
+            ..Default::default()
+        };
+        let mut teacher_cells: Vec<(String, Cell)> = Vec::new();
+        for (name, r) in reports {
+            let Some(attack) = &r.attack else {
+                continue;
+            };
+            let row = attack_label(attack);
+            let last = r.epochs.last();
+            let Some(cell) = r
+                .final_metrics
+                .as_ref()
+                .map(|f| (f.clean_acc, f.asr))
+                .or(last.map(|e| (e.clean_acc, e.asr)))
+                .map(|(clean_acc, asr)| Cell {
+                    clean_acc,
+                    asr,
+                    complete: r.status == RunStatus::Complete,
+                })
+            else {
+                t.notes.push(format!("{name}: no epoch finished yet"));
+                continue;
+            };
+            let column = if r.kind == "defense" {
+                let d = r.defense.as_ref();
+                if let Some(acc) = d.and_then(|d| d["teacher_clean_acc"].as_f64()) {
+                    let asr = d.and_then(|d| d["teacher_asr"].as_f64());
+                    teacher_cells.push((
+                        row.clone(),
+                        Cell {
+                            clean_acc: acc,
+                            asr,
+                            complete: true,
+                        },
+                    ));
+                }
+                defense_label(r)
+            } else {
+                NO_DEFENSE.to_string()
+            };
+            t.put(name, &row, &column, cell);
+        }
+        for (row, cell) in teacher_cells {
+            let r = t.row_index(&row);
+            if t.rows[r].1[0].is_none() {
+                t.rows[r].1[0] = Some(cell);
+            }
+        }
+        t
+    }
+
+    fn row_index(&mut self, row: &str) -> usize {
+        match self.rows.iter().position(|(r, _)| r == row) {
+            Some(i) => i,
+            None => {
+                self.rows
+                    .push((row.to_string(), vec![None; self.defenses.len()]));
+                self.rows.len() - 1
+            }
+        }
+    }
+
+    fn put(&mut self, name: &str, row: &str, column: &str, cell: Cell) {
+        let c = match self.defenses.iter().position(|d| d == column) {
+            Some(c) => c,
+            None => {
+                self.defenses.push(column.to_string());
+                for (_, cells) in &mut self.rows {
+                    cells.push(None);
+                }
+                self.defenses.len() - 1
+            }
+        };
+        let r = self.row_index(row);
+        if self.rows[r].1[c].is_some() {
+            self.notes.push(format!(
+                "{name}: a second run for {row} / {column}; the first is shown"
+            ));
+        } else {
+            self.rows[r].1[c] = Some(cell);
+        }
+    }
+
+    /// Markdown: one ACC and one ASR column per defense, in percent; `*` marks unfinished runs.
+    pub fn markdown(&self) -> String {
+        let mut s = String::from("| attack |");
+        for d in &self.defenses {
+            s.push_str(&format!(" {d} ACC % | {d} ASR % |"));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---|---|".repeat(self.defenses.len()));
+        s.push('\n');
+        for (row, cells) in &self.rows {
+            s.push_str(&format!("| {row} |"));
+            for cell in cells {
+                match cell {
+                    Some(c) => {
+                        let star = if c.complete { "" } else { "*" };
+                        s.push_str(&format!(
+                            " {:.1}{star} | {}{star} |",
+                            c.clean_acc * 100.0,
+                            c.asr
+                                .map(|a| format!("{:.1}", a * 100.0))
+                                .unwrap_or_else(|| "-".into())
+                        ));
+                    }
+                    None => s.push_str(" - | - |"),
+                }
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod summary_tests {
     use super::*;
@@ -283,6 +487,81 @@ mod summary_tests {
         assert_eq!(
             lines[3],
             "| runs/a2a | badnets | all-to-all | 0.05 | 2 (running) | 40.0 | 87.5 | 15 |"
+        );
+    }
+
+    fn defense(
+        attack: serde_json::Value,
+        config: serde_json::Value,
+        teacher: (f64, f64),
+        after_asr: f64,
+    ) -> Report {
+        let mut r = report("defense", Some(attack), Some(after_asr), true);
+        r.config = config;
+        r.defense = Some(serde_json::json!({
+            "method": "kd", "teacher": "runs/subset/x",
+            "teacher_clean_acc": teacher.0, "teacher_asr": teacher.1,
+        }));
+        r
+    }
+
+    #[test]
+    fn attack_defense_table_in_the_supplements_layout() {
+        let badnets = serde_json::json!({"kind": "badnets", "target": 0, "all_to_all": false, "poison_rate": 0.1});
+        let blended = serde_json::json!({"kind": "blended", "target": 0, "all_to_all": false, "poison_rate": 0.1});
+        let a2a = serde_json::json!({"kind": "badnets", "target": 0, "all_to_all": true, "poison_rate": 0.05});
+        let holdout = serde_json::json!({"epochs": 100, "init": {"mode": "adaptive"}, "unlabeled": {"source": "holdout"}});
+        let single = serde_json::json!({"epochs": 100, "init": {"mode": "single", "stage": 3}, "unlabeled": {"source": "holdout"}});
+        let ood = serde_json::json!({"epochs": 40, "init": {"mode": "adaptive"}, "unlabeled": {"source": "data", "spec": {"kind": "gtsrb"}}});
+        let clean = report("train", None, None, true);
+        let attack_run = report("attack", Some(badnets.clone()), Some(0.99), true);
+        let running = report("attack", Some(a2a), Some(0.5), false);
+        let kd = defense(badnets.clone(), holdout.clone(), (0.5, 0.99), 0.05);
+        let kd_single = defense(badnets.clone(), single, (0.5, 0.99), 0.5);
+        let kd_ood = defense(badnets.clone(), ood, (0.5, 0.99), 0.2);
+        // Blended has no attack run here: its "No defense" cell comes from the teacher metrics.
+        let kd_blended = defense(blended, holdout, (0.6, 0.97), 0.8);
+        let duplicate = report("attack", Some(badnets), Some(0.1), true);
+        let t = AttackDefenseTable::build([
+            ("clean", &clean),
+            ("kd", &kd),
+            ("attack", &attack_run),
+            ("running", &running),
+            ("single", &kd_single),
+            ("ood", &kd_ood),
+            ("kd-blended", &kd_blended),
+            ("duplicate", &duplicate),
+        ]);
+        assert_eq!(
+            t.defenses,
+            ["No defense", "KD", "KD init single:3", "KD on gtsrb 40 ep"]
+        );
+        let rows: Vec<&str> = t.rows.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(
+            rows,
+            ["BadNets 10%", "BadNets all-to-all 5%", "Blended 10%"]
+        );
+        // BadNets' "No defense" is its attack run (ASR 0.99), not the duplicate (0.1).
+        assert_eq!(t.rows[0].1[0].map(|c| c.asr), Some(Some(0.99)));
+        assert_eq!(t.rows[0].1[1].map(|c| c.asr), Some(Some(0.05)));
+        assert_eq!(t.rows[2].1[0].map(|c| c.clean_acc), Some(0.6));
+        assert_eq!(t.rows[1].1[1], None);
+        assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
+        assert!(t.notes[0].starts_with("duplicate:"));
+        let md = t.markdown();
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(
+            lines[0].starts_with("| attack | No defense ACC % | No defense ASR % | KD ACC % |")
+        );
+        assert_eq!(
+            lines[2],
+            "| BadNets 10% | 40.0 | 99.0 | 40.0 | 5.0 | 40.0 | 50.0 | 40.0 | 20.0 |"
+        );
+        // The unfinished all-to-all run is starred and shows its last epoch.
+        assert_eq!(
+            lines[3],
+            "| BadNets all-to-all 5% | 40.0* | 50.0* | - | - | - | - | - | - |"
         );
     }
 }

@@ -264,6 +264,10 @@ struct SummarizeArgs {
     /// Run directories, or directories holding run directories (searched two levels deep).
     #[arg(required = true)]
     runs: Vec<PathBuf>,
+    /// Print the supplement's layout instead: one row per attack, clean accuracy and ASR with no
+    /// defense and after each defense (`*`: run still in progress).
+    #[arg(long)]
+    by_defense: bool,
 }
 
 fn find_reports(dir: &std::path::Path, depth: usize, out: &mut Vec<PathBuf>) {
@@ -290,7 +294,7 @@ fn find_reports(dir: &std::path::Path, depth: usize, out: &mut Vec<PathBuf>) {
 }
 
 fn run_summarize(a: &SummarizeArgs) -> Result<()> {
-    use cleanse_core::report::{Report, SummaryRow, markdown_table};
+    use cleanse_core::report::{AttackDefenseTable, Report, SummaryRow, markdown_table};
     let mut files = Vec::new();
     for r in &a.runs {
         if !r.exists() {
@@ -301,7 +305,7 @@ fn run_summarize(a: &SummarizeArgs) -> Result<()> {
     if files.is_empty() {
         anyhow::bail!("no report.json under {:?}", a.runs);
     }
-    let mut rows = Vec::new();
+    let mut reports = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).with_context(|| format!("{}", f.display()))?;
         let report =
@@ -310,9 +314,18 @@ fn run_summarize(a: &SummarizeArgs) -> Result<()> {
             .parent()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        rows.push(SummaryRow::of(&name, &report));
+        reports.push((name, report));
     }
-    print!("{}", markdown_table(&rows));
+    if a.by_defense {
+        let table = AttackDefenseTable::build(reports.iter().map(|(n, r)| (n.as_str(), r)));
+        print!("{}", table.markdown());
+        for note in &table.notes {
+            eprintln!("note: {note}");
+        }
+    } else {
+        let rows: Vec<SummaryRow> = reports.iter().map(|(n, r)| SummaryRow::of(n, r)).collect();
+        print!("{}", markdown_table(&rows));
+    }
     Ok(())
 }
 

@@ -392,6 +392,19 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         assert_eq!(hit, g["group"] == "stage4", "{g}");
     }
     assert!(r["final"]["asr"].as_f64().is_some());
+    // The supplement's layout: the teacher's row with and without the defense.
+    let table = run_ok(&[
+        "summarize".into(),
+        "--by-defense".into(),
+        tmp.path().display().to_string(),
+    ]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0].contains("No defense ASR %") && lines[0].contains("KD init single:4 2 ep ASR %"),
+        "{table}"
+    );
+    assert!(lines[2].starts_with("| BadNets 30% | "), "{table}");
     for (flag, value, needle) in [
         ("--ratios", "0.1,0.2", "--ratios"),
         ("--init", "half", "init"),
