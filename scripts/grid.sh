@@ -23,6 +23,10 @@
 #   BIN           the cleanse binary [target/release/cleanse, built first]
 #   STOP_AFTER    seconds after which no new run starts and running ones are stopped (they
 #                 resume on the next call) [none]
+#   RUNNER [processes]  `batch`: write the runs, in an order that puts every run after those it
+#                 needs, to RUNS/batch.txt and run them one after another in one `cleanse batch`
+#                 process (on a GPU this compiles the kernels once instead of once per run;
+#                 SLOTS is ignored, STOP_AFTER only stops new runs from starting)
 # Summarise with: cargo run --release -- summarize runs/subset runs/cleanse ...
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -110,6 +114,16 @@ if want faithful; then
   for a in iab wanet badnets blended sig; do
     job faithful/$a "" attack $a "${CIFAR[@]}" "${FAITHFUL[@]}" "${DEV[@]}"
   done
+fi
+
+if [[ ${RUNNER:-processes} == batch ]]; then
+  : >"$RUNS/batch.txt"
+  for n in "${names[@]}"; do
+    echo "${cmd[$n]}--out ${out_of[$n]}" >>"$RUNS/batch.txt"
+  done
+  stop=()
+  ((STOP_AFTER > 0)) && stop=(--stop-after "$STOP_AFTER")
+  exec "$BIN" batch "$RUNS/batch.txt" "${stop[@]}"
 fi
 
 is_done() {

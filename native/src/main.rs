@@ -1,6 +1,7 @@
 //! `cleanse`: train, attack, defend and evaluate backdoored image classifiers.
 
 mod attack;
+mod batch;
 mod bench;
 mod defend;
 mod gallery;
@@ -23,7 +24,7 @@ use std::path::PathBuf;
     version,
     about = "Backdoor attacks, defenses and the distillation cleanser on Burn"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +48,8 @@ enum Command {
     Tsne(tsne::TsneArgs),
     /// A Markdown table (clean accuracy, ASR) of the runs under the given directories.
     Summarize(SummarizeArgs),
+    /// Many runs in one process (shares compiled GPU kernels): a file of command lines.
+    Batch(batch::BatchArgs),
     /// List the compute devices this machine offers and the one `--device auto` picks.
     Devices,
     /// Measure training and inference throughput of ResNet-18 on random data.
@@ -114,11 +117,24 @@ pub(crate) struct DeviceArgs {
 
 impl DeviceArgs {
     pub fn select(&self) -> Result<device::Selected> {
+        // The thread pool is global: set once per process (a batch sets it on its first line).
+        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         if self.threads > 0 {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(self.threads)
-                .build_global()
-                .context("setting --threads")?;
+            let set = *THREADS.get_or_init(|| {
+                match rayon::ThreadPoolBuilder::new()
+                    .num_threads(self.threads)
+                    .build_global()
+                {
+                    Ok(()) => self.threads,
+                    Err(_) => rayon::current_num_threads(),
+                }
+            });
+            if set != self.threads {
+                anyhow::bail!(
+                    "--threads {}: this process already runs {set} threads (in a batch, give every line the same --threads)",
+                    self.threads
+                );
+            }
         }
         Ok(device::select(self.device.into())?)
     }
@@ -357,25 +373,27 @@ fn run_devices() -> Result<()> {
     Ok(())
 }
 
-fn main() {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
-        Ok(c) => c,
-        Err(e) => e.exit(),
-    };
-    let result = match &cli.command {
+/// Runs the command that `matches` holds.
+pub(crate) fn dispatch(matches: &clap::ArgMatches) -> Result<()> {
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(matches)?;
+    match &cli.command {
         Command::Train(a) => run_train(a),
         Command::Devices => run_devices(),
         Command::Bench(a) => bench::run(a),
-        Command::Attack(a) => attack::run_attack(a, &matches),
+        Command::Attack(a) => attack::run_attack(a, matches),
         Command::Eval(a) => attack::run_eval(a),
         Command::Defend(c) => defend::run(c),
         Command::Triggers(a) => gallery::run(a),
         Command::Summarize(a) => run_summarize(a),
         Command::Tsne(a) => tsne::run(a),
         Command::BenchKernels(a) => bench::run_kernels(a),
-    };
-    if let Err(e) = result {
+        Command::Batch(a) => batch::run(a),
+    }
+}
+
+fn main() {
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    if let Err(e) = dispatch(&matches) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

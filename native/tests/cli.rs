@@ -505,3 +505,64 @@ fn tsne_maps_clean_and_triggered_features() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("perplexity"));
 }
+
+#[test]
+fn batch_runs_lines_in_order_skips_complete_ones_and_names_failures() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let teacher = tmp.path().join("teacher");
+    let student = tmp.path().join("student");
+    // Both lines set the same thread count: the pool is per process.
+    let attack = attack_args(
+        "badnets",
+        &teacher,
+        &["--poison-rate", "0.3", "--threads", "1"],
+    )
+    .join(" ");
+    let kd = format!(
+        "defend kd --model {} --epochs 1 --batch-size 16 --device cpu --threads 1 --out {}",
+        teacher.display(),
+        student.display()
+    );
+    let file = tmp.path().join("jobs.txt");
+    std::fs::write(&file, format!("# two runs\n{attack}\n\n{kd}\n")).expect("write");
+    let o = cleanse(&["batch", file.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("batch: 2 run, 0 complete already, 0 failed"),
+        "{err}"
+    );
+    assert!(student.join("report.json").is_file());
+    // A second call skips both.
+    let o = cleanse(&["batch", file.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("batch: 0 run, 2 complete already"), "{err}");
+    // A failing line is named, the others still run, and the exit status says so.
+    let missing = tmp.path().join("missing");
+    let other = tmp.path().join("other");
+    let bad = format!(
+        "defend kd --model {} --device cpu --out {}\n{}\n",
+        missing.display(),
+        tmp.path().join("nothing").display(),
+        train_args(&other).join(" ")
+    );
+    std::fs::write(&file, bad).expect("write");
+    let o = cleanse(&["batch", file.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("batch: line 1 FAILED"), "{err}");
+    assert!(err.contains("lines [1] failed"), "{err}");
+    assert!(other.join("report.json").is_file(), "{err}");
+    // A line that does not parse stops the batch before anything runs.
+    let never = tmp.path().join("never");
+    std::fs::write(
+        &file,
+        format!("{}\nattack nosuch --out /y\n", train_args(&never).join(" ")),
+    )
+    .expect("write");
+    let o = cleanse(&["batch", file.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("jobs.txt:2:"), "{err}");
+    assert!(!never.exists());
+}
