@@ -20,6 +20,7 @@
 #   SLOTS [2]     runs at a time
 #   DATA [../shared/data]  folder holding cifar10-subset/ and gtsrb32-subset/
 #   RUNS [runs]   output folder; run NAME goes to RUNS/NAME, its log to RUNS/logs/
+#   ONLY          run only these runs (names as above, e.g. "subset/clean ablation/init-fresh")
 #   BIN           the cleanse binary [target/release/cleanse, built first]
 #   STOP_AFTER    seconds after which no new run starts and running ones are stopped (they
 #                 resume on the next call) [none]
@@ -54,6 +55,7 @@ declare -A deps cmd done_file out_of
 job() {
   local name=$1 d=$2
   shift 2
+  [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || return 0
   names+=("$name")
   deps[$name]=$d
   cmd[$name]=$(printf '%q ' "$@")
@@ -80,7 +82,7 @@ for a in badnets blended clean sig lc wanet iab; do
   fi
 done
 if want ablation; then
-  for m in uniform single:1 single:2 single:3 single:4 none fresh; do
+  for m in fresh none uniform single:1 single:2 single:3 single:4; do
     job ablation/init-${m/:/} "subset/badnets" defend kd --model "$RUNS/subset/badnets" --init $m "${DEV[@]}"
   done
 fi
@@ -127,7 +129,7 @@ if [[ ${RUNNER:-processes} == batch ]]; then
 fi
 
 is_done() {
-  local f=${done_file[$1]}
+  local f=${done_file[$1]:-$RUNS/$1/report.json}
   [[ -f $f ]] || return 1
   [[ $f != */report.json ]] || grep -q '"status": "complete"' "$f"
 }
@@ -157,7 +159,8 @@ start() {
   local n=$1 out=${out_of[$1]} log=$RUNS/logs/${1//\//-}.log resume=()
   [[ -f $out/checkpoint/state.json ]] && resume=(--resume)
   echo "$(date +%T) start: $n"
-  eval "\"$BIN\" ${cmd[$n]} --out \"$out\" ${resume[*]:-}" >"$log" 2>&1 &
+  # exec: the job's pid is the run itself, so stopping it reaches the run.
+  eval "exec \"$BIN\" ${cmd[$n]} --out \"$out\" ${resume[*]:-}" >"$log" 2>&1 &
   pid_of[$n]=$!
   state[$n]=running
 }
