@@ -1,7 +1,8 @@
-//! The cleanse browser app (demo and report viewer). For now: the viewer's report loading,
-//! shared with the native crates and tested natively.
+//! The cleanse browser app (demo and report viewer). This part is the viewer's pure logic, shared
+//! with the native crates and tested natively: loading reports, the attack x defense table, the
+//! per-epoch curves, and chart scaling.
 
-use cleanse_core::report::Report;
+use cleanse_core::report::{AttackDefenseTable, Report, RunStatus, attack_label, defense_label};
 
 /// Parses several report files; each result names its file in the error.
 pub fn load_reports<'a>(
@@ -13,9 +14,163 @@ pub fn load_reports<'a>(
         .collect()
 }
 
+/// The attack x defense table of the loaded reports (the supplement's layout).
+pub fn table<'a>(reports: impl IntoIterator<Item = (&'a str, &'a Report)>) -> AttackDefenseTable {
+    AttackDefenseTable::build(reports)
+}
+
+/// One line of a chart: `(epoch, value)` points.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The per-epoch clean accuracy and (for attacked or defended models) ASR of a report, in
+/// percent.
+pub fn curves(report: &Report) -> Vec<Series> {
+    let clean = Series {
+        label: "clean accuracy".into(),
+        points: report
+            .epochs
+            .iter()
+            .map(|e| (e.epoch as f64, 100.0 * e.clean_acc))
+            .collect(),
+    };
+    let asr: Vec<(f64, f64)> = report
+        .epochs
+        .iter()
+        .filter_map(|e| e.asr.map(|a| (e.epoch as f64, 100.0 * a)))
+        .collect();
+    let mut out = vec![clean];
+    if !asr.is_empty() {
+        out.push(Series {
+            label: "ASR".into(),
+            points: asr,
+        });
+    }
+    out
+}
+
+/// The facts a run summary shows, as label/value pairs.
+pub fn summary(name: &str, report: &Report) -> Vec<(String, String)> {
+    let mut rows = vec![
+        ("file".to_string(), name.to_string()),
+        ("kind".to_string(), report.kind.clone()),
+        (
+            "status".to_string(),
+            match report.status {
+                RunStatus::Complete => "complete".to_string(),
+                _ => format!("in progress ({} epochs so far)", report.epochs.len()),
+            },
+        ),
+    ];
+    if let Some(a) = &report.attack {
+        rows.push(("attack".into(), attack_label(a)));
+    }
+    if report.kind == "defense" {
+        rows.push(("defense".into(), defense_label(report)));
+    }
+    rows.push((
+        "data".into(),
+        format!(
+            "{} classes; {} training, {} held out, {} test images",
+            report.data.num_classes,
+            report.data.train_size,
+            report.data.holdout_size,
+            report.data.test_size
+        ),
+    ));
+    let pct = |v: f64| format!("{:.1}%", 100.0 * v);
+    if let Some(f) = &report.final_metrics {
+        rows.push(("clean accuracy".into(), pct(f.clean_acc)));
+        if let Some(a) = f.asr {
+            rows.push(("ASR".into(), pct(a)));
+        }
+    }
+    rows
+}
+
+/// A linear axis with "nice" tick values (1, 2 or 5 times a power of ten apart).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Axis {
+    pub min: f64,
+    pub max: f64,
+    pub ticks: Vec<f64>,
+}
+
+impl Axis {
+    /// An axis covering `[lo, hi]` with at most `max_ticks` ticks (at least 2) on round values;
+    /// the range is widened to the outer ticks. A degenerate range is widened by one unit.
+    pub fn nice(lo: f64, hi: f64, max_ticks: usize) -> Axis {
+        let (mut lo, mut hi) = if lo.is_finite() && hi.is_finite() {
+            (lo.min(hi), lo.max(hi))
+        } else {
+            (0.0, 1.0)
+        };
+        if hi - lo < 1e-12 {
+            lo -= 0.5;
+            hi += 0.5;
+        }
+        let max_ticks = max_ticks.max(2);
+        let raw = (hi - lo) / (max_ticks - 1) as f64;
+        let mag = 10f64.powf(raw.log10().floor());
+        let step = [1.0, 2.0, 5.0, 10.0]
+            .iter()
+            .map(|m| m * mag)
+            // Ticks = intervals + 1.
+            .find(|s| (((hi / s).ceil() - (lo / s).floor()) as usize) < max_ticks)
+            .unwrap_or(10.0 * mag);
+        let first = (lo / step).floor();
+        let last = (hi / step).ceil();
+        let ticks: Vec<f64> = (0..=(last - first) as usize)
+            .map(|i| ((first + i as f64) * step * 1e9).round() / 1e9)
+            .collect();
+        Axis {
+            min: ticks[0],
+            max: *ticks.last().expect("at least one tick"),
+            ticks,
+        }
+    }
+
+    /// Position of `v` on a `length`-pixel axis (0 at `min`).
+    pub fn scale(&self, v: f64, length: f64) -> f64 {
+        (v - self.min) / (self.max - self.min) * length
+    }
+}
+
+/// SVG polyline points of `series` in a `width` x `height` box (y grows downwards).
+pub fn polyline(series: &Series, x: &Axis, y: &Axis, width: f64, height: f64) -> String {
+    series
+        .points
+        .iter()
+        .map(|&(a, b)| {
+            format!(
+                "{:.1},{:.1}",
+                x.scale(a, width),
+                height - y.scale(b, height)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const REPORT: &str = r#"{
+        "schema_version": 1, "kind": "attack", "status": "complete", "tool_version": "0.1.0",
+        "config": {}, "attack": {"kind": "blended", "target": 0, "all_to_all": false, "poison_rate": 0.1},
+        "device": {"requested": "cpu", "backend": "flex", "adapter": null, "cpu_threads": 2},
+        "data": {"num_classes": 10, "train_size": 3000, "holdout_size": 1000, "test_size": 1000},
+        "epochs": [
+            {"epoch": 1, "lr": 0.05, "loss": 2.0, "train_acc": 0.2, "clean_acc": 0.25, "seconds": 30, "eval_seconds": 3, "images_per_sec": 100, "asr": 0.1},
+            {"epoch": 2, "lr": 0.05, "loss": 1.5, "train_acc": 0.4, "clean_acc": 0.41, "seconds": 30, "eval_seconds": 3, "images_per_sec": 100, "asr": 0.9}
+        ],
+        "final": {"clean_acc": 0.41, "asr": 0.9}, "model_file": "model.bpk",
+        "started_unix": 0, "finished_unix": 60
+    }"#;
 
     #[test]
     fn malformed_and_foreign_files_name_the_file() {
@@ -36,5 +191,51 @@ mod tests {
             "{}",
             errs[2]
         );
+    }
+
+    #[test]
+    fn a_report_gives_curves_summary_and_a_table_row() {
+        let r = load_reports([("run/report.json", REPORT)])
+            .pop()
+            .expect("one")
+            .expect("valid report");
+        let c = curves(&r);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].points, vec![(1.0, 25.0), (2.0, 41.0)]);
+        assert_eq!(c[1].label, "ASR");
+        assert_eq!(c[1].points[1], (2.0, 90.0));
+        let s = summary("run/report.json", &r);
+        assert!(s.contains(&("attack".to_string(), "Blended 10%".to_string())));
+        assert!(s.contains(&("ASR".to_string(), "90.0%".to_string())));
+        let t = table([("run", &r)]);
+        assert_eq!(t.rows.len(), 1);
+        assert_eq!(t.rows[0].0, "Blended 10%");
+    }
+
+    #[test]
+    fn axes_have_round_ticks_covering_the_data() {
+        let a = Axis::nice(3.2, 97.5, 6);
+        assert_eq!(a.ticks, vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
+        assert_eq!((a.min, a.max), (0.0, 100.0));
+        let e = Axis::nice(1.0, 24.0, 6);
+        assert_eq!(e.ticks, vec![0.0, 5.0, 10.0, 15.0, 20.0, 25.0]);
+        let small = Axis::nice(0.013, 0.048, 5);
+        assert_eq!(small.ticks, vec![0.01, 0.02, 0.03, 0.04, 0.05]);
+        // One epoch: a degenerate range still gives a usable axis.
+        let one = Axis::nice(1.0, 1.0, 5);
+        assert!(one.min < 1.0 && one.max > 1.0 && one.ticks.len() >= 2);
+        assert!(Axis::nice(f64::NAN, 1.0, 5).ticks.len() >= 2);
+        assert_eq!(a.scale(50.0, 200.0), 100.0);
+    }
+
+    #[test]
+    fn polylines_map_data_into_the_box() {
+        let s = Series {
+            label: "x".into(),
+            points: vec![(0.0, 0.0), (10.0, 100.0)],
+        };
+        let x = Axis::nice(0.0, 10.0, 3);
+        let y = Axis::nice(0.0, 100.0, 3);
+        assert_eq!(polyline(&s, &x, &y, 200.0, 100.0), "0.0,100.0 200.0,0.0");
     }
 }
