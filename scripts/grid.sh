@@ -8,6 +8,7 @@
 #   subset    clean reference and the six attacks with --preset subset (CIFAR-10 subset)
 #   cleanse   `defend kd` at the method's defaults on each subset attack
 #   ablation  the initialisation ablation on subset BadNets (uniform, single:1..4, none, fresh)
+#   scale     cleanser settings for small unlabeled sets on subset BadNets (ratios x3, batch 64)
 #   ood       cleansing subset BadNets with GTSRB images as the unlabeled data
 #   tsne      t-SNE figures of the BadNets teacher and its cleansed student
 #   gtsrb     clean reference and BadNets on the GTSRB subset
@@ -64,7 +65,7 @@ job() {
 }
 
 want() { [[ " $GROUPS_WANTED " == *" $1 "* ]]; }
-GROUPS_WANTED=${*:-subset cleanse ablation ood tsne gtsrb sweep faithful}
+GROUPS_WANTED=${*:-subset cleanse ablation scale ood tsne gtsrb sweep faithful}
 
 # Each attack's cleanse directly follows it, so a partial grid has complete before/after pairs.
 for a in badnets blended clean sig lc wanet iab; do
@@ -85,6 +86,13 @@ if want ablation; then
   for m in fresh none uniform single:1 single:2 single:3 single:4; do
     job ablation/init-${m/:/} "subset/badnets" defend kd --model "$RUNS/subset/badnets" --init $m "${DEV[@]}"
   done
+fi
+if want scale; then
+  # Changes that might make the cleanser work on 1,000 unlabeled images (subset BadNets): three
+  # times the adaptive ratios; batch 64 (16 steps per epoch, near the paper's 20 on 5,000 images).
+  job scale/ratios-x3 "subset/badnets" defend kd --model "$RUNS/subset/badnets" \
+    --ratios 0.03,0.03,0.09,0.27,0.81,0.3 "${DEV[@]}"
+  job scale/batch-64 "subset/badnets" defend kd --model "$RUNS/subset/badnets" --batch-size 64 "${DEV[@]}"
 fi
 if want ood; then
   job ood/badnets-gtsrb "subset/badnets" defend kd --model "$RUNS/subset/badnets" \
