@@ -848,3 +848,31 @@ fn a_resumed_iab_run_ends_where_an_uninterrupted_one_does() {
         .fold(0.0, f32::max);
     assert!(worst < 1e-4, "resumed generator differs by {worst}");
 }
+
+/// IAB's generator upsamples with slices and sums (CubeCL has no backward for bilinear
+/// `interpolate`): the result equals Burn's bilinear `interpolate` (PyTorch's `align_corners=False`)
+/// on the CPU, including a 1-pixel input.
+#[test]
+fn iab_upsampling_matches_bilinear_interpolate() {
+    use burn::tensor::module::interpolate;
+    use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+    use cleanse_core::attack::iab::upsample2x_bilinear;
+    for shape in [[2, 3, 4, 5], [1, 2, 1, 1], [1, 1, 8, 2]] {
+        let [_, _, h, w] = shape;
+        let x = tensor(random_images(shape[0], shape[1], h, w, 7), shape);
+        let ours = values(upsample2x_bilinear(x.clone()));
+        let burn = values(interpolate(
+            x,
+            InterpolateOptions::new(InterpolateMode::Bilinear)
+                .with_align_corners(false)
+                .with_output_size([2 * h, 2 * w]),
+        ));
+        assert_eq!(ours.len(), burn.len());
+        let worst = ours
+            .iter()
+            .zip(&burn)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-6, "{shape:?}: max difference {worst}");
+    }
+}

@@ -181,3 +181,21 @@ fn kd_kl_kernel_matches_the_twin_loss_and_gradient() {
         assert!((wgpu_twin - twin_loss).abs() <= 1e-4 * twin_loss.abs().max(1.0));
     }
 }
+
+/// IAB's generator trains on wgpu: its upsampling has a backward there, equal to the CPU's.
+#[test]
+fn iab_upsampling_backward_runs_on_wgpu() {
+    use cleanse_core::attack::iab::upsample2x_bilinear;
+    let x = random(2 * 3 * 4 * 4, 21, 0.0, 1.0);
+    let w = random(2 * 3 * 8 * 8, 22, -1.0, 1.0);
+    let grad_on = |device: &Device| {
+        let xt = on(&x, [2, 3, 4, 4], device).autodiff().require_grad();
+        let wt = on(&w, [2, 3, 8, 8], device).autodiff();
+        let grads = (upsample2x_bilinear(xt.clone()) * wt).sum().backward();
+        values(xt.grad(&grads).expect("input gradient"))
+    };
+    let cpu = grad_on(&Device::flex());
+    let gpu = grad_on(&wgpu());
+    assert!(cpu.iter().any(|v| v.abs() > 0.1));
+    assert_close(&gpu, &cpu, 1e-5, "upsampling gradient");
+}

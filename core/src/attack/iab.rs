@@ -20,8 +20,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::{relu, tanh};
-use burn::tensor::module::{interpolate, max_pool2d};
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -103,13 +103,7 @@ impl Generator {
         }
         x = self.middle.forward(x);
         for step in 0..STEPS {
-            let [_, _, h, w] = x.dims();
-            x = interpolate(
-                x,
-                InterpolateOptions::new(InterpolateMode::Bilinear)
-                    .with_align_corners(false)
-                    .with_output_size([2 * h, 2 * w]),
-            );
+            x = upsample2x_bilinear(x);
             x = self.up[2 * step].forward(x);
             x = self.up[2 * step + 1].forward(x);
         }
@@ -120,6 +114,49 @@ impl Generator {
     pub fn threshold(m: Tensor<4>) -> Tensor<4> {
         tanh(m * 20.0 - 10.0) / (2.0 + EPSILON) + 0.5
     }
+}
+
+/// Bilinear x2 upsampling as PyTorch's `nn.Upsample(scale_factor=2, mode="bilinear")`
+/// (`align_corners=False`), built from slices and weighted sums so that its backward runs on
+/// every backend (CubeCL has no backward for bilinear `interpolate`). Along each axis, output
+/// `2k` is `0.75 x[k] + 0.25 x[k-1]` and output `2k+1` is `0.75 x[k] + 0.25 x[k+1]`, with the edge
+/// samples repeated.
+///
+/// # Shapes
+/// - input: `[N, C, H, W]`
+/// - output: `[N, C, 2H, 2W]`
+pub fn upsample2x_bilinear(x: Tensor<4>) -> Tensor<4> {
+    upsample_axis(upsample_axis(x, 2), 3)
+}
+
+fn upsample_axis(x: Tensor<4>, axis: usize) -> Tensor<4> {
+    let dims = x.dims();
+    let n = dims[axis];
+    let (prev, next) = if n == 1 {
+        (x.clone(), x.clone())
+    } else {
+        (
+            Tensor::cat(
+                vec![
+                    x.clone().narrow(axis, 0, 1),
+                    x.clone().narrow(axis, 0, n - 1),
+                ],
+                axis,
+            ),
+            Tensor::cat(
+                vec![
+                    x.clone().narrow(axis, 1, n - 1),
+                    x.clone().narrow(axis, n - 1, 1),
+                ],
+                axis,
+            ),
+        )
+    };
+    let even = x.clone() * 0.75 + prev * 0.25;
+    let odd = x * 0.75 + next * 0.25;
+    let mut out = dims;
+    out[axis] = 2 * n;
+    Tensor::stack::<5>(vec![even, odd], axis + 1).reshape(out)
 }
 
 /// PyTorch's default conv initialisation (weights and biases uniform in `±1/sqrt(fan_in)`),
