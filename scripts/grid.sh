@@ -93,6 +93,8 @@ if want scale; then
   job scale/ratios-x3 "subset/badnets" defend kd --model "$RUNS/subset/badnets" \
     --ratios 0.03,0.03,0.09,0.27,0.81,0.3 "${DEV[@]}"
   job scale/batch-64 "subset/badnets" defend kd --model "$RUNS/subset/badnets" --batch-size 64 "${DEV[@]}"
+  job scale/blended-ratios-x3 "subset/blended" defend kd --model "$RUNS/subset/blended" \
+    --ratios 0.03,0.03,0.09,0.27,0.81,0.3 "${DEV[@]}"
 fi
 if want ood; then
   job ood/badnets-gtsrb "subset/badnets" defend kd --model "$RUNS/subset/badnets" \
