@@ -373,6 +373,8 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         "16".into(),
         "--init".into(),
         "single:4".into(),
+        "--ratio-scale".into(),
+        "2".into(),
         "--device".into(),
         "cpu".into(),
         "--out".into(),
@@ -385,6 +387,9 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     .expect("json");
     assert_eq!(r["kind"], "defense");
     assert_eq!(r["config"]["init"]["mode"], "single");
+    // --ratio-scale 2 doubles the recorded ratios (stage 4: 0.27 -> 0.54).
+    let stage4 = r["config"]["init"]["ratios"][4].as_f64().expect("ratio");
+    assert!((stage4 - 0.54).abs() < 1e-12, "{stage4}");
     assert_eq!(r["config"]["unlabeled"]["source"], "holdout");
     let groups = r["defense"]["init"]["groups"].as_array().expect("groups");
     for g in groups {
@@ -408,6 +413,7 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     for (flag, value, needle) in [
         ("--ratios", "0.1,0.2", "--ratios"),
         ("--init", "half", "init"),
+        ("--ratio-scale", "0", "--ratio-scale"),
     ] {
         let o = cleanse(&[
             "defend",
