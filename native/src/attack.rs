@@ -2,16 +2,19 @@
 
 use crate::{DeviceArgs, TrainArgs, describe_device, progress};
 use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
 use cleanse_core::attack::iab::IabHooks;
 use cleanse_core::attack::poison::{AttackHooks, asr_set, triggered_accuracy};
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor, Stamping};
-use cleanse_core::data::{DataSpec, DatasetKind};
+use cleanse_core::data::{DataSpec, DatasetKind, ImageSet};
 use cleanse_core::io::{read_json, write_json_atomic};
 use cleanse_core::train::checkpoint;
 use cleanse_core::train::eval::accuracy;
-use cleanse_core::train::run::{SplitFile, TrainHooks, files, load_run_model, train_with};
+use cleanse_core::train::run::{
+    LoadedModel, SplitFile, TrainHooks, files, load_run_model, train_with,
+};
 use cleanse_core::train::{Schedule, TrainConfig};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -361,55 +364,85 @@ struct EvalResult {
 }
 
 /// The data a run directory was made with.
-pub(crate) fn run_data(dir: &Path) -> Result<DataSpec> {
+fn run_data(dir: &Path) -> Result<DataSpec> {
     let split: SplitFile = read_json(&dir.join(files::SPLIT))?;
     Ok(split.data)
+}
+
+/// A saved model, the attack to evaluate it against, and its data set's test images: what
+/// `eval` and `tsne` start from.
+pub(crate) struct ModelUnderAttack {
+    pub loaded: LoadedModel,
+    /// The attack's directory (`--attack`, else the model's own when it holds an attack).
+    pub attack_dir: Option<PathBuf>,
+    pub attack: Option<Attack>,
+    pub test: ImageSet,
+}
+
+/// Loads `model`, the attack in `attack` (or saved with the model) and the test images of the
+/// model's data set (or the attack's), checking that the three fit together.
+pub(crate) fn load_model_under_attack(
+    model: &Path,
+    attack: Option<&Path>,
+    device: &Device,
+) -> Result<ModelUnderAttack> {
+    let loaded = load_run_model(model, device)
+        .with_context(|| format!("loading --model {}", model.display()))?;
+    let attack_dir = match attack {
+        Some(d) => Some(d.to_path_buf()),
+        None if Attack::exists(model) => Some(model.to_path_buf()),
+        None => None,
+    };
+    let attack = attack_dir.as_ref().map(|d| Attack::load(d)).transpose()?;
+    let spec = match (&attack_dir, run_data(model)) {
+        (_, Ok(s)) => s,
+        (Some(d), Err(_)) => run_data(d)?,
+        (None, Err(e)) => return Err(e),
+    };
+    let test = spec.load()?.test;
+    let num_classes = loaded.config.num_classes;
+    if test.num_classes != num_classes {
+        bail!(
+            "{}: the model has {} classes but its data set has {}",
+            model.display(),
+            num_classes,
+            test.num_classes
+        );
+    }
+    if let (Some(a), Some(dir)) = (&attack, &attack_dir)
+        && (a.num_classes != num_classes
+            || a.image_shape != [test.channels, test.height, test.width])
+    {
+        bail!(
+            "{}: the attack was made for {} classes of {:?} images; the model is for {} classes of {:?}",
+            dir.display(),
+            a.num_classes,
+            a.image_shape,
+            num_classes,
+            [test.channels, test.height, test.width]
+        );
+    }
+    Ok(ModelUnderAttack {
+        loaded,
+        attack_dir,
+        attack,
+        test,
+    })
 }
 
 pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
-    let loaded = load_run_model(&args.model, &selected.device)
-        .with_context(|| format!("loading --model {}", args.model.display()))?;
-    let attack_dir = match &args.attack {
-        Some(d) => Some(d.clone()),
-        None if Attack::exists(&args.model) => Some(args.model.clone()),
-        None => None,
-    };
-    let attack = attack_dir.as_ref().map(|d| Attack::load(d)).transpose()?;
-    let spec = match (&attack_dir, run_data(&args.model)) {
-        (_, Ok(s)) => s,
-        (Some(d), Err(_)) => run_data(d)?,
-        (None, Err(e)) => return Err(e),
-    };
-    let data = spec.load()?;
-    let num_classes = loaded.config.num_classes;
-    if data.test.num_classes != num_classes {
-        bail!(
-            "{}: the model has {} classes but its data set has {}",
-            args.model.display(),
-            num_classes,
-            data.test.num_classes
-        );
-    }
-    let test = Arc::new(data.test);
+    let ModelUnderAttack {
+        loaded,
+        attack_dir,
+        attack,
+        test,
+    } = load_model_under_attack(&args.model, args.attack.as_deref(), &selected.device)?;
+    let test = Arc::new(test);
     let clean_acc = accuracy(&loaded.model, &test, args.batch_size, &selected.device);
     let (mut asr, mut asr_size) = (None, None);
     if let Some(a) = &attack {
-        if a.num_classes != num_classes || a.image_shape != [test.channels, test.height, test.width]
-        {
-            bail!(
-                "{}: the attack was made for {} classes of {:?} images; the model is for {} classes of {:?}",
-                attack_dir
-                    .as_ref()
-                    .map(|d| d.display().to_string())
-                    .unwrap_or_default(),
-                a.num_classes,
-                a.image_shape,
-                num_classes,
-                [test.channels, test.height, test.width]
-            );
-        }
         let set = Arc::new(asr_set(a, &test));
         let dir = attack_dir.as_ref().context("attack directory")?;
         let backdoor = Backdoor::load(dir, a, &selected.device)?;

@@ -1,17 +1,16 @@
 //! `cleanse tsne`: a t-SNE map of a model's penultimate features on clean and triggered test
 //! images (the supplement's Figure 2). bhtsne computes the embedding, plotters draws it.
 
-use crate::attack::run_data;
+use crate::attack::{ModelUnderAttack, load_model_under_attack};
 use crate::{DeviceArgs, describe_device};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::Args;
-use cleanse_core::attack::{Attack, Backdoor};
+use cleanse_core::attack::Backdoor;
 use cleanse_core::data::ImageSet;
 use cleanse_core::io::{create_dir_all, write_atomic, write_json_atomic};
 use cleanse_core::rng::Rng;
 use cleanse_core::train::eval::images_tensor;
-use cleanse_core::train::run::load_run_model;
 use plotters::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -136,25 +135,12 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let device = selected.device.clone();
-    let loaded = load_run_model(&args.model, &device)
-        .with_context(|| format!("loading --model {}", args.model.display()))?;
-    let attack_dir = match &args.attack {
-        Some(d) => Some(d.clone()),
-        None if Attack::exists(&args.model) => Some(args.model.clone()),
-        None => None,
-    };
-    let attack = attack_dir.as_ref().map(|d| Attack::load(d)).transpose()?;
-    let spec = run_data(&args.model)
-        .or_else(|e| attack_dir.as_ref().map(|d| run_data(d)).unwrap_or(Err(e)))?;
-    let test = spec.load()?.test;
-    if test.num_classes != loaded.config.num_classes {
-        bail!(
-            "{}: the model has {} classes but its data set has {}",
-            args.model.display(),
-            loaded.config.num_classes,
-            test.num_classes
-        );
-    }
+    let ModelUnderAttack {
+        loaded,
+        attack_dir,
+        attack,
+        test,
+    } = load_model_under_attack(&args.model, args.attack.as_deref(), &device)?;
     let mut rng = Rng::from_parts(&[args.seed, 0x75e5]);
     let clean_idx = pick_per_class(&test, args.per_class, &mut rng);
     let (mut feats, mut preds) = features(&loaded.model, &test, &clean_idx, &|x| x, &device)?;
