@@ -202,21 +202,15 @@ impl TriggerKernels for CubeBackend {
 
 /// Runs a kernel on the values of its inputs and returns the result on the input's device kind
 /// (autodiff inputs get an autodiff constant back).
-fn on_values<const D: usize>(
-    x: Tensor<4>,
-    others: Vec<Tensor<D>>,
+fn on_values<const D: usize, const E: usize, const O: usize>(
+    x: Tensor<D>,
+    others: Vec<Tensor<E>>,
     f: impl FnOnce(Vec<burn::backend::DispatchTensor>) -> burn::backend::DispatchTensor,
-) -> Tensor<4> {
+) -> Tensor<O> {
     let autodiff = x.device().is_autodiff();
     let mut args = vec![x.inner().into_dispatch()];
-    let _ = &mut args;
-    let rest: Vec<_> = others
-        .into_iter()
-        .map(|t| t.inner().into_dispatch())
-        .collect();
-    let mut all = args;
-    all.extend(rest);
-    let out = Tensor::<4>::from_dispatch(f(all));
+    args.extend(others.into_iter().map(|t| t.inner().into_dispatch()));
+    let out = Tensor::<O>::from_dispatch(f(args));
     if autodiff { out.autodiff() } else { out }
 }
 
@@ -241,7 +235,7 @@ pub fn blend(x: Tensor<4>, pattern: Tensor<4>, alpha: f32) -> Tensor<4> {
 
 /// `clamp(x + d sin(2 pi j f / W), 0, 1)`.
 pub fn sig(x: Tensor<4>, delta: f32, frequency: f32) -> Tensor<4> {
-    on_values::<4>(x, vec![], |mut a| {
+    on_values::<4, 4, 4>(x, vec![], |mut a| {
         let x = a.pop().expect("x");
         <Dispatch as TriggerKernels>::sig(x, delta, frequency)
     })
@@ -263,13 +257,11 @@ pub fn grid_sample(x: Tensor<4>, grid: Tensor<4>) -> Tensor<4> {
 /// so autodiff carries the kernel's gradient into the student. The teacher gets no gradient.
 pub fn kd_loss(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) -> Tensor<1> {
     let [n, k] = student.dims();
-    let autodiff = student.device().is_autodiff();
-    let out = Tensor::<2>::from_dispatch(<Dispatch as TriggerKernels>::kd_kl(
-        student.clone().inner().into_dispatch(),
-        teacher.inner().into_dispatch(),
-        temperature as f32,
-    ));
-    let out = if autodiff { out.autodiff() } else { out };
+    let out: Tensor<2> = on_values(student.clone(), vec![teacher], |mut a| {
+        let t = a.pop().expect("teacher");
+        let s = a.pop().expect("student");
+        <Dispatch as TriggerKernels>::kd_kl(s, t, temperature as f32)
+    });
     let grad = out.clone().slice([0..n, 0..k]);
     let loss = out.slice([0..n, k..k + 1]).sum();
     let linear = (student * grad).sum();
