@@ -297,18 +297,12 @@ impl AttackDefenseTable {
                 continue;
             };
             let row = attack_label(attack);
-            let last = r.epochs.last();
-            let Some(cell) = r
-                .final_metrics
-                .as_ref()
-                .map(|f| (f.clean_acc, f.asr))
-                .or(last.map(|e| (e.clean_acc, e.asr)))
-                .map(|(clean_acc, asr)| Cell {
-                    clean_acc,
-                    asr,
-                    complete: r.status == RunStatus::Complete,
-                })
-            else {
+            let summary = SummaryRow::of(name, r);
+            let Some(cell) = summary.clean_acc.map(|clean_acc| Cell {
+                clean_acc,
+                asr: summary.asr,
+                complete: summary.complete,
+            }) else {
                 t.notes.push(format!("{name}: no epoch finished yet"));
                 continue;
             };

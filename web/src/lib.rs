@@ -1,8 +1,8 @@
 //! The cleanse browser app (demo and report viewer). This part is the viewer's pure logic, shared
-//! with the native crates and tested natively: loading reports, the attack x defense table, the
-//! per-epoch curves, and chart scaling.
+//! with the native crates and tested natively: loading reports, the per-epoch curves, the run
+//! summary, and chart scaling (the attack x defense table is `report::AttackDefenseTable`).
 
-use cleanse_core::report::{AttackDefenseTable, Report, RunStatus, attack_label, defense_label};
+use cleanse_core::report::{Report, RunStatus, attack_label, defense_label};
 
 /// Parses several report files; each result names its file in the error.
 pub fn load_reports<'a>(
@@ -12,11 +12,6 @@ pub fn load_reports<'a>(
         .into_iter()
         .map(|(name, text)| Report::from_json(name, text))
         .collect()
-}
-
-/// The attack x defense table of the loaded reports (the supplement's layout).
-pub fn table<'a>(reports: impl IntoIterator<Item = (&'a str, &'a Report)>) -> AttackDefenseTable {
-    AttackDefenseTable::build(reports)
 }
 
 /// One line of a chart: `(epoch, value)` points.
@@ -158,6 +153,7 @@ pub fn polyline(series: &Series, x: &Axis, y: &Axis, width: f64, height: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cleanse_core::report::AttackDefenseTable;
 
     const REPORT: &str = r#"{
         "schema_version": 1, "kind": "attack", "status": "complete", "tool_version": "0.1.0",
@@ -207,7 +203,7 @@ mod tests {
         let s = summary("run/report.json", &r);
         assert!(s.contains(&("attack".to_string(), "Blended 10%".to_string())));
         assert!(s.contains(&("ASR".to_string(), "90.0%".to_string())));
-        let t = table([("run", &r)]);
+        let t = AttackDefenseTable::build([("run", &r)]);
         assert_eq!(t.rows.len(), 1);
         assert_eq!(t.rows[0].0, "Blended 10%");
     }
