@@ -1,8 +1,15 @@
-//! The cleanse browser app (demo and report viewer). This part is the viewer's pure logic, shared
-//! with the native crates and tested natively: loading reports, the per-epoch curves, the run
-//! summary, and chart scaling (the attack x defense table is `report::AttackDefenseTable`).
+//! The cleanse browser app (demo and report viewer). The Leptos UI (`app`, wasm32 only) sits on
+//! parts that are tested natively: the demo's training, cleansing and stamping loops
+//! ([`engine`]), pictures ([`picture`]), and here the viewer's logic: loading reports, the
+//! per-epoch curves, the run summary, and chart scaling (the attack x defense table is
+//! `report::AttackDefenseTable`).
 
 use cleanse_core::report::{Report, RunStatus, attack_label, defense_label};
+
+#[cfg(target_arch = "wasm32")]
+mod app;
+pub mod engine;
+pub mod picture;
 
 /// Parses several report files; each result names its file in the error.
 pub fn load_reports<'a>(

@@ -285,6 +285,29 @@ impl IabNets {
             .valid(),
         })
     }
+
+    /// Networks from the bytes of the two files [`IabNets::save`] writes (`names` are what
+    /// errors call them).
+    pub fn from_bytes(
+        generator: Vec<u8>,
+        mask: Vec<u8>,
+        names: [&Path; 2],
+        channels: usize,
+        width: usize,
+        device: &Device,
+    ) -> Result<IabNets> {
+        use crate::train::checkpoint::model_from_bytes;
+        Ok(IabNets {
+            generator: model_from_bytes(
+                Generator::new(channels, channels, width, device),
+                generator,
+                names[0],
+            )?
+            .valid(),
+            mask: model_from_bytes(Generator::new(channels, 1, width, device), mask, names[1])?
+                .valid(),
+        })
+    }
 }
 
 fn derive(seed: u64, k: u64) -> u64 {

@@ -15,7 +15,7 @@ pub use poison::{AttackHooks, attack_success_rate};
 pub use trigger::Trigger;
 
 use crate::data::{DatasetKind, ImageSet};
-use crate::io::{read_json, write_atomic, write_json_atomic};
+use crate::io::{write_atomic, write_json_atomic};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -322,7 +322,25 @@ impl Attack {
                 "no attack here (expected attack.json, written by `cleanse attack`)",
             ));
         }
-        let mut attack: Attack = read_json(&path)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let gpath = dir.join(files::WARP_GRID);
+        let grid = match gpath.is_file() {
+            true => Some(std::fs::read(&gpath).map_err(|e| Error::io(&gpath, e))?),
+            false => None,
+        };
+        Attack::from_saved(&path, &text, grid.as_deref(), &gpath)
+    }
+
+    /// An attack from the text of its `attack.json` and, for WaNet, the bytes of its warp grid
+    /// file (`path` and `grid_path` are what errors call them).
+    pub fn from_saved(
+        path: &Path,
+        text: &str,
+        grid_bytes: Option<&[u8]>,
+        grid_path: &Path,
+    ) -> Result<Attack> {
+        let mut attack: Attack = serde_json::from_str(text)
+            .map_err(|e| Error::artifact(path, format!("invalid JSON: {e}")))?;
         if let Some(Trigger::Warp {
             grid,
             height,
@@ -330,12 +348,13 @@ impl Attack {
             ..
         }) = &mut attack.trigger
         {
-            let gpath = dir.join(files::WARP_GRID);
-            let bytes = std::fs::read(&gpath).map_err(|e| Error::io(&gpath, e))?;
+            let bytes = grid_bytes.ok_or_else(|| {
+                Error::artifact(grid_path, "missing: a WaNet attack needs its warp grid")
+            })?;
             let expected = *height * *width * 2 * 4;
             if bytes.len() != expected {
                 return Err(Error::artifact(
-                    &gpath,
+                    grid_path,
                     format!(
                         "expected {expected} bytes (a {}x{}x2 f32 grid); found {}",
                         height,

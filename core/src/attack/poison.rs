@@ -264,15 +264,57 @@ impl TrainHooks for AttackHooks {
 
     fn prepare(
         &mut self,
-        mut train: ImageSet,
+        train: ImageSet,
         original_indices: &[usize],
         test: &ImageSet,
         out: &Path,
         device: &Device,
     ) -> Result<ImageSet> {
+        let train = self.poison_training_set(train, original_indices, test, device)?;
+        self.attack.save(out)?;
+        Ok(train)
+    }
+
+    fn batch(
+        &mut self,
+        x: Tensor<4>,
+        y: Tensor<1, Int>,
+        batch: &HostBatch,
+        seed: u64,
+        epoch: usize,
+        index: usize,
+    ) -> (Tensor<4>, Tensor<1, Int>, Option<Tensor<1>>) {
+        let (x, y) = self.poison_batch(x, y, batch, seed, epoch, index);
+        (x, y, None)
+    }
+
+    fn asr(&self, model: &Classifier, device: &Device) -> Option<f64> {
+        let set = self.asr_set.as_ref()?;
+        let trigger = self.attack.trigger.as_ref()?;
+        Some(triggered_accuracy(
+            model,
+            set,
+            &|x| trigger.apply(x),
+            self.eval_batch_size,
+            device,
+        ))
+    }
+}
+
+impl AttackHooks {
+    /// Chooses the poisoned images (recorded in `attack.poisoned` as indices into the data set's
+    /// training part, through `original_indices`), makes LC's adversarial images, and stamps
+    /// before-augmentation triggers; after this, [`AttackHooks::poison_batch`] poisons batches.
+    /// Writes nothing: [`TrainHooks::prepare`] saves the attack afterwards.
+    pub fn poison_training_set(
+        &mut self,
+        mut train: ImageSet,
+        original_indices: &[usize],
+        test: &ImageSet,
+        device: &Device,
+    ) -> Result<ImageSet> {
         let local = choose_poisoned(&self.attack, &train)?;
         self.attack.poisoned = local.iter().map(|&i| original_indices[i]).collect();
-        self.attack.save(out)?;
         let c = self.attack.config.clone();
         if c.kind == AttackKind::Lc {
             let model = self.clean_model.as_ref().expect("checked in new");
@@ -307,33 +349,6 @@ impl TrainHooks for AttackHooks {
         Ok(train)
     }
 
-    fn batch(
-        &mut self,
-        x: Tensor<4>,
-        y: Tensor<1, Int>,
-        batch: &HostBatch,
-        seed: u64,
-        epoch: usize,
-        index: usize,
-    ) -> (Tensor<4>, Tensor<1, Int>, Option<Tensor<1>>) {
-        let (x, y) = self.poison_batch(x, y, batch, seed, epoch, index);
-        (x, y, None)
-    }
-
-    fn asr(&self, model: &Classifier, device: &Device) -> Option<f64> {
-        let set = self.asr_set.as_ref()?;
-        let trigger = self.attack.trigger.as_ref()?;
-        Some(triggered_accuracy(
-            model,
-            set,
-            &|x| trigger.apply(x),
-            self.eval_batch_size,
-            device,
-        ))
-    }
-}
-
-impl AttackHooks {
     /// The batch with the attack applied.
     pub fn poison_batch(
         &self,

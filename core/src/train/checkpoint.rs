@@ -45,11 +45,16 @@ pub fn save_model<M: Module>(model: &M, path: &Path) -> Result<()> {
 /// Loads weights from `path` into `model` (built with the same [`crate::model::ModelConfig`]).
 pub fn load_model<M: Module>(model: M, path: &Path) -> Result<M> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    model_from_bytes(model, bytes, path)
+}
+
+/// Loads weights from the bytes of a model file (`name` is what errors call it) into `model`.
+pub fn model_from_bytes<M: Module>(model: M, bytes: Vec<u8>, name: &Path) -> Result<M> {
     let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-        .map_err(|e| Error::artifact(path, format!("not a model file: {e:?}")))?;
+        .map_err(|e| Error::artifact(name, format!("not a model file: {e:?}")))?;
     model
         .try_load_record(record)
-        .map_err(|e| Error::artifact(path, format!("weights do not fit this model: {e:?}")))
+        .map_err(|e| Error::artifact(name, format!("weights do not fit this model: {e:?}")))
 }
 
 /// Saves a checkpoint after `state.epochs_done` epochs and removes older files.
