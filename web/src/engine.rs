@@ -7,7 +7,7 @@
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use cleanse_core::attack::iab::IabNets;
+use cleanse_core::attack::iab::{Generator, IabHooks, IabNets, mask_loss, mask_lr};
 use cleanse_core::attack::poison::{AttackHooks, asr_set};
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
 use cleanse_core::data::augment::Augment;
@@ -16,7 +16,9 @@ use cleanse_core::data::{DataSpec, DatasetKind, ImageSet, records};
 use cleanse_core::defend::kd::{distillation_loss, temperature};
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
 use cleanse_core::model::{Architecture, Classifier, ModelConfig};
+use cleanse_core::train::adam::{Adam, AdamConfig};
 use cleanse_core::train::eval::{images_tensor, labels_tensor};
+use cleanse_core::train::run::TrainHooks;
 use cleanse_core::train::{Schedule, Sgd, SgdConfig, cross_entropy};
 use std::future::Future;
 use std::path::Path;
@@ -130,6 +132,7 @@ pub fn demo_attack_config(kind: AttackKind, dataset: DatasetKind, seed: u64) -> 
     c.lc_steps = 10;
     c.lc_step = 2.0 * c.lc_eps / c.lc_steps as f32;
     c.iab_width = 8;
+    c.iab_mask_epochs = 2;
     c
 }
 
@@ -326,6 +329,68 @@ fn batches_of(
     chunks
 }
 
+/// IAB's mask pre-training ([`cleanse_core::attack::iab::pretrain_mask`]'s loop, reading its loss
+/// back asynchronously); `None` when stopped.
+async fn pretrain_mask<H: Host>(
+    hooks: &IabHooks,
+    set: &ImageSet,
+    device: &Device,
+    host: &H,
+    on: &mut dyn FnMut(Progress),
+) -> Result<Option<Generator>, String> {
+    let t = hooks.mask_training();
+    let ad = device.clone().autodiff();
+    let mut mask = hooks.fresh_mask(device).train();
+    let mut adam = Adam::new(AdamConfig {
+        beta1: 0.5,
+        beta2: 0.9,
+        eps: 1e-8,
+    });
+    for epoch in 0..t.epochs {
+        let lr = mask_lr(&t, epoch);
+        let a = chunk_order(&epoch_order(set.len(), t.seed, epoch as u64), t.batch_size);
+        let b = chunk_order(
+            &epoch_order(set.len(), t.seed ^ 0x005E_C04D, epoch as u64),
+            t.batch_size,
+        );
+        for (i, (ca, cb)) in a.iter().zip(&b).enumerate() {
+            let n = ca.len().min(cb.len());
+            if n < 2 {
+                continue;
+            }
+            let b1 = make_batch(set, &ca[..n], &t.augment, t.seed, epoch as u64);
+            let b2 = make_batch(
+                set,
+                &cb[..n],
+                &t.augment,
+                t.seed ^ 0x005E_C04D,
+                epoch as u64,
+            );
+            let loss = mask_loss(
+                &mask,
+                images_tensor(b1.images, b1.shape, &ad),
+                images_tensor(b2.images, b2.shape, &ad),
+                &t,
+            );
+            let grads = GradientsParams::from_grads(loss.backward(), &mask);
+            mask = adam.step(lr, mask, grads);
+            let value = read_f32(loss.inner()).await?[0];
+            on(Progress::Stage(format!(
+                "IAB: pre-training the mask network, epoch {}/{}, batch {}/{}, loss {value:.3}",
+                epoch + 1,
+                t.epochs,
+                i + 1,
+                a.len()
+            )));
+            host.pause().await;
+            if host.stop_requested() {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(mask.valid()))
+}
+
 /// Trains a model on `data.train`, clean or with `plan.attack` (LC makes its adversarial images
 /// on `clean_model`), evaluating clean accuracy and ASR on `data.test` after every epoch.
 pub async fn train<H: Host>(
@@ -340,14 +405,24 @@ pub async fn train<H: Host>(
         return Err("training needs at least one epoch, batches of 2 and a positive width".into());
     }
     let mut train_set = data.train.clone();
-    let hooks = match plan.attack {
-        None => None,
+    let mut hooks: Option<Box<dyn TrainHooks>> = None;
+    let mut iab_hooks: Option<IabHooks> = None;
+    let mut attack = None;
+    match plan.attack {
+        None => {}
         Some(AttackKind::Iab) => {
-            return Err(
-                "IAB trains its generator alongside the classifier, which the browser demo does \
-                 not do yet: train it with `cleanse attack iab` and load the run here"
-                    .into(),
-            );
+            let a = Attack::new(
+                demo_attack_config(AttackKind::Iab, data.kind, plan.seed),
+                &train_set,
+            )
+            .map_err(err)?;
+            attack = Some(a.clone());
+            let mut h = IabHooks::new(a, plan.batch_size, Augment::NONE, plan.seed);
+            let Some(mask) = pretrain_mask(&h, &train_set, device, host, on).await? else {
+                return Err("stopped during IAB's mask pre-training".into());
+            };
+            h.prepare_with_mask(mask, &data.test, device);
+            iab_hooks = Some(h);
         }
         Some(kind) => {
             on(Progress::Stage(format!(
@@ -355,7 +430,7 @@ pub async fn train<H: Host>(
                 kind.name()
             )));
             host.pause().await;
-            let attack = Attack::new(demo_attack_config(kind, data.kind, plan.seed), &train_set)
+            let a = Attack::new(demo_attack_config(kind, data.kind, plan.seed), &train_set)
                 .map_err(err)?;
             if kind == AttackKind::Lc && clean_model.is_none() {
                 return Err(
@@ -373,14 +448,15 @@ pub async fn train<H: Host>(
                         .into(),
                 );
             }
-            let mut h = AttackHooks::new(attack, clean_model.cloned(), false).map_err(err)?;
+            let mut h = AttackHooks::new(a, clean_model.cloned(), false).map_err(err)?;
             let indices: Vec<usize> = (0..train_set.len()).collect();
             train_set = h
                 .poison_training_set(train_set, &indices, &data.test, device)
                 .map_err(err)?;
-            Some(h)
+            attack = Some(h.attack.clone());
+            hooks = Some(Box::new(h));
         }
-    };
+    }
     let config = ModelConfig {
         architecture: Architecture::Resnet18,
         width: plan.width,
@@ -391,7 +467,6 @@ pub async fn train<H: Host>(
     let mut model = config.init_seeded(&ad, plan.seed);
     let mut sgd = Sgd::new(SgdConfig::default());
     let schedule = Schedule::cosine(plan.epochs);
-    let attack = hooks.as_ref().map(|h| h.attack.clone());
     let mut history = Vec::new();
     let mut stopped = false;
     for epoch in 0..plan.epochs {
@@ -409,12 +484,27 @@ pub async fn train<H: Host>(
             let b = make_batch(&train_set, c, &Augment::NONE, plan.seed, epoch as u64);
             let x = images_tensor(b.images.clone(), b.shape, &ad);
             let y = labels_tensor(b.labels.clone(), &ad);
-            let (x, y) = match &hooks {
-                Some(h) => h.poison_batch(x, y, &b, plan.seed, epoch, bi),
-                None => (x, y),
+            let hook: Option<&mut dyn TrainHooks> = match (&mut hooks, &mut iab_hooks) {
+                (Some(h), _) => Some(h.as_mut()),
+                (None, Some(h)) => Some(h),
+                (None, None) => None,
             };
-            let loss = cross_entropy(model.forward(x), y);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let (x, y, extra, hook) = match hook {
+                Some(h) => {
+                    let (x, y, extra) = h.batch(x, y, &b, plan.seed, epoch, bi);
+                    (x, y, extra, Some(h))
+                }
+                None => (x, y, None, None),
+            };
+            let mut loss = cross_entropy(model.forward(x), y);
+            if let Some(e) = extra {
+                loss = loss + e;
+            }
+            let mut grads = loss.backward();
+            if let Some(h) = hook {
+                h.after_backward(&mut grads, epoch);
+            }
+            let grads = GradientsParams::from_grads(grads, &model);
             model = sgd.step(lr, model, grads);
             let value = read_f32(loss.inner()).await?[0] as f64;
             if !value.is_finite() {
@@ -441,8 +531,16 @@ pub async fn train<H: Host>(
         let train_seconds = (host.now_ms() - t0) / 1000.0;
         on(Progress::Stage("evaluating".into()));
         let eval = model.valid();
-        let (clean_acc, asr) =
-            evaluate(&eval, attack.as_ref(), None, &data.test, device, host).await?;
+        let nets = iab_hooks.as_ref().and_then(IabHooks::nets);
+        let (clean_acc, asr) = evaluate(
+            &eval,
+            attack.as_ref(),
+            nets.as_ref(),
+            &data.test,
+            device,
+            host,
+        )
+        .await?;
         let point = EpochPoint {
             epoch: epoch + 1,
             loss: loss_sum / seen.max(1) as f64,
@@ -461,7 +559,7 @@ pub async fn train<H: Host>(
         model: model.valid(),
         config,
         attack,
-        iab: None,
+        iab: iab_hooks.as_ref().and_then(IabHooks::nets),
         history,
         stopped,
     })
@@ -889,29 +987,78 @@ mod tests {
     }
 
     #[test]
-    fn lc_needs_a_clean_model_and_iab_is_refused_with_a_reason() {
+    fn lc_needs_a_clean_model() {
         let d = data();
         let host = TestHost::new(None);
-        let e = block_on(train(
+        let plan = tiny(Some(AttackKind::Lc));
+        let e = block_on(train(&d, &plan, None, &Device::flex(), &host, &mut |_| {})).unwrap_err();
+        assert!(e.contains("clean model"), "{e}");
+        let clean = block_on(train(
             &d,
-            &tiny(Some(AttackKind::Lc)),
+            &tiny(None),
             None,
             &Device::flex(),
             &host,
             &mut |_| {},
         ))
-        .unwrap_err();
-        assert!(e.contains("clean model"), "{e}");
-        let e = block_on(train(
+        .unwrap();
+        let lc = block_on(train(
+            &d,
+            &plan,
+            Some(&clean.model),
+            &Device::flex(),
+            &host,
+            &mut |_| {},
+        ))
+        .unwrap();
+        // Clean-label: the preset poisons every target-class training image.
+        let targets = d.train.labels.iter().filter(|&&l| l == 0).count();
+        assert_eq!(lc.attack.unwrap().poisoned.len(), targets);
+    }
+
+    #[test]
+    fn iab_pretrains_its_mask_and_trains_its_generator_with_the_model() {
+        let d = data();
+        let host = TestHost::new(None);
+        let mut stages = Vec::new();
+        let m = block_on(train(
             &d,
             &tiny(Some(AttackKind::Iab)),
             None,
             &Device::flex(),
             &host,
-            &mut |_| {},
+            &mut |p| {
+                if let Progress::Stage(s) = p {
+                    stages.push(s)
+                }
+            },
         ))
-        .unwrap_err();
-        assert!(e.contains("cleanse attack iab"), "{e}");
+        .unwrap();
+        assert!(
+            stages.iter().any(|s| s.contains("mask network, epoch 2/2")),
+            "{stages:?}"
+        );
+        let nets = m.iab.as_ref().expect("IAB networks");
+        assert!(m.history.iter().all(|e| e.asr.is_some()));
+        let img = d.test.image(0).to_vec();
+        let trained = block_on(stamp_all(
+            &img,
+            [3, 32, 32],
+            DatasetKind::Cifar10,
+            Some(nets),
+            &Device::flex(),
+        ))
+        .unwrap();
+        let seeded = block_on(stamp_all(
+            &img,
+            [3, 32, 32],
+            DatasetKind::Cifar10,
+            None,
+            &Device::flex(),
+        ))
+        .unwrap();
+        assert!(trained[5].trained && !seeded[5].trained);
+        assert_ne!(trained[5].poisoned, seeded[5].poisoned);
     }
 
     #[test]

@@ -162,6 +162,33 @@ mod tests {
     use super::*;
     use cleanse_core::report::AttackDefenseTable;
 
+    /// The browser test's sample reports (real CLI reports) and its malformed file.
+    #[test]
+    fn the_browser_test_fixtures_load_as_the_e2e_test_expects() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let names = ["badnets-report.json", "cleanse-badnets-report.json"];
+        let texts: Vec<String> = names.iter().map(|f| read(f)).collect();
+        let reports: Vec<Report> =
+            load_reports(names.iter().zip(&texts).map(|(n, t)| (*n, t.as_str())))
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        let t = AttackDefenseTable::build(names.iter().copied().zip(&reports));
+        assert_eq!(t.rows.len(), 1, "{t:?}");
+        assert!(t.rows[0].0.contains("BadNets"));
+        assert_eq!(t.defenses.len(), 2);
+        assert!(
+            t.rows[0]
+                .1
+                .iter()
+                .all(|c| c.is_some_and(|c| c.asr.is_some()))
+        );
+        let bad = load_reports([("malformed.json", read("malformed.json").as_str())]);
+        let e = bad[0].as_ref().unwrap_err();
+        assert!(e.contains("malformed.json"), "{e}");
+    }
+
     const REPORT: &str = r#"{
         "schema_version": 1, "kind": "attack", "status": "complete", "tool_version": "0.1.0",
         "config": {}, "attack": {"kind": "blended", "target": 0, "all_to_all": false, "poison_rate": 0.1},

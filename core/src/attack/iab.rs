@@ -364,10 +364,8 @@ pub fn pretrain_mask(
         beta2: 0.9,
         eps: 1e-8,
     });
-    let milestones = [t.epochs * 10 / 25, t.epochs * 20 / 25];
     for epoch in 0..t.epochs {
-        let lr =
-            t.lr * 0.1f64.powi(milestones.iter().filter(|&&m| m > 0 && epoch >= m).count() as i32);
+        let lr = mask_lr(t, epoch);
         let a = chunk_order(&epoch_order(set.len(), t.seed, epoch as u64), t.batch_size);
         let b = chunk_order(
             &epoch_order(set.len(), t.seed ^ 0x005E_C04D, epoch as u64),
@@ -390,11 +388,7 @@ pub fn pretrain_mask(
             }
             let x1 = images_tensor(b1.images, b1.shape, &ad).narrow(0, 0, n);
             let x2 = images_tensor(b2.images, b2.shape, &ad).narrow(0, 0, n);
-            let m1 = IabNets::mask_of(&mask, x1.clone());
-            let m2 = IabNets::mask_of(&mask, x2.clone());
-            let norm = relu(m1.clone() - t.density).mean();
-            let div = diversity_loss(x1, x2, m1, m2);
-            let loss = norm * t.lambda_norm + div * t.lambda_div;
+            let loss = mask_loss(&mask, x1, x2, t);
             sum += loss.clone().into_scalar::<f32>() as f64;
             count += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &mask);
@@ -403,6 +397,23 @@ pub fn pretrain_mask(
         progress(epoch, sum / count.max(1) as f64);
     }
     mask
+}
+
+/// The learning rate of mask pre-training epoch `epoch`: divided by 10 at epochs 10 and 20 of 25
+/// (scaled to `t.epochs`).
+pub fn mask_lr(t: &MaskTraining, epoch: usize) -> f64 {
+    let milestones = [t.epochs * 10 / 25, t.epochs * 20 / 25];
+    t.lr * 0.1f64.powi(milestones.iter().filter(|&&m| m > 0 && epoch >= m).count() as i32)
+}
+
+/// The mask pre-training loss of one pair of batches (on an autodiff device):
+/// `lambda_norm * mean(relu(M(x1) - density)) + lambda_div * diversity(x1, x2, M(x1), M(x2))`.
+pub fn mask_loss(mask: &Generator, x1: Tensor<4>, x2: Tensor<4>, t: &MaskTraining) -> Tensor<1> {
+    let m1 = IabNets::mask_of(mask, x1.clone());
+    let m2 = IabNets::mask_of(mask, x2.clone());
+    let norm = relu(m1.clone() - t.density).mean();
+    let div = diversity_loss(x1, x2, m1, m2);
+    norm * t.lambda_norm + div * t.lambda_div
 }
 
 /// Called with (epoch, epochs, mean loss) after each mask pre-training epoch.
@@ -447,6 +458,35 @@ impl IabHooks {
     fn fresh_generator(&self, device: &Device) -> Generator {
         let c = self.attack.image_shape[0];
         IabNets::new(c, self.attack.config.iab_width, self.seed, device).generator
+    }
+
+    /// The mask pre-training settings of this attack.
+    pub fn mask_training(&self) -> MaskTraining {
+        let c = &self.attack.config;
+        MaskTraining {
+            epochs: c.iab_mask_epochs,
+            batch_size: self.mask_batch_size,
+            lr: c.iab_lr,
+            density: c.iab_mask_density,
+            lambda_norm: c.iab_lambda_norm,
+            lambda_div: c.iab_lambda_div,
+            augment: self.augment,
+            seed: crate::rng::derive_seed(&[self.seed, 0x3A5C]),
+        }
+    }
+
+    /// A fresh mask network for this attack, to pre-train.
+    pub fn fresh_mask(&self, device: &Device) -> Generator {
+        let c = self.attack.image_shape[0];
+        IabNets::new(c, self.attack.config.iab_width, self.seed, device).mask
+    }
+
+    /// Ready for training with a pre-trained `mask` (from [`pretrain_mask`] or a loop of
+    /// [`mask_loss`] steps): a fresh generator, and the ASR images of `test`. Writes nothing.
+    pub fn prepare_with_mask(&mut self, mask: Generator, test: &ImageSet, device: &Device) {
+        self.mask = Some(mask.valid());
+        self.generator = Some(self.fresh_generator(device).train());
+        self.asr_set = Some(Arc::new(super::poison::asr_set(&self.attack, test)));
     }
 
     /// The trained networks (evaluation copies).
@@ -495,22 +535,12 @@ impl crate::train::run::TrainHooks for IabHooks {
             load_module(Generator::new(ch, 1, c.iab_width, device), &mask_path)?
         } else {
             let set = Arc::new(train.clone());
-            let fresh = IabNets::new(ch, c.iab_width, self.seed, device).mask;
             let mut cb = self.on_mask_epoch.take();
             let epochs = c.iab_mask_epochs;
             let trained = pretrain_mask(
-                fresh,
+                self.fresh_mask(device),
                 &set,
-                &MaskTraining {
-                    epochs,
-                    batch_size: self.mask_batch_size,
-                    lr: c.iab_lr,
-                    density: c.iab_mask_density,
-                    lambda_norm: c.iab_lambda_norm,
-                    lambda_div: c.iab_lambda_div,
-                    augment: self.augment,
-                    seed: crate::rng::derive_seed(&[self.seed, 0x3A5C]),
-                },
+                &self.mask_training(),
                 device,
                 |e, loss| {
                     if let Some(f) = cb.as_mut() {
@@ -523,10 +553,8 @@ impl crate::train::run::TrainHooks for IabHooks {
             save_module(&trained, &mask_path)?;
             trained
         };
-        self.mask = Some(mask.valid());
-        self.generator = Some(self.fresh_generator(device).train());
+        self.prepare_with_mask(mask, test, device);
         self.attack.save(out)?;
-        self.asr_set = Some(Arc::new(super::poison::asr_set(&self.attack, test)));
         Ok(train)
     }
 

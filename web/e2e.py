@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""End-to-end test of the built app in headless Chromium, driven through chromedriver's W3C
+WebDriver API with the Python standard library (no selenium). `bash web/e2e.sh` runs it.
+
+    python3 web/e2e.py URL OUT_DIR [--bench]
+
+Checks, on WebGPU (SwiftShader under --enable-unsafe-webgpu) and then on the CPU backend:
+the trigger gallery of all six attacks; a tiny training run (a few batches) that shows clean
+accuracy and ASR; a tiny cleanse that shows the after numbers. Then the viewer: sample reports
+give the attack x defense table, and a malformed report gives an error naming the file.
+Saves screenshots into OUT_DIR. With --bench, trains one whole epoch of the demo setting on each
+backend instead, and prints the epoch times.
+"""
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--enable-unsafe-webgpu", "--window-size=1280,2200",
+]
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "fixtures")
+
+
+class Fail(Exception):
+    pass
+
+
+class Browser:
+    def __init__(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.driver = subprocess.Popen(["chromedriver", f"--port={self.port}"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                self.call("GET", "/status")
+                break
+            except Exception:
+                time.sleep(0.1)
+        args = FLAGS + [f"--user-data-dir={tempfile.mkdtemp()}"]
+        caps = {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium", "args": args}}}}
+        self.sid = self.call("POST", "/session", caps)["value"]["sessionId"]
+        self.call("POST", f"/session/{self.sid}/timeouts", {"script": 600000})
+
+    def call(self, method, path, body=None):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=900) as r:
+                return json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            raise Fail(f"webdriver {method} {path}: {e.read().decode(errors='replace')[:500]}")
+
+    def open(self, url):
+        self.call("POST", f"/session/{self.sid}/url", {"url": url})
+
+    def js(self, script, *args):
+        return self.call("POST", f"/session/{self.sid}/execute/sync",
+                         {"script": script, "args": list(args)})["value"]
+
+    def text(self, css):
+        return self.js("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", css)
+
+    def wait(self, what, check, timeout):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            v = check()
+            if v:
+                return v
+            err = self.text("#demo-error") or self.text("#load-error")
+            if err:
+                raise Fail(f"waiting for {what}: the page shows an error: {err}")
+            time.sleep(0.5)
+        raise Fail(f"timed out after {timeout} s waiting for {what}; status: {self.text('#status')!r}")
+
+    def click(self, css):
+        self.js("document.querySelector(arguments[0]).click();", css)
+
+    def set_value(self, css, value):
+        self.js("const e = document.querySelector(arguments[0]); e.value = arguments[1];"
+                "e.dispatchEvent(new Event('change', {bubbles: true}));", css, value)
+
+    def send_files(self, css, paths):
+        eid = self.call("POST", f"/session/{self.sid}/element",
+                        {"using": "css selector", "value": css})["value"]
+        eid = next(iter(eid.values()))
+        self.call("POST", f"/session/{self.sid}/element/{eid}/value", {"text": "\n".join(paths)})
+
+    def screenshot(self, path, css=None):
+        if css:
+            eid = self.call("POST", f"/session/{self.sid}/element",
+                            {"using": "css selector", "value": css})["value"]
+            eid = next(iter(eid.values()))
+            data = self.call("GET", f"/session/{self.sid}/element/{eid}/screenshot")["value"]
+        else:
+            data = self.call("GET", f"/session/{self.sid}/screenshot")["value"]
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(data))
+
+    def close(self):
+        try:
+            self.call("DELETE", f"/session/{self.sid}")
+        finally:
+            self.driver.terminate()
+            self.driver.wait()
+
+
+def percent(text):
+    return text is not None and text.strip().endswith("%")
+
+
+def demo(b, base, backend, out, bench):
+    query = "backend=cpu" if backend == "cpu" else ""
+    if not bench:
+        query = "preset=tiny" + ("&" + query if query else "")
+    b.open(f"{base}/index.html?{query}")
+    label = b.wait("the compute backend", lambda: (lambda t: t if t and "starting" not in t else None)(b.text("#backend")), 120)
+    print(f"[{backend}] backend: {label}")
+    if backend == "webgpu" and not label.startswith("WebGPU"):
+        raise Fail(f"expected WebGPU under --enable-unsafe-webgpu, the page says: {label}")
+    if backend == "cpu" and not label.startswith("CPU"):
+        raise Fail(f"expected the CPU backend, the page says: {label}")
+    rows = b.wait("the trigger gallery", lambda: b.js(
+        "const r = document.querySelectorAll('#gallery img.poisoned');"
+        "return r.length == 6 && [...r].every(i => i.src.startsWith('data:image/png')) ? r.length : 0;"), 300)
+    print(f"[{backend}] gallery: {rows} attacks stamped")
+    if not bench:
+        b.screenshot(os.path.join(out, f"gallery-{backend}.png"), "#gallery")
+    if bench:
+        b.set_value("#epochs", "1")
+    b.click("#train")
+    b.wait("clean accuracy and ASR after training",
+           lambda: percent(b.text("#train-acc")) and percent(b.text("#train-asr")), 1500)
+    secs = b.text("#epoch-seconds")
+    print(f"[{backend}] trained: clean accuracy {b.text('#train-acc')}, ASR {b.text('#train-asr')}, "
+          f"epoch {secs}{b.text('#train-metrics').split(secs)[-1] if secs else ''}")
+    if bench:
+        return secs
+    b.screenshot(os.path.join(out, f"train-{backend}.png"), "#demo")
+    b.click("#cleanse")
+    b.wait("the cleansed model's numbers",
+           lambda: percent(b.text("#after-acc")) and percent(b.text("#after-asr")), 1500)
+    print(f"[{backend}] cleansed: before {b.text('#before-acc')} / {b.text('#before-asr')}, "
+          f"after {b.text('#after-acc')} / {b.text('#after-asr')}")
+    b.screenshot(os.path.join(out, f"demo-{backend}.png"))
+    return secs
+
+
+def viewer(b, base, out):
+    b.open(f"{base}/index.html?page=viewer")
+    b.wait("the viewer", lambda: b.text("#viewer") is not None, 60)
+    reports = [os.path.join(FIXTURES, f) for f in ("badnets-report.json", "cleanse-badnets-report.json")]
+    b.send_files("#report-files", reports)
+    table = b.wait("the attack x defense table", lambda: b.text("#attack-defense-table"), 60)
+    expected = []
+    for path in reports:
+        r = json.load(open(path))
+        expected.append(f"{100 * r['final']['asr']:.1f}")
+        expected.append(f"{100 * r['final']['clean_acc']:.1f}")
+    missing = [e for e in expected if e not in table]
+    if "BadNets" not in table or missing:
+        raise Fail(f"the table lacks BadNets or the numbers {missing}: {table!r}")
+    charts = b.js("return document.querySelectorAll('#viewer .chart polyline').length;")
+    if charts < 4:
+        raise Fail(f"expected clean accuracy and ASR curves of both runs, found {charts} lines")
+    print(f"[viewer] table: {table.strip()[:160]}...")
+    b.screenshot(os.path.join(out, "viewer.png"))
+    b.send_files("#report-files", [os.path.join(FIXTURES, "malformed.json")])
+    err = b.wait("the malformed file's error", lambda: b.text("#viewer-errors"), 60)
+    if "malformed.json" not in err:
+        raise Fail(f"the error does not name the file: {err!r}")
+    print(f"[viewer] malformed: {err.strip()}")
+    b.screenshot(os.path.join(out, "viewer-error.png"), "#drop-zone")
+
+
+def main():
+    base, out = sys.argv[1], sys.argv[2]
+    bench = "--bench" in sys.argv[3:]
+    os.makedirs(out, exist_ok=True)
+    b = Browser()
+    try:
+        times = {}
+        for backend in ("webgpu", "cpu"):
+            times[backend] = demo(b, base, backend, out, bench)
+        if bench:
+            print("BENCH " + json.dumps(times))
+        else:
+            viewer(b, base, out)
+    except Fail as e:
+        try:
+            b.screenshot(os.path.join(out, "failure.png"))
+        except Exception:
+            pass
+        print(f"e2e FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        b.close()
+    print("e2e passed" if not bench else "bench done")
+
+
+if __name__ == "__main__":
+    main()

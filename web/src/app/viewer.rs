@@ -1,0 +1,151 @@
+//! The report viewer: `report.json` files from the CLI, by file picker or drag and drop.
+
+use super::chart::chart;
+use super::read_files;
+use crate::{curves, load_reports, summary};
+use cleanse_core::report::{AttackDefenseTable, Report};
+use leptos::prelude::*;
+
+fn pct(v: f64) -> String {
+    format!("{:.1}", v * 100.0)
+}
+
+#[component]
+pub fn Viewer() -> impl IntoView {
+    let reports: RwSignal<Vec<(String, Report)>> = RwSignal::new(Vec::new());
+    let errors: RwSignal<Vec<String>> = RwSignal::new(Vec::new());
+    let dragging = RwSignal::new(false);
+    let open = move |list: Option<web_sys::FileList>| {
+        leptos::task::spawn_local(async move {
+            let files = read_files(list).await;
+            let mut errs = Vec::new();
+            let mut texts = Vec::new();
+            for (name, bytes) in files {
+                match bytes.and_then(|b| {
+                    String::from_utf8(b).map_err(|_| format!("{name}: not a text file (expected a report.json written by the cleanse CLI)"))
+                }) {
+                    Ok(t) => texts.push((name, t)),
+                    Err(e) => errs.push(e),
+                }
+            }
+            let parsed = load_reports(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+            let mut ok = Vec::new();
+            for ((name, _), r) in texts.iter().zip(parsed) {
+                match r {
+                    Ok(r) => ok.push((name.clone(), r)),
+                    Err(e) => errs.push(e),
+                }
+            }
+            errors.set(errs);
+            reports.update(|v| {
+                for (n, r) in ok {
+                    // Opening a file again replaces it.
+                    v.retain(|(m, _)| *m != n);
+                    v.push((n, r));
+                }
+            });
+        });
+    };
+    let on_pick = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = event_target(&ev);
+        open(input.files());
+        input.set_value("");
+    };
+    let on_drop = move |ev: leptos::ev::DragEvent| {
+        ev.prevent_default();
+        dragging.set(false);
+        open(ev.data_transfer().and_then(|d| d.files()));
+    };
+    let table = move || {
+        let rs = reports.get();
+        let t = AttackDefenseTable::build(rs.iter().map(|(n, r)| (n.as_str(), r)));
+        if t.rows.is_empty() {
+            return None;
+        }
+        let head = t
+            .defenses
+            .iter()
+            .map(|d| view! { <th colspan="2">{d.clone()}</th> })
+            .collect::<Vec<_>>();
+        let sub = t
+            .defenses
+            .iter()
+            .map(|_| view! { <th>"ACC %"</th><th>"ASR %"</th> })
+            .collect::<Vec<_>>();
+        let rows = t
+            .rows
+            .iter()
+            .map(|(attack, cells)| {
+                let cells = cells
+                    .iter()
+                    .map(|c| match c {
+                        Some(c) => {
+                            let star = if c.complete { "" } else { "*" };
+                            let asr = c.asr.map(pct).unwrap_or_else(|| "-".into());
+                            view! { <td>{format!("{}{star}", pct(c.clean_acc))}</td><td>{format!("{asr}{star}")}</td> }
+                                .into_any()
+                        }
+                        None => view! { <td>"-"</td><td>"-"</td> }.into_any(),
+                    })
+                    .collect::<Vec<_>>();
+                view! { <tr><th>{attack.clone()}</th>{cells}</tr> }
+            })
+            .collect::<Vec<_>>();
+        let notes = t
+            .notes
+            .iter()
+            .map(|n| view! { <li>{n.clone()}</li> })
+            .collect::<Vec<_>>();
+        Some(view! {
+            <h3>"Attack × defense"</h3>
+            <table id="attack-defense-table">
+                <thead><tr><th rowspan="2">"attack"</th>{head}</tr><tr>{sub}</tr></thead>
+                <tbody>{rows}</tbody>
+            </table>
+            <p class="note">"* the run had not finished: its last epoch so far."</p>
+            <ul class="note">{notes}</ul>
+        })
+    };
+    let runs = move || {
+        reports
+            .get()
+            .into_iter()
+            .map(|(name, r)| {
+                let facts = summary(&name, &r)
+                    .into_iter()
+                    .map(|(k, v)| view! { <tr><th>{k}</th><td>{v}</td></tr> })
+                    .collect::<Vec<_>>();
+                let series = curves(&r);
+                let plot = (!series.is_empty() && !series[0].points.is_empty())
+                    .then(|| chart("run-chart", format!("{name}: per epoch, %"), series, true));
+                view! {
+                    <section class="run">
+                        <h4>{name.clone()}</h4>
+                        <table class="facts">{facts}</table>
+                        {plot}
+                    </section>
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    view! {
+        <section id="viewer">
+            <h2>"Report viewer"</h2>
+            <p>"Open the " <code>"report.json"</code> " files the " <code>"cleanse"</code>
+               " command line writes (several at once): a summary and per-epoch curves of each run, and the attack × defense table in the layout of the paper's supplement."</p>
+            <div id="drop-zone" class="drop" class:over=move || dragging.get()
+                on:dragover=move |ev: leptos::ev::DragEvent| { ev.prevent_default(); dragging.set(true); }
+                on:dragleave=move |_| dragging.set(false)
+                on:drop=on_drop>
+                "Drop report files here, or "
+                <input id="report-files" type="file" multiple accept=".json,application/json" on:change=on_pick/>
+                <button id="clear-reports" on:click=move |_| { reports.set(Vec::new()); errors.set(Vec::new()); }>"Clear"</button>
+            </div>
+            <ul id="viewer-errors" class="errors">
+                {move || errors.get().into_iter().map(|e| view! { <li>{e}</li> }).collect::<Vec<_>>()}
+            </ul>
+            {table}
+            {runs}
+        </section>
+    }
+}
