@@ -81,6 +81,18 @@ fn adaptive_student_matches_the_ratios_and_keeps_batch_norm() {
             bn > 20,
             "BN weights, biases and running statistics were compared"
         );
+        // Exactly the drawn elements changed (a fresh value equal to the teacher's is all but
+        // impossible), so the realised counts describe the student itself.
+        let changed: usize = t
+            .iter()
+            .filter(|(k, _)| !is_bn(k))
+            .map(|(k, v)| v.iter().zip(&st[k]).filter(|(a, b)| a != b).count())
+            .sum();
+        let drawn: usize = realised.groups.iter().map(|g| g.reinitialised).sum();
+        assert!(
+            changed <= drawn && changed as f64 >= 0.999 * drawn as f64,
+            "{changed} elements changed, {drawn} drawn"
+        );
         // About 22% of conv/linear weights overall at width 64 (method spec); the stage sizes
         // scale alike at width 16.
         assert!(

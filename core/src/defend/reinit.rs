@@ -123,10 +123,11 @@ fn group_of(path: &[String], container: &str) -> Option<usize> {
     None
 }
 
+/// The conv/linear parameters of a model, flattened, by module path (they stay on the device).
 struct Collect {
     path: Vec<String>,
     containers: Vec<String>,
-    values: BTreeMap<String, Vec<f32>>,
+    values: BTreeMap<String, Tensor<1>>,
 }
 
 impl ModuleVisitor for Collect {
@@ -141,20 +142,20 @@ impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let container = self.containers.last().map(String::as_str).unwrap_or("");
         if group_of(&self.path, container).is_some() {
-            let v = param
-                .val()
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap_or_default();
-            self.values.insert(self.path.join("."), v);
+            let v = param.val();
+            let n = v.shape().num_elements();
+            self.values.insert(self.path.join("."), v.reshape([n]));
         }
     }
 }
 
+/// Replaces the drawn elements of each conv/linear parameter by the fresh model's. The Bernoulli
+/// draws are made on the host (one stream per parameter); the values never leave the device, so
+/// this also works where the device cannot be read synchronously (WebGPU in a browser).
 struct Mix<'a> {
     path: Vec<String>,
     containers: Vec<String>,
-    fresh: &'a BTreeMap<String, Vec<f32>>,
+    fresh: &'a BTreeMap<String, Tensor<1>>,
     probabilities: [f64; 6],
     seed: u64,
     elements: [usize; 6],
@@ -180,20 +181,25 @@ impl ModuleMapper for Mix<'_> {
         let dims = tensor.dims();
         let device = tensor.device();
         let require_grad = tensor.is_require_grad();
-        let mut values = tensor.into_data().try_to_vec::<f32>().unwrap_or_default();
-        let fresh = &self.fresh[&key];
+        let n: usize = dims.iter().product();
         let p = self.probabilities[g];
         let mut parts = vec![self.seed, 0x5EED_1417];
         parts.extend(key.bytes().map(u64::from));
         let mut rng = Rng::from_parts(&parts);
-        for (v, f) in values.iter_mut().zip(fresh) {
-            if p >= 1.0 || (p > 0.0 && rng.bernoulli(p)) {
-                *v = *f;
-                self.reinitialised[g] += 1;
+        let drawn: Vec<bool> = (0..n)
+            .map(|_| p >= 1.0 || (p > 0.0 && rng.bernoulli(p)))
+            .collect();
+        let count = drawn.iter().filter(|&&d| d).count();
+        self.reinitialised[g] += count;
+        self.elements[g] += n;
+        let mut t = match count {
+            0 => tensor,
+            _ => {
+                let fresh: Tensor<D> = self.fresh[&key].clone().reshape(dims);
+                let mask = Tensor::<D, Bool>::from_data(TensorData::new(drawn, dims), &device);
+                tensor.mask_where(mask, fresh)
             }
-        }
-        self.elements[g] += values.len();
-        let mut t = Tensor::<D>::from_data(TensorData::new(values, dims), &device);
+        };
         if require_grad {
             t = t.require_grad();
         }
@@ -214,7 +220,7 @@ pub fn group_sizes(model: &Classifier) -> [usize; 6] {
         let path: Vec<String> = k.split('.').map(str::to_string).collect();
         // Every collected parameter belongs to a conv or linear layer.
         if let Some(g) = group_of(&path, "Conv2d") {
-            sizes[g] += v.len();
+            sizes[g] += v.shape().num_elements();
         }
     }
     sizes

@@ -53,9 +53,22 @@ pub fn chart(id: &'static str, title: String, series: Vec<Series>, percent: bool
         .map(|(i, s)| {
             let pts = polyline(s, &x, &y, pw, ph);
             let color = COLORS[i % COLORS.len()];
+            // Dots too, so that a single epoch shows (short series only: per-batch lines are dense).
+            let dots = (s.points.len() <= 60)
+                .then(|| {
+                    s.points
+                        .iter()
+                        .map(|&(a, b)| {
+                            view! { <circle cx=x.scale(a, pw) cy=ph - y.scale(b, ph) r="3" fill=color/> }
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
             view! {
-                <polyline points=pts fill="none" stroke=color stroke-width="2"
-                    transform=format!("translate({LEFT},8)")/>
+                <g transform=format!("translate({LEFT},8)")>
+                    <polyline points=pts fill="none" stroke=color stroke-width="2"/>
+                    {dots}
+                </g>
             }
         })
         .collect::<Vec<_>>();

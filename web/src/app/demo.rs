@@ -462,6 +462,7 @@ pub fn Demo() -> impl IntoView {
             <p id="train-metrics">{move || metrics_view("train", train_hist.get().last().map(|e| (e.clean_acc, e.asr)))}
                 <span class="metric">"last epoch " <b id="epoch-seconds">{move || train_hist.get().last().map(|e| format!("{:.2} s", e.train_seconds)).unwrap_or_else(|| "–".into())}</b>
                 {move || train_hist.get().last().map(|e| format!(" for {} images", e.images)).unwrap_or_default()}</span>
+                <span class="note">" epoch times: " <span id="epoch-times">{move || train_hist.get().iter().map(|e| format!("{:.2}", e.train_seconds)).collect::<Vec<_>>().join(", ")}</span>" s"</span>
             </p>
             <div class="charts">
                 {move || { let l = losses.get(); (!l.is_empty()).then(|| chart("loss-chart", "training loss".into(), vec![Series { label: "loss".into(), points: l }], false)) }}
@@ -479,7 +480,7 @@ pub fn Demo() -> impl IntoView {
                 <label>"Epochs " {number_input("cleanse-epochs", k_epochs, 1, 200)}</label>
                 <label>"Ratio scale "
                     <input id="ratio-scale" type="number" min="0.1" max="10" step="0.5" prop:value=move || ratio_scale.get().to_string()
-                        on:change=move |ev| if let Ok(v) = event_target_value(&ev).parse::<f64>() { ratio_scale.set(v.clamp(0.1, 10.0)) }/>
+                        on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<f64>() { ratio_scale.set(v.clamp(0.1, 10.0)) } }/>
                 </label>
                 <button id="cleanse" on:click=on_cleanse disabled=move || busy.get()>"Cleanse"</button>
             </div>
