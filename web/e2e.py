@@ -8,7 +8,7 @@ Checks, on WebGPU (SwiftShader under --enable-unsafe-webgpu) and then on the CPU
 the trigger gallery of all six attacks; a tiny training run (a few batches) that shows clean
 accuracy and ASR; a tiny cleanse that shows the after numbers. Then the viewer: sample reports
 give the attack x defense table, and a malformed report gives an error naming the file.
-Saves screenshots into OUT_DIR. With --bench, trains two whole epochs of the demo setting on each
+Saves screenshots into OUT_DIR. E2E_QUERY adds URL settings (e.g. autotune=balanced); E2E_BACKENDS picks backends ("webgpu cpu"). With --bench, trains two whole epochs of the demo setting on each
 backend instead (BadNets, width 8, 400 images, batch 32), and prints the epoch times.
 """
 import base64
@@ -128,6 +128,10 @@ def demo(b, base, backend, out, bench):
     query = "backend=cpu" if backend == "cpu" else ""
     if not bench:
         query = "preset=tiny" + ("&" + query if query else "")
+    # E2E_QUERY adds page settings, e.g. autotune=balanced.
+    extra = os.environ.get("E2E_QUERY", "")
+    if extra:
+        query = f"{query}&{extra}" if query else extra
     b.open(f"{base}/index.html?{query}")
     label = b.wait("the compute backend", lambda: (lambda t: t if t and "starting" not in t else None)(b.text("#backend")), 120)
     print(f"[{backend}] backend: {label}")
@@ -196,7 +200,7 @@ def main():
     b = Browser()
     try:
         times = {}
-        for backend in ("webgpu", "cpu"):
+        for backend in os.environ.get("E2E_BACKENDS", "webgpu cpu").split():
             times[backend] = demo(b, base, backend, out, bench)
         if bench:
             print("BENCH " + json.dumps(times))

@@ -199,3 +199,31 @@ fn iab_upsampling_backward_runs_on_wgpu() {
     assert!(cpu.iter().any(|v| v.abs() > 0.1));
     assert_close(&gpu, &cpu, 1e-5, "upsampling gradient");
 }
+
+/// The cleanser's student, mixed on the device: the same on wgpu as on the CPU.
+#[test]
+fn the_reinitialised_student_is_the_same_on_wgpu_and_cpu() {
+    use cleanse_core::defend::reinit::{ADAPTIVE_RATIOS, InitMode, student};
+    use cleanse_core::model::{Architecture, ModelConfig, Normalization};
+    let cfg = ModelConfig {
+        architecture: Architecture::Resnet18,
+        width: 4,
+        num_classes: 10,
+        normalization: Normalization::cifar10(),
+    };
+    let mode = InitMode::Adaptive {
+        ratios: ADAPTIVE_RATIOS.map(|r| r * 3.0),
+    };
+    let x = random(2 * 3 * 32 * 32, 5, 0.0, 1.0);
+    let mut outs = Vec::new();
+    for device in [Device::flex(), wgpu()] {
+        let teacher = cfg.init_seeded(&device, 1);
+        let (s, realised) = student(&teacher, &cfg, &mode, 7, &device);
+        let logits = s.forward(on(&x, [2, 3, 32, 32], &device));
+        let v: Vec<f32> = logits.into_data().try_to_vec().expect("f32");
+        assert!(v.iter().all(|a| a.is_finite()), "{v:?}");
+        outs.push((v, realised.total_fraction));
+    }
+    assert_eq!(outs[0].1, outs[1].1);
+    assert_close(&outs[0].0, &outs[1].0, 1e-3, "student logits");
+}

@@ -260,6 +260,30 @@ async fn read_count(t: Tensor<1, Int>) -> Result<usize, String> {
     Ok(data.iter::<i64>().next().unwrap_or(0) as usize)
 }
 
+/// An error when `model`'s outputs on the first images of `set` are not finite (weights that
+/// diverged, or a device that computes garbage), naming `what`.
+async fn check_finite(
+    model: &Classifier,
+    set: &ImageSet,
+    device: &Device,
+    what: &str,
+) -> Result<(), String> {
+    let n = set.len().min(8);
+    if n == 0 {
+        return Ok(());
+    }
+    let idx: Vec<usize> = (0..n).collect();
+    let b = make_batch(set, &idx, &Augment::NONE, 0, 0);
+    let logits = read_f32(model.forward(images_tensor(b.images, b.shape, device))).await?;
+    match logits.iter().all(|v| v.is_finite()) {
+        true => Ok(()),
+        false => Err(format!(
+            "{what}: the model's outputs are not finite (its weights diverged, or the device \
+             computed garbage); try a lower learning rate or the CPU backend"
+        )),
+    }
+}
+
 /// Fraction of `set` that `model` classifies as labelled, each batch passed through `stamp`
 /// first when given (for ASR, `set` comes from [`asr_set`]).
 pub async fn accuracy<H: Host>(
@@ -531,6 +555,13 @@ pub async fn train<H: Host>(
         let train_seconds = (host.now_ms() - t0) / 1000.0;
         on(Progress::Stage("evaluating".into()));
         let eval = model.valid();
+        check_finite(
+            &eval,
+            &data.test,
+            device,
+            &format!("after training epoch {}", epoch + 1),
+        )
+        .await?;
         let nets = iab_hooks.as_ref().and_then(IabHooks::nets);
         let (clean_acc, asr) = evaluate(
             &eval,
@@ -588,6 +619,7 @@ pub async fn cleanse<H: Host>(
     if data.unlabeled.len() < 2 {
         return Err("cleansing needs at least 2 unlabeled images".into());
     }
+    check_finite(&teacher.model, &data.test, device, "the model to cleanse").await?;
     let ratios = ADAPTIVE_RATIOS.map(|r| (r * plan.ratio_scale).min(1.0));
     let (student, _) = reinit::student(
         &teacher.model,
@@ -648,6 +680,13 @@ pub async fn cleanse<H: Host>(
         let train_seconds = (host.now_ms() - t0) / 1000.0;
         on(Progress::Stage("evaluating".into()));
         let eval = student.valid();
+        check_finite(
+            &eval,
+            &data.test,
+            device,
+            &format!("after cleansing epoch {}", epoch + 1),
+        )
+        .await?;
         let (clean_acc, asr) = evaluate(
             &eval,
             teacher.attack.as_ref(),
@@ -816,20 +855,19 @@ pub fn load_run(files: &RunFiles, device: &Device) -> Result<DemoModel, String> 
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use cleanse_core::data::synthetic::{SyntheticConfig, generate};
-    use futures_lite::future::block_on;
     use std::cell::Cell;
 
     /// Counts pauses; asks to stop once `stop_after` batches have paused.
-    struct TestHost {
+    pub struct TestHost {
         pauses: Cell<usize>,
         stop_after: Option<usize>,
     }
 
     impl TestHost {
-        fn new(stop_after: Option<usize>) -> Self {
+        pub fn new(stop_after: Option<usize>) -> Self {
             TestHost {
                 pauses: Cell::new(0),
                 stop_after,
@@ -850,7 +888,7 @@ mod tests {
         }
     }
 
-    fn data() -> DemoData {
+    pub fn data() -> DemoData {
         let s = generate(&SyntheticConfig {
             train_size: 120,
             test_size: 40,
@@ -866,7 +904,7 @@ mod tests {
         .unwrap()
     }
 
-    fn tiny(attack: Option<AttackKind>) -> TrainPlan {
+    pub fn tiny(attack: Option<AttackKind>) -> TrainPlan {
         TrainPlan {
             width: 4,
             epochs: 2,
@@ -874,6 +912,17 @@ mod tests {
             ..TrainPlan::demo(attack)
         }
     }
+
+    pub fn read_f32_blocking<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        futures_lite::future::block_on(read_f32(t)).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use futures_lite::future::block_on;
 
     #[test]
     fn records_split_into_train_unlabeled_and_test() {
@@ -1137,5 +1186,59 @@ mod tests {
         files.retain(|(n, _)| n != rf::MODEL);
         let e = load_run(&files, &device).unwrap_err();
         assert!(e.contains("model.bpk is missing"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod wgpu_tests {
+    use super::tests_support::*;
+    use super::*;
+    use futures_lite::future::block_on;
+
+    /// The demo's loops on the wgpu device (lavapipe here) agree with the CPU backend's.
+    #[test]
+    fn train_and_cleanse_on_wgpu_match_the_cpu() {
+        let d = data();
+        let wgpu = cleanse_core::device::select(cleanse_core::device::DeviceChoice::Wgpu)
+            .expect("a wgpu adapter (mesa-vulkan-drivers)")
+            .device;
+        let mut results = Vec::new();
+        for device in [Device::flex(), wgpu] {
+            let host = TestHost::new(None);
+            let plan = TrainPlan {
+                max_batches: Some(3),
+                epochs: 1,
+                ..tiny(Some(AttackKind::Badnets))
+            };
+            let m = block_on(train(&d, &plan, None, &device, &host, &mut |_| {})).unwrap();
+            let logits = read_f32_blocking(
+                m.model.forward(images_tensor(
+                    d.test.pixels[..3072]
+                        .iter()
+                        .map(|&v| v as f32 / 255.0)
+                        .collect(),
+                    [1, 3, 32, 32],
+                    &device,
+                )),
+            );
+            assert!(logits.iter().all(|v| v.is_finite()), "{logits:?}");
+            let k = CleansePlan {
+                epochs: 1,
+                batch_size: 16,
+                max_batches: Some(2),
+                ..CleansePlan::demo()
+            };
+            let s = block_on(cleanse(&m, &d, &k, &device, &host, &mut |_| {})).unwrap();
+            results.push((logits, m.last().cloned(), s.last().map(|e| e.loss)));
+        }
+        let (a, b) = (&results[0], &results[1]);
+        for (x, y) in a.0.iter().zip(&b.0) {
+            assert!((x - y).abs() < 1e-2, "logits {:?} vs {:?}", a.0, b.0);
+        }
+        let (la, lb) = (a.2.unwrap(), b.2.unwrap());
+        assert!(
+            (la - lb).abs() < 1e-3 * la.abs().max(1.0),
+            "KD loss {la} vs {lb}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! trained by the CLI.
 
 use super::chart::chart;
-use super::{BrowserHost, dataset_kind, device, fetch_bytes, lab, query, read_files};
+use super::{BrowserHost, dataset_kind, device, fetch_bytes, files_of, lab, query, read_files};
 use crate::Series;
 use crate::engine::{self, CleansePlan, DemoData, DemoModel, EpochPoint, Progress, TrainPlan};
 use crate::picture::{data_url, png, residual};
@@ -342,7 +342,8 @@ pub fn Demo() -> impl IntoView {
 
     let on_load_model = move |ev: leptos::ev::Event| {
         let input: web_sys::HtmlInputElement = event_target(&ev);
-        let list = input.files();
+        let list = files_of(input.files());
+        input.set_value("");
         busy.set(true);
         error.set(String::new());
         leptos::task::spawn_local(async move {

@@ -121,14 +121,19 @@ pub(crate) async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
     Ok(js_sys::Uint8Array::new(&buf).to_vec())
 }
 
-/// The files of a file list (picker or drop), as `(name, bytes)`.
+/// The files of a file list (picker or drop), taken out of the list at once: clearing the input
+/// afterwards empties the list itself.
+pub(crate) fn files_of(list: Option<web_sys::FileList>) -> Vec<web_sys::File> {
+    let Some(list) = list else { return Vec::new() };
+    (0..list.length()).filter_map(|i| list.get(i)).collect()
+}
+
+/// The contents of files, as `(name, bytes)`.
 pub(crate) async fn read_files(
-    list: Option<web_sys::FileList>,
+    files: Vec<web_sys::File>,
 ) -> Vec<(String, Result<Vec<u8>, String>)> {
     let mut out = Vec::new();
-    let Some(list) = list else { return out };
-    for i in 0..list.length() {
-        let Some(f) = list.get(i) else { continue };
+    for f in files {
         let name = f.name();
         let bytes = match JsFuture::from(f.array_buffer()).await {
             Ok(buf) => Ok(js_sys::Uint8Array::new(&buf).to_vec()),
@@ -215,8 +220,23 @@ fn App() -> impl IntoView {
     }
 }
 
+/// Kernel autotuning at its minimal level (unless `?autotune=balanced`): in the browser every
+/// candidate kernel must be compiled before it can be timed, which costs more than it saves at the
+/// demo's size (BENCHMARKS.md).
+fn configure_autotune() {
+    use cubecl::config::autotune::AutotuneLevel;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    if query("autotune").as_deref() == Some("balanced") {
+        return;
+    }
+    let mut c = CubeClRuntimeConfig::default();
+    c.autotune.level = AutotuneLevel::Minimal;
+    CubeClRuntimeConfig::try_set(c);
+}
+
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
+    configure_autotune();
     leptos::mount::mount_to_body(App);
 }

@@ -1,7 +1,7 @@
 //! The report viewer: `report.json` files from the CLI, by file picker or drag and drop.
 
 use super::chart::chart;
-use super::read_files;
+use super::{files_of, read_files};
 use crate::{curves, load_reports, summary};
 use cleanse_core::report::{AttackDefenseTable, Report};
 use leptos::prelude::*;
@@ -16,6 +16,7 @@ pub fn Viewer() -> impl IntoView {
     let errors: RwSignal<Vec<String>> = RwSignal::new(Vec::new());
     let dragging = RwSignal::new(false);
     let open = move |list: Option<web_sys::FileList>| {
+        let list = files_of(list);
         leptos::task::spawn_local(async move {
             let files = read_files(list).await;
             let mut errs = Vec::new();
