@@ -26,6 +26,8 @@ FLAGS = [
     "--headless", "--no-sandbox", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--enable-unsafe-webgpu", "--window-size=1280,2200",
+    # SwiftShader runs compute shaders on the CPU: long dispatches must not count as a GPU hang.
+    "--disable-gpu-watchdog",
 ]
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
@@ -50,8 +52,9 @@ class Browser:
             except Exception:
                 time.sleep(0.1)
         args = FLAGS + [f"--user-data-dir={tempfile.mkdtemp()}"]
-        caps = {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-            "binary": "/usr/bin/chromium", "args": args}}}}
+        caps = {"capabilities": {"alwaysMatch": {
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"}}}}
         self.sid = self.call("POST", "/session", caps)["value"]["sessionId"]
         self.call("POST", f"/session/{self.sid}/timeouts", {"script": 600000})
 
@@ -111,6 +114,14 @@ class Browser:
             data = self.call("GET", f"/session/{self.sid}/screenshot")["value"]
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))
+
+    def console(self):
+        """The page's console messages so far (chromedriver's log endpoint)."""
+        try:
+            logs = self.call("POST", f"/session/{self.sid}/se/log", {"type": "browser"})["value"]
+            return [f"{e.get('level')}: {e.get('message')}" for e in logs]
+        except Exception as e:
+            return [f"(no console log: {e})"]
 
     def close(self):
         try:
@@ -212,6 +223,8 @@ def main():
         except Exception:
             pass
         print(f"e2e FAILED: {e}", file=sys.stderr)
+        for line in b.console()[-30:]:
+            print(f"  console {line[:400]}", file=sys.stderr)
         sys.exit(1)
     finally:
         b.close()

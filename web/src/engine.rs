@@ -553,7 +553,10 @@ pub async fn train<H: Host>(
             }
         }
         let train_seconds = (host.now_ms() - t0) / 1000.0;
-        on(Progress::Stage("evaluating".into()));
+        on(Progress::Stage(format!(
+            "epoch {} trained in {train_seconds:.2} s ({seen} images); evaluating",
+            epoch + 1
+        )));
         let eval = model.valid();
         check_finite(
             &eval,

@@ -110,11 +110,14 @@ pub fn Demo() -> impl IntoView {
     let gallery: RwSignal<Vec<GalleryRow>> = RwSignal::new(Vec::new());
     let gallery_gen = RwSignal::new(0u32);
 
-    let attack = RwSignal::new(String::from("badnets"));
+    let attack = RwSignal::new(query("attack").unwrap_or_else(|| "badnets".into()));
     let epochs = RwSignal::new(if tiny { 1usize } else { 8 });
     let width = RwSignal::new(if tiny { 4usize } else { 8 });
     let n_train = RwSignal::new(if tiny { 64usize } else { TRAIN_IMAGES });
-    let max_batches = if tiny { Some(3) } else { None };
+    // `?batches=N` caps every epoch at N batches (a quick look); the tiny preset uses 3.
+    let max_batches = query("batches")
+        .and_then(|b| b.parse().ok())
+        .or(if tiny { Some(3) } else { None });
     let test_images = if tiny { 64 } else { 200 };
 
     let busy = RwSignal::new(false);
@@ -275,10 +278,7 @@ pub fn Demo() -> impl IntoView {
                         l.model = Some(m);
                     });
                 }
-                Err(e) => {
-                    status.set(String::new());
-                    error.set(e);
-                }
+                Err(e) => error.set(e),
             }
             busy.set(false);
         });
@@ -331,10 +331,7 @@ pub fn Demo() -> impl IntoView {
                     after.set(s.last().map(|e| (e.clean_acc, e.asr)));
                     status.set("cleansing finished".into());
                 }
-                Err(e) => {
-                    status.set(String::new());
-                    error.set(e);
-                }
+                Err(e) => error.set(e),
             }
             busy.set(false);
         });
@@ -387,10 +384,7 @@ pub fn Demo() -> impl IntoView {
                     lab(|l| l.model = Some(m));
                     refresh_gallery();
                 }
-                Err(e) => {
-                    status.set(String::new());
-                    error.set(e);
-                }
+                Err(e) => error.set(e),
             }
             busy.set(false);
         });
@@ -413,7 +407,7 @@ pub fn Demo() -> impl IntoView {
                 .iter()
                 .map(|k| (k.name(), attack_display_name(k.name()))),
         )
-        .map(|(v, label)| view! { <option value=v selected=v == "badnets">{label}</option> })
+        .map(|(v, label)| view! { <option value=v selected=v == attack.get_untracked()>{label}</option> })
         .collect::<Vec<_>>();
 
     view! {
