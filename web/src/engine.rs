@@ -121,13 +121,18 @@ impl DemoData {
 }
 
 /// The attack settings of the demo: the supplement's values, stamped after augmentation as in
-/// the CLI's `--preset subset`, and clean-label attacks poisoning the whole target class.
+/// the CLI's `--preset subset`, clean-label attacks poisoning the whole target class, and
+/// dirty-label attacks a fifth of the (small) training set.
 pub fn demo_attack_config(kind: AttackKind, dataset: DatasetKind, seed: u64) -> AttackConfig {
     let mut c = AttackConfig::supplement(kind, dataset);
     c.stamping = Stamping::AfterAugment;
     c.seed = seed;
     if kind.is_clean_label() {
         c.poison_rate = 1.0;
+    } else if !kind.is_training_control() {
+        // 40 poisoned images of the demo's 400 are too few for a short run in the browser
+        // (BadNets at 10%: ASR 15% after 20 epochs, BENCHMARKS.md); a fifth are learned.
+        c.poison_rate = 0.2;
     }
     c.lc_steps = 10;
     c.lc_step = 2.0 * c.lc_eps / c.lc_steps as f32;
@@ -155,7 +160,7 @@ impl TrainPlan {
         TrainPlan {
             attack,
             width: 8,
-            epochs: 8,
+            epochs: 20,
             batch_size: 32,
             lr: 0.05,
             max_batches: None,
@@ -972,8 +977,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(last.asr, Some(core_asr));
-        // BadNets poisons 10% of the 80 training images.
-        assert_eq!(attack.poisoned.len(), 8);
+        // The demo's BadNets poisons 20% of the 80 training images.
+        assert_eq!(attack.poisoned.len(), 16);
     }
 
     #[test]

@@ -111,13 +111,18 @@ pub fn Demo() -> impl IntoView {
     let gallery_gen = RwSignal::new(0u32);
 
     let attack = RwSignal::new(query("attack").unwrap_or_else(|| "badnets".into()));
-    let epochs = RwSignal::new(if tiny { 1usize } else { 8 });
+    let epochs = RwSignal::new(if tiny {
+        1usize
+    } else {
+        TrainPlan::demo(None).epochs
+    });
     let width = RwSignal::new(if tiny { 4usize } else { 8 });
     let n_train = RwSignal::new(if tiny { 64usize } else { TRAIN_IMAGES });
     // `?batches=N` caps every epoch at N batches (a quick look); the tiny preset uses 3.
-    let max_batches = query("batches")
-        .and_then(|b| b.parse().ok())
-        .or(if tiny { Some(3) } else { None });
+    let max_batches =
+        query("batches")
+            .and_then(|b| b.parse().ok())
+            .or(if tiny { Some(3) } else { None });
     let test_images = if tiny { 64 } else { 200 };
 
     let busy = RwSignal::new(false);
