@@ -344,6 +344,82 @@ pub async fn evaluate<H: Host>(
     Ok((clean, asr))
 }
 
+/// Running totals of one epoch.
+#[derive(Default)]
+struct EpochTotals {
+    loss_sum: f64,
+    seen: usize,
+}
+
+/// After a batch's step: reads its loss back (an error if it is not finite), adds it to the
+/// totals, reports the batch and gives the host a turn. `at` is (epoch, batch, batches); returns
+/// whether the user asked to stop.
+async fn finish_batch<H: Host>(
+    loss: Tensor<1>,
+    what: &str,
+    (epoch, batch, batches): (usize, usize, usize),
+    images: usize,
+    totals: &mut EpochTotals,
+    host: &H,
+    on: &mut dyn FnMut(Progress),
+) -> Result<bool, String> {
+    let value = read_f32(loss).await?[0] as f64;
+    if !value.is_finite() {
+        return Err(format!(
+            "{what} diverged: loss {value} at epoch {} batch {}; lower the learning rate",
+            epoch + 1,
+            batch + 1
+        ));
+    }
+    totals.loss_sum += value * images as f64;
+    totals.seen += images;
+    on(Progress::Batch {
+        epoch,
+        batch,
+        batches,
+        loss: value,
+    });
+    host.pause().await;
+    Ok(host.stop_requested())
+}
+
+/// After an epoch: checks `model` (an evaluation copy) for finite outputs, measures clean
+/// accuracy and ASR against `attack` (IAB through its networks), and reports the epoch.
+async fn finish_epoch<H: Host>(
+    model: &Classifier,
+    (attack, iab): (Option<&Attack>, Option<&IabNets>),
+    test: &ImageSet,
+    (what, epoch, t0, totals): (&str, usize, f64, &EpochTotals),
+    device: &Device,
+    host: &H,
+    on: &mut dyn FnMut(Progress),
+) -> Result<EpochPoint, String> {
+    let train_seconds = (host.now_ms() - t0) / 1000.0;
+    on(Progress::Stage(format!(
+        "{what}: epoch {} took {train_seconds:.2} s ({} images); evaluating",
+        epoch + 1,
+        totals.seen
+    )));
+    check_finite(
+        model,
+        test,
+        device,
+        &format!("after {what} epoch {}", epoch + 1),
+    )
+    .await?;
+    let (clean_acc, asr) = evaluate(model, attack, iab, test, device, host).await?;
+    let point = EpochPoint {
+        epoch: epoch + 1,
+        loss: totals.loss_sum / totals.seen.max(1) as f64,
+        clean_acc,
+        asr,
+        train_seconds,
+        images: totals.seen,
+    };
+    on(Progress::Epoch(point.clone()));
+    Ok(point)
+}
+
 fn batches_of(
     n: usize,
     batch_size: usize,
@@ -508,7 +584,7 @@ pub async fn train<H: Host>(
             plan.max_batches,
         );
         let t0 = host.now_ms();
-        let (mut loss_sum, mut seen) = (0.0, 0usize);
+        let mut totals = EpochTotals::default();
         for (bi, c) in chunks.iter().enumerate() {
             let b = make_batch(&train_set, c, &Augment::NONE, plan.seed, epoch as u64);
             let x = images_tensor(b.images.clone(), b.shape, &ad);
@@ -535,61 +611,35 @@ pub async fn train<H: Host>(
             }
             let grads = GradientsParams::from_grads(grads, &model);
             model = sgd.step(lr, model, grads);
-            let value = read_f32(loss.inner()).await?[0] as f64;
-            if !value.is_finite() {
-                return Err(format!(
-                    "training diverged: loss {value} at epoch {} batch {}; lower the learning rate",
-                    epoch + 1,
-                    bi + 1
-                ));
-            }
-            loss_sum += value * c.len() as f64;
-            seen += c.len();
-            on(Progress::Batch {
-                epoch,
-                batch: bi,
-                batches: chunks.len(),
-                loss: value,
-            });
-            host.pause().await;
-            if host.stop_requested() {
+            let what = "training";
+            if finish_batch(
+                loss.inner(),
+                what,
+                (epoch, bi, chunks.len()),
+                c.len(),
+                &mut totals,
+                host,
+                on,
+            )
+            .await?
+            {
                 stopped = true;
                 break;
             }
         }
-        let train_seconds = (host.now_ms() - t0) / 1000.0;
-        on(Progress::Stage(format!(
-            "epoch {} trained in {train_seconds:.2} s ({seen} images); evaluating",
-            epoch + 1
-        )));
         let eval = model.valid();
-        check_finite(
-            &eval,
-            &data.test,
-            device,
-            &format!("after training epoch {}", epoch + 1),
-        )
-        .await?;
         let nets = iab_hooks.as_ref().and_then(IabHooks::nets);
-        let (clean_acc, asr) = evaluate(
+        let point = finish_epoch(
             &eval,
-            attack.as_ref(),
-            nets.as_ref(),
+            (attack.as_ref(), nets.as_ref()),
             &data.test,
+            ("training", epoch, t0, &totals),
             device,
             host,
+            on,
         )
         .await?;
-        let point = EpochPoint {
-            epoch: epoch + 1,
-            loss: loss_sum / seen.max(1) as f64,
-            clean_acc,
-            asr,
-            train_seconds,
-            images: seen,
-        };
-        history.push(point.clone());
-        on(Progress::Epoch(point));
+        history.push(point);
         if stopped {
             break;
         }
@@ -653,7 +703,7 @@ pub async fn cleanse<H: Host>(
             plan.max_batches,
         );
         let t0 = host.now_ms();
-        let (mut loss_sum, mut seen) = (0.0, 0usize);
+        let mut totals = EpochTotals::default();
         for (bi, c) in chunks.iter().enumerate() {
             // Only the images of the batch reach the device: the labels stay behind.
             let b = make_batch(&data.unlabeled, c, &augment, plan.seed, epoch as u64);
@@ -663,57 +713,33 @@ pub async fn cleanse<H: Host>(
             let loss = distillation_loss(s_logits, t_logits.autodiff(), t);
             let grads = GradientsParams::from_grads(loss.backward(), &student);
             student = sgd.step(lr, student, grads);
-            let value = read_f32(loss.inner()).await?[0] as f64;
-            if !value.is_finite() {
-                return Err(format!(
-                    "cleansing diverged: loss {value} at epoch {} batch {}",
-                    epoch + 1,
-                    bi + 1
-                ));
-            }
-            loss_sum += value * c.len() as f64;
-            seen += c.len();
-            on(Progress::Batch {
-                epoch,
-                batch: bi,
-                batches: chunks.len(),
-                loss: value,
-            });
-            host.pause().await;
-            if host.stop_requested() {
+            if finish_batch(
+                loss.inner(),
+                "cleansing",
+                (epoch, bi, chunks.len()),
+                c.len(),
+                &mut totals,
+                host,
+                on,
+            )
+            .await?
+            {
                 stopped = true;
                 break;
             }
         }
-        let train_seconds = (host.now_ms() - t0) / 1000.0;
-        on(Progress::Stage("evaluating".into()));
         let eval = student.valid();
-        check_finite(
+        let point = finish_epoch(
             &eval,
+            (teacher.attack.as_ref(), teacher.iab.as_ref()),
             &data.test,
-            device,
-            &format!("after cleansing epoch {}", epoch + 1),
-        )
-        .await?;
-        let (clean_acc, asr) = evaluate(
-            &eval,
-            teacher.attack.as_ref(),
-            teacher.iab.as_ref(),
-            &data.test,
+            ("cleansing", epoch, t0, &totals),
             device,
             host,
+            on,
         )
         .await?;
-        let point = EpochPoint {
-            epoch: epoch + 1,
-            loss: loss_sum / seen.max(1) as f64,
-            clean_acc,
-            asr,
-            train_seconds,
-            images: seen,
-        };
-        history.push(point.clone());
-        on(Progress::Epoch(point));
+        history.push(point);
         if stopped {
             break;
         }
