@@ -168,7 +168,8 @@ def demo(b, base, backend, out, bench):
         b.set_value("#epochs", "2")
     b.click("#train")
     b.wait("clean accuracy and ASR after training",
-           lambda: percent(b.text("#train-acc")) and percent(b.text("#train-asr")), 1500)
+           lambda: percent(b.text("#train-acc")) and percent(b.text("#train-asr")),
+           int(os.environ.get("E2E_TRAIN_TIMEOUT", "1500")))
     secs = b.text("#epoch-seconds")
     print(f"[{backend}] trained: clean accuracy {b.text('#train-acc')}, ASR {b.text('#train-asr')}, "
           f"epoch {secs}{b.text('#train-metrics').split(secs)[-1] if secs else ''}")
