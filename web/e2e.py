@@ -259,8 +259,10 @@ def main():
         except Exception:
             pass
         print(f"e2e FAILED: {e}", file=sys.stderr)
-        for line in b.console()[-30:]:
-            print(f"  console {line[:400]}", file=sys.stderr)
+        lines = b.console()
+        # The first messages name the cause; later ones repeat its consequences.
+        for line in lines[:8] + (["  ..."] if len(lines) > 16 else []) + lines[max(8, len(lines) - 8):]:
+            print(f"  console {line[:1500]}", file=sys.stderr)
         sys.exit(1)
     finally:
         b.close()
