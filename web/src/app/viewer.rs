@@ -97,13 +97,17 @@ pub fn Viewer() -> impl IntoView {
             .iter()
             .map(|n| view! { <li>{n.clone()}</li> })
             .collect::<Vec<_>>();
+        let unfinished = t
+            .rows
+            .iter()
+            .any(|(_, cells)| cells.iter().flatten().any(|c| !c.complete));
         Some(view! {
             <h3>"Attack × defense"</h3>
             <table id="attack-defense-table">
                 <thead><tr><th rowspan="2">"attack"</th>{head}</tr><tr>{sub}</tr></thead>
                 <tbody>{rows}</tbody>
             </table>
-            <p class="note">"* the run had not finished: its last epoch so far."</p>
+            {unfinished.then(|| view! { <p class="note">"* the run had not finished: its last epoch so far."</p> })}
             <ul class="note">{notes}</ul>
         })
     };
