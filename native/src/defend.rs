@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use cleanse_core::data::augment::Augment;
 use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource, cleanse};
-use cleanse_core::defend::reinit::{ADAPTIVE_RATIOS, InitMode};
+use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
 use cleanse_core::io::read_json;
 use cleanse_core::train::run::{SplitFile, files};
 use std::path::PathBuf;
@@ -68,14 +68,8 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
             a.ratios
         );
     }
-    if !(a.ratio_scale.is_finite() && a.ratio_scale > 0.0) {
-        bail!(
-            "--ratio-scale: expected a positive number, got {}",
-            a.ratio_scale
-        );
-    }
     let ratios: [f64; 6] = a.ratios.clone().try_into().expect("six");
-    let ratios = ratios.map(|r| (r * a.ratio_scale).min(1.0));
+    let ratios = reinit::scale_ratios(ratios, a.ratio_scale).context("--ratio-scale")?;
     let init = InitMode::parse(&a.init, ratios)?;
     let split: SplitFile = read_json(&a.model.join(files::SPLIT))
         .with_context(|| format!("--model {}: not a run directory", a.model.display()))?;

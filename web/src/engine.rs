@@ -668,17 +668,11 @@ pub async fn cleanse<H: Host>(
     if plan.epochs == 0 || plan.batch_size < 2 {
         return Err("cleansing needs at least one epoch and batches of 2".into());
     }
-    if !(plan.ratio_scale.is_finite() && plan.ratio_scale > 0.0) {
-        return Err(format!(
-            "ratio scale must be positive; got {}",
-            plan.ratio_scale
-        ));
-    }
     if data.unlabeled.len() < 2 {
         return Err("cleansing needs at least 2 unlabeled images".into());
     }
+    let ratios = reinit::scale_ratios(ADAPTIVE_RATIOS, plan.ratio_scale).map_err(err)?;
     check_finite(&teacher.model, &data.test, device, "the model to cleanse").await?;
-    let ratios = ADAPTIVE_RATIOS.map(|r| (r * plan.ratio_scale).min(1.0));
     let (student, _) = reinit::student(
         &teacher.model,
         &teacher.config,
@@ -1066,7 +1060,7 @@ mod tests {
             ..plan
         };
         let e = block_on(cleanse(&teacher, &d, &bad, &device, &host, &mut |_| {})).unwrap_err();
-        assert!(e.contains("ratio scale"), "{e}");
+        assert!(e.contains("ratio-scale"), "{e}");
     }
 
     #[test]

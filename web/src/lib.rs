@@ -31,20 +31,23 @@ pub struct Series {
 /// The per-epoch clean accuracy and (for attacked or defended models) ASR of a report, in
 /// percent.
 pub fn curves(report: &Report) -> Vec<Series> {
-    let clean = Series {
+    accuracy_curves(report.epochs.iter().map(|e| (e.epoch, e.clean_acc, e.asr)))
+}
+
+/// Clean accuracy and, where any epoch has one, ASR, in percent, from `(epoch, clean_acc, asr)`
+/// fractions (a report's epochs, or the demo's).
+pub fn accuracy_curves(epochs: impl Iterator<Item = (usize, f64, Option<f64>)>) -> Vec<Series> {
+    let (mut clean, mut asr) = (Vec::new(), Vec::new());
+    for (epoch, acc, a) in epochs {
+        clean.push((epoch as f64, 100.0 * acc));
+        if let Some(a) = a {
+            asr.push((epoch as f64, 100.0 * a));
+        }
+    }
+    let mut out = vec![Series {
         label: "clean accuracy".into(),
-        points: report
-            .epochs
-            .iter()
-            .map(|e| (e.epoch as f64, 100.0 * e.clean_acc))
-            .collect(),
-    };
-    let asr: Vec<(f64, f64)> = report
-        .epochs
-        .iter()
-        .filter_map(|e| e.asr.map(|a| (e.epoch as f64, 100.0 * a)))
-        .collect();
-    let mut out = vec![clean];
+        points: clean,
+    }];
     if !asr.is_empty() {
         out.push(Series {
             label: "ASR".into(),

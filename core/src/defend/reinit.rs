@@ -16,6 +16,18 @@ pub const GROUPS: [&str; 6] = ["stem", "stage1", "stage2", "stage3", "stage4", "
 /// The method's adaptive ratios (method spec): stem 0.01, stages 0.01, 0.03, 0.09, 0.27, fc 0.10.
 pub const ADAPTIVE_RATIOS: [f64; 6] = [0.01, 0.01, 0.03, 0.09, 0.27, 0.10];
 
+/// `ratios` times `scale`, each capped at 1 (`defend kd --ratio-scale`, the demo's ratio scale):
+/// the same per-stage profile, re-initialising more.
+pub fn scale_ratios(ratios: [f64; 6], scale: f64) -> Result<[f64; 6]> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::config(
+            "ratio-scale",
+            format!("expected a positive number, got {scale}"),
+        ));
+    }
+    Ok(ratios.map(|r| (r * scale).min(1.0)))
+}
+
 /// How the student is initialised.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]

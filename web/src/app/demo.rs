@@ -3,9 +3,9 @@
 
 use super::chart::chart;
 use super::{BrowserHost, dataset_kind, device, fetch_bytes, files_of, lab, query, read_files};
-use crate::Series;
 use crate::engine::{self, CleansePlan, DemoData, DemoModel, EpochPoint, Progress, TrainPlan};
 use crate::picture::{data_url, png, residual};
+use crate::{Series, accuracy_curves};
 use cleanse_core::attack::AttackKind;
 use cleanse_core::report::attack_display_name;
 use leptos::prelude::*;
@@ -78,25 +78,16 @@ fn metrics_view(id: &'static str, m: Option<(f64, Option<f64>)>) -> impl IntoVie
     }
 }
 
+/// "BadNets", "IAB", ... or "clean": what a model was trained against.
+fn model_name(m: &DemoModel) -> String {
+    m.attack
+        .as_ref()
+        .map(|a| attack_display_name(a.config.kind.name()))
+        .unwrap_or_else(|| "clean".into())
+}
+
 fn history_series(h: &[EpochPoint]) -> Vec<Series> {
-    let mut out = vec![Series {
-        label: "clean accuracy".into(),
-        points: h
-            .iter()
-            .map(|e| (e.epoch as f64, 100.0 * e.clean_acc))
-            .collect(),
-    }];
-    let asr: Vec<(f64, f64)> = h
-        .iter()
-        .filter_map(|e| e.asr.map(|a| (e.epoch as f64, 100.0 * a)))
-        .collect();
-    if !asr.is_empty() {
-        out.push(Series {
-            label: "ASR".into(),
-            points: asr,
-        });
-    }
-    out
+    accuracy_curves(h.iter().map(|e| (e.epoch, e.clean_acc, e.asr)))
 }
 
 #[component]
@@ -262,11 +253,7 @@ pub fn Demo() -> impl IntoView {
             .await;
             match result {
                 Ok(m) => {
-                    let name = m
-                        .attack
-                        .as_ref()
-                        .map(|a| attack_display_name(a.config.kind.name()))
-                        .unwrap_or_else(|| "clean".into());
+                    let name = model_name(&m);
                     let last = m.last().map(|e| (e.clean_acc, e.asr));
                     model_label.set(format!(
                         "{name} model trained here (width {}, {} epochs{})",
@@ -372,11 +359,7 @@ pub fn Demo() -> impl IntoView {
             .await;
             match result {
                 Ok((m, acc, asr)) => {
-                    let name = m
-                        .attack
-                        .as_ref()
-                        .map(|a| attack_display_name(a.config.kind.name()))
-                        .unwrap_or_else(|| "clean".into());
+                    let name = model_name(&m);
                     model_label.set(format!(
                         "{name} model loaded from a CLI run (width {})",
                         m.config.width
