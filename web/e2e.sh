@@ -21,7 +21,8 @@ python3 -m http.server -d web/dist "$PORT" --bind 127.0.0.1 >"$OUT/server.log" 2
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 50); do
-  curl -sf "http://127.0.0.1:$PORT/index.html" >/dev/null && break
+  python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/index.html', timeout=1)" \
+    2>/dev/null && break
   sleep 0.2
 done
 python3 web/e2e.py "http://127.0.0.1:$PORT" "$OUT" "$@"
