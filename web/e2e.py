@@ -9,7 +9,7 @@ trigger gallery of all six attacks is stamped by the WGSL kernels there (E2E_WEB
 trains and cleanses there). On the CPU backend: the gallery, a tiny training run (a few batches)
 that shows clean accuracy and ASR, and a tiny cleanse that shows the after numbers. Then the viewer: sample reports
 give the attack x defense table, and a malformed report gives an error naming the file.
-Saves screenshots into OUT_DIR. E2E_QUERY adds URL settings (e.g. autotune=balanced); E2E_BACKENDS picks backends ("webgpu cpu"). With --bench, trains two whole epochs of the demo setting on each
+Saves screenshots into OUT_DIR. E2E_QUERY adds URL settings (e.g. batches=1); E2E_BACKENDS picks backends ("webgpu cpu"). With --bench, trains two whole epochs of the demo setting on each
 backend instead (BadNets, width 8, 400 images, batch 32), and prints the epoch times.
 """
 import base64
@@ -117,12 +117,25 @@ class Browser:
             f.write(base64.b64decode(data))
 
     def console(self):
-        """The page's console messages so far (chromedriver's log endpoint)."""
+        """Every console message of the session so far (chromedriver's log endpoint drains, so
+        they are kept here)."""
+        if not hasattr(self, "logs"):
+            self.logs = []
         try:
             logs = self.call("POST", f"/session/{self.sid}/se/log", {"type": "browser"})["value"]
-            return [f"{e.get('level')}: {e.get('message')}" for e in logs]
+            self.logs += [f"{e.get('level')}: {e.get('message')}" for e in logs]
         except Exception as e:
-            return [f"(no console log: {e})"]
+            self.logs.append(f"(no console log: {e})")
+        return self.logs
+
+    def check_console(self, what):
+        """Fails on a kernel the browser rejected, a wgpu error or a panic logged so far: a
+        rejected kernel's dispatches are dropped, so its results are garbage even when numbers
+        appear on the page."""
+        bad = [l for l in self.console()
+               if any(k in l for k in ("WGSL compilation failed", "wgpu error", "panicked at"))]
+        if bad:
+            raise Fail(f"{what}: the console reports {len(bad)} error(s), first: {bad[0][:600]}")
 
     def close(self):
         try:
@@ -140,7 +153,7 @@ def demo(b, base, backend, out, bench):
     query = "backend=cpu" if backend == "cpu" else ""
     if not bench:
         query = "preset=tiny" + ("&" + query if query else "")
-    # E2E_QUERY adds page settings, e.g. autotune=balanced.
+    # E2E_QUERY adds page settings, e.g. batches=1.
     extra = os.environ.get("E2E_QUERY", "")
     if extra:
         query = f"{query}&{extra}" if query else extra
@@ -155,12 +168,12 @@ def demo(b, base, backend, out, bench):
         "const r = document.querySelectorAll('#gallery img.poisoned');"
         "return r.length == 6 && [...r].every(i => i.src.startsWith('data:image/png')) ? r.length : 0;"), 300)
     print(f"[{backend}] gallery: {rows} attacks stamped")
+    b.check_console(f"[{backend}] gallery")
     if not bench:
         b.screenshot(os.path.join(out, f"gallery-{backend}.png"), "#gallery")
-    if backend == "webgpu" and not bench and os.environ.get("E2E_WEBGPU_TRAIN") != "1":
-        # Training on WebGPU under SwiftShader does not finish reliably here (it hangs or ends
-        # with non-finite outputs, which the page reports); the demo's training and cleansing
-        # are checked on the CPU backend below. E2E_WEBGPU_TRAIN=1 tries it.
+    if backend == "webgpu" and not bench and os.environ.get("E2E_WEBGPU_TRAIN") == "0":
+        # E2E_WEBGPU_TRAIN=0 checks only the gallery on WebGPU (training and cleansing under
+        # SwiftShader take about a minute).
         b.screenshot(os.path.join(out, f"demo-{backend}.png"))
         return None
     if bench:
@@ -168,11 +181,13 @@ def demo(b, base, backend, out, bench):
         b.set_value("#epochs", "2")
     b.click("#train")
     b.wait("clean accuracy and ASR after training",
-           lambda: percent(b.text("#train-acc")) and percent(b.text("#train-asr")),
+           lambda: percent(b.text("#train-acc")) and percent(b.text("#train-asr"))
+           and "finished" in (b.text("#status") or ""),
            int(os.environ.get("E2E_TRAIN_TIMEOUT", "1500")))
     secs = b.text("#epoch-seconds")
     print(f"[{backend}] trained: clean accuracy {b.text('#train-acc')}, ASR {b.text('#train-asr')}, "
           f"epoch {secs}{b.text('#train-metrics').split(secs)[-1] if secs else ''}")
+    b.check_console(f"[{backend}] training")
     if bench:
         return b.text("#epoch-times")
     b.screenshot(os.path.join(out, f"train-{backend}.png"), "#demo")
@@ -181,6 +196,7 @@ def demo(b, base, backend, out, bench):
            lambda: percent(b.text("#after-acc")) and percent(b.text("#after-asr")), 1500)
     print(f"[{backend}] cleansed: before {b.text('#before-acc')} / {b.text('#before-asr')}, "
           f"after {b.text('#after-acc')} / {b.text('#after-asr')}")
+    b.check_console(f"[{backend}] cleansing")
     b.screenshot(os.path.join(out, f"demo-{backend}.png"))
     return secs
 
@@ -265,6 +281,12 @@ def main():
             print(f"  console {line[:1500]}", file=sys.stderr)
         sys.exit(1)
     finally:
+        # Every console message of the session, for diagnosis.
+        try:
+            with open(os.path.join(out, "console.log"), "w") as f:
+                f.write("\n".join(b.console()) + "\n")
+        except Exception:
+            pass
         b.close()
     print("e2e passed" if not bench else "bench done")
 

@@ -220,23 +220,41 @@ fn App() -> impl IntoView {
     }
 }
 
-/// Kernel autotuning at its minimal level (unless `?autotune=balanced`): in the browser every
-/// candidate kernel must be compiled before it can be timed, which costs more than it saves at the
-/// demo's size (BENCHMARKS.md).
-fn configure_autotune() {
-    use cubecl::config::autotune::AutotuneLevel;
-    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
-    if query("autotune").as_deref() == Some("balanced") {
-        return;
+// The app is built without Burn's kernel autotuning (its `burn` has no `autotune` feature, see the
+// workspace Cargo.toml): in a browser a kernel that WebGPU rejects (CubeCL's matmul candidates
+// that use subgroups, a feature wgpu does not request on WebGPU) fails asynchronously, so the tuner
+// timed its dropped dispatches, found it fastest and trained on garbage. Each operation now runs
+// its one default kernel, which also compiles far fewer kernels before the first batch.
+
+/// Forwards `log` records at warning level and above to the browser console: CubeCL logs there
+/// why the browser rejected a kernel, which wasm cannot wait for and so does not return.
+struct ConsoleLog;
+
+impl log::Log for ConsoleLog {
+    fn enabled(&self, meta: &log::Metadata) -> bool {
+        meta.level() <= log::Level::Warn
     }
-    let mut c = CubeClRuntimeConfig::default();
-    c.autotune.level = AutotuneLevel::Minimal;
-    CubeClRuntimeConfig::try_set(c);
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let text = format!("[{}] {}", record.target(), record.args());
+        if record.level() == log::Level::Error {
+            web_sys::console::error_1(&text.into());
+        } else {
+            web_sys::console::warn_1(&text.into());
+        }
+    }
+    fn flush(&self) {}
 }
+
+static CONSOLE_LOG: ConsoleLog = ConsoleLog;
 
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
-    configure_autotune();
+    if log::set_logger(&CONSOLE_LOG).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     leptos::mount::mount_to_body(App);
 }
