@@ -151,6 +151,8 @@ pub struct TrainPlan {
     pub lr: f64,
     /// Stop each epoch after this many batches (a quick look); `None` = whole epochs.
     pub max_batches: Option<usize>,
+    /// Poison rate instead of the demo's ([`demo_attack_config`]); ignored by IAB and WaNet.
+    pub poison_rate: Option<f64>,
     pub seed: u64,
 }
 
@@ -164,6 +166,7 @@ impl TrainPlan {
             batch_size: 32,
             lr: 0.05,
             max_batches: None,
+            poison_rate: None,
             seed: 0,
         }
     }
@@ -535,8 +538,11 @@ pub async fn train<H: Host>(
                 kind.name()
             )));
             host.pause().await;
-            let a = Attack::new(demo_attack_config(kind, data.kind, plan.seed), &train_set)
-                .map_err(err)?;
+            let mut config = demo_attack_config(kind, data.kind, plan.seed);
+            if let Some(rate) = plan.poison_rate {
+                config.poison_rate = rate;
+            }
+            let a = Attack::new(config, &train_set).map_err(err)?;
             if kind == AttackKind::Lc && clean_model.is_none() {
                 return Err(
                     "LC makes its adversarial images on a clean model: train a clean model first"

@@ -1,0 +1,112 @@
+//! Runs the browser demo's training and cleansing natively (CPU backend), to choose and check the
+//! demo's settings without a browser:
+//!
+//!   cargo run --release -p cleanse-web --example demo_run -- [KEY=VALUE...]
+//!
+//! Keys (defaults: the demo's): attack (badnets|blended|sig|lc|wanet|iab|clean) [badnets],
+//! train (training file) [web/dist/samples/cifar10-train.bin], test [web/dist/samples/cifar10-test.bin],
+//! unlabeled (images held out of `train` for the cleanser) [200], epochs [20], cleanse_epochs [10],
+//! ratio_scale [1], poison_rate [demo's], width [8], cleanse_lr [0.01], seed [0].
+//! Prints one line per epoch and a final before/after line.
+
+use burn::prelude::Device;
+use cleanse_core::attack::AttackKind;
+use cleanse_core::data::DatasetKind;
+use cleanse_web::engine::{self, CleansePlan, DemoData, Host, Progress, TrainPlan};
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Instant;
+
+struct NativeHost(Instant);
+
+impl Host for NativeHost {
+    fn now_ms(&self) -> f64 {
+        self.0.elapsed().as_secs_f64() * 1e3
+    }
+    fn stop_requested(&self) -> bool {
+        false
+    }
+    fn pause(&self) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
+}
+
+fn main() -> Result<(), String> {
+    let args: HashMap<String, String> = std::env::args()
+        .skip(1)
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => Err(format!("argument `{a}`: expected KEY=VALUE")),
+        })
+        .collect::<Result<_, _>>()?;
+    let get = |k: &str, d: &str| args.get(k).cloned().unwrap_or_else(|| d.to_string());
+    let num = |k: &str, d: &str| -> Result<f64, String> {
+        get(k, d).parse::<f64>().map_err(|e| format!("{k}: {e}"))
+    };
+    let attack = match get("attack", "badnets").as_str() {
+        "clean" => None,
+        a => Some(
+            *AttackKind::ALL
+                .iter()
+                .find(|k| k.name() == a)
+                .ok_or(format!(
+                    "attack `{a}`: expected one of badnets, blended, sig, lc, wanet, iab, clean"
+                ))?,
+        ),
+    };
+    let kind = match get("dataset", "cifar10").as_str() {
+        "gtsrb" => DatasetKind::Gtsrb,
+        _ => DatasetKind::Cifar10,
+    };
+    let train_path = get("train", "web/dist/samples/cifar10-train.bin");
+    let test_path = get("test", "web/dist/samples/cifar10-test.bin");
+    let read = |p: &str| std::fs::read(p).map_err(|e| format!("{p}: {e}"));
+    let (train_bytes, test_bytes) = (read(&train_path)?, read(&test_path)?);
+    let data = DemoData::from_records(
+        kind,
+        (&train_path, &train_bytes),
+        (&test_path, &test_bytes),
+        num("unlabeled", "200")? as usize,
+    )?;
+    let mut plan = TrainPlan::demo(attack);
+    plan.epochs = num("epochs", &plan.epochs.to_string())? as usize;
+    plan.width = num("width", &plan.width.to_string())? as usize;
+    plan.seed = num("seed", "0")? as u64;
+    let mut cplan = CleansePlan::demo();
+    cplan.epochs = num("cleanse_epochs", &cplan.epochs.to_string())? as usize;
+    cplan.ratio_scale = num("ratio_scale", &cplan.ratio_scale.to_string())?;
+    cplan.lr = num("cleanse_lr", &cplan.lr.to_string())?;
+    plan.poison_rate = args
+        .get("poison_rate")
+        .map(|v| v.parse::<f64>())
+        .transpose()
+        .map_err(|e| format!("poison_rate: {e}"))?;
+    let device = Device::flex();
+    let host = NativeHost(Instant::now());
+    println!(
+        "data: {} train, {} unlabeled, {} test; {plan:?}; {cplan:?}",
+        data.train.len(),
+        data.unlabeled.len(),
+        data.test.len()
+    );
+    let mut print = |p: Progress| {
+        if let Progress::Epoch(e) = p {
+            println!("{e:?}");
+        }
+    };
+    let teacher = futures_lite::future::block_on(engine::train(
+        &data, &plan, None, &device, &host, &mut print,
+    ))?;
+    let before = teacher.last().cloned();
+    let t = host.now_ms();
+    let student = futures_lite::future::block_on(engine::cleanse(
+        &teacher, &data, &cplan, &device, &host, &mut print,
+    ))?;
+    println!(
+        "before {before:?}\nafter {:?}\ntrain {:.1} s, cleanse {:.1} s",
+        student.last(),
+        t / 1e3,
+        (host.now_ms() - t) / 1e3
+    );
+    Ok(())
+}
