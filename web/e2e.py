@@ -4,10 +4,11 @@ WebDriver API with the Python standard library (no selenium). `bash web/e2e.sh` 
 
     python3 web/e2e.py URL OUT_DIR [--bench]
 
-Checks, on WebGPU (SwiftShader under --enable-unsafe-webgpu): the page picks WebGPU and the
-trigger gallery of all six attacks is stamped by the WGSL kernels there (E2E_WEBGPU_TRAIN=1 also
-trains and cleanses there). On the CPU backend: the gallery, a tiny training run (a few batches)
-that shows clean accuracy and ASR, and a tiny cleanse that shows the after numbers. Then the viewer: sample reports
+Checks, on WebGPU (SwiftShader under --enable-unsafe-webgpu) and then on the CPU backend: the page
+picks the backend, the trigger gallery of all six attacks is stamped (by the WGSL kernels on
+WebGPU), a tiny training run (a few batches) shows clean accuracy and ASR, and a tiny cleanse shows
+the after numbers (E2E_WEBGPU_TRAIN=0 skips training on WebGPU); the browser console must show no
+rejected kernel, wgpu error or panic. Then the viewer: sample reports
 give the attack x defense table, and a malformed report gives an error naming the file.
 Saves screenshots into OUT_DIR. E2E_QUERY adds URL settings (e.g. batches=1); E2E_BACKENDS picks backends ("webgpu cpu"). With --bench, trains two whole epochs of the demo setting on each
 backend instead (BadNets, width 8, 400 images, batch 32), and prints the epoch times.
