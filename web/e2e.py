@@ -11,7 +11,7 @@ the after numbers (E2E_WEBGPU_TRAIN=0 skips training on WebGPU); the browser con
 rejected kernel, wgpu error or panic. Then the viewer: sample reports
 give the attack x defense table, and a malformed report gives an error naming the file.
 Saves screenshots into OUT_DIR. E2E_QUERY adds URL settings (e.g. batches=1); E2E_BACKENDS picks backends ("webgpu cpu"). With --bench, trains two whole epochs of the demo setting on each
-backend instead (BadNets, width 8, 400 images, batch 32), and prints the epoch times.
+backend instead (BadNets, width 8, 1,500 images, batch 32), and prints the epoch times.
 """
 import base64
 import json
@@ -230,15 +230,16 @@ def viewer(b, base, out):
 
 
 def showcase(b, base, out):
-    """The demo at its default setting on the CPU backend (BadNets, 8 epochs; cleanse 10 epochs,
-    ratio scale from E2E_RATIO_SCALE), for the README's screenshots."""
+    """The demo at its default setting on the CPU backend (BadNets; E2E_EPOCHS and E2E_RATIO_SCALE
+    override the training epochs and the cleanser's ratio scale), for the README's screenshot."""
     b.open(f"{base}/index.html?backend=cpu")
     b.wait("the gallery", lambda: b.js("return document.querySelectorAll('#gallery img.poisoned').length == 6;"), 300)
     if os.environ.get("E2E_EPOCHS"):
         b.set_value("#epochs", os.environ["E2E_EPOCHS"])
     b.click("#train")
     b.wait("training", lambda: percent(b.text("#train-asr")) and "finished" in (b.text("#status") or ""), 1800)
-    b.set_value("#ratio-scale", os.environ.get("E2E_RATIO_SCALE", "1"))
+    if os.environ.get("E2E_RATIO_SCALE"):
+        b.set_value("#ratio-scale", os.environ["E2E_RATIO_SCALE"])
     b.click("#cleanse")
     b.wait("cleansing", lambda: percent(b.text("#after-asr")), 1800)
     print(f"[showcase] trained {b.text('#train-acc')} / {b.text('#train-asr')} in epochs of "

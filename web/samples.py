@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the browser demo's sample images: a few hundred records from the bundled CIFAR-10 and
+"""Writes the browser demo's sample images: 2,000 training and 500 test records from the bundled CIFAR-10 and
 GTSRB subsets, in the same 3,073-byte record format, drawn with a fixed seed so that every build
 ships the same bytes (and every class of the sorted GTSRB files can appear).
 
@@ -16,7 +16,7 @@ SETS = {
     "cifar10": ("cifar10-subset", "data_batch_*.bin", "test_batch*.bin"),
     "gtsrb": ("gtsrb32-subset", "train_part*.bin", "test_part*.bin"),
 }
-TRAIN, TEST = 600, 200  # the demo holds out the last 200 training records as unlabeled data
+TRAIN, TEST = 2000, 500  # the demo holds out the last 500 training records as unlabeled data
 
 
 def records(pattern):

@@ -1,12 +1,14 @@
 //! Runs the browser demo's training and cleansing natively (CPU backend), to choose and check the
 //! demo's settings without a browser:
 //!
-//!   cargo run --release -p cleanse-web --example demo_run -- [KEY=VALUE...]
+//!   cargo build --release --workspace --example demo_run && target/release/examples/demo_run [KEY=VALUE...]
+//!
+//! (`--workspace` builds it with the workspace's features, so the native build is reused.)
 //!
 //! Keys (defaults: the demo's): attack (badnets|blended|sig|lc|wanet|iab|clean) [badnets],
 //! train (training file) [web/dist/samples/cifar10-train.bin], test [web/dist/samples/cifar10-test.bin],
-//! unlabeled (images held out of `train` for the cleanser) [200], epochs [20], cleanse_epochs [10],
-//! ratio_scale [1], poison_rate [demo's], width [8], cleanse_lr [0.01], seed [0].
+//! unlabeled (images held out of `train` for the cleanser) [500], epochs [20], cleanse_epochs [20],
+//! ratio_scale [2], poison_rate [demo's], width [8], cleanse_lr [0.01], seed [0].
 //! Prints one line per epoch and a final before/after line.
 
 use burn::prelude::Device;
@@ -66,7 +68,7 @@ fn main() -> Result<(), String> {
         kind,
         (&train_path, &train_bytes),
         (&test_path, &test_bytes),
-        num("unlabeled", "200")? as usize,
+        num("unlabeled", "500")? as usize,
     )?;
     let mut plan = TrainPlan::demo(attack);
     plan.epochs = num("epochs", &plan.epochs.to_string())? as usize;
@@ -98,15 +100,37 @@ fn main() -> Result<(), String> {
         &data, &plan, None, &device, &host, &mut print,
     ))?;
     let before = teacher.last().cloned();
-    let t = host.now_ms();
-    let student = futures_lite::future::block_on(engine::cleanse(
-        &teacher, &data, &cplan, &device, &host, &mut print,
-    ))?;
-    println!(
-        "before {before:?}\nafter {:?}\ntrain {:.1} s, cleanse {:.1} s",
-        student.last(),
-        t / 1e3,
-        (host.now_ms() - t) / 1e3
-    );
+    println!("before {before:?}\ntrain {:.1} s", host.now_ms() / 1e3);
+    // `cleanses=SCALExEPOCHS,...` cleanses the same model several ways (default: one, as set
+    // by ratio_scale and cleanse_epochs).
+    let plans = match args.get("cleanses") {
+        None => vec![cplan.clone()],
+        Some(list) => list
+            .split(',')
+            .map(|c| {
+                let (r, e) = c
+                    .split_once('x')
+                    .ok_or(format!("cleanses: `{c}`: expected SCALExEPOCHS, e.g. 2x20"))?;
+                Ok(CleansePlan {
+                    ratio_scale: r.parse().map_err(|e| format!("cleanses: `{c}`: {e}"))?,
+                    epochs: e.parse().map_err(|e| format!("cleanses: `{c}`: {e}"))?,
+                    ..cplan.clone()
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+    };
+    for p in plans {
+        let t = host.now_ms();
+        let student = futures_lite::future::block_on(engine::cleanse(
+            &teacher, &data, &p, &device, &host, &mut print,
+        ))?;
+        println!(
+            "after x{} {} epochs: {:?}\ncleanse {:.1} s",
+            p.ratio_scale,
+            p.epochs,
+            student.last(),
+            (host.now_ms() - t) / 1e3
+        );
+    }
     Ok(())
 }
