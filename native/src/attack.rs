@@ -109,6 +109,9 @@ pub(crate) struct AttackArgs {
     /// WaNet: control grid size.
     #[arg(long)]
     wanet_k: Option<usize>,
+    /// WaNet: noise-mode samples (random warp, label kept) per backdoor sample (2; 0 = off).
+    #[arg(long)]
+    wanet_cross_ratio: Option<f64>,
     /// IAB: base width of the generator and mask networks (32; subset preset: 16).
     #[arg(long)]
     iab_width: Option<usize>,
@@ -218,6 +221,9 @@ impl AttackArgs {
         }
         if let Some(k) = self.wanet_k {
             attack.wanet_k = k;
+        }
+        if let Some(r) = self.wanet_cross_ratio {
+            attack.wanet_cross_ratio = r;
         }
         if let Some(w) = self.iab_width {
             attack.iab_width = w;

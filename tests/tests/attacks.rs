@@ -483,6 +483,10 @@ fn bad_attack_settings_are_rejected_with_the_flag_named() {
     c.poison_rate = 1.5;
     let e = Attack::new(c, &set).expect_err("rate").to_string();
     assert!(e.contains("poison-rate"), "{e}");
+    let mut c = config(AttackKind::Wanet);
+    c.wanet_cross_ratio = -1.0;
+    let e = Attack::new(c, &set).expect_err("cross ratio").to_string();
+    assert!(e.contains("wanet-cross-ratio"), "{e}");
     let e = AttackHooks::new(
         Attack::new(config(AttackKind::Lc), &set).expect("attack"),
         None,

@@ -218,6 +218,15 @@ impl AttackConfig {
         if !(0.0..=1.0).contains(&self.blend_alpha) {
             return Err(Error::config("blend-alpha", "must be in [0, 1]"));
         }
+        if !(self.wanet_cross_ratio.is_finite() && self.wanet_cross_ratio >= 0.0) {
+            return Err(Error::config(
+                "wanet-cross-ratio",
+                format!(
+                    "must be a number >= 0 (noise samples per backdoor sample; 0 turns the noise mode off); got {}",
+                    self.wanet_cross_ratio
+                ),
+            ));
+        }
         if self.wanet_k < 2 {
             return Err(Error::config("wanet-k", "must be at least 2"));
         }
