@@ -6,9 +6,11 @@
 //! (`--workspace` builds it with the workspace's features, so the native build is reused.)
 //!
 //! Keys (defaults: the demo's): attack (badnets|blended|sig|lc|wanet|iab|clean) [badnets],
-//! train (training file) [web/dist/samples/cifar10-train.bin], test [web/dist/samples/cifar10-test.bin],
-//! unlabeled (images held out of `train` for the cleanser) [500], epochs [20], cleanse_epochs [20],
-//! ratio_scale [2], poison_rate [demo's], width [8], cleanse_lr [0.01], seed [0].
+//! dataset (cifar10|gtsrb) [cifar10], train (training file) [web/dist/samples/DATASET-train.bin],
+//! test [web/dist/samples/DATASET-test.bin], unlabeled (images held out of `train` for the
+//! cleanser) [500], epochs [20], width [8], poison_rate [demo's], seed [0], cleanse_epochs [20],
+//! ratio_scale [2], cleanse_lr [0.01], cleanses (SCALExEPOCHS,... : one model cleansed several
+//! ways) [ratio_scale x cleanse_epochs]. An unknown key or a malformed value is an error.
 //! Prints one line per epoch and a final before/after line.
 
 use burn::prelude::Device;
@@ -16,7 +18,9 @@ use cleanse_core::attack::AttackKind;
 use cleanse_core::data::DatasetKind;
 use cleanse_web::engine::{self, CleansePlan, DemoData, Host, Progress, TrainPlan};
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::future::Future;
+use std::str::FromStr;
 use std::time::Instant;
 
 struct NativeHost(Instant);
@@ -41,10 +45,37 @@ fn main() -> Result<(), String> {
             None => Err(format!("argument `{a}`: expected KEY=VALUE")),
         })
         .collect::<Result<_, _>>()?;
+    const KEYS: [&str; 13] = [
+        "attack",
+        "dataset",
+        "train",
+        "test",
+        "unlabeled",
+        "epochs",
+        "width",
+        "poison_rate",
+        "seed",
+        "cleanse_epochs",
+        "ratio_scale",
+        "cleanse_lr",
+        "cleanses",
+    ];
+    if let Some(k) = args.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown key `{k}`; expected one of {}",
+            KEYS.join(", ")
+        ));
+    }
     let get = |k: &str, d: &str| args.get(k).cloned().unwrap_or_else(|| d.to_string());
-    let num = |k: &str, d: &str| -> Result<f64, String> {
-        get(k, d).parse::<f64>().map_err(|e| format!("{k}: {e}"))
-    };
+    // The value of `k` parsed as a T, or `default`.
+    fn value<T: FromStr>(args: &HashMap<String, String>, k: &str, default: T) -> Result<T, String>
+    where
+        T::Err: Display,
+    {
+        args.get(k).map_or(Ok(default), |v| {
+            v.parse().map_err(|e| format!("{k}=`{v}`: {e}"))
+        })
+    }
     let attack = match get("attack", "badnets").as_str() {
         "clean" => None,
         a => Some(
@@ -57,32 +88,37 @@ fn main() -> Result<(), String> {
         ),
     };
     let kind = match get("dataset", "cifar10").as_str() {
+        "cifar10" => DatasetKind::Cifar10,
         "gtsrb" => DatasetKind::Gtsrb,
-        _ => DatasetKind::Cifar10,
+        d => return Err(format!("dataset `{d}`: expected cifar10 or gtsrb")),
     };
-    let train_path = get("train", "web/dist/samples/cifar10-train.bin");
-    let test_path = get("test", "web/dist/samples/cifar10-test.bin");
+    let train_path = get(
+        "train",
+        &format!("web/dist/samples/{}-train.bin", kind.name()),
+    );
+    let test_path = get(
+        "test",
+        &format!("web/dist/samples/{}-test.bin", kind.name()),
+    );
     let read = |p: &str| std::fs::read(p).map_err(|e| format!("{p}: {e}"));
     let (train_bytes, test_bytes) = (read(&train_path)?, read(&test_path)?);
     let data = DemoData::from_records(
         kind,
         (&train_path, &train_bytes),
         (&test_path, &test_bytes),
-        num("unlabeled", "500")? as usize,
+        value(&args, "unlabeled", 500)?,
     )?;
     let mut plan = TrainPlan::demo(attack);
-    plan.epochs = num("epochs", &plan.epochs.to_string())? as usize;
-    plan.width = num("width", &plan.width.to_string())? as usize;
-    plan.seed = num("seed", "0")? as u64;
+    plan.epochs = value(&args, "epochs", plan.epochs)?;
+    plan.width = value(&args, "width", plan.width)?;
+    plan.seed = value(&args, "seed", plan.seed)?;
+    if args.contains_key("poison_rate") {
+        plan.poison_rate = Some(value(&args, "poison_rate", 0.0)?);
+    }
     let mut cplan = CleansePlan::demo();
-    cplan.epochs = num("cleanse_epochs", &cplan.epochs.to_string())? as usize;
-    cplan.ratio_scale = num("ratio_scale", &cplan.ratio_scale.to_string())?;
-    cplan.lr = num("cleanse_lr", &cplan.lr.to_string())?;
-    plan.poison_rate = args
-        .get("poison_rate")
-        .map(|v| v.parse::<f64>())
-        .transpose()
-        .map_err(|e| format!("poison_rate: {e}"))?;
+    cplan.epochs = value(&args, "cleanse_epochs", cplan.epochs)?;
+    cplan.ratio_scale = value(&args, "ratio_scale", cplan.ratio_scale)?;
+    cplan.lr = value(&args, "cleanse_lr", cplan.lr)?;
     let device = Device::flex();
     let host = NativeHost(Instant::now());
     println!(
