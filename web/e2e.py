@@ -41,6 +41,7 @@ class Fail(Exception):
 
 class Browser:
     def __init__(self):
+        self.logs = []  # every console message so far (see console())
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         self.port = s.getsockname()[1]
@@ -120,8 +121,6 @@ class Browser:
     def console(self):
         """Every console message of the session so far (chromedriver's log endpoint drains, so
         they are kept here)."""
-        if not hasattr(self, "logs"):
-            self.logs = []
         try:
             logs = self.call("POST", f"/session/{self.sid}/se/log", {"type": "browser"})["value"]
             self.logs += [f"{e.get('level')}: {e.get('message')}" for e in logs]

@@ -127,12 +127,9 @@ pub fn Demo() -> impl IntoView {
     let model_label = RwSignal::new(String::from("none yet"));
     let before: RwSignal<Option<(f64, Option<f64>)>> = RwSignal::new(None);
 
-    let k_epochs = RwSignal::new(if tiny {
-        1usize
-    } else {
-        CleansePlan::demo().epochs
-    });
-    let ratio_scale = RwSignal::new(CleansePlan::demo().ratio_scale);
+    let cleanse_defaults = CleansePlan::demo();
+    let k_epochs = RwSignal::new(if tiny { 1 } else { cleanse_defaults.epochs });
+    let ratio_scale = RwSignal::new(cleanse_defaults.ratio_scale);
     let cleanse_hist: RwSignal<Vec<EpochPoint>> = RwSignal::new(Vec::new());
     let after: RwSignal<Option<(f64, Option<f64>)>> = RwSignal::new(None);
 
