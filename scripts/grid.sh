@@ -5,7 +5,7 @@
 #   bash scripts/grid.sh [GROUP...]
 #
 # Groups (default: all, in this order): subset cleanse ablation scale wanet ood tsne gtsrb sweep
-#   faithful
+#   faithful seeds
 #   subset    clean reference and the six attacks with --preset subset (CIFAR-10 subset)
 #   cleanse   `defend kd` at the method's defaults on each subset attack
 #   ablation  the initialisation ablation on subset BadNets (uniform, single:1..4, none, fresh)
@@ -17,6 +17,9 @@
 #   gtsrb     clean reference and BadNets on the GTSRB subset
 #   sweep     BadNets all-to-one and all-to-all at 1%, 5%, 10%, 20% poison rate
 #   faithful  clean reference and the six attacks with the supplement's settings
+#   seeds     the subset clean reference and subset BadNets again at seeds 1 and 2 (the seed
+#             sets the held-out split, the initialisation, the batch order and the poisoned
+#             images), for the spread of clean accuracy between runs
 #
 # Environment (defaults in brackets):
 #   DEVICE [cpu]  --device of every run (cpu, wgpu, auto)
@@ -68,7 +71,7 @@ job() {
 }
 
 want() { [[ " $GROUPS_WANTED " == *" $1 "* ]]; }
-GROUPS_WANTED=${*:-subset cleanse ablation scale wanet ood tsne gtsrb sweep faithful}
+GROUPS_WANTED=${*:-subset cleanse ablation scale wanet ood tsne gtsrb sweep faithful seeds}
 
 # Each attack's cleanse directly follows it, so a partial grid has complete before/after pairs.
 for a in badnets blended clean sig lc wanet iab; do
@@ -144,6 +147,12 @@ if want faithful; then
     "${CIFAR[@]}" "${FAITHFUL[@]}" "${DEV[@]}"
   for a in iab wanet badnets blended sig; do
     job faithful/$a "" attack $a "${CIFAR[@]}" "${FAITHFUL[@]}" "${DEV[@]}"
+  done
+fi
+if want seeds; then
+  for seed in 1 2; do
+    job seeds/clean-s$seed "" train "${CIFAR[@]}" "${SUBSET_TRAIN[@]}" --seed $seed "${DEV[@]}"
+    job seeds/badnets-s$seed "" attack badnets --preset subset --seed $seed "${CIFAR[@]}" "${DEV[@]}"
   done
 fi
 
