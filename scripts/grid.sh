@@ -10,7 +10,7 @@
 #   cleanse   `defend kd` at the method's defaults on each subset attack
 #   ablation  the initialisation ablation on subset BadNets (uniform, single:1..4, none, fresh)
 #   scale     cleanser settings for small unlabeled sets on subset BadNets (ratios x3 and x4,
-#             batch 64) and Blended (ratios x3 and x4)
+#             batch 64) and Blended (ratios x3 and x4; x4 on 250 and 500 unlabeled images)
 #   wanet     subset WaNet with stronger warps (strength 1 and 2; 2 without the noise mode)
 #   ood       cleansing subset BadNets with GTSRB images as the unlabeled data
 #   tsne      t-SNE figures of the BadNets teacher and its cleansed student
@@ -105,6 +105,12 @@ if want scale; then
   for a in badnets blended; do
     n=ratios-x4; [[ $a == badnets ]] || n=$a-ratios-x4
     job scale/$n "subset/$a" defend kd --model "$RUNS/subset/$a" --ratio-scale 4 "${DEV[@]}"
+  done
+  # How the size of the unlabeled set moves Blended's trade-off at 4x: 250 and 500 of the 1,000
+  # held-out images (1,000 is the run above).
+  for n in 250 500; do
+    job scale/blended-ratios-x4-u$n "subset/blended" defend kd --model "$RUNS/subset/blended" \
+      --ratio-scale 4 --unlabeled-limit $n "${DEV[@]}"
   done
 fi
 if want wanet; then

@@ -29,6 +29,10 @@ pub(crate) struct KdArgs {
     /// Directory of --unlabeled-dataset.
     #[arg(long)]
     unlabeled_data: Option<PathBuf>,
+    /// Use only N of the unlabeled images (chosen at random with --seed), e.g. to measure how
+    /// the cleanser depends on the size of the defender's set.
+    #[arg(long, value_name = "N")]
+    unlabeled_limit: Option<usize>,
     #[arg(long, default_value_t = 100)]
     epochs: usize,
     #[arg(long, default_value_t = 256)]
@@ -91,6 +95,7 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     let flip = !a.no_flip && split.data.kind.allows_flip();
     let mut config = KdConfig::paper(a.model.clone(), flip);
     config.unlabeled = unlabeled;
+    config.unlabeled_limit = a.unlabeled_limit;
     config.epochs = a.epochs;
     config.batch_size = a.batch_size;
     config.lr = a.lr;

@@ -247,6 +247,49 @@ fn unlabeled_images_keep_pixels_and_batch_deterministically() {
 }
 
 #[test]
+fn unlabeled_limit_takes_a_seeded_subset_and_rejects_impossible_sizes() {
+    use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource, unlabeled_images};
+    let mut spec = DataSpec::new(DatasetKind::Synthetic, None);
+    spec.synthetic = SyntheticConfig {
+        train_size: 30,
+        test_size: 2,
+        ..Default::default()
+    };
+    let full = spec.load().expect("data").train;
+    let mut c = KdConfig::paper("unused".into(), false);
+    c.unlabeled = UnlabeledSource::Data { spec };
+    assert_eq!(unlabeled_images(&c).expect("all").len(), 30);
+    let pick = |c: &KdConfig| -> Vec<Vec<u8>> {
+        let u = unlabeled_images(c).expect("subset");
+        (0..u.len()).map(|i| u.image(i).to_vec()).collect()
+    };
+    c.unlabeled_limit = Some(12);
+    let a = pick(&c);
+    assert_eq!(a.len(), 12);
+    assert_eq!(a, pick(&c), "the same seed picks the same images");
+    // Every picked image is a distinct image of the full set.
+    let mut found: Vec<usize> = a
+        .iter()
+        .map(|img| {
+            (0..full.len())
+                .find(|&i| full.image(i) == img.as_slice())
+                .expect("picked image comes from the set")
+        })
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    assert_eq!(found.len(), 12);
+    c.seed = 1;
+    assert_ne!(a, pick(&c), "another seed picks other images");
+    for bad in [0, 31] {
+        c.unlabeled_limit = Some(bad);
+        let e = unlabeled_images(&c).err().expect("rejected").to_string();
+        assert!(e.contains("unlabeled-limit") && e.contains("30"), "{e}");
+    }
+}
+
+#[test]
 fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     use cleanse_core::attack::poison::AttackHooks;
     use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};

@@ -46,6 +46,10 @@ pub struct KdConfig {
     /// The suspicious model's run directory.
     pub teacher: PathBuf,
     pub unlabeled: UnlabeledSource,
+    /// Use only this many of the unlabeled images (a seeded random choice), to measure how the
+    /// size of the defender's set matters; `None`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlabeled_limit: Option<usize>,
     /// Method spec: 100.
     pub epochs: usize,
     /// Method spec: 256.
@@ -66,6 +70,7 @@ impl KdConfig {
         KdConfig {
             teacher,
             unlabeled: UnlabeledSource::Holdout,
+            unlabeled_limit: None,
             epochs: 100,
             batch_size: 256,
             lr: 0.01,
@@ -92,9 +97,10 @@ pub struct DefenseInfo {
     pub teacher_asr: Option<f64>,
 }
 
-/// The unlabeled images of `config`.
+/// The unlabeled images of `config`: all of its source's, or `unlabeled_limit` of them chosen
+/// at random with `config.seed`.
 pub fn unlabeled_images(config: &KdConfig) -> Result<UnlabeledImages> {
-    let set: ImageSet = match &config.unlabeled {
+    let mut set: ImageSet = match &config.unlabeled {
         UnlabeledSource::Holdout => crate::train::run::load_holdout(&config.teacher)?,
         UnlabeledSource::Data { spec } => spec.load()?.train,
     };
@@ -103,6 +109,21 @@ pub fn unlabeled_images(config: &KdConfig) -> Result<UnlabeledImages> {
             "unlabeled-data",
             "no unlabeled images (the teacher's run held none out; pass --unlabeled-data)",
         ));
+    }
+    if let Some(n) = config.unlabeled_limit {
+        if n == 0 || n > set.len() {
+            return Err(Error::config(
+                "unlabeled-limit",
+                format!(
+                    "expected 1 to {} (the unlabeled images available), got {n}",
+                    set.len()
+                ),
+            ));
+        }
+        let mut rng = crate::rng::Rng::from_parts(&[config.seed, 0x0071_3173]);
+        let mut keep: Vec<usize> = rng.permutation(set.len()).into_iter().take(n).collect();
+        keep.sort_unstable();
+        set = set.subset(&keep);
     }
     Ok(UnlabeledImages::from_set(set))
 }
