@@ -14,7 +14,7 @@
 #   wanet     subset WaNet with stronger warps (strength 1 and 2; 2 without the noise mode)
 #   ood       cleansing subset BadNets with GTSRB images as the unlabeled data
 #   tsne      t-SNE figures of the BadNets teacher and its cleansed student
-#   gtsrb     clean reference and BadNets on the GTSRB subset
+#   gtsrb     clean reference, BadNets and IAB on the GTSRB subset
 #   sweep     BadNets all-to-one and all-to-all at 1%, 5%, 10%, 20% poison rate
 #   faithful  clean reference and the six attacks with the supplement's settings
 #   seeds     the subset clean reference and subset BadNets again at seeds 1 and 2 (the seed
@@ -139,6 +139,8 @@ fi
 if want gtsrb; then
   job gtsrb/clean "" train "${GTSRB[@]}" "${SUBSET_TRAIN[@]}" "${DEV[@]}"
   job gtsrb/badnets "" attack badnets --preset subset "${GTSRB[@]}" "${DEV[@]}"
+  # The GTSRB trigger gallery's IAB column uses this trained generator, its LC column gtsrb/clean.
+  job gtsrb/iab "" attack iab --preset subset "${GTSRB[@]}" "${DEV[@]}"
 fi
 if want sweep; then
   for r in 0.01 0.05 0.1 0.2; do
