@@ -9,6 +9,8 @@
 #   DATA [../shared/data]   folder with cifar10-subset/ and gtsrb32-subset/ (the demo's samples)
 #   WASM_TARGET_DIR         cargo target folder of the wasm build [${CARGO_TARGET_DIR:-target}/wasm]
 #   SKIP_INSTALL=1          do not install anything (fail if a tool is missing)
+#   KEEP_NAMES=1            keep the wasm name section (function names in panic stack traces;
+#                           it doubles the download, 86 MB instead of 44 MB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -53,7 +55,9 @@ echo "build.sh: building the app for wasm32 (first build: about 25 minutes on 2 
 WASM=$TARGET_DIR/wasm32-unknown-unknown/release/cleanse_web.wasm
 rm -rf "$OUT.tmp"
 mkdir -p "$OUT.tmp/pkg"
-"$BINDGEN" --target web --no-typescript --out-dir "$OUT.tmp/pkg" "$WASM"
+names=(--remove-name-section)
+[[ ${KEEP_NAMES:-0} == 1 ]] && names=()
+"$BINDGEN" --target web --no-typescript "${names[@]}" --out-dir "$OUT.tmp/pkg" "$WASM"
 cp web/static/* "$OUT.tmp/"
 python3 web/samples.py --data "$DATA" --out "$OUT.tmp/samples"
 # Replace the old build only once the new one is complete.
