@@ -11,7 +11,8 @@
 #   ablation  the initialisation ablation on subset BadNets (uniform, single:1..4, none, fresh)
 #   scale     cleanser settings for small unlabeled sets on subset BadNets (ratios x3 and x4,
 #             batch 64) and Blended (ratios x3 and x4; x4 on 250 and 500 unlabeled images)
-#   wanet     subset WaNet with stronger warps (strength 1 and 2; 2 without the noise mode)
+#   wanet     subset WaNet with stronger warps (strength 1 and 2; 2 without the noise mode; 2 for
+#             72 epochs)
 #   ood       cleansing subset BadNets with GTSRB images as the unlabeled data
 #   tsne      t-SNE figures of the BadNets teacher and its cleansed student
 #   gtsrb     clean reference, BadNets and IAB on the GTSRB subset
@@ -123,6 +124,9 @@ if want wanet; then
   # overcome in 24 epochs (RESULTS.md).
   job wanet/s2-nonoise "" attack wanet --preset subset --wanet-s 2 --wanet-cross-ratio 0 \
     "${CIFAR[@]}" "${DEV[@]}"
+  # s = 2 with three times the epochs (72; learning-rate drops at 36 and 54): whether training
+  # length is what limits WaNet here.
+  job wanet/s2-e72 "" attack wanet --preset subset --wanet-s 2 --epochs 72 "${CIFAR[@]}" "${DEV[@]}"
 fi
 if want ood; then
   job ood/badnets-gtsrb "subset/badnets" defend kd --model "$RUNS/subset/badnets" \
