@@ -4,11 +4,12 @@
 #
 #   bash scripts/grid.sh [GROUP...]
 #
-# Groups (default: all, in this order): subset cleanse ablation scale wanet ood tsne gtsrb sweep
+# Groups (default: all, in this order): subset cleanse ablation init0 scale wanet ood tsne gtsrb sweep
 #   faithful seeds
 #   subset    clean reference and the six attacks with --preset subset (CIFAR-10 subset)
 #   cleanse   `defend kd` at the method's defaults on each subset attack
 #   ablation  the initialisation ablation on subset BadNets (uniform, single:1..4, none, fresh)
+#   init0     each initialisation's student before distillation (`--epochs 0`), with t-SNE maps
 #   scale     cleanser settings for small unlabeled sets on subset BadNets (ratios x3 and x4,
 #             batch 64) and Blended (ratios x3 and x4; x4 on 250 and 500 unlabeled images)
 #   wanet     subset WaNet with stronger warps (strength 1 and 2; 2 without the noise mode; 2 for
@@ -72,7 +73,7 @@ job() {
 }
 
 want() { [[ " $GROUPS_WANTED " == *" $1 "* ]]; }
-GROUPS_WANTED=${*:-subset cleanse ablation scale wanet ood tsne gtsrb sweep faithful seeds}
+GROUPS_WANTED=${*:-subset cleanse ablation init0 scale wanet ood tsne gtsrb sweep faithful seeds}
 
 # Each attack's cleanse directly follows it, so a partial grid has complete before/after pairs.
 for a in badnets blended clean sig lc wanet iab; do
@@ -92,6 +93,18 @@ done
 if want ablation; then
   for m in fresh none uniform single:1 single:2 single:3 single:4; do
     job ablation/init-${m/:/} "subset/badnets" defend kd --model "$RUNS/subset/badnets" --init $m "${DEV[@]}"
+  done
+fi
+if want init0; then
+  # Every initialisation's student before any distillation (`--epochs 0`), and its t-SNE map:
+  # the supplement's Figure 2 b, f-j, measured.
+  for m in adaptive uniform single:1 single:2 single:3 single:4 none fresh; do
+    job init0/${m/:/} "subset/badnets" defend kd --model "$RUNS/subset/badnets" --init $m --epochs 0 \
+      "${DEV[@]}"
+    name=tsne/init0-${m/:/}
+    job $name "init0/${m/:/}" tsne --model "$RUNS/init0/${m/:/}" "${DEV[@]}"
+    out_of[$name]=$RUNS/$name.png
+    done_file[$name]=$RUNS/$name.json
   done
 fi
 if want scale; then

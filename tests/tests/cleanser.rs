@@ -387,4 +387,43 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     );
     assert!(tmp.path().join("student/attack.json").is_file());
     assert!(tmp.path().join("student/model.bpk").is_file());
+    // The student before distillation: an exact copy measures like its teacher, and with no
+    // epochs the re-initialised student is the model.
+    let init_acc = defense["student_init_clean_acc"].as_f64().expect("init acc");
+    assert!((0.0..=1.0).contains(&init_acc));
+    let mut copy = kc.clone();
+    copy.epochs = 0;
+    copy.init = InitMode::None;
+    let r0 = cleanse(
+        &copy,
+        &tmp.path().join("copy"),
+        false,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect("epochs 0");
+    let f0 = r0.final_metrics.as_ref().expect("final");
+    assert!(r0.epochs.is_empty());
+    assert!((f0.clean_acc - teacher_acc).abs() < 1e-9, "{f0:?} vs {teacher_acc}");
+    assert_eq!(f0.asr, Some(teacher_asr));
+    let fresh = KdConfig {
+        init: InitMode::Fresh,
+        ..copy
+    };
+    let r1 = cleanse(
+        &fresh,
+        &tmp.path().join("fresh0"),
+        false,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect("fresh, epochs 0");
+    let f1 = r1.final_metrics.as_ref().expect("final");
+    let d1 = r1.defense.as_ref().expect("defense");
+    assert_eq!(d1["student_init_clean_acc"].as_f64(), Some(f1.clean_acc));
+    assert!(
+        f1.clean_acc < teacher_acc - 0.2,
+        "a random student has not learned the task: {f1:?}, teacher {teacher_acc}"
+    );
+    assert!(tmp.path().join("fresh0/model.bpk").is_file());
 }

@@ -95,6 +95,12 @@ pub struct DefenseInfo {
     /// The teacher's own clean accuracy and ASR, measured at the start.
     pub teacher_clean_acc: f64,
     pub teacher_asr: Option<f64>,
+    /// The student's right after its re-initialisation, before any distillation (the
+    /// supplement's Figure 2 compares initialisations at this point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_init_clean_acc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_init_asr: Option<f64>,
 }
 
 /// The unlabeled images of `config`: all of its source's, or `unlabeled_limit` of them chosen
@@ -129,6 +135,7 @@ pub fn unlabeled_images(config: &KdConfig) -> Result<UnlabeledImages> {
 }
 
 /// Cleanses the teacher in `config.teacher` into `out` (new or empty unless `resume`).
+/// With `epochs == 0` it writes the re-initialised student as the model, undistilled.
 pub fn cleanse(
     config: &KdConfig,
     out: &Path,
@@ -136,10 +143,10 @@ pub fn cleanse(
     selected: &Selected,
     observer: &mut dyn crate::train::Observer,
 ) -> Result<Report> {
-    if config.epochs == 0 || config.batch_size < 2 {
+    if config.batch_size < 2 {
         return Err(Error::config(
-            "epochs/batch-size",
-            "need at least 1 epoch and batches of 2",
+            "batch-size",
+            format!("expected at least 2, got {}", config.batch_size),
         ));
     }
     let device = selected.device.clone();
@@ -195,6 +202,8 @@ pub fn cleanse(
         reinit::student(&teacher, &model_config, &config.init, config.seed, &device);
     write_json_atomic(&out.join(files::MODEL_CONFIG), &model_config)?;
     let teacher_clean_acc = accuracy(&teacher, &test, config.eval_batch_size, &device);
+    let student_init_clean_acc = accuracy(&student0, &test, config.eval_batch_size, &device);
+    let student_init_asr = asr_of(&student0);
     let info = DefenseInfo {
         method: "kd".into(),
         teacher: config.teacher.clone(),
@@ -202,6 +211,8 @@ pub fn cleanse(
         init: realised,
         teacher_clean_acc,
         teacher_asr: asr_of(&teacher),
+        student_init_clean_acc: Some(student_init_clean_acc),
+        student_init_asr,
     };
     let mut student = student0.train();
     let mut sgd = Sgd::new(config.sgd.clone());
@@ -342,10 +353,16 @@ pub fn cleanse(
             }
         }
     }
-    let last = history.last();
-    report.final_metrics = Some(FinalMetrics {
-        clean_acc: last.map(|r| r.clean_acc).unwrap_or(0.0),
-        asr: last.and_then(|r| r.asr),
+    report.final_metrics = Some(match history.last() {
+        Some(last) => FinalMetrics {
+            clean_acc: last.clean_acc,
+            asr: last.asr,
+        },
+        // No epochs: the model is the re-initialised student.
+        None => FinalMetrics {
+            clean_acc: student_init_clean_acc,
+            asr: student_init_asr,
+        },
     });
     report.status = RunStatus::Complete;
     report.model_file = Some(files::MODEL.into());
