@@ -389,7 +389,9 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     assert!(tmp.path().join("student/model.bpk").is_file());
     // The student before distillation: an exact copy measures like its teacher, and with no
     // epochs the re-initialised student is the model.
-    let init_acc = defense["student_init_clean_acc"].as_f64().expect("init acc");
+    let init_acc = defense["student_init_clean_acc"]
+        .as_f64()
+        .expect("init acc");
     assert!((0.0..=1.0).contains(&init_acc));
     let mut copy = kc.clone();
     copy.epochs = 0;
@@ -404,7 +406,10 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     .expect("epochs 0");
     let f0 = r0.final_metrics.as_ref().expect("final");
     assert!(r0.epochs.is_empty());
-    assert!((f0.clean_acc - teacher_acc).abs() < 1e-9, "{f0:?} vs {teacher_acc}");
+    assert!(
+        (f0.clean_acc - teacher_acc).abs() < 1e-9,
+        "{f0:?} vs {teacher_acc}"
+    );
     assert_eq!(f0.asr, Some(teacher_asr));
     let fresh = KdConfig {
         init: InitMode::Fresh,
