@@ -11,7 +11,7 @@ use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor, Stamping}
 use cleanse_core::data::{DataSpec, DatasetKind, ImageSet};
 use cleanse_core::io::{read_json, write_json_atomic};
 use cleanse_core::train::checkpoint;
-use cleanse_core::train::eval::accuracy;
+use cleanse_core::train::eval::{PerClass, predictions};
 use cleanse_core::train::run::{
     LoadedModel, SplitFile, TrainHooks, files, load_run_model, train_with,
 };
@@ -365,6 +365,8 @@ struct EvalResult {
     attack_kind: Option<AttackKind>,
     test_size: usize,
     clean_acc: f64,
+    /// Clean test images: each class's accuracy and how often each class is predicted.
+    per_class: PerClass,
     asr_size: Option<usize>,
     asr: Option<f64>,
 }
@@ -446,7 +448,14 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
         test,
     } = load_model_under_attack(&args.model, args.attack.as_deref(), &selected.device)?;
     let test = Arc::new(test);
-    let clean_acc = accuracy(&loaded.model, &test, args.batch_size, &selected.device);
+    let predicted = predictions(&loaded.model, &test, args.batch_size, &selected.device);
+    let right = predicted
+        .iter()
+        .zip(&test.labels)
+        .filter(|(p, y)| **p == **y as usize)
+        .count();
+    let clean_acc = right as f64 / test.len().max(1) as f64;
+    let per_class = PerClass::new(&test.labels, &predicted, test.num_classes);
     let (mut asr, mut asr_size) = (None, None);
     if let Some(a) = &attack {
         let set = Arc::new(asr_set(a, &test));
@@ -467,6 +476,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
         attack_kind: attack.as_ref().map(|a| a.config.kind),
         test_size: test.len(),
         clean_acc,
+        per_class,
         asr_size,
         asr,
     };
@@ -474,6 +484,27 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
         Some(a) => println!("clean_acc {:.4} asr {:.4}", result.clean_acc, a),
         None => println!("clean_acc {:.4}", result.clean_acc),
     }
+    let pct = |v: f64| format!("{:.1}", 100.0 * v);
+    println!(
+        "per-class clean acc %: {}",
+        result
+            .per_class
+            .accuracy
+            .iter()
+            .map(|a| a.map(pct).unwrap_or_else(|| "-".into()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "predicted as class %:  {}",
+        result
+            .per_class
+            .predicted_fraction
+            .iter()
+            .map(|&f| pct(f))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     if let Some(out) = &args.out {
         write_json_atomic(out, &result)?;
     }

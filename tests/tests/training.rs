@@ -96,6 +96,35 @@ fn cpu_training_lowers_the_loss_and_writes_a_complete_report() {
 }
 
 #[test]
+fn predictions_agree_with_accuracy_and_per_class_counts() {
+    use cleanse_core::train::eval::{PerClass, accuracy, predictions};
+    use cleanse_core::train::run::load_run_model;
+    let out = tempfile::tempdir().expect("tmp");
+    let dir = out.path().join("run");
+    let selected = device::select(DeviceChoice::Cpu).expect("cpu");
+    let config = tiny_config(3);
+    train(&config, &dir, false, &selected, &mut SilentObserver).expect("train");
+    let model = load_run_model(&dir, &selected.device).expect("model").model;
+    let test = std::sync::Arc::new(config.data.load().expect("data").test);
+    // Batch sizes that do and do not divide the 40 test images give the same predictions.
+    let p = predictions(&model, &test, 16, &selected.device);
+    assert_eq!(p, predictions(&model, &test, 40, &selected.device));
+    assert_eq!(p.len(), test.len());
+    let right = p
+        .iter()
+        .zip(&test.labels)
+        .filter(|(p, y)| **p == **y as usize)
+        .count();
+    let acc = accuracy(&model, &test, 16, &selected.device);
+    assert!((acc - right as f64 / test.len() as f64).abs() < 1e-12);
+
+    // Hand-made case: class 2 has no images, class 1 is always predicted as 0.
+    let pc = PerClass::new(&[0, 0, 1, 1, 3], &[0, 1, 0, 0, 3], 4);
+    assert_eq!(pc.accuracy, vec![Some(0.5), Some(0.0), None, Some(1.0)]);
+    assert_eq!(pc.predicted_fraction, vec![0.6, 0.2, 0.0, 0.2]);
+}
+
+#[test]
 fn resumed_run_ends_where_an_uninterrupted_run_does() {
     let out = tempfile::tempdir().expect("tmp");
     let selected = device::select(DeviceChoice::Cpu).expect("cpu");

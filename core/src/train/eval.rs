@@ -43,3 +43,59 @@ pub fn accuracy(
     }
     correct as f64 / set.len() as f64
 }
+
+/// The class `model` predicts for each image of `set`, in order.
+pub fn predictions(
+    model: &Classifier,
+    set: &Arc<ImageSet>,
+    batch_size: usize,
+    device: &Device,
+) -> Vec<usize> {
+    let chunks: Vec<Vec<usize>> = (0..set.len())
+        .collect::<Vec<_>>()
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    let mut out = Vec::with_capacity(set.len());
+    for b in stream(set.clone(), chunks, Augment::NONE, 0, 0, 2) {
+        let x = images_tensor(b.images, b.shape, device);
+        let logits = model.forward(x);
+        let [n, _] = logits.dims();
+        let pred = logits.argmax(1).reshape([n]).into_data();
+        out.extend(pred.iter::<i64>().map(|p| p as usize));
+    }
+    out
+}
+
+/// Per-class view of predictions on labelled images: each class's accuracy (`None` for a class
+/// with no images) and the fraction of all images predicted as each class.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PerClass {
+    pub accuracy: Vec<Option<f64>>,
+    pub predicted_fraction: Vec<f64>,
+}
+
+impl PerClass {
+    pub fn new(labels: &[u16], predicted: &[usize], num_classes: usize) -> Self {
+        let (mut right, mut count, mut said) = (
+            vec![0usize; num_classes],
+            vec![0usize; num_classes],
+            vec![0usize; num_classes],
+        );
+        for (&y, &p) in labels.iter().zip(predicted) {
+            let y = y as usize;
+            count[y] += 1;
+            right[y] += usize::from(y == p);
+            if p < num_classes {
+                said[p] += 1;
+            }
+        }
+        let n = labels.len().max(1) as f64;
+        PerClass {
+            accuracy: (0..num_classes)
+                .map(|c| (count[c] > 0).then(|| right[c] as f64 / count[c] as f64))
+                .collect(),
+            predicted_fraction: said.iter().map(|&k| k as f64 / n).collect(),
+        }
+    }
+}
