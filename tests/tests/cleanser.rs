@@ -284,7 +284,7 @@ fn unlabeled_limit_takes_a_seeded_subset_and_rejects_impossible_sizes() {
     assert_ne!(a, pick(&c), "another seed picks other images");
     for bad in [0, 31] {
         c.unlabeled_limit = Some(bad);
-        let e = unlabeled_images(&c).err().expect("rejected").to_string();
+        let e = unlabeled_images(&c).expect_err("rejected").to_string();
         assert!(e.contains("unlabeled-limit") && e.contains("30"), "{e}");
     }
 }
