@@ -105,6 +105,14 @@ impl Rng {
         self.shuffle(&mut v);
         v
     }
+
+    /// `k` distinct indices of `0..n` chosen at random, in increasing order: the first `k` of a
+    /// random permutation.
+    pub fn sample_sorted(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = self.permutation(n).into_iter().take(k).collect();
+        v.sort_unstable();
+        v
+    }
 }
 
 #[cfg(test)]

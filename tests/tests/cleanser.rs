@@ -348,14 +348,17 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     kc.batch_size = 16;
     kc.lr = 0.05;
     kc.augment = Augment::NONE;
-    let report = cleanse(
-        &kc,
-        &tmp.path().join("student"),
-        false,
-        &selected,
-        &mut SilentObserver,
-    )
-    .expect("cleanse");
+    let run = |c: &KdConfig, dir: &str| {
+        cleanse(
+            c,
+            &tmp.path().join(dir),
+            false,
+            &selected,
+            &mut SilentObserver,
+        )
+        .expect(dir)
+    };
+    let report = run(&kc, "student");
     let student_asr = report
         .final_metrics
         .as_ref()
@@ -396,14 +399,7 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     let mut copy = kc.clone();
     copy.epochs = 0;
     copy.init = InitMode::None;
-    let r0 = cleanse(
-        &copy,
-        &tmp.path().join("copy"),
-        false,
-        &selected,
-        &mut SilentObserver,
-    )
-    .expect("epochs 0");
+    let r0 = run(&copy, "copy");
     let f0 = r0.final_metrics.as_ref().expect("final");
     assert!(r0.epochs.is_empty());
     assert!(
@@ -415,14 +411,7 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
         init: InitMode::Fresh,
         ..copy
     };
-    let r1 = cleanse(
-        &fresh,
-        &tmp.path().join("fresh0"),
-        false,
-        &selected,
-        &mut SilentObserver,
-    )
-    .expect("fresh, epochs 0");
+    let r1 = run(&fresh, "fresh0");
     let f1 = r1.final_metrics.as_ref().expect("final");
     let d1 = r1.defense.as_ref().expect("defense");
     assert_eq!(d1["student_init_clean_acc"].as_f64(), Some(f1.clean_acc));

@@ -67,15 +67,12 @@ pub fn choose_poisoned(attack: &Attack, set: &ImageSet) -> Result<Vec<usize>> {
             ),
         ));
     }
-    let mut rng = Rng::from_parts(&[c.seed, 0x0090_150A]);
-    let mut picked: Vec<usize> = rng
-        .permutation(candidates.len())
+    // `candidates` is increasing, so the picked images stay in increasing order.
+    Ok(Rng::from_parts(&[c.seed, 0x0090_150A])
+        .sample_sorted(candidates.len(), count)
         .into_iter()
-        .take(count)
         .map(|i| candidates[i])
-        .collect();
-    picked.sort_unstable();
-    Ok(picked)
+        .collect())
 }
 
 /// Stamps `trigger` on the images at `indices` of `set`, in place, rounding to 8 bits.

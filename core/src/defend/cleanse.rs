@@ -126,9 +126,8 @@ pub fn unlabeled_images(config: &KdConfig) -> Result<UnlabeledImages> {
                 ),
             ));
         }
-        let mut rng = crate::rng::Rng::from_parts(&[config.seed, 0x0071_3173]);
-        let mut keep: Vec<usize> = rng.permutation(set.len()).into_iter().take(n).collect();
-        keep.sort_unstable();
+        let keep =
+            crate::rng::Rng::from_parts(&[config.seed, 0x0071_3173]).sample_sorted(set.len(), n);
         set = set.subset(&keep);
     }
     Ok(UnlabeledImages::from_set(set))

@@ -18,6 +18,20 @@ pub fn labels_tensor(labels: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(labels, [n]), device)
 }
 
+/// The images of `set` in order, unaugmented, in batches of `batch_size` (the last may be
+/// smaller), prefetched.
+fn in_order(
+    set: &Arc<ImageSet>,
+    batch_size: usize,
+) -> impl Iterator<Item = crate::data::batcher::HostBatch> {
+    let chunks: Vec<Vec<usize>> = (0..set.len())
+        .collect::<Vec<_>>()
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    stream(set.clone(), chunks, Augment::NONE, 0, 0, 2).into_iter()
+}
+
 /// Fraction of `set` that `model` classifies correctly, in `[0,1]`.
 ///
 /// `model` should be an evaluation copy (`model.valid()`), living on `device`.
@@ -30,13 +44,8 @@ pub fn accuracy(
     if set.is_empty() {
         return 0.0;
     }
-    let order: Vec<usize> = (0..set.len()).collect();
-    let chunks: Vec<Vec<usize>> = order
-        .chunks(batch_size.max(1))
-        .map(<[usize]>::to_vec)
-        .collect();
     let mut correct = 0usize;
-    for b in stream(set.clone(), chunks, Augment::NONE, 0, 0, 2) {
+    for b in in_order(set, batch_size) {
         let x = images_tensor(b.images, b.shape, device);
         let y = labels_tensor(b.labels, device);
         correct += super::count_correct(model.forward(x), y);
@@ -51,13 +60,8 @@ pub fn predictions(
     batch_size: usize,
     device: &Device,
 ) -> Vec<usize> {
-    let chunks: Vec<Vec<usize>> = (0..set.len())
-        .collect::<Vec<_>>()
-        .chunks(batch_size.max(1))
-        .map(<[usize]>::to_vec)
-        .collect();
     let mut out = Vec::with_capacity(set.len());
-    for b in stream(set.clone(), chunks, Augment::NONE, 0, 0, 2) {
+    for b in in_order(set, batch_size) {
         let x = images_tensor(b.images, b.shape, device);
         let logits = model.forward(x);
         let [n, _] = logits.dims();
