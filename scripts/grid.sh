@@ -245,7 +245,7 @@ trap stop_all INT TERM
 
 start() {
   local n=$1 out=${out_of[$1]} log=$RUNS/logs/${1//\//-}.log resume=()
-  [[ -f $out/checkpoint/state.json ]] && resume=(--resume)
+  [[ -f $out/checkpoint/state.json || -f $out/checkpoint/started.json ]] && resume=(--resume)
   echo "$(date +%T) start: $n"
   # exec: the job's pid is the run itself, so stopping it reaches the run.
   eval "exec \"$BIN\" ${cmd[$n]} --out \"$out\" ${resume[*]:-}" >"$log" 2>&1 &

@@ -240,6 +240,7 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
         .subcommand_matches("attack")
         .context("attack arguments")?;
     let (train, attack_config) = args.configs(sub);
+    let lc_own_clean_model = attack_config.kind == AttackKind::Lc && args.clean_model.is_none();
     let selected = args.train.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let out = &args.train.out;
@@ -249,14 +250,14 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
             let dir = match &args.clean_model {
                 Some(d) => d.clone(),
                 None => {
-                    let dir = out.join("clean-model");
+                    let dir = out.join(files::LC_CLEAN_MODEL);
                     if dir.join(files::MODEL).is_file() {
                         eprintln!("LC: using the clean model in {}", dir.display());
                     } else {
                         eprintln!("LC: training a clean model into {}", dir.display());
                         let mut bars = progress::Bars::new();
                         let resume = args.train.resume
-                            && checkpoint::state_path(&dir.join(files::CHECKPOINT_DIR)).is_file();
+                            && checkpoint::resumable(&dir.join(files::CHECKPOINT_DIR));
                         cleanse_core::train::train(&train, &dir, resume, &selected, &mut bars)
                             .with_context(|| {
                                 format!("training the clean model into {}", dir.display())
@@ -319,7 +320,11 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
         }
     };
     let mut bars = progress::Bars::new();
-    let report = train_with(&train, hooks, out, args.train.resume, &selected, &mut bars)
+    // `--resume` of an LC run stopped while training its own clean model finds the clean model
+    // but no run yet: the run then starts anew.
+    let resume = args.train.resume
+        && (!lc_own_clean_model || checkpoint::resumable(&out.join(files::CHECKPOINT_DIR)));
+    let report = train_with(&train, hooks, out, resume, &selected, &mut bars)
         .with_context(|| format!("attack run into {}", out.display()))?;
     bars.finish();
     let f = report.final_metrics.clone().context("run did not finish")?;

@@ -95,7 +95,7 @@ fn state(out: &Path) -> State {
     {
         return State::Complete;
     }
-    if out.join("checkpoint").join("state.json").is_file() {
+    if cleanse_core::train::checkpoint::resumable(&out.join("checkpoint")) {
         State::Resume
     } else {
         State::Fresh

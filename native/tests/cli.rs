@@ -207,6 +207,42 @@ fn attack_then_eval_reproduces_the_reported_asr() {
     );
 }
 
+/// LC without `--clean-model` trains its clean model into `<out>/clean-model` and then runs the
+/// attack in the same folder; run again with `--resume` after only the clean model was made, it
+/// reuses that model and starts the attack run.
+#[test]
+fn lc_trains_its_own_clean_model_and_resumes_after_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("lc");
+    let args = attack_args("lc", &out, &[]);
+    let stdout = run_ok(&args);
+    assert!(stdout.contains("asr"), "{stdout}");
+    assert!(out.join("clean-model/report.json").is_file());
+    assert!(out.join("report.json").is_file());
+    // As if stopped right after the clean model: only clean-model/ is left.
+    for e in std::fs::read_dir(&out).expect("dir").flatten() {
+        if e.file_name() != "clean-model" {
+            let p = e.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).expect("rm");
+            } else {
+                std::fs::remove_file(&p).expect("rm");
+            }
+        }
+    }
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    let args: Vec<&str> = resume.iter().map(String::as_str).collect();
+    let o = cleanse(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("using the clean model"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.join("report.json").is_file());
+}
+
 #[test]
 fn attack_flags_are_checked_and_named() {
     let tmp = tempfile::tempdir().expect("tmp");

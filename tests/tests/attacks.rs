@@ -853,6 +853,132 @@ fn a_resumed_iab_run_ends_where_an_uninterrupted_one_does() {
     assert!(worst < 1e-4, "resumed generator differs by {worst}");
 }
 
+/// An IAB run stopped during its mask pre-training resumes with `--resume`: the run's
+/// `started.json` lets it resume before its first checkpoint, the mask pre-training continues
+/// from its last saved epoch, and the networks end where an uninterrupted run's do.
+#[test]
+fn an_iab_run_stopped_during_mask_pretraining_resumes_there() {
+    use cleanse_core::attack::iab::{IabHooks, IabNets, mask_checkpoint_epochs};
+    use cleanse_core::data::augment::Augment;
+    use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::train::run::train_with;
+    use cleanse_core::train::{Schedule, SilentObserver, TrainConfig};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut data = DataSpec::new(DatasetKind::Synthetic, None);
+    data.synthetic = SyntheticConfig {
+        train_size: 48,
+        test_size: 16,
+        num_classes: 4,
+        side: 16,
+        seed: 5,
+    };
+    let mut tc = TrainConfig::supplement(data.clone());
+    tc.width = 4;
+    tc.epochs = 1;
+    tc.batch_size = 16;
+    tc.lr = 0.05;
+    tc.schedule = Schedule::cosine(1);
+    tc.augment = Augment::standard(true);
+    let loaded = data.load().expect("data");
+    let mut c = config(AttackKind::Iab);
+    c.iab_width = 4;
+    c.iab_mask_epochs = 3;
+    c.poison_rate = 0.2;
+    let hooks = || {
+        IabHooks::new(
+            Attack::new(c.clone(), &loaded.train).expect("attack"),
+            16,
+            Augment::standard(true),
+            0,
+        )
+    };
+    let selected =
+        cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu).expect("cpu");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let straight = tmp.path().join("straight");
+    train_with(
+        &tc,
+        &mut hooks(),
+        &straight,
+        false,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect("straight");
+
+    let killed = tmp.path().join("killed");
+    let (k, tc2, sel) = (killed.clone(), tc.clone(), selected.clone());
+    let mut h = hooks();
+    h.on_mask_epoch = Some(Box::new(|e, _, _| {
+        if e == 1 {
+            panic!("simulated kill after mask epoch 2");
+        }
+    }));
+    let crashed = std::thread::spawn(move || {
+        let _ = train_with(&tc2, &mut h, &k, false, &sel, &mut SilentObserver);
+    })
+    .join();
+    assert!(crashed.is_err());
+    let ckpt = killed.join("checkpoint");
+    assert_eq!(mask_checkpoint_epochs(&ckpt, 3), Some(2));
+    assert!(ckpt.join("started.json").is_file());
+    assert!(
+        !ckpt.join("state.json").exists(),
+        "stopped before any epoch"
+    );
+    assert!(!killed.join("iab_mask.bpk").exists(), "mask not finished");
+    // A new run refuses the non-empty folder; --resume takes it up.
+    let e = train_with(
+        &tc,
+        &mut hooks(),
+        &killed,
+        false,
+        &selected,
+        &mut SilentObserver,
+    )
+    .expect_err("not empty")
+    .to_string();
+    assert!(e.contains("--resume"), "{e}");
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut h = hooks();
+    let s2 = seen.clone();
+    h.on_mask_epoch = Some(Box::new(move |e, _, _| {
+        s2.fetch_add(1, Ordering::SeqCst);
+        assert!(e >= 2, "mask epoch {e} was run again");
+    }));
+    train_with(&tc, &mut h, &killed, true, &selected, &mut SilentObserver).expect("resume");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "only the third mask epoch ran"
+    );
+    assert_eq!(
+        mask_checkpoint_epochs(&ckpt, 3),
+        None,
+        "mask checkpoints removed"
+    );
+    let x = tensor(random_images(4, 3, 16, 16, 13), [4, 3, 16, 16]);
+    let a = IabNets::load(&straight, 3, 4, &dev()).expect("nets");
+    let b = IabNets::load(&killed, 3, 4, &dev()).expect("nets");
+    let (ma, mb) = (
+        values(IabNets::mask_of(&a.mask, x.clone())),
+        values(IabNets::mask_of(&b.mask, x.clone())),
+    );
+    let worst = ma
+        .iter()
+        .zip(&mb)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(worst < 1e-4, "resumed mask network differs by {worst}");
+    let (va, vb) = (values(a.stamp(x.clone())), values(b.stamp(x)));
+    let worst = va
+        .iter()
+        .zip(&vb)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(worst < 1e-4, "resumed run's trigger differs by {worst}");
+}
+
 /// IAB's generator upsamples with slices and sums (CubeCL has no backward for bilinear
 /// `interpolate`): the result equals Burn's bilinear `interpolate` (PyTorch's `align_corners=False`)
 /// on the CPU, including a 1-pixel input.

@@ -347,24 +347,75 @@ pub struct MaskTraining {
     pub seed: u64,
 }
 
+/// The files of the mask pre-training checkpoint after `epochs_done` epochs: the mask network
+/// (training copy, batch-norm statistics included) and its Adam state.
+fn mask_ckpt_files(epochs_done: usize) -> (String, String) {
+    (
+        format!("iab-mask-e{epochs_done}.bpk"),
+        format!("iab-mask-adam-e{epochs_done}.bin"),
+    )
+}
+
+/// The most epochs of mask pre-training (at most `epochs`) that `dir` holds a complete
+/// checkpoint of.
+pub fn mask_checkpoint_epochs(dir: &Path, epochs: usize) -> Option<usize> {
+    (1..=epochs).rev().find(|&e| {
+        let (m, a) = mask_ckpt_files(e);
+        dir.join(m).is_file() && dir.join(a).is_file()
+    })
+}
+
+/// Removes every mask pre-training checkpoint file in `dir` except those of `keep` epochs.
+pub fn remove_mask_checkpoints(dir: &Path, keep: Option<usize>) {
+    let kept = keep.map(mask_ckpt_files);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = name.starts_with("iab-mask-")
+                && kept.as_ref().is_none_or(|(m, a)| &name != m && &name != a);
+            if stale {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Pre-trains the mask network alone (method spec: 25 epochs; loss
 /// `lambda_norm * mean(relu(M(x) - density)) + lambda_div * diversity`), Adam betas (0.5, 0.9),
 /// learning rate divided by 10 at epochs 10 and 20 (scaled to `epochs`).
+///
+/// With `checkpoint` (a folder), the network and its Adam state are saved there after every
+/// epoch, and a pre-training stopped part-way continues from the last saved epoch and ends where
+/// an uninterrupted one does. The last checkpoint stays until the caller has saved the result
+/// and calls [`remove_mask_checkpoints`].
 pub fn pretrain_mask(
     mask: Generator,
     set: &Arc<ImageSet>,
     t: &MaskTraining,
     device: &Device,
+    checkpoint: Option<&Path>,
     mut progress: impl FnMut(usize, f64),
-) -> Generator {
+) -> Result<Generator> {
     let ad = device.clone().autodiff();
-    let mut mask = mask.train();
     let mut adam = Adam::new(AdamConfig {
         beta1: 0.5,
         beta2: 0.9,
         eps: 1e-8,
     });
-    for epoch in 0..t.epochs {
+    let mut first = 0;
+    let mut mask = match checkpoint.and_then(|d| Some((d, mask_checkpoint_epochs(d, t.epochs)?))) {
+        Some((dir, done)) => {
+            let (mf, af) = mask_ckpt_files(done);
+            let loaded = load_module(mask, &dir.join(&mf))?;
+            let path = dir.join(&af);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            adam.load_bytes(&path, &bytes, device)?;
+            first = done;
+            loaded.train()
+        }
+        None => mask.train(),
+    };
+    for epoch in first..t.epochs {
         let lr = mask_lr(t, epoch);
         let a = chunk_order(&epoch_order(set.len(), t.seed, epoch as u64), t.batch_size);
         let b = chunk_order(
@@ -394,9 +445,18 @@ pub fn pretrain_mask(
             let grads = GradientsParams::from_grads(loss.backward(), &mask);
             mask = adam.step(lr, mask, grads);
         }
+        if let Some(dir) = checkpoint
+            && epoch + 1 < t.epochs
+        {
+            crate::io::create_dir_all(dir)?;
+            let (mf, af) = mask_ckpt_files(epoch + 1);
+            save_module(&mask.valid(), &dir.join(&mf))?;
+            crate::io::write_atomic(&dir.join(&af), &adam.to_bytes())?;
+            remove_mask_checkpoints(dir, Some(epoch + 1));
+        }
         progress(epoch, sum / count.max(1) as f64);
     }
-    mask
+    Ok(mask)
 }
 
 /// The learning rate of mask pre-training epoch `epoch`: divided by 10 at epochs 10 and 20 of 25
@@ -537,11 +597,13 @@ impl crate::train::run::TrainHooks for IabHooks {
             let set = Arc::new(train.clone());
             let mut cb = self.on_mask_epoch.take();
             let epochs = c.iab_mask_epochs;
+            let ckpt = out.join(crate::train::run::files::CHECKPOINT_DIR);
             let trained = pretrain_mask(
                 self.fresh_mask(device),
                 &set,
                 &self.mask_training(),
                 device,
+                Some(&ckpt),
                 |e, loss| {
                     if let Some(f) = cb.as_mut() {
                         f(e, epochs, loss)
@@ -549,8 +611,9 @@ impl crate::train::run::TrainHooks for IabHooks {
                 },
             );
             self.on_mask_epoch = cb;
-            let trained = trained.valid();
+            let trained = trained?.valid();
             save_module(&trained, &mask_path)?;
+            remove_mask_checkpoints(&ckpt, None);
             trained
         };
         self.prepare_with_mask(mask, test, device);

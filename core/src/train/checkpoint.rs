@@ -86,6 +86,19 @@ pub fn state_path(dir: &Path) -> PathBuf {
     dir.join("state.json")
 }
 
+/// The file a run writes into its checkpoint directory when it starts, before any preparation
+/// (IAB's mask pre-training, LC's adversarial images): its configuration, so that a run stopped
+/// before its first checkpoint can be resumed with the same flags, keeping what preparation saved.
+pub fn started_path(dir: &Path) -> PathBuf {
+    dir.join("started.json")
+}
+
+/// Whether `dir` (a checkpoint directory) holds a run that can be resumed: a checkpoint, or a
+/// run stopped before its first one.
+pub fn resumable(dir: &Path) -> bool {
+    state_path(dir).is_file() || started_path(dir).is_file()
+}
+
 /// Reads a checkpoint's state.
 pub fn load_state(dir: &Path) -> Result<CheckpointState> {
     let path = state_path(dir);

@@ -202,12 +202,28 @@ pub mod files {
     pub const MODEL_CONFIG: &str = "model.json";
     pub const SPLIT: &str = "split.json";
     pub const CHECKPOINT_DIR: &str = "checkpoint";
+    /// The clean model LC trains for its adversarial images, inside the attack's run directory,
+    /// when no `--clean-model` is given; it is made before the attack run starts.
+    pub const LC_CLEAN_MODEL: &str = "clean-model";
 }
 
 /// Whether `dir` is missing or empty (a run may start in it).
 pub(crate) fn dir_is_empty(dir: &Path) -> Result<bool> {
+    dir_holds_only(dir, &[])
+}
+
+/// Whether `dir` is missing or holds nothing but entries named in `allowed`.
+fn dir_holds_only(dir: &Path, allowed: &[&str]) -> Result<bool> {
     match std::fs::read_dir(dir) {
-        Ok(mut it) => Ok(it.next().is_none()),
+        Ok(it) => {
+            for e in it {
+                let e = e.map_err(|e| Error::io(dir, e))?;
+                if !allowed.iter().any(|a| e.file_name() == *a) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(Error::io(dir, e)),
     }
@@ -245,23 +261,35 @@ pub fn train_with(
         // The checkpoint's configuration covers the attack too, so --resume checks both.
         config_json = serde_json::json!({ "train": config_json, "attack": a });
     }
+    let different = "--resume: the checkpoint was made with a different configuration; pass the same flags as the original run";
+    let started_path = checkpoint::started_path(&ckpt_dir);
     let resumed_state = if resume {
-        if !checkpoint::state_path(&ckpt_dir).is_file() {
+        if checkpoint::state_path(&ckpt_dir).is_file() {
+            let state = checkpoint::load_state(&ckpt_dir)?;
+            if state.config != config_json {
+                return Err(Error::artifact(
+                    checkpoint::state_path(&ckpt_dir),
+                    different,
+                ));
+            }
+            Some(state)
+        } else if started_path.is_file() {
+            // Stopped before its first epoch ended: training starts over; what the hooks'
+            // preparation saved (and its own checkpoints) is kept and reused.
+            let started: serde_json::Value = read_json(&started_path)?;
+            if started != config_json {
+                return Err(Error::artifact(&started_path, different));
+            }
+            None
+        } else {
             return Err(Error::artifact(
                 out,
-                "--resume: no checkpoint here (expected checkpoint/state.json); start a new run without --resume",
+                "--resume: no checkpoint here (expected checkpoint/state.json or checkpoint/started.json); start a new run without --resume",
             ));
         }
-        let state = checkpoint::load_state(&ckpt_dir)?;
-        if state.config != config_json {
-            return Err(Error::artifact(
-                checkpoint::state_path(&ckpt_dir),
-                "--resume: the checkpoint was made with a different configuration; pass the same flags as the original run",
-            ));
-        }
-        Some(state)
     } else {
-        if !dir_is_empty(out)? {
+        // A new run may find LC's clean model, trained into its folder just before.
+        if !dir_holds_only(out, &[files::LC_CLEAN_MODEL])? {
             return Err(Error::artifact(
                 out,
                 "output directory exists and is not empty; choose another --out, or pass --resume to continue the run in it",
@@ -270,6 +298,10 @@ pub fn train_with(
         None
     };
     create_dir_all(out)?;
+    if !started_path.is_file() {
+        create_dir_all(&ckpt_dir)?;
+        write_json_atomic(&started_path, &config_json)?;
+    }
 
     let data = config.data.load()?;
     let split = split::holdout(&data.train, config.holdout, config.seed)?;
