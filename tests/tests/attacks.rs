@@ -161,11 +161,7 @@ fn wanet_is_the_identity_at_strength_zero_and_warps_otherwise() {
     }
     let warped =
         values(Trigger::warp(3, 16, 16, &ins, 4, 0.5).apply(tensor(x.clone(), [2, 3, 16, 16])));
-    let max = x
-        .iter()
-        .zip(&warped)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let max = max_abs_diff(&x, &warped);
     assert!(max > 0.01, "a real warp moves pixels: {max}");
 }
 
@@ -758,35 +754,61 @@ fn poisoned_training_batches_carry_the_trigger_on_the_autodiff_device() {
     assert_eq!(hits, 30);
 }
 
-/// An IAB run killed after its first epoch and resumed ends where an uninterrupted run does:
-/// the mask network, the generator and its Adam state all come back from the checkpoint.
-#[test]
-fn a_resumed_iab_run_ends_where_an_uninterrupted_one_does() {
-    use cleanse_core::attack::iab::IabHooks;
+/// The largest absolute difference between two equally long value lists.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A tiny IAB run for the resume tests: synthetic 16x16 data of 4 classes (48 training images),
+/// width-4 networks, batch 16, crop + flip. Returns the training configuration, the loaded data
+/// and the attack configuration.
+fn tiny_iab_run(
+    data_seed: u64,
+    epochs: usize,
+    mask_epochs: usize,
+) -> (
+    cleanse_core::train::TrainConfig,
+    cleanse_core::data::TrainTest,
+    AttackConfig,
+) {
     use cleanse_core::data::augment::Augment;
     use cleanse_core::data::{DataSpec, DatasetKind};
-    use cleanse_core::train::run::train_with;
-    use cleanse_core::train::{Observer, Schedule, SilentObserver, TrainConfig};
+    use cleanse_core::train::{Schedule, TrainConfig};
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 48,
         test_size: 16,
         num_classes: 4,
         side: 16,
-        seed: 4,
+        seed: data_seed,
     };
     let mut tc = TrainConfig::supplement(data.clone());
     tc.width = 4;
-    tc.epochs = 3;
+    tc.epochs = epochs;
     tc.batch_size = 16;
     tc.lr = 0.05;
-    tc.schedule = Schedule::cosine(3);
+    tc.schedule = Schedule::cosine(epochs);
     tc.augment = Augment::standard(true);
     let loaded = data.load().expect("data");
     let mut c = config(AttackKind::Iab);
     c.iab_width = 4;
-    c.iab_mask_epochs = 1;
+    c.iab_mask_epochs = mask_epochs;
     c.poison_rate = 0.2;
+    (tc, loaded, c)
+}
+
+/// An IAB run killed after its first epoch and resumed ends where an uninterrupted run does:
+/// the mask network, the generator and its Adam state all come back from the checkpoint.
+#[test]
+fn a_resumed_iab_run_ends_where_an_uninterrupted_one_does() {
+    use cleanse_core::attack::iab::IabHooks;
+    use cleanse_core::data::augment::Augment;
+    use cleanse_core::train::run::train_with;
+    use cleanse_core::train::{Observer, SilentObserver};
+    let (tc, loaded, c) = tiny_iab_run(4, 3, 1);
     let hooks = || {
         IabHooks::new(
             Attack::new(c.clone(), &loaded.train).expect("attack"),
@@ -845,11 +867,7 @@ fn a_resumed_iab_run_ends_where_an_uninterrupted_one_does() {
     let ga = cleanse_core::attack::iab::IabNets::load(&straight, 3, 4, &dev()).expect("nets");
     let gb = cleanse_core::attack::iab::IabNets::load(&killed, 3, 4, &dev()).expect("nets");
     let (va, vb) = (values(ga.stamp(x.clone())), values(gb.stamp(x)));
-    let worst = va
-        .iter()
-        .zip(&vb)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0, f32::max);
+    let worst = max_abs_diff(&va, &vb);
     assert!(worst < 1e-4, "resumed generator differs by {worst}");
 }
 
@@ -860,30 +878,10 @@ fn a_resumed_iab_run_ends_where_an_uninterrupted_one_does() {
 fn an_iab_run_stopped_during_mask_pretraining_resumes_there() {
     use cleanse_core::attack::iab::{IabHooks, IabNets, mask_checkpoint_epochs};
     use cleanse_core::data::augment::Augment;
-    use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::train::SilentObserver;
     use cleanse_core::train::run::train_with;
-    use cleanse_core::train::{Schedule, SilentObserver, TrainConfig};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let mut data = DataSpec::new(DatasetKind::Synthetic, None);
-    data.synthetic = SyntheticConfig {
-        train_size: 48,
-        test_size: 16,
-        num_classes: 4,
-        side: 16,
-        seed: 5,
-    };
-    let mut tc = TrainConfig::supplement(data.clone());
-    tc.width = 4;
-    tc.epochs = 1;
-    tc.batch_size = 16;
-    tc.lr = 0.05;
-    tc.schedule = Schedule::cosine(1);
-    tc.augment = Augment::standard(true);
-    let loaded = data.load().expect("data");
-    let mut c = config(AttackKind::Iab);
-    c.iab_width = 4;
-    c.iab_mask_epochs = 3;
-    c.poison_rate = 0.2;
+    let (tc, loaded, c) = tiny_iab_run(5, 1, 3);
     let hooks = || {
         IabHooks::new(
             Attack::new(c.clone(), &loaded.train).expect("attack"),
@@ -964,18 +962,10 @@ fn an_iab_run_stopped_during_mask_pretraining_resumes_there() {
         values(IabNets::mask_of(&a.mask, x.clone())),
         values(IabNets::mask_of(&b.mask, x.clone())),
     );
-    let worst = ma
-        .iter()
-        .zip(&mb)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0, f32::max);
+    let worst = max_abs_diff(&ma, &mb);
     assert!(worst < 1e-4, "resumed mask network differs by {worst}");
     let (va, vb) = (values(a.stamp(x.clone())), values(b.stamp(x)));
-    let worst = va
-        .iter()
-        .zip(&vb)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0, f32::max);
+    let worst = max_abs_diff(&va, &vb);
     assert!(worst < 1e-4, "resumed run's trigger differs by {worst}");
 }
 
