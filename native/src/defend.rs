@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use cleanse_core::data::augment::Augment;
 use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource, cleanse};
+use cleanse_core::defend::kd::{PAPER_TEMPERATURE, TemperatureRange};
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
 use cleanse_core::io::read_json;
 use cleanse_core::train::run::{SplitFile, files};
@@ -39,6 +40,11 @@ pub(crate) struct KdArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
+    /// Distillation temperature range FROM,TO: T rises linearly from FROM to TO over the
+    /// epochs, reaching TO in the last (`T = FROM + (TO - FROM) (e + 1) / E`); equal values keep
+    /// it constant.
+    #[arg(long, value_delimiter = ',', num_args = 1, default_values_t = [PAPER_TEMPERATURE.from, PAPER_TEMPERATURE.to])]
+    temperature: Vec<f64>,
     /// Re-initialisation ratios: stem, stage 1-4, fc.
     #[arg(long, value_delimiter = ',', default_values_t = ADAPTIVE_RATIOS)]
     ratios: Vec<f64>,
@@ -72,6 +78,12 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
             a.ratios
         );
     }
+    if a.temperature.len() != 2 || a.temperature.iter().any(|t| !t.is_finite() || *t <= 0.0) {
+        bail!(
+            "--temperature: expected FROM,TO, two positive numbers (e.g. 1,4); got {:?}",
+            a.temperature
+        );
+    }
     let ratios: [f64; 6] = a.ratios.clone().try_into().expect("six");
     let ratios = reinit::scale_ratios(ratios, a.ratio_scale).context("--ratio-scale")?;
     let init = InitMode::parse(&a.init, ratios)?;
@@ -99,6 +111,10 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     config.epochs = a.epochs;
     config.batch_size = a.batch_size;
     config.lr = a.lr;
+    config.temperature = TemperatureRange {
+        from: a.temperature[0],
+        to: a.temperature[1],
+    };
     config.init = init;
     config.seed = a.seed;
     config.augment = Augment {

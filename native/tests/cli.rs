@@ -411,6 +411,8 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         "single:4".into(),
         "--ratio-scale".into(),
         "2".into(),
+        "--temperature".into(),
+        "2,3".into(),
         "--device".into(),
         "cpu".into(),
         "--out".into(),
@@ -426,6 +428,8 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     // --ratio-scale 2 doubles the recorded ratios (stage 4: 0.27 -> 0.54).
     let stage4 = r["config"]["init"]["ratios"][4].as_f64().expect("ratio");
     assert!((stage4 - 0.54).abs() < 1e-12, "{stage4}");
+    assert_eq!(r["config"]["temperature"]["from"].as_f64(), Some(2.0));
+    assert_eq!(r["config"]["temperature"]["to"].as_f64(), Some(3.0));
     assert_eq!(r["config"]["unlabeled"]["source"], "holdout");
     let groups = r["defense"]["init"]["groups"].as_array().expect("groups");
     for g in groups {
@@ -450,6 +454,8 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         ("--ratios", "0.1,0.2", "--ratios"),
         ("--init", "half", "init"),
         ("--ratio-scale", "0", "--ratio-scale"),
+        ("--temperature", "4", "--temperature"),
+        ("--temperature", "0,4", "--temperature"),
     ] {
         let o = cleanse(&[
             "defend",

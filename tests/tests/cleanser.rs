@@ -5,7 +5,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use cleanse_core::data::augment::Augment;
 use cleanse_core::data::synthetic::{SyntheticConfig, generate};
-use cleanse_core::defend::kd::{kd_loss, temperature};
+use cleanse_core::defend::cleanse::KdConfig;
+use cleanse_core::defend::kd::{PAPER_TEMPERATURE, TemperatureRange, kd_loss, temperature};
 use cleanse_core::defend::reinit::{ADAPTIVE_RATIOS, InitMode, student};
 use cleanse_core::defend::unlabeled::{UnlabeledImages, make_batch};
 use cleanse_core::model::{Architecture, Classifier, ModelConfig, Normalization};
@@ -217,6 +218,26 @@ fn temperature_anneals_from_just_above_one_to_four() {
     assert!((temperature(0, 1) - 4.0).abs() < 1e-12);
     let ts: Vec<f64> = (0..30).map(|e| temperature(e, 30)).collect();
     assert!(ts.windows(2).all(|w| w[1] > w[0]));
+}
+
+#[test]
+fn other_temperature_ranges_follow_the_same_linear_schedule() {
+    for e in 0..100 {
+        assert_eq!(PAPER_TEMPERATURE.at(e, 100), temperature(e, 100));
+    }
+    let constant = TemperatureRange { from: 2.0, to: 2.0 };
+    assert!((0..10).all(|e| constant.at(e, 10) == 2.0));
+    let falling = TemperatureRange { from: 4.0, to: 1.0 };
+    assert!((falling.at(0, 10) - 3.7).abs() < 1e-12);
+    assert!((falling.at(9, 10) - 1.0).abs() < 1e-12);
+    // A configuration saved before the range existed (a run to resume) reads back with the
+    // method spec's range.
+    let config = KdConfig::paper("teacher".into(), true);
+    let mut old = serde_json::to_value(&config).unwrap();
+    assert!(old.as_object_mut().unwrap().remove("temperature").is_some());
+    let read: KdConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(read.temperature, PAPER_TEMPERATURE);
+    assert_eq!(read, config);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! clean accuracy and ASR against the teacher's attack after every epoch. The final model is the
 //! last epoch's.
 
-use super::kd::{distillation_loss, temperature};
+use super::kd::{TemperatureRange, distillation_loss};
 use super::reinit::{self, InitMode, Realised};
 use super::unlabeled::{UnlabeledImages, stream};
 use crate::attack::poison::{asr_set, triggered_accuracy};
@@ -56,6 +56,9 @@ pub struct KdConfig {
     pub batch_size: usize,
     /// Method spec: 0.01 with cosine annealing.
     pub lr: f64,
+    /// Method spec: `T = 1 + 3 (e + 1) / E`, rising to 4.
+    #[serde(default)]
+    pub temperature: TemperatureRange,
     pub sgd: SgdConfig,
     pub init: InitMode,
     pub seed: u64,
@@ -74,6 +77,7 @@ impl KdConfig {
             epochs: 100,
             batch_size: 256,
             lr: 0.01,
+            temperature: TemperatureRange::default(),
             sgd: SgdConfig::default(),
             init: InitMode::Adaptive {
                 ratios: reinit::ADAPTIVE_RATIOS,
@@ -252,7 +256,7 @@ pub fn cleanse(
     observer.start(first_epoch, config.epochs, chunks_per_epoch);
     for epoch in first_epoch..config.epochs {
         let lr = schedule.lr(config.lr, epoch);
-        let temp = temperature(epoch, config.epochs);
+        let temp = config.temperature.at(epoch, config.epochs);
         let t0 = Instant::now();
         let chunks = chunk_order(
             &epoch_order(images.len(), config.seed, epoch as u64),

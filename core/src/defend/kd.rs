@@ -3,10 +3,35 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
+use serde::{Deserialize, Serialize};
+
+/// The method spec's temperature range: `T` rises linearly to 4 from just above 1.
+pub const PAPER_TEMPERATURE: TemperatureRange = TemperatureRange { from: 1.0, to: 4.0 };
+
+/// A linear temperature schedule `T = from + (to - from) (e + 1) / E` over 0-based epochs `e`
+/// (the method spec's is `from = 1`, `to = 4`); `from == to` keeps `T` constant.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TemperatureRange {
+    pub from: f64,
+    pub to: f64,
+}
+
+impl Default for TemperatureRange {
+    fn default() -> Self {
+        PAPER_TEMPERATURE
+    }
+}
+
+impl TemperatureRange {
+    /// The temperature of 0-based epoch `epoch` of `epochs`.
+    pub fn at(&self, epoch: usize, epochs: usize) -> f64 {
+        self.from + (self.to - self.from) * (epoch + 1) as f64 / epochs.max(1) as f64
+    }
+}
 
 /// Temperature of 0-based epoch `epoch` of `epochs` (method spec): rises from `1 + 3/E` to 4.
 pub fn temperature(epoch: usize, epochs: usize) -> f64 {
-    1.0 + 3.0 * (epoch + 1) as f64 / epochs.max(1) as f64
+    PAPER_TEMPERATURE.at(epoch, epochs)
 }
 
 /// `mean_n sum_k p_t (log p_t - log p_s)` with `p = softmax(logits / T)`; the teacher's logits
