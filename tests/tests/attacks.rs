@@ -919,6 +919,14 @@ fn an_iab_run_stopped_during_mask_pretraining_resumes_there() {
     assert!(crashed.is_err());
     let ckpt = killed.join("checkpoint");
     assert_eq!(mask_checkpoint_epochs(&ckpt, 3), Some(2));
+    // Only the last mask epoch's files are kept.
+    let mut files: Vec<String> = std::fs::read_dir(&ckpt)
+        .expect("checkpoint dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("iab-"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["iab-mask-adam-e2.bin", "iab-mask-e2.bpk"]);
     assert!(ckpt.join("started.json").is_file());
     assert!(
         !ckpt.join("state.json").exists(),

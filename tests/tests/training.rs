@@ -214,11 +214,19 @@ fn checkpoint_round_trip_preserves_outputs() {
     let out = tempfile::tempdir().expect("tmp");
     let dir = out.path().join("run");
     let selected = device::select(DeviceChoice::Cpu).expect("cpu");
-    train(&tiny_config(1), &dir, false, &selected, &mut SilentObserver).expect("train");
+    train(&tiny_config(2), &dir, false, &selected, &mut SilentObserver).expect("train");
     let device = Device::flex();
     let a = cleanse_core::train::run::load_run_model(&dir, &device).expect("load");
     let ckpt = cleanse_core::train::checkpoint::load_state(&dir.join("checkpoint")).expect("state");
-    assert_eq!(ckpt.epochs_done, 1);
+    assert_eq!(ckpt.epochs_done, 2);
+    // The first epoch's files were removed once the second's state was written.
+    let mut files: Vec<String> = std::fs::read_dir(dir.join("checkpoint"))
+        .expect("checkpoint dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("model-e") || n.starts_with("sgd-e"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["model-e2.bpk", "sgd-e2.bin"]);
     let b = cleanse_core::train::checkpoint::load_model(
         a.config.init(&device),
         &dir.join("checkpoint").join(&ckpt.model_file),

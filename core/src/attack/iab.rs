@@ -12,6 +12,7 @@ use crate::data::augment::Augment;
 use crate::data::batcher::{chunk_order, epoch_order, stream};
 use crate::rng::Rng;
 use crate::train::adam::{Adam, AdamConfig};
+use crate::train::checkpoint;
 use crate::train::eval::images_tensor;
 use crate::{Error, Result};
 use burn::module::{Module, ModuleMapper, Param};
@@ -368,16 +369,11 @@ pub fn mask_checkpoint_epochs(dir: &Path, epochs: usize) -> Option<usize> {
 /// Removes every mask pre-training checkpoint file in `dir` except those of `keep` epochs.
 pub fn remove_mask_checkpoints(dir: &Path, keep: Option<usize>) {
     let kept = keep.map(mask_ckpt_files);
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let stale = name.starts_with("iab-mask-")
-                && kept.as_ref().is_none_or(|(m, a)| &name != m && &name != a);
-            if stale {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
+    let keep: Vec<&str> = kept
+        .iter()
+        .flat_map(|(m, a)| [m.as_str(), a.as_str()])
+        .collect();
+    checkpoint::remove_stale(dir, &["iab-mask-"], &keep);
 }
 
 /// Pre-trains the mask network alone (method spec: 25 epochs; loss
@@ -406,10 +402,7 @@ pub fn pretrain_mask(
     let mut mask = match checkpoint.and_then(|d| Some((d, mask_checkpoint_epochs(d, t.epochs)?))) {
         Some((dir, done)) => {
             let (mf, af) = mask_ckpt_files(done);
-            let loaded = load_module(mask, &dir.join(&mf))?;
-            let path = dir.join(&af);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            adam.load_bytes(&path, &bytes, device)?;
+            let loaded = checkpoint::load_with_optimizer(dir, (&mf, &af), mask, &mut adam, device)?;
             first = done;
             loaded.train()
         }
@@ -448,10 +441,8 @@ pub fn pretrain_mask(
         if let Some(dir) = checkpoint
             && epoch + 1 < t.epochs
         {
-            crate::io::create_dir_all(dir)?;
             let (mf, af) = mask_ckpt_files(epoch + 1);
-            save_module(&mask.valid(), &dir.join(&mf))?;
-            crate::io::write_atomic(&dir.join(&af), &adam.to_bytes())?;
+            checkpoint::save_with_optimizer(dir, (&mf, &af), &mask.valid(), &adam)?;
             remove_mask_checkpoints(dir, Some(epoch + 1));
         }
         progress(epoch, sum / count.max(1) as f64);
@@ -706,19 +697,15 @@ impl crate::train::run::TrainHooks for IabHooks {
             return Ok(());
         };
         let (gf, af) = iab_ckpt_files(epochs_done);
-        save_module(&g.valid(), &dir.join(&gf))?;
-        crate::io::write_atomic(&dir.join(&af), &self.adam.to_bytes())?;
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("iab-") && name != gf && name != af && epochs_done > 0 {
-                    // Files of the previous epoch stay until the new state is written.
-                    let prev = iab_ckpt_files(epochs_done - 1);
-                    if name != prev.0 && name != prev.1 {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
+        checkpoint::save_with_optimizer(dir, (&gf, &af), &g.valid(), &self.adam)?;
+        if epochs_done > 0 {
+            // Files of the previous epoch stay until the new state is written.
+            let (pg, pa) = iab_ckpt_files(epochs_done - 1);
+            checkpoint::remove_stale(
+                dir,
+                &["iab-generator-e", "iab-adam-e"],
+                &[&gf, &af, &pg, &pa],
+            );
         }
         Ok(())
     }
@@ -730,11 +717,10 @@ impl crate::train::run::TrainHooks for IabHooks {
         device: &Device,
     ) -> Result<()> {
         let (gf, af) = iab_ckpt_files(epochs_done);
-        let g = load_module(self.fresh_generator(device), &dir.join(&gf))?;
+        let fresh = self.fresh_generator(device);
+        let g = checkpoint::load_with_optimizer(dir, (&gf, &af), fresh, &mut self.adam, device)?;
         self.generator = Some(g.train());
-        let path = dir.join(&af);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        self.adam.load_bytes(&path, &bytes, device)
+        Ok(())
     }
 
     fn finish(&self, out: &Path) -> Result<()> {

@@ -7,6 +7,7 @@
 use crate::io::{read_json, write_atomic, write_json_atomic};
 use crate::model::Classifier;
 use crate::report::EpochRecord;
+use crate::train::adam::Adam;
 use crate::train::sgd::Sgd;
 use crate::{Error, Result};
 use burn::module::Module;
@@ -57,27 +58,86 @@ pub fn model_from_bytes<M: Module>(model: M, bytes: Vec<u8>, name: &Path) -> Res
         .map_err(|e| Error::artifact(name, format!("weights do not fit this model: {e:?}")))
 }
 
+/// An optimiser whose state is checkpointed next to the weights it steps.
+pub trait OptimizerState {
+    /// The state as bytes.
+    fn state_bytes(&self) -> Vec<u8>;
+    /// Restores what [`OptimizerState::state_bytes`] wrote (`path` names the file in errors).
+    fn load_state_bytes(&mut self, path: &Path, bytes: &[u8], device: &Device) -> Result<()>;
+}
+
+impl OptimizerState for Sgd {
+    fn state_bytes(&self) -> Vec<u8> {
+        self.to_bytes()
+    }
+    fn load_state_bytes(&mut self, path: &Path, bytes: &[u8], device: &Device) -> Result<()> {
+        self.load_bytes(path, bytes, device)
+    }
+}
+
+impl OptimizerState for Adam {
+    fn state_bytes(&self) -> Vec<u8> {
+        self.to_bytes()
+    }
+    fn load_state_bytes(&mut self, path: &Path, bytes: &[u8], device: &Device) -> Result<()> {
+        self.load_bytes(path, bytes, device)
+    }
+}
+
+/// Writes `module`'s weights to `dir/model_file` and `optimizer`'s state to
+/// `dir/optimizer_file`, each atomically (creating `dir`).
+pub fn save_with_optimizer<M: Module, O: OptimizerState>(
+    dir: &Path,
+    (model_file, optimizer_file): (&str, &str),
+    module: &M,
+    optimizer: &O,
+) -> Result<()> {
+    crate::io::create_dir_all(dir)?;
+    save_model(module, &dir.join(model_file))?;
+    write_atomic(&dir.join(optimizer_file), &optimizer.state_bytes())
+}
+
+/// Loads what [`save_with_optimizer`] wrote into `module` (built with the same configuration)
+/// and `optimizer`.
+pub fn load_with_optimizer<M: Module, O: OptimizerState>(
+    dir: &Path,
+    (model_file, optimizer_file): (&str, &str),
+    module: M,
+    optimizer: &mut O,
+    device: &Device,
+) -> Result<M> {
+    let module = load_model(module, &dir.join(model_file))?;
+    let path = dir.join(optimizer_file);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    optimizer.load_state_bytes(&path, &bytes, device)?;
+    Ok(module)
+}
+
+/// Removes the files of `dir` whose names start with one of `prefixes`, except those named in
+/// `keep`: older epochs' checkpoint files, once a newer checkpoint no longer needs them. A file
+/// that cannot be removed is left (it costs disk space, not correctness).
+pub fn remove_stale(dir: &Path, prefixes: &[&str], keep: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| name.starts_with(p)) && !keep.contains(&name.as_str()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Saves a checkpoint after `state.epochs_done` epochs and removes older files.
 pub fn save(dir: &Path, model: &Classifier, sgd: &Sgd, mut state: CheckpointState) -> Result<()> {
-    crate::io::create_dir_all(dir)?;
     let e = state.epochs_done;
     state.model_file = format!("model-e{e}.bpk");
     state.optimizer_file = format!("sgd-e{e}.bin");
-    save_model(model, &dir.join(&state.model_file))?;
-    write_atomic(&dir.join(&state.optimizer_file), &sgd.to_bytes())?;
+    let files = (state.model_file.as_str(), state.optimizer_file.as_str());
+    save_with_optimizer(dir, files, model, sgd)?;
     write_json_atomic(&dir.join("state.json"), &state)?;
     // Only now are older epochs' files unreferenced.
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = (name.starts_with("model-e") || name.starts_with("sgd-e"))
-                && name != state.model_file
-                && name != state.optimizer_file;
-            if stale {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
+    remove_stale(dir, &["model-e", "sgd-e"], &[files.0, files.1]);
     Ok(())
 }
 
@@ -123,9 +183,6 @@ pub fn restore(
     sgd: &mut Sgd,
     device: &Device,
 ) -> Result<Classifier> {
-    let model = load_model(model, &dir.join(&state.model_file))?;
-    let opt_path = dir.join(&state.optimizer_file);
-    let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
-    sgd.load_bytes(&opt_path, &bytes, device)?;
-    Ok(model)
+    let files = (state.model_file.as_str(), state.optimizer_file.as_str());
+    load_with_optimizer(dir, files, model, sgd, device)
 }
