@@ -6,11 +6,10 @@ use burn::prelude::Device;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
 use cleanse_core::attack::iab::IabHooks;
-use cleanse_core::attack::poison::{AttackHooks, asr_set, triggered_accuracy};
+use cleanse_core::attack::poison::{AttackHooks, OwnCleanModel, asr_set, triggered_accuracy};
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor, Stamping};
 use cleanse_core::data::{DataSpec, DatasetKind, ImageSet};
 use cleanse_core::io::{read_json, write_json_atomic};
-use cleanse_core::train::checkpoint;
 use cleanse_core::train::eval::{PerClass, predictions};
 use cleanse_core::train::run::{
     LoadedModel, SplitFile, TrainHooks, files, load_run_model, train_with,
@@ -240,39 +239,16 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
         .subcommand_matches("attack")
         .context("attack arguments")?;
     let (train, attack_config) = args.configs(sub);
-    let lc_own_clean_model = attack_config.kind == AttackKind::Lc && args.clean_model.is_none();
     let selected = args.train.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let out = &args.train.out;
 
-    let clean_model = match attack_config.kind {
-        AttackKind::Lc => {
-            let dir = match &args.clean_model {
-                Some(d) => d.clone(),
-                None => {
-                    let dir = out.join(files::LC_CLEAN_MODEL);
-                    if dir.join(files::MODEL).is_file() {
-                        eprintln!("LC: using the clean model in {}", dir.display());
-                    } else {
-                        eprintln!("LC: training a clean model into {}", dir.display());
-                        let mut bars = progress::Bars::new();
-                        let resume = args.train.resume
-                            && checkpoint::resumable(&dir.join(files::CHECKPOINT_DIR));
-                        cleanse_core::train::train(&train, &dir, resume, &selected, &mut bars)
-                            .with_context(|| {
-                                format!("training the clean model into {}", dir.display())
-                            })?;
-                        bars.finish();
-                    }
-                    dir
-                }
-            };
-            Some(
-                load_run_model(&dir, &selected.device)
-                    .with_context(|| format!("loading --clean-model {}", dir.display()))?
-                    .model,
-            )
-        }
+    let clean_model = match (&args.clean_model, attack_config.kind) {
+        (Some(dir), AttackKind::Lc) => Some(
+            load_run_model(dir, &selected.device)
+                .with_context(|| format!("loading --clean-model {}", dir.display()))?
+                .model,
+        ),
         _ => None,
     };
 
@@ -314,17 +290,30 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
             iab_hooks = h;
             &mut iab_hooks
         }
+        AttackKind::Lc if clean_model.is_none() => {
+            // LC without --clean-model: the run trains its clean model first, into
+            // OUT/clean-model, and a resumed run continues or reuses it.
+            let dir = out.join(files::LC_CLEAN_MODEL);
+            if OwnCleanModel::is_done(out) {
+                eprintln!("LC: using the clean model in {}", dir.display());
+            } else {
+                eprintln!("LC: training a clean model into {} first", dir.display());
+            }
+            let own = OwnCleanModel {
+                config: train.clone(),
+                selected: selected.clone(),
+                observer: Box::new(progress::Bars::new()),
+            };
+            static_hooks = AttackHooks::with_own_clean_model(attack, own, train.augment.flip)?;
+            &mut static_hooks
+        }
         _ => {
             static_hooks = AttackHooks::new(attack, clean_model, train.augment.flip)?;
             &mut static_hooks
         }
     };
     let mut bars = progress::Bars::new();
-    // `--resume` of an LC run stopped while training its own clean model finds the clean model
-    // but no run yet: the run then starts anew.
-    let resume = args.train.resume
-        && (!lc_own_clean_model || checkpoint::resumable(&out.join(files::CHECKPOINT_DIR)));
-    let report = train_with(&train, hooks, out, resume, &selected, &mut bars)
+    let report = train_with(&train, hooks, out, args.train.resume, &selected, &mut bars)
         .with_context(|| format!("attack run into {}", out.display()))?;
     bars.finish();
     let f = report.final_metrics.clone().context("run did not finish")?;

@@ -207,9 +207,9 @@ fn attack_then_eval_reproduces_the_reported_asr() {
     );
 }
 
-/// LC without `--clean-model` trains its clean model into `<out>/clean-model` and then runs the
-/// attack in the same folder; run again with `--resume` after only the clean model was made, it
-/// reuses that model and starts the attack run.
+/// LC without `--clean-model` trains its clean model into `<out>/clean-model` as the first step of
+/// the attack run; stopped right after that model was made, `--resume` reuses it and goes on with
+/// the attack.
 #[test]
 fn lc_trains_its_own_clean_model_and_resumes_after_it() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -219,9 +219,13 @@ fn lc_trains_its_own_clean_model_and_resumes_after_it() {
     assert!(stdout.contains("asr"), "{stdout}");
     assert!(out.join("clean-model/report.json").is_file());
     assert!(out.join("report.json").is_file());
-    // As if stopped right after the clean model: only clean-model/ is left.
+    let clean_written = std::fs::metadata(out.join("clean-model/model.bpk"))
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    // As if stopped right after the clean model: the run's started.json and clean-model/ are
+    // left, nothing else.
     for e in std::fs::read_dir(&out).expect("dir").flatten() {
-        if e.file_name() != "clean-model" {
+        if e.file_name() != "clean-model" && e.file_name() != "checkpoint" {
             let p = e.path();
             if p.is_dir() {
                 std::fs::remove_dir_all(&p).expect("rm");
@@ -230,6 +234,19 @@ fn lc_trains_its_own_clean_model_and_resumes_after_it() {
             }
         }
     }
+    for e in std::fs::read_dir(out.join("checkpoint"))
+        .expect("dir")
+        .flatten()
+    {
+        if e.file_name() != "started.json" {
+            std::fs::remove_file(e.path()).expect("rm");
+        }
+    }
+    // A new run refuses the folder; --resume takes it up.
+    let plain: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = cleanse(&plain);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
     let mut resume = args.clone();
     resume.push("--resume".into());
     let args: Vec<&str> = resume.iter().map(String::as_str).collect();
@@ -241,6 +258,10 @@ fn lc_trains_its_own_clean_model_and_resumes_after_it() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(out.join("report.json").is_file());
+    let reused = std::fs::metadata(out.join("clean-model/model.bpk"))
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(reused, clean_written, "the clean model was trained again");
 }
 
 #[test]

@@ -10,9 +10,11 @@ use super::{Attack, AttackKind, Stamping, Trigger};
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::{HostBatch, stream};
+use crate::device::Selected;
 use crate::model::Classifier;
 use crate::rng::Rng;
-use crate::train::run::TrainHooks;
+use crate::train::checkpoint;
+use crate::train::run::{Observer, TrainConfig, TrainHooks, files, load_run_model, train};
 use crate::{Error, Result};
 use burn::prelude::*;
 use std::collections::HashSet;
@@ -159,11 +161,48 @@ pub fn attack_success_rate(
 
 pub use super::warp::WanetAugment;
 
+/// LC's clean model made by the attack run itself when none is given: trained into
+/// `OUT/clean-model` (with the attack run's own training settings) as the first step of the run's
+/// preparation, after the run has written `checkpoint/started.json`. A run stopped while
+/// training it continues it on `--resume`; one stopped later reuses it.
+pub struct OwnCleanModel {
+    pub config: TrainConfig,
+    pub selected: Selected,
+    /// Receives the clean model's training progress.
+    pub observer: Box<dyn Observer>,
+}
+
+impl OwnCleanModel {
+    /// Whether `out` (the attack run's folder) already holds the finished clean model.
+    pub fn is_done(out: &Path) -> bool {
+        out.join(files::LC_CLEAN_MODEL).join(files::MODEL).is_file()
+    }
+
+    /// Trains the clean model into `out/clean-model` unless it is there, continuing a stopped
+    /// training, and loads it.
+    fn make(&mut self, out: &Path, device: &Device) -> Result<Classifier> {
+        let dir = out.join(files::LC_CLEAN_MODEL);
+        if !Self::is_done(out) {
+            let resume = checkpoint::resumable(&dir.join(files::CHECKPOINT_DIR));
+            train(
+                &self.config,
+                &dir,
+                resume,
+                &self.selected,
+                self.observer.as_mut(),
+            )?;
+        }
+        Ok(load_run_model(&dir, device)?.model)
+    }
+}
+
 /// An attack plugged into the training loop.
 pub struct AttackHooks {
     pub attack: Attack,
     /// LC: the clean model the adversarial images are made on.
     pub clean_model: Option<Classifier>,
+    /// LC without a given clean model: how [`TrainHooks::prepare`] makes one.
+    own_clean_model: Option<OwnCleanModel>,
     /// WaNet: post-warp augmentation.
     pub wanet_augment: WanetAugment,
     poisoned_local: HashSet<usize>,
@@ -182,6 +221,29 @@ impl AttackHooks {
         Ok(AttackHooks {
             attack,
             clean_model,
+            own_clean_model: None,
+            wanet_augment: WanetAugment::standard(flip),
+            poisoned_local: HashSet::new(),
+            asr_set: None,
+            eval_batch_size: 256,
+        })
+    }
+
+    /// LC hooks that train their own clean model in [`TrainHooks::prepare`] ([`OwnCleanModel`]).
+    pub fn with_own_clean_model(attack: Attack, own: OwnCleanModel, flip: bool) -> Result<Self> {
+        if attack.config.kind != AttackKind::Lc {
+            return Err(Error::config(
+                "clean-model",
+                format!(
+                    "only LC uses a clean model, not {}",
+                    attack.config.kind.name()
+                ),
+            ));
+        }
+        Ok(AttackHooks {
+            attack,
+            clean_model: None,
+            own_clean_model: Some(own),
             wanet_augment: WanetAugment::standard(flip),
             poisoned_local: HashSet::new(),
             asr_set: None,
@@ -267,6 +329,11 @@ impl TrainHooks for AttackHooks {
         out: &Path,
         device: &Device,
     ) -> Result<ImageSet> {
+        if self.clean_model.is_none()
+            && let Some(own) = self.own_clean_model.as_mut()
+        {
+            self.clean_model = Some(own.make(out, device)?);
+        }
         let train = self.poison_training_set(train, original_indices, test, device)?;
         self.attack.save(out)?;
         Ok(train)
@@ -314,7 +381,12 @@ impl AttackHooks {
         self.attack.poisoned = local.iter().map(|&i| original_indices[i]).collect();
         let c = self.attack.config.clone();
         if c.kind == AttackKind::Lc {
-            let model = self.clean_model.as_ref().expect("checked in new");
+            let model = self.clean_model.as_ref().ok_or_else(|| {
+                Error::config(
+                    "clean-model",
+                    "LC's own clean model is made by the run's preparation, which has not run",
+                )
+            })?;
             let subset = train.subset(&local);
             let adv = pgd_untargeted(
                 model,

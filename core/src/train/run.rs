@@ -203,27 +203,19 @@ pub mod files {
     pub const SPLIT: &str = "split.json";
     pub const CHECKPOINT_DIR: &str = "checkpoint";
     /// The clean model LC trains for its adversarial images, inside the attack's run directory,
-    /// when no `--clean-model` is given; it is made before the attack run starts.
+    /// when no `--clean-model` is given; it is made by the run's preparation
+    /// ([`crate::attack::poison::OwnCleanModel`]).
     pub const LC_CLEAN_MODEL: &str = "clean-model";
 }
 
 /// Whether `dir` is missing or empty (a run may start in it).
 pub(crate) fn dir_is_empty(dir: &Path) -> Result<bool> {
-    dir_holds_only(dir, &[])
-}
-
-/// Whether `dir` is missing or holds nothing but entries named in `allowed`.
-fn dir_holds_only(dir: &Path, allowed: &[&str]) -> Result<bool> {
     match std::fs::read_dir(dir) {
-        Ok(it) => {
-            for e in it {
-                let e = e.map_err(|e| Error::io(dir, e))?;
-                if !allowed.iter().any(|a| e.file_name() == *a) {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
+        Ok(mut it) => match it.next() {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(e)) => Err(Error::io(dir, e)),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(Error::io(dir, e)),
     }
@@ -288,8 +280,7 @@ pub fn train_with(
             ));
         }
     } else {
-        // A new run may find LC's clean model, trained into its folder just before.
-        if !dir_holds_only(out, &[files::LC_CLEAN_MODEL])? {
+        if !dir_is_empty(out)? {
             return Err(Error::artifact(
                 out,
                 "output directory exists and is not empty; choose another --out, or pass --resume to continue the run in it",
