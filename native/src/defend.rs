@@ -78,11 +78,15 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
             a.ratios
         );
     }
-    if a.temperature.len() != 2 || a.temperature.iter().any(|t| !t.is_finite() || *t <= 0.0) {
-        bail!(
-            "--temperature: expected FROM,TO, two positive numbers (e.g. 1,4); got {:?}",
+    let temperature = match a.temperature[..] {
+        [from, to] => TemperatureRange { from, to },
+        _ => bail!(
+            "--temperature: expected FROM,TO (e.g. 1,4); got {:?}",
             a.temperature
-        );
+        ),
+    };
+    if let Some(reason) = temperature.check() {
+        bail!("--temperature: {reason}");
     }
     let ratios: [f64; 6] = a.ratios.clone().try_into().expect("six");
     let ratios = reinit::scale_ratios(ratios, a.ratio_scale).context("--ratio-scale")?;
@@ -111,10 +115,7 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     config.epochs = a.epochs;
     config.batch_size = a.batch_size;
     config.lr = a.lr;
-    config.temperature = TemperatureRange {
-        from: a.temperature[0],
-        to: a.temperature[1],
-    };
+    config.temperature = temperature;
     config.init = init;
     config.seed = a.seed;
     config.augment = Augment {

@@ -38,6 +38,10 @@ fn style(template: &str) -> ProgressStyle {
 }
 
 impl Observer for Bars {
+    fn finish(&mut self) {
+        Bars::finish(self);
+    }
+
     fn start(&mut self, first_epoch: usize, epochs: usize, batches: usize) {
         self.total_epochs = epochs;
         let e = self.multi.add(ProgressBar::new(epochs as u64));

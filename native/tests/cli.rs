@@ -262,6 +262,41 @@ fn lc_trains_its_own_clean_model_and_resumes_after_it() {
         .and_then(|m| m.modified())
         .expect("mtime");
     assert_eq!(reused, clean_written, "the clean model was trained again");
+    // As if stopped while training the clean model, after its last checkpoint: the clean model's
+    // checkpoint and the run's started.json are left. --resume finishes the clean model from its
+    // checkpoint, then runs the attack.
+    for e in std::fs::read_dir(&out).expect("dir").flatten() {
+        if e.file_name() != "clean-model" && e.file_name() != "checkpoint" {
+            let p = e.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).expect("rm");
+            } else {
+                std::fs::remove_file(&p).expect("rm");
+            }
+        }
+    }
+    for e in std::fs::read_dir(out.join("checkpoint"))
+        .expect("dir")
+        .flatten()
+    {
+        if e.file_name() != "started.json" {
+            std::fs::remove_file(e.path()).expect("rm");
+        }
+    }
+    for e in std::fs::read_dir(out.join("clean-model"))
+        .expect("dir")
+        .flatten()
+    {
+        if e.file_name() != "checkpoint" {
+            std::fs::remove_file(e.path()).expect("rm");
+        }
+    }
+    let o = cleanse(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("training a clean model"), "{err}");
+    assert!(out.join("clean-model/model.bpk").is_file());
+    assert!(out.join("report.json").is_file());
 }
 
 #[test]

@@ -492,6 +492,25 @@ fn bad_attack_settings_are_rejected_with_the_flag_named() {
     .expect("LC needs a clean model")
     .to_string();
     assert!(e.contains("clean-model"), "{e}");
+    // Only LC trains a clean model of its own.
+    let own = cleanse_core::attack::poison::OwnCleanModel {
+        config: cleanse_core::train::TrainConfig::supplement(cleanse_core::data::DataSpec::new(
+            DatasetKind::Synthetic,
+            None,
+        )),
+        selected: cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu)
+            .expect("cpu"),
+        observer: Box::new(cleanse_core::train::SilentObserver),
+    };
+    let e = AttackHooks::with_own_clean_model(
+        Attack::new(config(AttackKind::Badnets), &set).expect("attack"),
+        own,
+        true,
+    )
+    .err()
+    .expect("BadNets has no clean model")
+    .to_string();
+    assert!(e.contains("clean-model") && e.contains("badnets"), "{e}");
 }
 
 #[test]

@@ -231,13 +231,31 @@ fn other_temperature_ranges_follow_the_same_linear_schedule() {
     assert!((falling.at(0, 10) - 3.7).abs() < 1e-12);
     assert!((falling.at(9, 10) - 1.0).abs() < 1e-12);
     // A configuration saved before the range existed (a run to resume) reads back with the
-    // method spec's range.
+    // method spec's range, and the method's own configuration is written exactly as before (resume
+    // compares the written JSON).
     let config = KdConfig::paper("teacher".into(), true);
-    let mut old = serde_json::to_value(&config).unwrap();
-    assert!(old.as_object_mut().unwrap().remove("temperature").is_some());
-    let read: KdConfig = serde_json::from_value(old).unwrap();
+    let written = serde_json::to_value(&config).unwrap();
+    assert!(written.get("temperature").is_none(), "{written}");
+    let read: KdConfig = serde_json::from_value(written).unwrap();
     assert_eq!(read.temperature, PAPER_TEMPERATURE);
     assert_eq!(read, config);
+    let other = KdConfig {
+        temperature: constant,
+        ..config
+    };
+    let written = serde_json::to_value(&other).unwrap();
+    assert_eq!(written["temperature"]["from"], 2.0);
+    assert_eq!(serde_json::from_value::<KdConfig>(written).unwrap(), other);
+    assert!(TemperatureRange { from: 0.0, to: 4.0 }.check().is_some());
+    assert!(
+        TemperatureRange {
+            from: 1.0,
+            to: f64::NAN
+        }
+        .check()
+        .is_some()
+    );
+    assert!(PAPER_TEMPERATURE.check().is_none());
 }
 
 #[test]

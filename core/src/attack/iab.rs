@@ -582,13 +582,15 @@ impl crate::train::run::TrainHooks for IabHooks {
             ));
         }
         let mask_path = out.join(super::files::IAB_MASK);
+        let ckpt = out.join(crate::train::run::files::CHECKPOINT_DIR);
         let mask = if mask_path.is_file() {
+            // A run stopped between saving the mask and removing its checkpoints.
+            remove_mask_checkpoints(&ckpt, None);
             load_module(Generator::new(ch, 1, c.iab_width, device), &mask_path)?
         } else {
             let set = Arc::new(train.clone());
             let mut cb = self.on_mask_epoch.take();
             let epochs = c.iab_mask_epochs;
-            let ckpt = out.join(crate::train::run::files::CHECKPOINT_DIR);
             let trained = pretrain_mask(
                 self.fresh_mask(device),
                 &set,

@@ -182,17 +182,20 @@ impl OwnCleanModel {
     /// training, and loads it.
     fn make(&mut self, out: &Path, device: &Device) -> Result<Classifier> {
         let dir = out.join(files::LC_CLEAN_MODEL);
+        let in_dir = |e: Error| Error::artifact(&dir, format!("LC's clean model: {e}"));
         if !Self::is_done(out) {
             let resume = checkpoint::resumable(&dir.join(files::CHECKPOINT_DIR));
-            train(
+            let trained = train(
                 &self.config,
                 &dir,
                 resume,
                 &self.selected,
                 self.observer.as_mut(),
-            )?;
+            );
+            self.observer.finish();
+            trained.map_err(in_dir)?;
         }
-        Ok(load_run_model(&dir, device)?.model)
+        Ok(load_run_model(&dir, device).map_err(in_dir)?.model)
     }
 }
 

@@ -56,8 +56,8 @@ pub struct KdConfig {
     pub batch_size: usize,
     /// Method spec: 0.01 with cosine annealing.
     pub lr: f64,
-    /// Method spec: `T = 1 + 3 (e + 1) / E`, rising to 4.
-    #[serde(default)]
+    /// Method spec: `T = 1 + 3 (e + 1) / E`, rising to 4 (not written when it is that).
+    #[serde(default, skip_serializing_if = "TemperatureRange::is_paper")]
     pub temperature: TemperatureRange,
     pub sgd: SgdConfig,
     pub init: InitMode,
@@ -152,13 +152,19 @@ pub fn cleanse(
             format!("expected at least 2, got {}", config.batch_size),
         ));
     }
+    if let Some(reason) = config.temperature.check() {
+        return Err(Error::config("temperature", reason));
+    }
     let device = selected.device.clone();
     let ckpt_dir = out.join(files::CHECKPOINT_DIR);
     let config_json =
         serde_json::to_value(config).map_err(|e| Error::config("config", e.to_string()))?;
     let state = if resume {
         let s = checkpoint::load_state(&ckpt_dir)?;
-        if s.config != config_json {
+        // Compared as configurations, so that a field added with its default since the
+        // checkpoint was written does not count as a change.
+        let saved = serde_json::from_value::<KdConfig>(s.config.clone()).ok();
+        if saved.as_ref() != Some(config) {
             return Err(Error::artifact(
                 checkpoint::state_path(&ckpt_dir),
                 "--resume: the checkpoint was made with a different configuration",

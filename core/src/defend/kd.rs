@@ -23,6 +23,23 @@ impl Default for TemperatureRange {
 }
 
 impl TemperatureRange {
+    /// Whether this is the method spec's range (configurations leave it out, so that they read
+    /// as they did before the range could be changed).
+    pub fn is_paper(&self) -> bool {
+        *self == PAPER_TEMPERATURE
+    }
+
+    /// Why this range cannot be used, if it cannot: both ends must be positive and finite.
+    pub fn check(&self) -> Option<String> {
+        let ok = |t: f64| t.is_finite() && t > 0.0;
+        (!ok(self.from) || !ok(self.to)).then(|| {
+            format!(
+                "expected two positive temperatures FROM,TO; got {},{}",
+                self.from, self.to
+            )
+        })
+    }
+
     /// The temperature of 0-based epoch `epoch` of `epochs`.
     pub fn at(&self, epoch: usize, epochs: usize) -> f64 {
         self.from + (self.to - self.from) * (epoch + 1) as f64 / epochs.max(1) as f64

@@ -114,6 +114,8 @@ pub trait Observer {
     }
     /// An epoch finished and was checkpointed.
     fn epoch(&mut self, _record: &EpochRecord) {}
+    /// A run nested in another one (LC's clean model) is over; progress display can end.
+    fn finish(&mut self) {}
 }
 
 /// What an attack (or anything else that changes training) plugs into the loop.
