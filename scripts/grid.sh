@@ -20,10 +20,11 @@
 #   sweep     BadNets all-to-one and all-to-all at 1%, 5%, 10%, 20% poison rate
 #   faithful  clean reference and the six attacks with the supplement's settings
 #   width     subset Blended at width 32, cleansed at the defaults and with stage 3 re-initialised
+#             (20 epochs at lr 0.05, and the method's 100 at 0.01)
 #   seeds     the subset clean reference and subset BadNets again at seeds 1 and 2 (the seed
 #             sets the held-out split, the initialisation, the batch order and the poisoned
 #             images), for the spread of clean accuracy between runs; Blended at seed 1 (its
-#             own trigger pattern too) and its stage-3 cleanse
+#             own trigger pattern too) and its stage-3 cleanses
 #
 # Environment (defaults in brackets):
 #   DEVICE [cpu]  --device of every run (cpu, wgpu, auto)
@@ -229,6 +230,9 @@ if want width; then
   # Model width, the one cleanser setting the runs above do not change: subset Blended at width
   # 32 (four times the compute), cleansed at the defaults and with stage 3 re-initialised.
   job width/blended-w32 "" attack blended --preset subset --width 32 "${CIFAR[@]}" "${DEV[@]}"
+  # First the short stage-3 schedule that kept most accuracy at width 16 (20 epochs, lr 0.05).
+  job width/blended-w32-single3-e20-lr05 "width/blended-w32" defend kd \
+    --model "$RUNS/width/blended-w32" --init single:3 --epochs 20 --lr 0.05 "${DEV[@]}"
   job width/blended-w32-single3 "width/blended-w32" defend kd --model "$RUNS/width/blended-w32" \
     --init single:3 "${DEV[@]}"
   job width/blended-w32-kd "width/blended-w32" defend kd --model "$RUNS/width/blended-w32" "${DEV[@]}"
@@ -242,6 +246,8 @@ if want seeds; then
   # images and trigger pattern), to check cleanser settings chosen on subset/blended's test
   # metrics on a model they were not chosen on.
   job seeds/blended-s1 "" attack blended --preset subset --seed 1 "${CIFAR[@]}" "${DEV[@]}"
+  job seeds/blended-s1-single3-e20-lr05 "seeds/blended-s1" defend kd \
+    --model "$RUNS/seeds/blended-s1" --init single:3 --epochs 20 --lr 0.05 "${DEV[@]}"
   job seeds/blended-s1-single3 "seeds/blended-s1" defend kd --model "$RUNS/seeds/blended-s1" \
     --init single:3 "${DEV[@]}"
 fi
