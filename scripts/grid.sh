@@ -236,6 +236,12 @@ if want width; then
   job width/blended-w32-single3 "width/blended-w32" defend kd --model "$RUNS/width/blended-w32" \
     --init single:3 "${DEV[@]}"
   job width/blended-w32-kd "width/blended-w32" defend kd --model "$RUNS/width/blended-w32" "${DEV[@]}"
+  # A second width-32 teacher (seed 1: its own split, initialisation, poisoned images and
+  # pattern) with the short stage-3 cleanse.
+  job width/blended-w32-s1 "" attack blended --preset subset --width 32 --seed 1 "${CIFAR[@]}" \
+    "${DEV[@]}"
+  job width/blended-w32-s1-single3-e20-lr05 "width/blended-w32-s1" defend kd \
+    --model "$RUNS/width/blended-w32-s1" --init single:3 --epochs 20 --lr 0.05 "${DEV[@]}"
 fi
 if want seeds; then
   for seed in 1 2; do
