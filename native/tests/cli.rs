@@ -207,6 +207,22 @@ fn attack_then_eval_reproduces_the_reported_asr() {
     );
 }
 
+/// Removes every file and folder in `dir` not named in `keep`: what a run stopped at some point
+/// would have left.
+fn keep_only(dir: &Path, keep: &[&str]) {
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        if keep.iter().any(|k| e.file_name() == *k) {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).expect("rm");
+        } else {
+            std::fs::remove_file(&p).expect("rm");
+        }
+    }
+}
+
 /// LC without `--clean-model` trains its clean model into `<out>/clean-model` as the first step of
 /// the attack run; stopped right after that model was made, `--resume` reuses it and goes on with
 /// the attack.
@@ -224,24 +240,8 @@ fn lc_trains_its_own_clean_model_and_resumes_after_it() {
         .expect("mtime");
     // As if stopped right after the clean model: the run's started.json and clean-model/ are
     // left, nothing else.
-    for e in std::fs::read_dir(&out).expect("dir").flatten() {
-        if e.file_name() != "clean-model" && e.file_name() != "checkpoint" {
-            let p = e.path();
-            if p.is_dir() {
-                std::fs::remove_dir_all(&p).expect("rm");
-            } else {
-                std::fs::remove_file(&p).expect("rm");
-            }
-        }
-    }
-    for e in std::fs::read_dir(out.join("checkpoint"))
-        .expect("dir")
-        .flatten()
-    {
-        if e.file_name() != "started.json" {
-            std::fs::remove_file(e.path()).expect("rm");
-        }
-    }
+    keep_only(&out, &["clean-model", "checkpoint"]);
+    keep_only(&out.join("checkpoint"), &["started.json"]);
     // A new run refuses the folder; --resume takes it up.
     let plain: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = cleanse(&plain);
@@ -265,32 +265,9 @@ fn lc_trains_its_own_clean_model_and_resumes_after_it() {
     // As if stopped while training the clean model, after its last checkpoint: the clean model's
     // checkpoint and the run's started.json are left. --resume finishes the clean model from its
     // checkpoint, then runs the attack.
-    for e in std::fs::read_dir(&out).expect("dir").flatten() {
-        if e.file_name() != "clean-model" && e.file_name() != "checkpoint" {
-            let p = e.path();
-            if p.is_dir() {
-                std::fs::remove_dir_all(&p).expect("rm");
-            } else {
-                std::fs::remove_file(&p).expect("rm");
-            }
-        }
-    }
-    for e in std::fs::read_dir(out.join("checkpoint"))
-        .expect("dir")
-        .flatten()
-    {
-        if e.file_name() != "started.json" {
-            std::fs::remove_file(e.path()).expect("rm");
-        }
-    }
-    for e in std::fs::read_dir(out.join("clean-model"))
-        .expect("dir")
-        .flatten()
-    {
-        if e.file_name() != "checkpoint" {
-            std::fs::remove_file(e.path()).expect("rm");
-        }
-    }
+    keep_only(&out, &["clean-model", "checkpoint"]);
+    keep_only(&out.join("checkpoint"), &["started.json"]);
+    keep_only(&out.join("clean-model"), &["checkpoint"]);
     let o = cleanse(&args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");

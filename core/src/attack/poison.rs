@@ -221,15 +221,7 @@ impl AttackHooks {
                 "LC makes its adversarial images on a clean model; none was given",
             ));
         }
-        Ok(AttackHooks {
-            attack,
-            clean_model,
-            own_clean_model: None,
-            wanet_augment: WanetAugment::standard(flip),
-            poisoned_local: HashSet::new(),
-            asr_set: None,
-            eval_batch_size: 256,
-        })
+        Ok(Self::with_clean_model(attack, clean_model, None, flip))
     }
 
     /// LC hooks that train their own clean model in [`TrainHooks::prepare`] ([`OwnCleanModel`]).
@@ -243,15 +235,24 @@ impl AttackHooks {
                 ),
             ));
         }
-        Ok(AttackHooks {
+        Ok(Self::with_clean_model(attack, None, Some(own), flip))
+    }
+
+    fn with_clean_model(
+        attack: Attack,
+        clean_model: Option<Classifier>,
+        own_clean_model: Option<OwnCleanModel>,
+        flip: bool,
+    ) -> Self {
+        AttackHooks {
             attack,
-            clean_model: None,
-            own_clean_model: Some(own),
+            clean_model,
+            own_clean_model,
             wanet_augment: WanetAugment::standard(flip),
             poisoned_local: HashSet::new(),
             asr_set: None,
             eval_batch_size: 256,
-        })
+        }
     }
 
     fn trigger(&self) -> &Trigger {
