@@ -446,6 +446,9 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         "2".into(),
         "--temperature".into(),
         "2,3".into(),
+        "--mixup".into(),
+        "--weight-decay".into(),
+        "0.001".into(),
         "--device".into(),
         "cpu".into(),
         "--out".into(),
@@ -464,6 +467,8 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     assert_eq!(r["config"]["temperature"]["from"].as_f64(), Some(2.0));
     assert_eq!(r["config"]["temperature"]["to"].as_f64(), Some(3.0));
     assert_eq!(r["config"]["unlabeled"]["source"], "holdout");
+    assert_eq!(r["config"]["mixup"], true);
+    assert_eq!(r["config"]["sgd"]["weight_decay"].as_f64(), Some(0.001));
     let groups = r["defense"]["init"]["groups"].as_array().expect("groups");
     for g in groups {
         let hit = g["reinitialised"].as_u64().expect("count") > 0;
@@ -489,6 +494,7 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         ("--ratio-scale", "0", "--ratio-scale"),
         ("--temperature", "4", "--temperature"),
         ("--temperature", "0,4", "--temperature"),
+        ("--weight-decay", "nan", "--weight-decay"),
     ] {
         let o = cleanse(&[
             "defend",

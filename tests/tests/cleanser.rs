@@ -429,6 +429,21 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     );
     assert!(tmp.path().join("student/attack.json").is_file());
     assert!(tmp.path().join("student/model.bpk").is_file());
+    // With mixup the student trains on other images (its loss differs from the first epoch on),
+    // the report's config says so, and the backdoor is still lowered.
+    let mixed = KdConfig {
+        mixup: true,
+        ..kc.clone()
+    };
+    let rm = run(&mixed, "mixup");
+    assert_eq!(rm.config["mixup"], true);
+    assert!(report.config.get("mixup").is_none());
+    assert_ne!(rm.epochs[0].loss, report.epochs[0].loss);
+    let mixup_asr = rm.final_metrics.as_ref().and_then(|f| f.asr).expect("asr");
+    assert!(
+        mixup_asr < teacher_asr - 0.3,
+        "mixup: {teacher_asr} -> {mixup_asr}"
+    );
     // The student before distillation: an exact copy measures like its teacher, and with no
     // epochs the re-initialised student is the model.
     let init_acc = defense["student_init_clean_acc"]

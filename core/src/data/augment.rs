@@ -84,6 +84,31 @@ pub fn apply(
     }
 }
 
+/// Mixup within a batch (Zhang et al. 2018), as consistent distillation uses it (Beyer et al.
+/// 2022, "function matching"): image `i` becomes `l_i x_i + (1 - l_i) x_pi(i)` with `pi` a random
+/// permutation of the batch and `l_i` uniform in `[0, 1)`, both drawn from `rng`. The teacher
+/// and the student see the same mixed images, so no label is involved. `images` holds the batch
+/// as consecutive images of `per_image` values each.
+pub fn mixup(images: &mut [f32], per_image: usize, rng: &mut Rng) {
+    if per_image == 0 {
+        return;
+    }
+    let n = images.len() / per_image;
+    if n < 2 {
+        return;
+    }
+    let partner = rng.permutation(n);
+    let lambdas: Vec<f32> = (0..n).map(|_| rng.next_f32()).collect();
+    let original = images.to_vec();
+    for (i, out) in images.chunks_mut(per_image).enumerate() {
+        let (l, other) = (lambdas[i], &original[partner[i] * per_image..][..per_image]);
+        let own = &original[i * per_image..][..per_image];
+        for ((o, &a), &b) in out.iter_mut().zip(own).zip(other) {
+            *o = l * a + (1.0 - l) * b;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +194,46 @@ mod tests {
                 assert!((out[y * 8 + x] - src[y * 8 + 7 - x] as f32 / 255.0).abs() < 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn mixup_blends_each_image_with_one_partner_of_the_batch() {
+        // Four constant images with distinct values: every mixed image must be a convex
+        // combination of its own value and one other image's, varying across images.
+        let per = 12;
+        let values = [0.0f32, 0.25, 0.5, 1.0];
+        let batch: Vec<f32> = values.iter().flat_map(|&v| vec![v; per]).collect();
+        let mut mixed = batch.clone();
+        mixup(&mut mixed, per, &mut Rng::new(7));
+        assert_ne!(mixed, batch);
+        for (i, img) in mixed.chunks(per).enumerate() {
+            assert!(
+                img.iter().all(|&v| (v - img[0]).abs() < 1e-7),
+                "not one blend per image"
+            );
+            let own = values[i];
+            let explained = values.iter().any(|&other| {
+                let d = other - own;
+                if d.abs() < 1e-9 {
+                    (img[0] - own).abs() < 1e-6
+                } else {
+                    let l = (img[0] - other) / (own - other);
+                    (0.0..=1.0).contains(&l)
+                }
+            });
+            assert!(
+                explained,
+                "image {i} ({}) is no blend of its own and another",
+                img[0]
+            );
+        }
+        // Seeded: the same stream mixes the same way.
+        let mut again = batch.clone();
+        mixup(&mut again, per, &mut Rng::new(7));
+        assert_eq!(again, mixed);
+        // A single image is left alone.
+        let mut one = vec![0.5f32; per];
+        mixup(&mut one, per, &mut Rng::new(7));
+        assert_eq!(one, vec![0.5f32; per]);
     }
 }

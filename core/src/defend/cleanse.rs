@@ -64,6 +64,11 @@ pub struct KdConfig {
     pub seed: u64,
     /// Method spec: crop + flip.
     pub augment: Augment,
+    /// Not in the method spec (off by default): mix the unlabeled images of each batch in pairs
+    /// (`augment::mixup`), teacher and student seeing the same mixed images, so that 1,000
+    /// images give the student many more distinct inputs to match the teacher on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mixup: bool,
     pub eval_batch_size: usize,
 }
 
@@ -84,6 +89,7 @@ impl KdConfig {
             },
             seed: 0,
             augment: Augment::standard(flip),
+            mixup: false,
             eval_batch_size: 256,
         }
     }
@@ -280,7 +286,14 @@ pub fn cleanse(
         .enumerate()
         {
             let n = b.shape[0];
-            let x = images_tensor(b.images, b.shape, &device);
+            let mut pixels = b.images;
+            if config.mixup {
+                let mut rng =
+                    crate::rng::Rng::from_parts(&[config.seed, epoch as u64, bi as u64, 0x313C]);
+                let per_image = pixels.len() / n.max(1);
+                crate::data::augment::mixup(&mut pixels, per_image, &mut rng);
+            }
+            let x = images_tensor(pixels, b.shape, &device);
             let t_logits = teacher.forward(x.clone());
             let s_logits = student.forward(x.autodiff());
             let loss = distillation_loss(s_logits.clone(), t_logits.clone().autodiff(), temp);
