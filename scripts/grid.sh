@@ -210,7 +210,7 @@ if want scale; then
     --ratios 0,0,0,1,0,1 "${DEV[@]}"
   # Two levers outside the method spec on the short stage-3 cleanse: mixup of the unlabeled
   # images (teacher and student see the same mixed images; more distinct inputs from 1,000
-  # images) and ten times the weight decay (weights the clean images do not use shrink); mixup
+  # images) and ten times the weight decay (to see whether weights the clean images do not use shrink); mixup
   # with stage 3 and the classifier re-initialised, which removed the backdoor at a fresh
   # student's accuracy.
   job scale/blended-single3-e20-lr05-mixup "subset/blended" defend kd --model "$RUNS/subset/blended" \
@@ -285,7 +285,7 @@ if want width; then
   job width/blended-w32 "" attack blended --preset subset --width 32 "${CIFAR[@]}" "${DEV[@]}"
   # First the short stage-3 schedule that kept most accuracy at width 16 (20 epochs, lr 0.05).
   job width/blended-w32-single3-e20-lr05 "width/blended-w32" defend kd \
-    --model "$RUNS/width/blended-w32" --init single:3 --epochs 20 --lr 0.05 "${DEV[@]}"
+    --model "$RUNS/width/blended-w32" --init single:3 "${S3E20[@]}" "${DEV[@]}"
   job width/blended-w32-single3 "width/blended-w32" defend kd --model "$RUNS/width/blended-w32" \
     --init single:3 "${DEV[@]}"
   job width/blended-w32-kd "width/blended-w32" defend kd --model "$RUNS/width/blended-w32" "${DEV[@]}"
@@ -294,7 +294,7 @@ if want width; then
   job width/blended-w32-s1 "" attack blended --preset subset --width 32 --seed 1 "${CIFAR[@]}" \
     "${DEV[@]}"
   job width/blended-w32-s1-single3-e20-lr05 "width/blended-w32-s1" defend kd \
-    --model "$RUNS/width/blended-w32-s1" --init single:3 --epochs 20 --lr 0.05 "${DEV[@]}"
+    --model "$RUNS/width/blended-w32-s1" --init single:3 "${S3E20[@]}" "${DEV[@]}"
   # A third width-32 teacher (seed 2), chosen before any of its cleanses ran.
   job width/blended-w32-s2 "" attack blended --preset subset --width 32 --seed 2 "${CIFAR[@]}" \
     "${DEV[@]}"
@@ -314,7 +314,7 @@ if want seeds; then
   # metrics on a model they were not chosen on.
   job seeds/blended-s1 "" attack blended --preset subset --seed 1 "${CIFAR[@]}" "${DEV[@]}"
   job seeds/blended-s1-single3-e20-lr05 "seeds/blended-s1" defend kd \
-    --model "$RUNS/seeds/blended-s1" --init single:3 --epochs 20 --lr 0.05 "${DEV[@]}"
+    --model "$RUNS/seeds/blended-s1" --init single:3 "${S3E20[@]}" "${DEV[@]}"
   job seeds/blended-s1-stage3fc-e20-lr05 "seeds/blended-s1" defend kd \
     --model "$RUNS/seeds/blended-s1" --ratios 0,0,0,1,0,1 "${S3E20[@]}" "${DEV[@]}"
   job seeds/blended-s1-single3 "seeds/blended-s1" defend kd --model "$RUNS/seeds/blended-s1" \

@@ -130,13 +130,10 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
         flip,
     };
     config.mixup = a.mixup;
-    if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
-        bail!(
-            "--weight-decay: expected a finite value >= 0, got {}",
-            a.weight_decay
-        );
-    }
     config.sgd.weight_decay = a.weight_decay;
+    if let Some(reason) = config.sgd.check_weight_decay() {
+        bail!("--weight-decay: {reason}");
+    }
     let selected = a.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let mut bars = progress::Bars::new();

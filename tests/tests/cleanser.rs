@@ -259,6 +259,31 @@ fn other_temperature_ranges_follow_the_same_linear_schedule() {
 }
 
 #[test]
+fn cleanse_rejects_an_unusable_weight_decay_before_reading_anything() {
+    use cleanse_core::defend::cleanse::cleanse;
+    use cleanse_core::train::SilentObserver;
+    let selected =
+        cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu).expect("cpu");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = KdConfig::paper(tmp.path().join("no-teacher"), true);
+    assert!(config.sgd.check_weight_decay().is_none());
+    for wd in [-1e-4, f64::NAN, f64::INFINITY] {
+        config.sgd.weight_decay = wd;
+        let err = cleanse(
+            &config,
+            &tmp.path().join("out"),
+            false,
+            &selected,
+            &mut SilentObserver,
+        )
+        .expect_err("bad weight decay");
+        assert!(err.to_string().contains("weight-decay"), "{err}");
+    }
+    config.sgd.weight_decay = 0.0;
+    assert!(config.sgd.check_weight_decay().is_none());
+}
+
+#[test]
 fn unlabeled_images_keep_pixels_and_batch_deterministically() {
     let set = generate(&SyntheticConfig {
         train_size: 20,

@@ -161,6 +161,9 @@ pub fn cleanse(
     if let Some(reason) = config.temperature.check() {
         return Err(Error::config("temperature", reason));
     }
+    if let Some(reason) = config.sgd.check_weight_decay() {
+        return Err(Error::config("weight-decay", reason));
+    }
     let device = selected.device.clone();
     let ckpt_dir = out.join(files::CHECKPOINT_DIR);
     let config_json =
@@ -290,8 +293,8 @@ pub fn cleanse(
             if config.mixup {
                 let mut rng =
                     crate::rng::Rng::from_parts(&[config.seed, epoch as u64, bi as u64, 0x313C]);
-                let per_image = pixels.len() / n.max(1);
-                crate::data::augment::mixup(&mut pixels, per_image, &mut rng);
+                let [_, c, h, w] = b.shape;
+                crate::data::augment::mixup(&mut pixels, c * h * w, &mut rng);
             }
             let x = images_tensor(pixels, b.shape, &device);
             let t_logits = teacher.forward(x.clone());

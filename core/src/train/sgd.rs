@@ -33,6 +33,14 @@ impl Default for SgdConfig {
     }
 }
 
+impl SgdConfig {
+    /// Why the weight decay cannot be used, if it cannot: it must be finite and non-negative.
+    pub fn check_weight_decay(&self) -> Option<String> {
+        let wd = self.weight_decay;
+        (!(wd.is_finite() && wd >= 0.0)).then(|| format!("expected a finite value >= 0, got {wd}"))
+    }
+}
+
 /// The optimiser: config plus one momentum buffer per parameter path.
 pub struct Sgd {
     pub config: SgdConfig,
