@@ -1,0 +1,140 @@
+//! Golden values of the browser demo's loops, run natively on the CPU backend: a clean model, a
+//! backdoored model of each kind of attack (BadNets, SIG, LC on the clean model, WaNet, IAB) and
+//! a cleanse must end with exactly the metrics and weights recorded here.
+//!
+//! How the expected values were produced: this test was run on the commit that introduced it
+//! (before the demo's loops moved onto core's engine) and its printed table pasted into
+//! `EXPECTED` (2 CPU threads: the CPU backend's reductions depend on the thread count). A change
+//! of any number is a change of behaviour.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use cleanse_core::attack::AttackKind;
+use cleanse_core::data::synthetic::{SyntheticConfig, generate};
+use cleanse_core::data::{DatasetKind, records};
+use cleanse_web::engine::{self, CleansePlan, DemoData, DemoModel, Host, TrainPlan};
+use futures_lite::future::block_on;
+use std::future::Future;
+
+struct Quiet;
+impl Host for Quiet {
+    fn now_ms(&self) -> f64 {
+        0.0
+    }
+    fn stop_requested(&self) -> bool {
+        false
+    }
+    fn pause(&self) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
+}
+
+fn checksum(m: &DemoModel) -> u64 {
+    struct Hash(u64);
+    impl ModuleVisitor for Hash {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            for v in p.val().into_data().iter::<f32>() {
+                for b in v.to_bits().to_le_bytes() {
+                    self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
+                }
+            }
+        }
+    }
+    let mut h = Hash(0xcbf2_9ce4_8422_2325);
+    m.model.visit(&mut h);
+    h.0
+}
+
+fn line(name: &str, m: &DemoModel) -> String {
+    let last = m.last().expect("an epoch");
+    format!(
+        "{name} {:?} {:?} {:?} {:016x}",
+        last.clean_acc,
+        last.asr,
+        last.loss,
+        checksum(m)
+    )
+}
+
+const EXPECTED: &[&str] = &[
+    "clean 0.5333333333333333 None 1.280139238493783 5d268cd3c7a27188",
+    "badnets 0.3 Some(0.7777777777777778) 1.8169853074210032 668b7e46f92e5afe",
+    "sig 0.25 Some(0.037037037037037035) 1.6610437972205025 d59e9873fda49671",
+    "lc 0.4666666666666667 Some(0.18518518518518517) 1.5192750522068568 c26c44a221e09913",
+    "wanet 0.3333333333333333 Some(0.2962962962962963) 1.4713296038763863 3258c356ea47b542",
+    "iab 0.45 Some(0.3148148148148148) 3.35707733971732 33fa3e44b50b0d2a",
+    "cleanse 0.2 Some(0.8888888888888888) 0.1255457729101181 dcd74ff03825a54f",
+];
+
+#[test]
+fn demo_loops_end_with_the_recorded_metrics_and_weights() {
+    let s = generate(&SyntheticConfig {
+        train_size: 200,
+        test_size: 60,
+        ..SyntheticConfig::default()
+    });
+    let (train, test) = (records::encode(&s.train), records::encode(&s.test));
+    let data = DemoData::from_records(
+        DatasetKind::Cifar10,
+        ("train.bin", &train),
+        ("test.bin", &test),
+        60,
+    )
+    .expect("data");
+    let device = Device::flex();
+    let plan = |attack| TrainPlan {
+        width: 4,
+        epochs: 3,
+        batch_size: 16,
+        ..TrainPlan::demo(attack)
+    };
+    let run = |attack, clean: Option<&DemoModel>| {
+        block_on(engine::train(
+            &data,
+            &plan(attack),
+            clean.map(|m| &m.model),
+            &device,
+            &Quiet,
+            &mut |_| {},
+        ))
+        .expect("train")
+    };
+    let mut got = Vec::new();
+    let clean = run(None, None);
+    got.push(line("clean", &clean));
+    let mut badnets = None;
+    for kind in [
+        AttackKind::Badnets,
+        AttackKind::Sig,
+        AttackKind::Lc,
+        AttackKind::Wanet,
+        AttackKind::Iab,
+    ] {
+        let m = run(Some(kind), Some(&clean));
+        got.push(line(kind.name(), &m));
+        if kind == AttackKind::Badnets {
+            badnets = Some(m);
+        }
+    }
+    let cleansed = block_on(engine::cleanse(
+        badnets.as_ref().expect("badnets"),
+        &data,
+        &CleansePlan {
+            epochs: 3,
+            batch_size: 16,
+            ..CleansePlan::demo()
+        },
+        &device,
+        &Quiet,
+        &mut |_| {},
+    ))
+    .expect("cleanse");
+    got.push(line("cleanse", &cleansed));
+    let table = got.join("\n");
+    eprintln!("golden values:\n{table}");
+    assert_eq!(
+        got,
+        EXPECTED.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "golden values changed; got:\n{table}"
+    );
+}
