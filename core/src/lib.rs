@@ -7,6 +7,7 @@ pub mod attack;
 pub mod data;
 pub mod defend;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod io;
 pub mod kernels;

@@ -2,11 +2,60 @@
 //!
 //! Versioned by [`SCHEMA_VERSION`]; metrics are fractions in `[0,1]`.
 
+use crate::defend::Defense;
+use crate::defend::cleanse::KdConfig;
+use crate::defend::reinit::Realised;
 use crate::device::DeviceInfo;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
-/// Version of the report schema.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the report schema. Version 2 made `defense` a typed record; version 1 reports
+/// are still read (their cleanser records are converted).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// What a defense run records under `defense`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DefenseRecord {
+    /// The defense with all its settings, tagged by `method`.
+    pub config: Defense,
+    /// The suspect model's run directory.
+    pub suspect: PathBuf,
+    /// Images of the defender's data the defense trained on.
+    pub defender_images: usize,
+    /// The suspect's clean accuracy and ASR, measured at the start.
+    pub suspect_clean_acc: f64,
+    pub suspect_asr: Option<f64>,
+    /// The model the defense starts training from, before its first epoch (the cleanser's
+    /// re-initialised student, which the supplement's Figure 2 compares; the suspect itself for
+    /// fine-tuning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_clean_acc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_asr: Option<f64>,
+    /// The cleanser's realised re-initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinit: Option<Realised>,
+}
+
+impl DefenseRecord {
+    /// The `defense` of a version 1 report (the cleanser's record; its configuration was the
+    /// report's `config`).
+    fn from_v1(defense: &serde_json::Value, config: &serde_json::Value) -> Result<Self, String> {
+        let kd: KdConfig = serde_json::from_value(config.clone())
+            .map_err(|e| format!("version 1 defense configuration: {e}"))?;
+        let f = |k: &str| defense.get(k).and_then(|v| v.as_f64());
+        Ok(DefenseRecord {
+            suspect: kd.teacher.clone(),
+            config: Defense::Kd(kd),
+            defender_images: defense["unlabeled_images"].as_u64().unwrap_or(0) as usize,
+            suspect_clean_acc: f("teacher_clean_acc").unwrap_or(f64::NAN),
+            suspect_asr: f("teacher_asr"),
+            start_clean_acc: f("student_init_clean_acc"),
+            start_asr: f("student_init_asr"),
+            reinit: serde_json::from_value(defense["init"].clone()).ok(),
+        })
+    }
+}
 
 /// Metrics of one epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,10 +118,9 @@ pub struct Report {
     /// The attack's configuration (attack runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<serde_json::Value>,
-    /// What a defense did (defense runs): the method, its data and, for the cleanser, the
-    /// realised re-initialisation.
+    /// What a defense did (defense runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub defense: Option<serde_json::Value>,
+    pub defense: Option<DefenseRecord>,
     pub device: DeviceInfo,
     pub data: DataSummary,
     pub epochs: Vec<EpochRecord>,
@@ -89,10 +137,21 @@ pub struct Report {
 impl Report {
     /// Parses a report, checking its schema version; `name` names the source in errors.
     pub fn from_json(name: &str, text: &str) -> Result<Report, String> {
-        let value: serde_json::Value =
+        let mut value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("{name}: not JSON: {e}"))?;
         match value.get("schema_version").and_then(|v| v.as_u64()) {
             Some(v) if v == SCHEMA_VERSION as u64 => {}
+            Some(1) => {
+                if let Some(d) = value.get("defense").filter(|d| !d.is_null()) {
+                    let record = DefenseRecord::from_v1(d, &value["config"])
+                        .map_err(|e| format!("{name}: {e}"))?;
+                    value["defense"] =
+                        serde_json::to_value(record).map_err(|e| format!("{name}: {e}"))?;
+                    value["config"] = serde_json::to_value(&value["defense"]["config"])
+                        .map_err(|e| format!("{name}: {e}"))?;
+                }
+                value["schema_version"] = SCHEMA_VERSION.into();
+            }
             Some(v) => {
                 return Err(format!(
                     "{name}: report schema version {v}; this build reads version {SCHEMA_VERSION}"
@@ -229,34 +288,12 @@ pub fn attack_label(attack: &serde_json::Value) -> String {
 }
 
 /// The column label of a defense run: its method, then each setting that differs from the
-/// method's defaults (initialisation, unlabeled data, epochs).
+/// method's defaults (e.g. initialisation, unlabeled data, epochs).
 pub fn defense_label(report: &Report) -> String {
-    let d = report.defense.as_ref();
-    let method = d.and_then(|d| d["method"].as_str()).unwrap_or("defense");
-    let mut s = match method {
-        "kd" => "KD".to_string(),
-        m => m.to_uppercase(),
-    };
-    let c = &report.config;
-    if let Some(mode) = c["init"]["mode"].as_str().filter(|m| *m != "adaptive") {
-        match c["init"]["stage"].as_u64() {
-            Some(st) => s.push_str(&format!(" init {mode}:{st}")),
-            None => s.push_str(&format!(" init {mode}")),
-        }
+    match &report.defense {
+        Some(d) => d.config.label(),
+        None => "defense".to_string(),
     }
-    if let Some(src) = c["unlabeled"]["source"]
-        .as_str()
-        .filter(|s| *s != "holdout")
-    {
-        let kind = c["unlabeled"]["spec"]["kind"].as_str().unwrap_or(src);
-        s.push_str(&format!(" on {kind}"));
-    }
-    if method == "kd"
-        && let Some(e) = c["epochs"].as_u64().filter(|&e| e != 100)
-    {
-        s.push_str(&format!(" {e} ep"));
-    }
-    s
 }
 
 /// Clean accuracy and ASR of one model, as fractions.
@@ -307,14 +344,16 @@ impl AttackDefenseTable {
                 continue;
             };
             let column = if r.kind == "defense" {
-                let d = r.defense.as_ref();
-                if let Some(acc) = d.and_then(|d| d["teacher_clean_acc"].as_f64()) {
-                    let asr = d.and_then(|d| d["teacher_asr"].as_f64());
+                if let Some(d) = r
+                    .defense
+                    .as_ref()
+                    .filter(|d| d.suspect_clean_acc.is_finite())
+                {
                     teacher_cells.push((
                         row.clone(),
                         Cell {
-                            clean_acc: acc,
-                            asr,
+                            clean_acc: d.suspect_clean_acc,
+                            asr: d.suspect_asr,
                             complete: true,
                         },
                     ));
@@ -486,17 +525,57 @@ mod summary_tests {
 
     fn defense(
         attack: serde_json::Value,
-        config: serde_json::Value,
+        config: Defense,
         teacher: (f64, f64),
         after_asr: f64,
     ) -> Report {
         let mut r = report("defense", Some(attack), Some(after_asr), true);
-        r.config = config;
-        r.defense = Some(serde_json::json!({
-            "method": "kd", "teacher": "runs/subset/x",
-            "teacher_clean_acc": teacher.0, "teacher_asr": teacher.1,
-        }));
+        r.config = serde_json::to_value(&config).expect("config");
+        r.defense = Some(DefenseRecord {
+            suspect: config.suspect().to_path_buf(),
+            config,
+            defender_images: 10,
+            suspect_clean_acc: teacher.0,
+            suspect_asr: Some(teacher.1),
+            start_clean_acc: None,
+            start_asr: None,
+            reinit: None,
+        });
         r
+    }
+
+    fn kd(change: impl FnOnce(&mut KdConfig)) -> Defense {
+        let mut c = KdConfig::paper("runs/subset/x".into(), true);
+        change(&mut c);
+        Defense::Kd(c)
+    }
+
+    #[test]
+    fn version_1_cleanser_reports_are_read_as_typed_defense_records() {
+        let mut config =
+            serde_json::to_value(KdConfig::paper("runs/t".into(), true)).expect("json");
+        config["epochs"] = 7.into();
+        let mut v1 = serde_json::to_value(report("defense", None, Some(0.1), true)).expect("json");
+        v1["schema_version"] = 1.into();
+        v1["config"] = config;
+        v1["defense"] = serde_json::json!({
+            "method": "kd", "teacher": "runs/t", "unlabeled_images": 12,
+            "init": {"groups": [], "total_fraction": 0.25},
+            "teacher_clean_acc": 0.9, "teacher_asr": 0.95,
+            "student_init_clean_acc": 0.4,
+        });
+        let r = Report::from_json("old", &v1.to_string()).expect("a v1 report reads");
+        let d = r.defense.expect("record");
+        assert_eq!(d.config.method(), "kd");
+        assert_eq!(d.config.label(), "KD 7 ep");
+        assert_eq!((d.suspect_clean_acc, d.suspect_asr), (0.9, Some(0.95)));
+        assert_eq!((d.defender_images, d.start_clean_acc), (12, Some(0.4)));
+        assert_eq!(d.reinit.map(|r| r.total_fraction), Some(0.25));
+        assert_eq!(r.schema_version, SCHEMA_VERSION);
+        // A version this build does not know is refused.
+        v1["schema_version"] = 99.into();
+        let e = Report::from_json("new", &v1.to_string()).expect_err("unknown version");
+        assert!(e.contains("version 99"), "{e}");
     }
 
     #[test]
@@ -504,9 +583,23 @@ mod summary_tests {
         let badnets = serde_json::json!({"kind": "badnets", "target": 0, "all_to_all": false, "poison_rate": 0.1});
         let blended = serde_json::json!({"kind": "blended", "target": 0, "all_to_all": false, "poison_rate": 0.1});
         let a2a = serde_json::json!({"kind": "badnets", "target": 0, "all_to_all": true, "poison_rate": 0.05});
-        let holdout = serde_json::json!({"epochs": 100, "init": {"mode": "adaptive"}, "unlabeled": {"source": "holdout"}});
-        let single = serde_json::json!({"epochs": 100, "init": {"mode": "single", "stage": 3}, "unlabeled": {"source": "holdout"}});
-        let ood = serde_json::json!({"epochs": 40, "init": {"mode": "adaptive"}, "unlabeled": {"source": "data", "spec": {"kind": "gtsrb"}}});
+        let holdout = kd(|_| {});
+        let single = kd(|c| {
+            c.init = crate::defend::reinit::InitMode::Single {
+                stage: 3,
+                ratios: crate::defend::reinit::ADAPTIVE_RATIOS,
+            }
+        });
+        let ood = kd(|c| {
+            c.epochs = 40;
+            c.unlabeled = crate::defend::cleanse::UnlabeledSource::Data {
+                spec: crate::data::DataSpec::new(crate::data::DatasetKind::Gtsrb, None),
+            };
+        });
+        let ft = Defense::Ft(crate::defend::ft::FtConfig::paper(
+            "runs/subset/x".into(),
+            true,
+        ));
         let clean = report("train", None, None, true);
         let attack_run = report("attack", Some(badnets.clone()), Some(0.99), true);
         let running = report("attack", Some(a2a), Some(0.5), false);
@@ -515,6 +608,7 @@ mod summary_tests {
         let kd_ood = defense(badnets.clone(), ood, (0.5, 0.99), 0.2);
         // Blended has no attack run here: its "No defense" cell comes from the teacher metrics.
         let kd_blended = defense(blended, holdout, (0.6, 0.97), 0.8);
+        let ft_run = defense(badnets.clone(), ft, (0.5, 0.99), 0.3);
         let duplicate = report("attack", Some(badnets), Some(0.1), true);
         let t = AttackDefenseTable::build([
             ("clean", &clean),
@@ -525,10 +619,17 @@ mod summary_tests {
             ("ood", &kd_ood),
             ("kd-blended", &kd_blended),
             ("duplicate", &duplicate),
+            ("ft", &ft_run),
         ]);
         assert_eq!(
             t.defenses,
-            ["No defense", "KD", "KD init single:3", "KD on gtsrb 40 ep"]
+            [
+                "No defense",
+                "KD",
+                "KD init single:3",
+                "KD on gtsrb 40 ep",
+                "FT"
+            ]
         );
         let rows: Vec<&str> = t.rows.iter().map(|(r, _)| r.as_str()).collect();
         assert_eq!(
@@ -550,12 +651,12 @@ mod summary_tests {
         );
         assert_eq!(
             lines[2],
-            "| BadNets 10% | 40.0 | 99.0 | 40.0 | 5.0 | 40.0 | 50.0 | 40.0 | 20.0 |"
+            "| BadNets 10% | 40.0 | 99.0 | 40.0 | 5.0 | 40.0 | 50.0 | 40.0 | 20.0 | 40.0 | 30.0 |"
         );
         // The unfinished all-to-all run is starred and shows its last epoch.
         assert_eq!(
             lines[3],
-            "| BadNets all-to-all 5% | 40.0* | 50.0* | - | - | - | - | - | - |"
+            "| BadNets all-to-all 5% | 40.0* | 50.0* | - | - | - | - | - | - | - | - |"
         );
     }
 }

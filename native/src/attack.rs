@@ -1,23 +1,21 @@
 //! `cleanse attack` and `cleanse eval`.
 
 use crate::{DeviceArgs, TrainArgs, describe_device, progress};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::prelude::Device;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
 use cleanse_core::attack::iab::IabHooks;
-use cleanse_core::attack::poison::{AttackHooks, OwnCleanModel, asr_set, triggered_accuracy};
-use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor, Stamping};
-use cleanse_core::data::{DataSpec, DatasetKind, ImageSet};
-use cleanse_core::io::{read_json, write_json_atomic};
+use cleanse_core::attack::poison::{AttackHooks, OwnCleanModel};
+use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
+use cleanse_core::data::DatasetKind;
+use cleanse_core::defend::suspect::Suspect;
+use cleanse_core::io::write_json_atomic;
 use cleanse_core::train::eval::{PerClass, predictions};
-use cleanse_core::train::run::{
-    LoadedModel, SplitFile, TrainHooks, files, load_run_model, train_with,
-};
+use cleanse_core::train::run::{TrainHooks, files, load_run_model, train_with};
 use cleanse_core::train::{Schedule, TrainConfig};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub(crate) enum AttackArg {
@@ -365,84 +363,23 @@ struct EvalResult {
     asr: Option<f64>,
 }
 
-/// The data a run directory was made with.
-fn run_data(dir: &Path) -> Result<DataSpec> {
-    let split: SplitFile = read_json(&dir.join(files::SPLIT))?;
-    Ok(split.data)
-}
-
-/// A saved model, the attack to evaluate it against, and its data set's test images: what
-/// `eval` and `tsne` start from.
-pub(crate) struct ModelUnderAttack {
-    pub loaded: LoadedModel,
-    /// The attack's directory (`--attack`, else the model's own when it holds an attack).
-    pub attack_dir: Option<PathBuf>,
-    pub attack: Option<Attack>,
-    pub test: ImageSet,
-}
-
-/// Loads `model`, the attack in `attack` (or saved with the model) and the test images of the
-/// model's data set (or the attack's), checking that the three fit together.
-pub(crate) fn load_model_under_attack(
+/// Loads `--model` with the attack of `--attack` (else its own) and its test images: the one
+/// suspect loader of `core`, with the flag named in errors.
+pub(crate) fn load_suspect(
     model: &Path,
     attack: Option<&Path>,
     device: &Device,
-) -> Result<ModelUnderAttack> {
-    let loaded = load_run_model(model, device)
-        .with_context(|| format!("loading --model {}", model.display()))?;
-    let attack_dir = match attack {
-        Some(d) => Some(d.to_path_buf()),
-        None if Attack::exists(model) => Some(model.to_path_buf()),
-        None => None,
-    };
-    let attack = attack_dir.as_ref().map(|d| Attack::load(d)).transpose()?;
-    let spec = match (&attack_dir, run_data(model)) {
-        (_, Ok(s)) => s,
-        (Some(d), Err(_)) => run_data(d)?,
-        (None, Err(e)) => return Err(e),
-    };
-    let test = spec.load()?.test;
-    let num_classes = loaded.config.num_classes;
-    if test.num_classes != num_classes {
-        bail!(
-            "{}: the model has {} classes but its data set has {}",
-            model.display(),
-            num_classes,
-            test.num_classes
-        );
-    }
-    if let (Some(a), Some(dir)) = (&attack, &attack_dir)
-        && (a.num_classes != num_classes
-            || a.image_shape != [test.channels, test.height, test.width])
-    {
-        bail!(
-            "{}: the attack was made for {} classes of {:?} images; the model is for {} classes of {:?}",
-            dir.display(),
-            a.num_classes,
-            a.image_shape,
-            num_classes,
-            [test.channels, test.height, test.width]
-        );
-    }
-    Ok(ModelUnderAttack {
-        loaded,
-        attack_dir,
-        attack,
-        test,
-    })
+) -> Result<Suspect> {
+    Suspect::load(model, attack, device)
+        .with_context(|| format!("loading --model {}", model.display()))
 }
 
 pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
-    let ModelUnderAttack {
-        loaded,
-        attack_dir,
-        attack,
-        test,
-    } = load_model_under_attack(&args.model, args.attack.as_deref(), &selected.device)?;
-    let test = Arc::new(test);
-    let predicted = predictions(&loaded.model, &test, args.batch_size, &selected.device);
+    let suspect = load_suspect(&args.model, args.attack.as_deref(), &selected.device)?;
+    let test = suspect.test.clone();
+    let predicted = predictions(&suspect.model, &test, args.batch_size, &selected.device);
     let right = predicted
         .iter()
         .zip(&test.labels)
@@ -451,23 +388,14 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
     let clean_acc = right as f64 / test.len().max(1) as f64;
     let per_class = PerClass::new(&test.labels, &predicted, test.num_classes);
     let (mut asr, mut asr_size) = (None, None);
-    if let Some(a) = &attack {
-        let set = Arc::new(asr_set(a, &test));
-        let dir = attack_dir.as_ref().context("attack directory")?;
-        let backdoor = Backdoor::load(dir, a, &selected.device)?;
-        asr = Some(triggered_accuracy(
-            &loaded.model,
-            &set,
-            &|x| backdoor.apply(x),
-            args.batch_size,
-            &selected.device,
-        ));
-        asr_size = Some(set.len());
+    if let Some(meter) = suspect.asr_meter(args.batch_size, &selected.device) {
+        asr = Some(meter.asr(&suspect.model));
+        asr_size = Some(meter.set.len());
     }
     let result = EvalResult {
         model: args.model.clone(),
-        attack: attack_dir,
-        attack_kind: attack.as_ref().map(|a| a.config.kind),
+        attack: suspect.attack_dir.clone(),
+        attack_kind: suspect.attack.as_ref().map(|a| a.config.kind),
         test_size: test.len(),
         clean_acc,
         per_class,

@@ -1,11 +1,14 @@
-//! `cleanse defend kd`: the paper's distillation cleanser.
+//! `cleanse defend <method>`: one arm per member of the defense family, each with the flags every
+//! defense shares ([`CommonArgs`]) and its own.
 
 use crate::{DatasetArg, DeviceArgs, describe_device, progress};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use cleanse_core::data::augment::Augment;
 use cleanse_core::data::{DataSpec, DatasetKind};
-use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource, cleanse};
+use cleanse_core::defend::Defense;
+use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource};
+use cleanse_core::defend::ft::FtConfig;
 use cleanse_core::defend::kd::{PAPER_TEMPERATURE, TemperatureRange};
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
 use cleanse_core::io::read_json;
@@ -16,13 +19,66 @@ use std::path::PathBuf;
 pub(crate) enum DefendCommand {
     /// Distillation on unlabeled data from a layer-wise re-initialised student (Pang et al. 2023).
     Kd(KdArgs),
+    /// Fine-tuning with cross-entropy on the defender's labelled held-out split.
+    Ft(FtArgs),
+}
+
+/// The flags of every defense (defaults: the method spec's, the same for every method).
+#[derive(Args, Debug)]
+pub(crate) struct CommonArgs {
+    /// The suspicious model's run directory (a `train` or `attack` output).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Zero padding of the random crop (0 disables it).
+    #[arg(long, default_value_t = 4)]
+    crop_padding: usize,
+    #[arg(long)]
+    no_flip: bool,
+    /// SGD weight decay (method spec: 5e-4).
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    resume: bool,
+}
+
+impl CommonArgs {
+    /// The suspect's split file (its data set), naming `--model` when it is not a run.
+    fn suspect_split(&self) -> Result<SplitFile> {
+        read_json(&self.model.join(files::SPLIT))
+            .with_context(|| format!("--model {}: not a run directory", self.model.display()))
+    }
+
+    /// Crop and flip as the flags say (no flip where the data set forbids it).
+    fn augment(&self, split: &SplitFile) -> Augment {
+        Augment {
+            crop_padding: self.crop_padding,
+            flip: !self.no_flip && split.data.kind.allows_flip(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct FtArgs {
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args, Debug)]
 pub(crate) struct KdArgs {
-    /// The suspicious model's run directory (a `train` or `attack` output).
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    common: CommonArgs,
     /// Unlabeled images from another data set's training part (default: the split held out
     /// from the model's training set). Its labels are never read.
     #[arg(long, value_enum)]
@@ -34,12 +90,6 @@ pub(crate) struct KdArgs {
     /// the cleanser depends on the size of the defender's set.
     #[arg(long, value_name = "N")]
     unlabeled_limit: Option<usize>,
-    #[arg(long, default_value_t = 100)]
-    epochs: usize,
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 0.01)]
-    lr: f64,
     /// Distillation temperature range FROM,TO: T rises linearly from FROM to TO over the
     /// epochs, reaching TO in the last (`T = FROM + (TO - FROM) (e + 1) / E`); equal values keep
     /// it constant.
@@ -55,30 +105,58 @@ pub(crate) struct KdArgs {
     /// adaptive | uniform | single:N | none | fresh
     #[arg(long, default_value = "adaptive")]
     init: String,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Zero padding of the random crop (0 disables it).
-    #[arg(long, default_value_t = 4)]
-    crop_padding: usize,
-    #[arg(long)]
-    no_flip: bool,
     /// Mix each batch's unlabeled images in pairs (uniform weights), the teacher and the student
     /// seeing the same mixed images. Not in the method spec; RESULTS.md measures it.
     #[arg(long)]
     mixup: bool,
-    /// SGD weight decay (method spec: 5e-4).
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
-    #[command(flatten)]
-    device: DeviceArgs,
-    #[arg(long)]
-    out: PathBuf,
-    #[arg(long)]
-    resume: bool,
 }
 
 pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
-    let DefendCommand::Kd(a) = cmd;
+    let (defense, common) = match cmd {
+        DefendCommand::Kd(a) => (Defense::Kd(kd_config(a)?), &a.common),
+        DefendCommand::Ft(a) => (Defense::Ft(ft_config(a)?), &a.common),
+    };
+    defense.validate().map_err(|e| match e {
+        cleanse_core::Error::Config { name, reason } => anyhow::anyhow!("--{name}: {reason}"),
+        e => e.into(),
+    })?;
+    let selected = common.device.select()?;
+    eprintln!("device: {}", describe_device(&selected));
+    let mut bars = progress::Bars::new();
+    let report = defense
+        .run(&common.out, common.resume, &selected, &mut bars)
+        .with_context(|| format!("{} into {}", defense.method(), common.out.display()))?;
+    bars.finish();
+    let f = report.final_metrics.clone().context("run did not finish")?;
+    println!(
+        "{}: clean_acc {:.4} asr {} after {} epochs; report: {}",
+        defense.method(),
+        f.clean_acc,
+        f.asr
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        report.epochs.len(),
+        common.out.join(files::REPORT).display()
+    );
+    Ok(())
+}
+
+fn ft_config(a: &FtArgs) -> Result<FtConfig> {
+    let c = &a.common;
+    let split = c.suspect_split()?;
+    let augment = c.augment(&split);
+    let mut config = FtConfig::paper(c.model.clone(), augment.flip);
+    config.epochs = c.epochs;
+    config.batch_size = c.batch_size;
+    config.lr = c.lr;
+    config.seed = c.seed;
+    config.augment = augment;
+    config.sgd.weight_decay = c.weight_decay;
+    Ok(config)
+}
+
+fn kd_config(a: &KdArgs) -> Result<KdConfig> {
+    let c = &a.common;
     if a.ratios.len() != 6 || a.ratios.iter().any(|r| !(0.0..=1.0).contains(r)) {
         bail!(
             "--ratios: expected six fractions in [0, 1] (stem, stage 1-4, fc); got {:?}",
@@ -98,8 +176,7 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     let ratios: [f64; 6] = a.ratios.clone().try_into().expect("six");
     let ratios = reinit::scale_ratios(ratios, a.ratio_scale).context("--ratio-scale")?;
     let init = InitMode::parse(&a.init, ratios)?;
-    let split: SplitFile = read_json(&a.model.join(files::SPLIT))
-        .with_context(|| format!("--model {}: not a run directory", a.model.display()))?;
+    let split = c.suspect_split()?;
     let unlabeled = match (a.unlabeled_dataset, &a.unlabeled_data) {
         (None, None) => UnlabeledSource::Holdout,
         (Some(d), path) => {
@@ -115,40 +192,18 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
         }
         (None, Some(_)) => bail!("--unlabeled-data needs --unlabeled-dataset (its kind)"),
     };
-    let flip = !a.no_flip && split.data.kind.allows_flip();
-    let mut config = KdConfig::paper(a.model.clone(), flip);
+    let augment = c.augment(&split);
+    let mut config = KdConfig::paper(c.model.clone(), augment.flip);
     config.unlabeled = unlabeled;
     config.unlabeled_limit = a.unlabeled_limit;
-    config.epochs = a.epochs;
-    config.batch_size = a.batch_size;
-    config.lr = a.lr;
+    config.epochs = c.epochs;
+    config.batch_size = c.batch_size;
+    config.lr = c.lr;
     config.temperature = temperature;
     config.init = init;
-    config.seed = a.seed;
-    config.augment = Augment {
-        crop_padding: a.crop_padding,
-        flip,
-    };
+    config.seed = c.seed;
+    config.augment = augment;
     config.mixup = a.mixup;
-    config.sgd.weight_decay = a.weight_decay;
-    if let Some(reason) = config.sgd.check_weight_decay() {
-        bail!("--weight-decay: {reason}");
-    }
-    let selected = a.device.select()?;
-    eprintln!("device: {}", describe_device(&selected));
-    let mut bars = progress::Bars::new();
-    let report = cleanse(&config, &a.out, a.resume, &selected, &mut bars)
-        .with_context(|| format!("cleansing into {}", a.out.display()))?;
-    bars.finish();
-    let f = report.final_metrics.clone().context("run did not finish")?;
-    println!(
-        "kd: clean_acc {:.4} asr {} after {} epochs; report: {}",
-        f.clean_acc,
-        f.asr
-            .map(|v| format!("{v:.4}"))
-            .unwrap_or_else(|| "-".into()),
-        report.epochs.len(),
-        a.out.join(files::REPORT).display()
-    );
-    Ok(())
+    config.sgd.weight_decay = c.weight_decay;
+    Ok(config)
 }

@@ -1,12 +1,11 @@
 //! `cleanse tsne`: a t-SNE map of a model's penultimate features on clean and triggered test
 //! images (the supplement's Figure 2). bhtsne computes the embedding, plotters draws it.
 
-use crate::attack::{ModelUnderAttack, load_model_under_attack};
+use crate::attack::load_suspect;
 use crate::{DeviceArgs, describe_device};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::Args;
-use cleanse_core::attack::Backdoor;
 use cleanse_core::data::ImageSet;
 use cleanse_core::io::{create_dir_all, write_atomic, write_json_atomic};
 use cleanse_core::rng::Rng;
@@ -135,19 +134,15 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let device = selected.device.clone();
-    let ModelUnderAttack {
-        loaded,
-        attack_dir,
-        attack,
-        test,
-    } = load_model_under_attack(&args.model, args.attack.as_deref(), &device)?;
+    let suspect = load_suspect(&args.model, args.attack.as_deref(), &device)?;
+    let test = suspect.test.as_ref();
     let mut rng = Rng::from_parts(&[args.seed, 0x75e5]);
-    let clean_idx = pick_per_class(&test, args.per_class, &mut rng);
-    let (mut feats, mut preds) = features(&loaded.model, &test, &clean_idx, &|x| x, &device)?;
+    let clean_idx = pick_per_class(test, args.per_class, &mut rng);
+    let (mut feats, mut preds) = features(&suspect.model, test, &clean_idx, &|x| x, &device)?;
     let mut labels: Vec<u16> = clean_idx.iter().map(|&i| test.labels[i]).collect();
     let n_clean = feats.len();
     let mut triggered_to_target = None;
-    if let (Some(a), Some(dir)) = (&attack, &attack_dir) {
+    if let (Some(a), Some(backdoor)) = (&suspect.attack, &suspect.backdoor) {
         let c = &a.config;
         let mut changed: Vec<usize> = (0..test.len())
             .filter(|&i| c.all_to_all || test.labels[i] as usize != c.target)
@@ -155,10 +150,9 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
         rng.shuffle(&mut changed);
         changed.truncate(args.triggered);
         changed.sort_unstable();
-        let backdoor = Backdoor::load(dir, a, &device)?;
         let (f, p) = features(
-            &loaded.model,
-            &test,
+            &suspect.model,
+            test,
             &changed,
             &|x| backdoor.apply(x),
             &device,
@@ -217,11 +211,12 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
     let title = format!(
         "{} ({}): o clean, x triggered{}",
         args.model.display(),
-        attack
+        suspect
+            .attack
             .as_ref()
             .map(|a| a.config.kind.name())
             .unwrap_or("no attack"),
-        match (&attack, triggered_to_target) {
+        match (&suspect.attack, triggered_to_target) {
             (Some(a), Some(r)) if !a.config.all_to_all => format!(
                 ", target {}, {:.0}% of x to target",
                 a.config.target,
@@ -236,9 +231,9 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
         &args.out.with_extension("json"),
         &TsneFile {
             model: args.model.clone(),
-            attack: attack_dir,
-            target: attack.as_ref().map(|a| a.config.target),
-            all_to_all: attack.as_ref().is_some_and(|a| a.config.all_to_all),
+            attack: suspect.attack_dir.clone(),
+            target: suspect.attack.as_ref().map(|a| a.config.target),
+            all_to_all: suspect.attack.as_ref().is_some_and(|a| a.config.all_to_all),
             perplexity: args.perplexity,
             iterations: args.iterations,
             theta: args.theta,

@@ -46,7 +46,7 @@ fn train_writes_report_and_refuses_to_overwrite() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report"))
             .expect("json");
-    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["schema_version"], 2);
     assert_eq!(report["status"], "complete");
     assert_eq!(report["epochs"].as_array().expect("epochs").len(), 2);
     let acc = report["final"]["clean_acc"].as_f64().expect("clean_acc");
@@ -469,13 +469,41 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     assert_eq!(r["config"]["unlabeled"]["source"], "holdout");
     assert_eq!(r["config"]["mixup"], true);
     assert_eq!(r["config"]["sgd"]["weight_decay"].as_f64(), Some(0.001));
-    let groups = r["defense"]["init"]["groups"].as_array().expect("groups");
+    assert_eq!(r["defense"]["config"]["method"], "kd");
+    let groups = r["defense"]["reinit"]["groups"].as_array().expect("groups");
     for g in groups {
         let hit = g["reinitialised"].as_u64().expect("count") > 0;
         assert_eq!(hit, g["group"] == "stage4", "{g}");
     }
     assert!(r["final"]["asr"].as_f64().is_some());
-    // The supplement's layout: the teacher's row with and without the defense.
+    // FT, with the flags every defense shares.
+    let stdout = run_ok(&[
+        "defend".into(),
+        "ft".into(),
+        "--model".into(),
+        teacher.display().to_string(),
+        "--epochs".into(),
+        "1".into(),
+        "--batch-size".into(),
+        "16".into(),
+        "--lr".into(),
+        "0.02".into(),
+        "--seed".into(),
+        "3".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        tmp.path().join("ft").display().to_string(),
+    ]);
+    assert!(stdout.contains("ft: clean_acc"), "{stdout}");
+    let f: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("ft/report.json")).expect("report"),
+    )
+    .expect("json");
+    assert_eq!(f["config"]["method"], "ft");
+    assert_eq!(f["config"]["seed"], 3);
+    assert_eq!(f["defense"]["config"]["lr"].as_f64(), Some(0.02));
+    // The supplement's layout: the teacher's row with and without the defenses.
     let table = run_ok(&[
         "summarize".into(),
         "--by-defense".into(),
@@ -484,7 +512,9 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
     assert!(
-        lines[0].contains("No defense ASR %") && lines[0].contains("KD init single:4 2 ep ASR %"),
+        lines[0].contains("No defense ASR %")
+            && lines[0].contains("KD init single:4 2 ep ASR %")
+            && lines[0].contains("FT 1 ep ASR %"),
         "{table}"
     );
     assert!(lines[2].starts_with("| BadNets 30% | "), "{table}");

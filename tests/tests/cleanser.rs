@@ -448,10 +448,8 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     );
     // The report says what the initialisation did, and the student evaluates like any run.
     let defense = report.defense.as_ref().expect("defense info");
-    assert_eq!(
-        defense["init"]["groups"].as_array().expect("groups").len(),
-        6
-    );
+    assert_eq!(defense.config.method(), "kd");
+    assert_eq!(defense.reinit.as_ref().expect("reinit").groups.len(), 6);
     assert!(tmp.path().join("student/attack.json").is_file());
     assert!(tmp.path().join("student/model.bpk").is_file());
     // With mixup the student trains on other images (its loss differs from the first epoch on),
@@ -471,9 +469,7 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     );
     // The student before distillation: an exact copy measures like its teacher, and with no
     // epochs the re-initialised student is the model.
-    let init_acc = defense["student_init_clean_acc"]
-        .as_f64()
-        .expect("init acc");
+    let init_acc = defense.start_clean_acc.expect("init acc");
     assert!((0.0..=1.0).contains(&init_acc));
     let mut copy = kc.clone();
     copy.epochs = 0;
@@ -493,7 +489,7 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     let r1 = run(&fresh, "fresh0");
     let f1 = r1.final_metrics.as_ref().expect("final");
     let d1 = r1.defense.as_ref().expect("defense");
-    assert_eq!(d1["student_init_clean_acc"].as_f64(), Some(f1.clean_acc));
+    assert_eq!(d1.start_clean_acc, Some(f1.clean_acc));
     assert!(
         f1.clean_acc < teacher_acc - 0.2,
         "a random student has not learned the task: {f1:?}, teacher {teacher_acc}"

@@ -382,6 +382,7 @@ impl Attack {
 }
 
 /// The test-time trigger of a saved attack: a static trigger or IAB's networks.
+#[derive(Clone, Debug)]
 pub enum Backdoor {
     Static(Trigger),
     Iab(Box<iab::IabNets>),

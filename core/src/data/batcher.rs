@@ -73,19 +73,45 @@ pub fn chunk_order(order: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// A set that batches can be cut from: the engine's data for one loop (labelled images for
+/// training and the label-using defenses, [`crate::defend::unlabeled::UnlabeledImages`] for the
+/// cleanser).
+pub trait Batches: Send + Sync + 'static {
+    /// One batch in host memory.
+    type Batch: Send + 'static;
+    /// Number of items.
+    fn len(&self) -> usize;
+    /// Whether there are no items.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The batch of `indices`, each image augmented from its own stream `(seed, epoch, index)`.
+    fn batch(&self, indices: &[usize], aug: &Augment, seed: u64, epoch: u64) -> Self::Batch;
+}
+
+impl Batches for ImageSet {
+    type Batch = HostBatch;
+    fn len(&self) -> usize {
+        ImageSet::len(self)
+    }
+    fn batch(&self, indices: &[usize], aug: &Augment, seed: u64, epoch: u64) -> HostBatch {
+        make_batch(self, indices, aug, seed, epoch)
+    }
+}
+
 /// Streams the batches of `chunks`, at most `prefetch` ahead of the consumer.
-pub fn stream(
-    set: Arc<ImageSet>,
+pub fn stream<S: Batches>(
+    set: Arc<S>,
     chunks: Vec<Vec<usize>>,
     aug: Augment,
     seed: u64,
     epoch: u64,
     prefetch: usize,
-) -> Receiver<HostBatch> {
+) -> Receiver<S::Batch> {
     let (tx, rx) = sync_channel(prefetch.max(1));
     std::thread::spawn(move || {
         for c in chunks {
-            if tx.send(make_batch(&set, &c, &aug, seed, epoch)).is_err() {
+            if tx.send(set.batch(&c, &aug, seed, epoch)).is_err() {
                 break;
             }
         }

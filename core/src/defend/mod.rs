@@ -1,8 +1,15 @@
-//! Defenses. So far the building blocks of the paper's distillation cleanser: the student's
-//! layer-wise re-initialisation ([`reinit`]), the temperature-softened KL loss and its schedule
-//! ([`kd`]), and label-free data for the defender ([`unlabeled`]).
+//! Defenses: the family ([`defense::Defense`], the one enum naming them), the run they share
+//! ([`run`]) from a suspect model ([`suspect`]), and each method in its own file: the paper's
+//! distillation cleanser ([`cleanse`], with its re-initialisation [`reinit`], loss [`kd`] and
+//! label-free data [`unlabeled`]) and fine-tuning ([`ft`]).
 
 pub mod cleanse;
+pub mod defense;
+pub mod ft;
 pub mod kd;
 pub mod reinit;
+pub(crate) mod run;
+pub mod suspect;
 pub mod unlabeled;
+
+pub use defense::{DefenderAccess, Defense};

@@ -3,9 +3,7 @@
 
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
-use crate::data::batcher::augmented_images;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
+use crate::data::batcher::{Batches, augmented_images};
 
 /// Decoded 8-bit planar images, nothing else.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,21 +66,12 @@ pub fn make_batch(
     }
 }
 
-/// Streams the batches of `chunks`, prepared on a background thread.
-pub fn stream(
-    set: Arc<UnlabeledImages>,
-    chunks: Vec<Vec<usize>>,
-    aug: Augment,
-    seed: u64,
-    epoch: u64,
-) -> Receiver<ImageBatch> {
-    let (tx, rx) = sync_channel(2);
-    std::thread::spawn(move || {
-        for c in chunks {
-            if tx.send(make_batch(&set, &c, &aug, seed, epoch)).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+impl Batches for UnlabeledImages {
+    type Batch = ImageBatch;
+    fn len(&self) -> usize {
+        UnlabeledImages::len(self)
+    }
+    fn batch(&self, indices: &[usize], aug: &Augment, seed: u64, epoch: u64) -> ImageBatch {
+        make_batch(self, indices, aug, seed, epoch)
+    }
 }

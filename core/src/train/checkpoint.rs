@@ -1,11 +1,11 @@
 //! Per-epoch checkpoints: model weights, optimiser state, epoch and the history so far.
 //!
 //! Layout of `DIR/checkpoint/`: `model-eN.bpk` (Burn's burnpack record), `sgd-eN.bin` (momentum
-//! buffers) and `state.json`, written last and atomically, which names the files of the latest
-//! complete epoch. A crash at any point leaves the previous checkpoint valid.
+//! buffers) and `state.json`, written last and atomically by the engine's run directory
+//! ([`crate::engine::RunDir::checkpoint`]), which names the files of the latest complete epoch.
+//! A crash at any point leaves the previous checkpoint valid.
 
-use crate::io::{read_json, write_atomic, write_json_atomic};
-use crate::model::Classifier;
+use crate::io::{read_json, write_atomic};
 use crate::report::EpochRecord;
 use crate::train::adam::Adam;
 use crate::train::sgd::Sgd;
@@ -128,19 +128,6 @@ pub fn remove_stale(dir: &Path, prefixes: &[&str], keep: &[&str]) {
     }
 }
 
-/// Saves a checkpoint after `state.epochs_done` epochs and removes older files.
-pub fn save(dir: &Path, model: &Classifier, sgd: &Sgd, mut state: CheckpointState) -> Result<()> {
-    let e = state.epochs_done;
-    state.model_file = format!("model-e{e}.bpk");
-    state.optimizer_file = format!("sgd-e{e}.bin");
-    let files = (state.model_file.as_str(), state.optimizer_file.as_str());
-    save_with_optimizer(dir, files, model, sgd)?;
-    write_json_atomic(&dir.join("state.json"), &state)?;
-    // Only now are older epochs' files unreferenced.
-    remove_stale(dir, &["model-e", "sgd-e"], &[files.0, files.1]);
-    Ok(())
-}
-
 /// The state file of a checkpoint directory.
 pub fn state_path(dir: &Path) -> PathBuf {
     dir.join("state.json")
@@ -173,16 +160,4 @@ pub fn load_state(dir: &Path) -> Result<CheckpointState> {
         ));
     }
     Ok(state)
-}
-
-/// Restores model and optimiser from a checkpoint into freshly built ones.
-pub fn restore(
-    dir: &Path,
-    state: &CheckpointState,
-    model: Classifier,
-    sgd: &mut Sgd,
-    device: &Device,
-) -> Result<Classifier> {
-    let files = (state.model_file.as_str(), state.optimizer_file.as_str());
-    load_with_optimizer(dir, files, model, sgd, device)
 }

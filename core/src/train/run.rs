@@ -1,28 +1,31 @@
 //! The training loop: seeded, resumable, evaluated every epoch, reported as it goes.
 
-use super::checkpoint::{self, CHECKPOINT_VERSION, CheckpointState};
-use super::eval::{accuracy, images_tensor, labels_tensor};
+use super::checkpoint::{self, CheckpointState};
+use super::cross_entropy;
+use super::eval::{images_tensor, labels_tensor};
 use super::schedule::Schedule;
 use super::sgd::{Sgd, SgdConfig};
-use super::{count_correct, cross_entropy};
 use crate::data::augment::Augment;
-use crate::data::batcher::{HostBatch, chunk_order, epoch_order, stream};
+use crate::data::batcher::HostBatch;
 use crate::data::split::{self, Split};
 use crate::data::{DataSpec, ImageSet};
+use crate::defend::suspect::AsrMeter;
 use crate::device::Selected;
-use crate::io::{create_dir_all, read_json, write_json_atomic};
+use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
+use crate::engine::run_dir::{RunDir, canonical_as};
+use crate::engine::step::{At, Step, StepOutput, Trainee, matches};
+use crate::io::{read_json, write_json_atomic};
 use crate::model::{Architecture, Classifier, ModelConfig};
-use crate::report::{
-    DataSummary, EpochRecord, FinalMetrics, Report, RunStatus, SCHEMA_VERSION, now_unix,
-};
+use crate::report::{DataSummary, Report, RunStatus, SCHEMA_VERSION};
 use crate::{Error, Result};
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+
+pub use crate::engine::observer::{Observer, SilentObserver};
+pub use crate::engine::run_dir::{dir_is_empty, files};
 
 /// Everything that defines a training run. Defaults are the supplement's values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,19 +108,6 @@ impl TrainConfig {
     }
 }
 
-/// Receives progress; the CLI draws progress bars with it.
-pub trait Observer {
-    /// A run starts or resumes at `first_epoch` (0-based) of `epochs`, with `batches` per epoch.
-    fn start(&mut self, _first_epoch: usize, _epochs: usize, _batches: usize) {}
-    /// A training batch finished: running loss, running accuracy, images/s so far this epoch.
-    fn batch(&mut self, _epoch: usize, _batch: usize, _loss: f64, _acc: f64, _images_per_sec: f64) {
-    }
-    /// An epoch finished and was checkpointed.
-    fn epoch(&mut self, _record: &EpochRecord) {}
-    /// A run nested in another one (LC's clean model) is over; progress display can end.
-    fn finish(&mut self) {}
-}
-
 /// What an attack (or anything else that changes training) plugs into the loop.
 pub trait TrainHooks {
     /// The report's `kind`.
@@ -184,10 +174,6 @@ pub trait TrainHooks {
 pub struct NoHooks;
 impl TrainHooks for NoHooks {}
 
-/// An observer that ignores everything.
-pub struct SilentObserver;
-impl Observer for SilentObserver {}
-
 /// The split file written beside the model: which training images were held out.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SplitFile {
@@ -195,32 +181,6 @@ pub struct SplitFile {
     pub seed: u64,
     pub holdout: f64,
     pub split: Split,
-}
-
-/// Names of the files of a run directory.
-pub mod files {
-    pub const REPORT: &str = "report.json";
-    pub const MODEL: &str = "model.bpk";
-    pub const MODEL_CONFIG: &str = "model.json";
-    pub const SPLIT: &str = "split.json";
-    pub const CHECKPOINT_DIR: &str = "checkpoint";
-    /// The clean model LC trains for its adversarial images, inside the attack's run directory,
-    /// when no `--clean-model` is given; it is made by the run's preparation
-    /// ([`crate::attack::poison::OwnCleanModel`]).
-    pub const LC_CLEAN_MODEL: &str = "clean-model";
-}
-
-/// Whether `dir` is missing or empty (a run may start in it).
-pub(crate) fn dir_is_empty(dir: &Path) -> Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(mut it) => match it.next() {
-            None => Ok(true),
-            Some(Ok(_)) => Ok(false),
-            Some(Err(e)) => Err(Error::io(dir, e)),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(Error::io(dir, e)),
-    }
 }
 
 /// Trains a classifier as `config` says, writing everything into `out`.
@@ -237,6 +197,87 @@ pub fn train(
     train_with(config, &mut NoHooks, out, resume, selected, observer)
 }
 
+/// The configuration a training run checks on resume: the training settings, and the attack's
+/// when hooks describe one.
+fn canonical_config(v: &serde_json::Value) -> serde_json::Value {
+    match v.get("train") {
+        Some(t) => serde_json::json!({
+            "train": canonical_as::<TrainConfig>(t),
+            "attack": canonical_as::<crate::attack::AttackConfig>(&v["attack"]),
+        }),
+        None => canonical_as::<TrainConfig>(v),
+    }
+}
+
+/// Cross-entropy training as an engine step: labelled batches (changed by an attack's hooks,
+/// when given), one SGD update each. Training, the attacks and the fine-tuning defenses use it.
+pub(crate) struct CrossEntropyStep<'h> {
+    pub trainee: Trainee,
+    pub hooks: Option<&'h mut dyn TrainHooks>,
+    /// Measures the ASR when there are no hooks (a defense against a suspect's attack).
+    pub meter: Option<Arc<AsrMeter>>,
+    pub seed: u64,
+    pub device: Device,
+}
+
+impl Step for CrossEntropyStep<'_> {
+    type Data = ImageSet;
+
+    fn step(&mut self, mut b: HostBatch, at: At) -> StepOutput {
+        let ad = self.device.clone().autodiff();
+        let images = b.labels.len();
+        let x = images_tensor(std::mem::take(&mut b.images), b.shape, &ad);
+        let y = labels_tensor(b.labels.clone(), &ad);
+        let (x, y, extra) = match &mut self.hooks {
+            Some(h) => h.batch(x, y, &b, self.seed, at.epoch, at.batch),
+            None => (x, y, None),
+        };
+        let logits = self.trainee.model().forward(x);
+        let mut loss = cross_entropy(logits.clone(), y.clone());
+        if let Some(extra) = extra {
+            loss = loss + extra;
+        }
+        let matches = matches(logits.detach(), y);
+        let value = loss.clone().inner();
+        let mut grads = loss.backward();
+        if let Some(h) = &mut self.hooks {
+            h.after_backward(&mut grads, at.epoch);
+        }
+        self.trainee.update(at.lr, grads);
+        StepOutput {
+            loss: value,
+            matches,
+            images,
+        }
+    }
+
+    fn eval_model(&self) -> Classifier {
+        self.trainee.valid()
+    }
+
+    fn asr(&self, model: &Classifier) -> Option<f64> {
+        match &self.hooks {
+            Some(h) => h.asr(model, &self.device),
+            None => self.meter.as_ref().map(|m| m.asr(model)),
+        }
+    }
+
+    fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)> {
+        if let Some(h) = &self.hooks {
+            h.save_checkpoint(dir, epochs_done)?;
+        }
+        self.trainee.save(dir, epochs_done)
+    }
+
+    fn restore(&mut self, dir: &Path, state: &CheckpointState) -> Result<()> {
+        self.trainee.restore(dir, state)?;
+        match &mut self.hooks {
+            Some(h) => h.restore_checkpoint(dir, state.epochs_done, &self.device),
+            None => Ok(()),
+        }
+    }
+}
+
 /// [`train`] with `hooks` changing the data, the batches, and measuring the ASR.
 pub fn train_with(
     config: &TrainConfig,
@@ -247,7 +288,6 @@ pub fn train_with(
     observer: &mut dyn Observer,
 ) -> Result<Report> {
     config.validate()?;
-    let ckpt_dir = out.join(files::CHECKPOINT_DIR);
     let attack_json = hooks.describe();
     let mut config_json =
         serde_json::to_value(config).map_err(|e| Error::config("config", e.to_string()))?;
@@ -255,51 +295,12 @@ pub fn train_with(
         // The checkpoint's configuration covers the attack too, so --resume checks both.
         config_json = serde_json::json!({ "train": config_json, "attack": a });
     }
-    let different = "--resume: the checkpoint was made with a different configuration; pass the same flags as the original run";
-    let started_path = checkpoint::started_path(&ckpt_dir);
-    let resumed_state = if resume {
-        if checkpoint::state_path(&ckpt_dir).is_file() {
-            let state = checkpoint::load_state(&ckpt_dir)?;
-            if state.config != config_json {
-                return Err(Error::artifact(
-                    checkpoint::state_path(&ckpt_dir),
-                    different,
-                ));
-            }
-            Some(state)
-        } else if started_path.is_file() {
-            // Stopped before its first epoch ended: training starts over; what the hooks'
-            // preparation saved (and its own checkpoints) is kept and reused.
-            let started: serde_json::Value = read_json(&started_path)?;
-            if started != config_json {
-                return Err(Error::artifact(&started_path, different));
-            }
-            None
-        } else {
-            return Err(Error::artifact(
-                out,
-                "--resume: no checkpoint here (expected checkpoint/state.json or checkpoint/started.json); start a new run without --resume",
-            ));
-        }
-    } else {
-        if !dir_is_empty(out)? {
-            return Err(Error::artifact(
-                out,
-                "output directory exists and is not empty; choose another --out, or pass --resume to continue the run in it",
-            ));
-        }
-        None
-    };
-    create_dir_all(out)?;
-    if !started_path.is_file() {
-        create_dir_all(&ckpt_dir)?;
-        write_json_atomic(&started_path, &config_json)?;
-    }
+    let mut run = RunDir::open(out, config_json, canonical_config, config.seed, resume)?;
 
     let data = config.data.load()?;
     let split = split::holdout(&data.train, config.holdout, config.seed)?;
     let split_path = out.join(files::SPLIT);
-    if resumed_state.is_some() && split_path.is_file() {
+    if run.resumed().is_some() && split_path.is_file() {
         let saved: SplitFile = read_json(&split_path)?;
         if saved.split != split {
             return Err(Error::artifact(
@@ -325,159 +326,71 @@ pub fn train_with(
         out,
         &device,
     )?);
-    let test_set = Arc::new(data.test);
     let num_classes = data.train.num_classes;
     let model_config = config.model_config(num_classes);
     write_json_atomic(&out.join(files::MODEL_CONFIG), &model_config)?;
-
-    let ad_device = device.clone().autodiff();
-    let mut model = model_config.init_seeded(&ad_device, config.seed);
-    let mut sgd = Sgd::new(config.sgd.clone());
-    let mut history = Vec::new();
-    let mut first_epoch = 0;
-    if let Some(state) = &resumed_state {
-        model = checkpoint::restore(&ckpt_dir, state, model, &mut sgd, &device)?;
-        hooks.restore_checkpoint(&ckpt_dir, state.epochs_done, &device)?;
-        history = state.history.clone();
-        first_epoch = state.epochs_done;
-    }
-
-    let summary = DataSummary {
-        num_classes,
-        train_size: train_set.len(),
-        holdout_size: split.held_out.len(),
-        test_size: test_set.len(),
+    let eval = Evaluation {
+        test: Arc::new(data.test),
+        batch_size: config.eval_batch_size,
+        device: device.clone(),
     };
-    let report_path = out.join(files::REPORT);
-    let started_unix = match resume {
-        true => read_json::<Report>(&report_path)
-            .map(|r| r.started_unix)
-            .unwrap_or_else(|_| now_unix()),
-        false => now_unix(),
+
+    let model = model_config.init_seeded(&device.clone().autodiff(), config.seed);
+    let kind = hooks.kind();
+    let mut step = CrossEntropyStep {
+        trainee: Trainee::new(model, Sgd::new(config.sgd.clone()), &device),
+        hooks: Some(hooks),
+        meter: None,
+        seed: config.seed,
+        device: device.clone(),
     };
+    driver::restore(&mut step, &run)?;
+
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
-        kind: hooks.kind().into(),
+        kind: kind.into(),
         status: RunStatus::Running,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         config: serde_json::to_value(config).map_err(|e| Error::config("config", e.to_string()))?,
         attack: attack_json,
         defense: None,
         device: selected.info.clone(),
-        data: summary,
-        epochs: history.clone(),
+        data: DataSummary {
+            num_classes,
+            train_size: train_set.len(),
+            holdout_size: split.held_out.len(),
+            test_size: eval.test.len(),
+        },
+        epochs: run.history().to_vec(),
         final_metrics: None,
         model_file: None,
-        started_unix,
+        started_unix: run.started_unix(),
         finished_unix: None,
     };
-
-    let batches_per_epoch =
-        chunk_order(&(0..train_set.len()).collect::<Vec<_>>(), config.batch_size).len();
-    observer.start(first_epoch, config.epochs, batches_per_epoch);
-
-    for epoch in first_epoch..config.epochs {
-        let lr = config.schedule.lr(config.lr, epoch);
-        let t0 = Instant::now();
-        let order = epoch_order(train_set.len(), config.seed, epoch as u64);
-        let chunks = chunk_order(&order, config.batch_size);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for (bi, mut b) in stream(
-            train_set.clone(),
-            chunks,
-            config.augment,
-            config.seed,
-            epoch as u64,
-            2,
-        )
-        .into_iter()
-        .enumerate()
-        {
-            let n = b.labels.len();
-            let x = images_tensor(std::mem::take(&mut b.images), b.shape, &ad_device);
-            let y = labels_tensor(b.labels.clone(), &ad_device);
-            let (x, y, extra) = hooks.batch(x, y, &b, config.seed, epoch, bi);
-            let logits = model.forward(x);
-            let mut loss = cross_entropy(logits.clone(), y.clone());
-            if let Some(extra) = extra {
-                loss = loss + extra;
-            }
-            let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
-            if !loss_value.is_finite() {
-                return Err(Error::config(
-                    "lr",
-                    format!(
-                        "training diverged: loss is {loss_value} at epoch {} batch {}; lower --lr",
-                        epoch + 1,
-                        bi + 1
-                    ),
-                ));
-            }
-            correct += count_correct(logits.detach(), y);
-            let mut grads = loss.backward();
-            hooks.after_backward(&mut grads, epoch);
-            let grads = GradientsParams::from_grads(grads, &model);
-            model = sgd.step(lr, model, grads);
-            loss_sum += loss_value * n as f64;
-            seen += n;
-            let secs = t0.elapsed().as_secs_f64().max(1e-9);
-            observer.batch(
-                epoch,
-                bi,
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
-                seen as f64 / secs,
-            );
-        }
-        let train_secs = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let eval_model = model.valid();
-        let clean_acc = accuracy(&eval_model, &test_set, config.eval_batch_size, &device);
-        let asr = hooks.asr(&eval_model, &device);
-        let eval_secs = t1.elapsed().as_secs_f64();
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            lr,
-            loss: loss_sum / seen.max(1) as f64,
-            train_acc: correct as f64 / seen.max(1) as f64,
-            clean_acc,
-            seconds: train_secs + eval_secs,
-            eval_seconds: eval_secs,
-            images_per_sec: seen as f64 / train_secs.max(1e-9),
-            asr,
-        };
-        history.push(record.clone());
-        crate::io::create_dir_all(&ckpt_dir)?;
-        hooks.save_checkpoint(&ckpt_dir, epoch + 1)?;
-        checkpoint::save(
-            &ckpt_dir,
-            &model,
-            &sgd,
-            CheckpointState {
-                checkpoint_version: CHECKPOINT_VERSION,
-                epochs_done: epoch + 1,
-                seed: config.seed,
-                config: config_json.clone(),
-                model_file: String::new(),
-                optimizer_file: String::new(),
-                history: history.clone(),
-            },
-        )?;
-        report.epochs = history.clone();
-        write_json_atomic(&report_path, &report)?;
-        observer.epoch(&record);
+    let plan = LoopPlan {
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        lr: config.lr,
+        schedule: config.schedule.clone(),
+        seed: config.seed,
+        augment: config.augment,
+        max_batches: None,
+        what: "training",
+    };
+    run_epochs(
+        &plan,
+        &train_set,
+        &mut step,
+        &eval,
+        &mut run,
+        &mut report,
+        observer,
+    )?;
+    let model = step.trainee.valid();
+    if let Some(h) = &step.hooks {
+        h.finish(out)?;
     }
-
-    checkpoint::save_model(&model.valid(), &out.join(files::MODEL))?;
-    hooks.finish(out)?;
-    report.status = RunStatus::Complete;
-    report.final_metrics = Some(FinalMetrics {
-        clean_acc: history.last().map(|r| r.clean_acc).unwrap_or(0.0),
-        asr: history.last().and_then(|r| r.asr),
-    });
-    report.model_file = Some(files::MODEL.into());
-    report.finished_unix = Some(now_unix());
-    write_json_atomic(&report_path, &report)?;
+    driver::finish(&mut run, &mut report, &model, None)?;
     Ok(report)
 }
 

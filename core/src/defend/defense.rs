@@ -1,0 +1,126 @@
+//! The defense family: the one enum that names every defense, with its typed configuration. A
+//! defense run records it (tagged by `method`) in its report; adding a defense is one file in
+//! `core/src/defend/`, one variant here and one CLI arm.
+
+use super::cleanse::KdConfig;
+use super::ft::FtConfig;
+use crate::Result;
+use crate::device::Selected;
+use crate::engine::Observer;
+use crate::report::Report;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A defense and all of its settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Defense {
+    /// The distillation cleanser of Pang et al. (2023): a layer-wise re-initialised student
+    /// distilled from the suspect on unlabeled images.
+    Kd(KdConfig),
+    /// Fine-tuning the suspect with cross-entropy on the defender's labelled data.
+    Ft(FtConfig),
+}
+
+/// What a defense may see of the defender's held-out split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefenderAccess {
+    /// The images only (the cleanser: [`super::unlabeled::UnlabeledImages`] has no labels).
+    Images,
+    /// Images and labels (the baselines, as the method spec allows).
+    Labelled,
+}
+
+impl Defense {
+    /// The method's name on the command line and in reports (`kd`, `ft`).
+    pub fn method(&self) -> &'static str {
+        match self {
+            Defense::Kd(_) => "kd",
+            Defense::Ft(_) => "ft",
+        }
+    }
+
+    /// The column name in tables (`KD`, `FT`).
+    pub fn display_name(&self) -> &'static str {
+        match self {
+            Defense::Kd(_) => "KD",
+            Defense::Ft(_) => "FT",
+        }
+    }
+
+    /// What the defense may see of the defender's data.
+    pub fn access(&self) -> DefenderAccess {
+        match self {
+            Defense::Kd(_) => DefenderAccess::Images,
+            Defense::Ft(_) => DefenderAccess::Labelled,
+        }
+    }
+
+    /// The suspect model's run directory.
+    pub fn suspect(&self) -> &Path {
+        match self {
+            Defense::Kd(c) => &c.teacher,
+            Defense::Ft(c) => &c.suspect,
+        }
+    }
+
+    /// The seed of the run.
+    pub fn seed(&self) -> u64 {
+        match self {
+            Defense::Kd(c) => c.seed,
+            Defense::Ft(c) => c.seed,
+        }
+    }
+
+    /// The settings that set this run apart from the method's defaults, for table columns
+    /// (e.g. `init single:3`, `on gtsrb`, `20 ep`); empty at the defaults.
+    pub fn label_details(&self) -> Vec<String> {
+        match self {
+            Defense::Kd(c) => c.label_details(),
+            Defense::Ft(c) => c.label_details(),
+        }
+    }
+
+    /// The column label: the method's name and what differs from its defaults.
+    pub fn label(&self) -> String {
+        std::iter::once(self.display_name().to_string())
+            .chain(self.label_details())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Why this configuration cannot run, if it cannot.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Defense::Kd(c) => c.validate(),
+            Defense::Ft(c) => c.validate(),
+        }
+    }
+
+    /// Runs the defense into `out` (new or empty unless `resume`).
+    pub fn run(
+        &self,
+        out: &Path,
+        resume: bool,
+        selected: &Selected,
+        observer: &mut dyn Observer,
+    ) -> Result<Report> {
+        match self {
+            Defense::Kd(c) => super::cleanse::cleanse(c, out, resume, selected, observer),
+            Defense::Ft(c) => super::ft::fine_tune(c, out, resume, selected, observer),
+        }
+    }
+
+    /// [`crate::engine::run_dir::Canonical`] for defense configurations: parsed as a defense,
+    /// or as the cleanser's configuration alone (checkpoints written before the family existed).
+    pub fn canonical(v: &serde_json::Value) -> serde_json::Value {
+        if let Ok(d) = serde_json::from_value::<Defense>(v.clone()) {
+            return serde_json::to_value(d).unwrap_or_else(|_| v.clone());
+        }
+        match serde_json::from_value::<KdConfig>(v.clone()) {
+            Ok(c) => serde_json::to_value(Defense::Kd(c)).unwrap_or_else(|_| v.clone()),
+            Err(_) => v.clone(),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The run every defense shares: the run directory, the suspect loaded with its attack, the
+//! suspect's and the starting model's metrics, the engine's epochs, and the defended model saved
+//! with what it is evaluated against. A method supplies only its [`Prepared`] step.
+
+use super::defense::Defense;
+use super::reinit::Realised;
+use super::suspect::{AsrMeter, Suspect};
+use crate::data::batcher::Batches;
+use crate::device::Selected;
+use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
+use crate::engine::{Observer, RunDir, Step, files};
+use crate::io::write_json_atomic;
+use crate::model::Classifier;
+use crate::report::{DataSummary, DefenseRecord, FinalMetrics, Report, RunStatus, SCHEMA_VERSION};
+use crate::{Error, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+/// What a method builds from the loaded suspect.
+pub(crate) struct Prepared<S: Step> {
+    pub step: S,
+    /// The defender's data the step trains on.
+    pub data: Arc<S::Data>,
+    pub plan: LoopPlan,
+    /// The model before the first epoch (the cleanser's re-initialised student; the suspect for
+    /// fine-tuning); with no epochs it is the result.
+    pub start: Classifier,
+    /// The cleanser's realised re-initialisation.
+    pub reinit: Option<Realised>,
+}
+
+/// Runs `defense` into `out`: `prepare` builds the method's step from the suspect and the ASR
+/// meter of its attack (shared with the step, which measures ASR after every epoch).
+pub(crate) fn run_defense<S: Step>(
+    defense: &Defense,
+    eval_batch_size: usize,
+    out: &Path,
+    resume: bool,
+    selected: &Selected,
+    observer: &mut dyn Observer,
+    prepare: impl FnOnce(&Suspect, Option<Arc<AsrMeter>>) -> Result<Prepared<S>>,
+) -> Result<Report> {
+    defense.validate()?;
+    let config_json =
+        serde_json::to_value(defense).map_err(|e| Error::config("config", e.to_string()))?;
+    let mut run = RunDir::open(
+        out,
+        config_json.clone(),
+        Defense::canonical,
+        defense.seed(),
+        resume,
+    )?;
+    let device = selected.device.clone();
+    let suspect = Suspect::load(defense.suspect(), None, &device)?;
+    let meter = suspect.asr_meter(eval_batch_size, &device).map(Arc::new);
+    let eval = Evaluation {
+        test: suspect.test.clone(),
+        batch_size: eval_batch_size,
+        device: device.clone(),
+    };
+    let asr_of = |m: &Classifier| meter.as_ref().map(|a| a.asr(m));
+    let Prepared {
+        mut step,
+        data,
+        plan,
+        start,
+        reinit,
+    } = prepare(&suspect, meter.clone())?;
+    write_json_atomic(&out.join(files::MODEL_CONFIG), &suspect.config)?;
+    let suspect_clean_acc = eval.clean_accuracy(&suspect.model);
+    let suspect_asr = asr_of(&suspect.model);
+    let start_metrics = FinalMetrics {
+        clean_acc: eval.clean_accuracy(&start),
+        asr: asr_of(&start),
+    };
+    let record = DefenseRecord {
+        config: defense.clone(),
+        suspect: defense.suspect().to_path_buf(),
+        defender_images: data.len(),
+        suspect_clean_acc,
+        suspect_asr,
+        start_clean_acc: Some(start_metrics.clean_acc),
+        start_asr: start_metrics.asr,
+        reinit,
+    };
+    driver::restore(&mut step, &run)?;
+    let mut report = Report {
+        schema_version: SCHEMA_VERSION,
+        kind: "defense".into(),
+        status: RunStatus::Running,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        config: config_json,
+        attack: suspect
+            .attack
+            .as_ref()
+            .and_then(|a| serde_json::to_value(&a.config).ok()),
+        defense: Some(record),
+        device: selected.info.clone(),
+        data: DataSummary {
+            num_classes: suspect.config.num_classes,
+            train_size: data.len(),
+            holdout_size: 0,
+            test_size: suspect.test.len(),
+        },
+        epochs: run.history().to_vec(),
+        final_metrics: None,
+        model_file: None,
+        started_unix: run.started_unix(),
+        finished_unix: None,
+    };
+    run_epochs(
+        &plan,
+        &data,
+        &mut step,
+        &eval,
+        &mut run,
+        &mut report,
+        observer,
+    )?;
+    // The defended model evaluates against the same data and attack as the suspect.
+    suspect.save_evaluation_files(out)?;
+    let last = match run.history().is_empty() {
+        true => Some(start_metrics),
+        false => None,
+    };
+    driver::finish(&mut run, &mut report, &step.eval_model(), last)?;
+    Ok(report)
+}

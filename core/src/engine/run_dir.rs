@@ -1,0 +1,315 @@
+//! The life of a run directory, shared by every command that trains something: a new run only
+//! in a missing or empty directory, `--resume` only of a run with the same configuration (the
+//! settings that differ are named), `checkpoint/started.json` before any preparation, one
+//! checkpoint per epoch, the report written atomically, and one live run per directory (an OS
+//! file lock that dies with its process).
+//!
+//! Every stop point leaves the directory resumable or reusable: a run killed at any moment
+//! resumes with the same flags; a run that fails with an error before its first checkpoint, in a
+//! directory that was empty when it started, leaves it empty again, so the corrected command
+//! runs as a new one.
+
+use crate::io::{create_dir_all, read_json, write_json_atomic};
+use crate::report::{EpochRecord, Report, now_unix};
+use crate::train::checkpoint::{self, CHECKPOINT_VERSION, CheckpointState};
+use crate::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Names of the files of a run directory.
+pub mod files {
+    pub const REPORT: &str = "report.json";
+    pub const MODEL: &str = "model.bpk";
+    pub const MODEL_CONFIG: &str = "model.json";
+    pub const SPLIT: &str = "split.json";
+    pub const CHECKPOINT_DIR: &str = "checkpoint";
+    /// Held (an OS lock) by the live run of the directory.
+    pub const LOCK: &str = "run.lock";
+    /// The clean model LC trains for its adversarial images, inside the attack's run directory,
+    /// when no `--clean-model` is given; it is made by the run's preparation
+    /// ([`crate::attack::poison::OwnCleanModel`]).
+    pub const LC_CLEAN_MODEL: &str = "clean-model";
+}
+
+/// How a configuration saved by an earlier run is made comparable with today's: parsed into
+/// its type and written back, so that a field added since (with its default) is no change.
+pub type Canonical = fn(&Value) -> Value;
+
+/// [`Canonical`] through the configuration type `T` (the value itself when it does not parse).
+pub fn canonical_as<T: Serialize + DeserializeOwned>(v: &Value) -> Value {
+    serde_json::from_value::<T>(v.clone())
+        .ok()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .unwrap_or_else(|| v.clone())
+}
+
+/// The settings whose values differ between two configurations, as `path: old -> new` (at most
+/// a handful, then a count).
+pub fn differences(old: &Value, new: &Value) -> Vec<String> {
+    fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} -> {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", old, new, &mut out);
+    out
+}
+
+fn different_configuration(path: &Path, old: &Value, new: &Value) -> Error {
+    let diff = differences(old, new);
+    let shown: Vec<&str> = diff.iter().take(6).map(String::as_str).collect();
+    let more = match diff.len().saturating_sub(shown.len()) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    Error::artifact(
+        path,
+        format!(
+            "--resume: the run was started with a different configuration ({}{more}); pass the \
+             same flags as the original run, or start a new run in another --out",
+            shown.join(", ")
+        ),
+    )
+}
+
+/// The entries of `dir` other than the lock file; `None` when `dir` does not exist.
+fn entries_besides_lock(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    match std::fs::read_dir(dir) {
+        Ok(it) => {
+            let mut v = Vec::new();
+            for e in it {
+                let e = e.map_err(|e| Error::io(dir, e))?;
+                if e.file_name() != files::LOCK {
+                    v.push(e.path());
+                }
+            }
+            Ok(Some(v))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Whether `dir` is missing or holds nothing but a lock file (a run may start in it).
+pub fn dir_is_empty(dir: &Path) -> Result<bool> {
+    Ok(entries_besides_lock(dir)?.is_none_or(|v| v.is_empty()))
+}
+
+/// A run directory owned by this process for the length of a run.
+pub struct RunDir {
+    out: PathBuf,
+    /// Held while the run lives; the OS releases it when the process ends.
+    _lock: File,
+    config: Value,
+    seed: u64,
+    resumed: Option<CheckpointState>,
+    history: Vec<EpochRecord>,
+    started_unix: u64,
+    /// The directory was missing or empty when the run started.
+    fresh: bool,
+    finished: bool,
+}
+
+impl RunDir {
+    /// Takes `out` for a run of `config` (the JSON compared on resume, made comparable by
+    /// `canonical`): new (`out` missing or empty) or, with `resume`, continuing the run in it.
+    /// Writes `checkpoint/started.json` before returning, so that whatever the run prepares
+    /// next can be resumed.
+    pub fn open(
+        out: &Path,
+        config: Value,
+        canonical: Canonical,
+        seed: u64,
+        resume: bool,
+    ) -> Result<RunDir> {
+        let existed = out.is_dir();
+        create_dir_all(out)?;
+        let lock_path = out.join(files::LOCK);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => Error::artifact(
+                    out,
+                    "another cleanse run is using this directory; wait for it to end or choose \
+                     another --out",
+                ),
+                std::fs::TryLockError::Error(e) => Error::io(&lock_path, e),
+            });
+        }
+        let ckpt = out.join(files::CHECKPOINT_DIR);
+        let state_path = checkpoint::state_path(&ckpt);
+        let started_path = checkpoint::started_path(&ckpt);
+        let empty = dir_is_empty(out)?;
+        let mut resumed = None;
+        if resume {
+            if state_path.is_file() {
+                let state = checkpoint::load_state(&ckpt)?;
+                let (old, new) = (canonical(&state.config), canonical(&config));
+                if old != new {
+                    return Err(different_configuration(&state_path, &old, &new));
+                }
+                resumed = Some(state);
+            } else if started_path.is_file() {
+                // Stopped before its first epoch ended: training starts over; what preparation
+                // saved (and its own checkpoints) is kept and reused.
+                let started: Value = read_json(&started_path)?;
+                let (old, new) = (canonical(&started), canonical(&config));
+                if old != new {
+                    return Err(different_configuration(&started_path, &old, &new));
+                }
+            } else {
+                return Err(Error::artifact(
+                    out,
+                    "--resume: no checkpoint here (expected checkpoint/state.json or \
+                     checkpoint/started.json); start a new run without --resume",
+                ));
+            }
+        } else if !empty {
+            return Err(Error::artifact(
+                out,
+                "output directory exists and is not empty; choose another --out, or pass \
+                 --resume to continue the run in it",
+            ));
+        }
+        let started_unix = match &resumed {
+            Some(_) => read_json::<Report>(&out.join(files::REPORT))
+                .map(|r| r.started_unix)
+                .unwrap_or_else(|_| now_unix()),
+            None => now_unix(),
+        };
+        let run = RunDir {
+            out: out.to_path_buf(),
+            _lock: lock,
+            history: resumed
+                .as_ref()
+                .map(|s| s.history.clone())
+                .unwrap_or_default(),
+            config,
+            seed,
+            resumed,
+            started_unix,
+            fresh: !existed || empty,
+            finished: false,
+        };
+        if !started_path.is_file() {
+            create_dir_all(&ckpt)?;
+            write_json_atomic(&started_path, &run.config)?;
+        }
+        Ok(run)
+    }
+
+    /// The directory.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// `out/checkpoint`.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.out.join(files::CHECKPOINT_DIR)
+    }
+
+    /// The checkpoint the run continues from, if it resumed one.
+    pub fn resumed(&self) -> Option<&CheckpointState> {
+        self.resumed.as_ref()
+    }
+
+    /// Epochs completed so far.
+    pub fn epochs_done(&self) -> usize {
+        self.history.len()
+    }
+
+    /// The records of the epochs completed so far.
+    pub fn history(&self) -> &[EpochRecord] {
+        &self.history
+    }
+
+    /// When the run first started (kept across resumes).
+    pub fn started_unix(&self) -> u64 {
+        self.started_unix
+    }
+
+    /// Records an epoch whose model and optimiser files (`files`, in the checkpoint directory)
+    /// are written: the checkpoint's state file, then older epochs' files are removed.
+    pub fn checkpoint(&mut self, record: EpochRecord, files: (String, String)) -> Result<()> {
+        self.history.push(record);
+        let dir = self.checkpoint_dir();
+        let state = CheckpointState {
+            checkpoint_version: CHECKPOINT_VERSION,
+            epochs_done: self.history.len(),
+            seed: self.seed,
+            config: self.config.clone(),
+            model_file: files.0,
+            optimizer_file: files.1,
+            history: self.history.clone(),
+        };
+        write_json_atomic(&checkpoint::state_path(&dir), &state)?;
+        // Only now are older epochs' files unreferenced.
+        checkpoint::remove_stale(
+            &dir,
+            &["model-e", "sgd-e"],
+            &[&state.model_file, &state.optimizer_file],
+        );
+        Ok(())
+    }
+
+    /// Writes the run's report (atomically).
+    pub fn write_report(&self, report: &Report) -> Result<()> {
+        write_json_atomic(&self.out.join(files::REPORT), report)
+    }
+
+    /// Marks the run finished: its directory is kept whatever happens next.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for RunDir {
+    /// A run that ends with an error before its first checkpoint, in a
+    /// directory that was empty when it started, empties it again: nothing of value is lost and
+    /// the corrected command can use it.
+    fn drop(&mut self) {
+        // A panic stands for a crash: like a killed run, it stays resumable.
+        if self.finished || !self.fresh || std::thread::panicking() {
+            return;
+        }
+        if checkpoint::state_path(&self.checkpoint_dir()).exists() {
+            return;
+        }
+        if let Ok(Some(entries)) = entries_besides_lock(&self.out) {
+            for p in entries {
+                let _ = match p.is_dir() {
+                    true => std::fs::remove_dir_all(&p),
+                    false => std::fs::remove_file(&p),
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! What a method supplies to the engine: how one batch becomes a loss and an update. Training, the
+//! attacks, the cleanser and every defense are a [`Step`]; batching, schedules, evaluation,
+//! progress, checkpoints and reports are the engine's.
+
+use crate::Result;
+use crate::data::batcher::Batches;
+use crate::model::Classifier;
+use crate::train::checkpoint::{self, CheckpointState};
+use crate::train::sgd::Sgd;
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use std::path::Path;
+
+/// Where a batch is in the run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct At {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// 0-based batch of the epoch.
+    pub batch: usize,
+    /// The epoch's learning rate.
+    pub lr: f64,
+}
+
+/// What one step leaves for the engine to read back: nothing is read from the device inside a
+/// step, so the same step runs under the blocking native driver and the browser's async one.
+pub struct StepOutput {
+    /// The batch's mean loss (one value).
+    pub loss: Tensor<1>,
+    /// How many of the batch's predictions match their targets (one value): labels for
+    /// training, the teacher's predictions for distillation.
+    pub matches: Tensor<1, Int>,
+    /// Images in the batch.
+    pub images: usize,
+}
+
+/// One method's per-batch work.
+pub trait Step {
+    /// The data the method trains on.
+    type Data: Batches;
+    /// Runs one batch: forward, loss, backward, update.
+    fn step(&mut self, batch: <Self::Data as Batches>::Batch, at: At) -> StepOutput;
+    /// The model being trained, as an evaluation copy.
+    fn eval_model(&self) -> Classifier;
+    /// The attack success rate of `model` (an evaluation copy) against the trigger this run
+    /// measures, if any.
+    fn asr(&self, _model: &Classifier) -> Option<f64> {
+        None
+    }
+    /// Writes the step's state after `epochs_done` epochs into the checkpoint directory `dir`;
+    /// returns the names of the model and optimiser files.
+    fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)>;
+    /// Restores what [`Step::save`] wrote.
+    fn restore(&mut self, dir: &Path, state: &CheckpointState) -> Result<()>;
+}
+
+/// A classifier under training with its SGD state: the part every step shares.
+pub struct Trainee {
+    model: Option<Classifier>,
+    pub sgd: Sgd,
+    device: Device,
+}
+
+impl Trainee {
+    /// `model` must live on `device`'s autodiff device.
+    pub fn new(model: Classifier, sgd: Sgd, device: &Device) -> Self {
+        Trainee {
+            model: Some(model),
+            sgd,
+            device: device.clone(),
+        }
+    }
+
+    /// The model (on the autodiff device).
+    pub fn model(&self) -> &Classifier {
+        self.model
+            .as_ref()
+            .expect("a trainee always holds its model")
+    }
+
+    /// Its evaluation copy.
+    pub fn valid(&self) -> Classifier {
+        self.model().valid()
+    }
+
+    /// One SGD step with `grads` at learning rate `lr`.
+    pub fn update(&mut self, lr: f64, grads: burn::tensor::Gradients) {
+        let model = self.model.take().expect("a trainee always holds its model");
+        let grads = GradientsParams::from_grads(grads, &model);
+        self.model = Some(self.sgd.step(lr, model, grads));
+    }
+
+    /// Saves weights and SGD state as the checkpoint of `epochs_done` epochs.
+    pub fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)> {
+        let names = (
+            format!("model-e{epochs_done}.bpk"),
+            format!("sgd-e{epochs_done}.bin"),
+        );
+        checkpoint::save_with_optimizer(dir, (&names.0, &names.1), self.model(), &self.sgd)?;
+        Ok(names)
+    }
+
+    /// Loads what [`Trainee::save`] wrote.
+    pub fn restore(&mut self, dir: &Path, state: &CheckpointState) -> Result<()> {
+        let model = self.model.take().expect("a trainee always holds its model");
+        let files = (state.model_file.as_str(), state.optimizer_file.as_str());
+        let restored =
+            checkpoint::load_with_optimizer(dir, files, model, &mut self.sgd, &self.device);
+        // On an error the model is gone; the run stops there.
+        self.model = Some(restored?);
+        Ok(())
+    }
+
+    /// The model, for the end of a run.
+    pub fn into_model(mut self) -> Classifier {
+        self.model.take().expect("a trainee always holds its model")
+    }
+}
+
+/// The number of rows of `logits` whose arg-max equals `targets`, as a one-value tensor.
+pub fn matches(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1, Int> {
+    let [n, _] = logits.dims();
+    logits.argmax(1).reshape([n]).equal(targets).int().sum()
+}
