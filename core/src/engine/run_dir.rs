@@ -118,6 +118,23 @@ pub fn dir_is_empty(dir: &Path) -> Result<bool> {
     Ok(entries_besides_lock(dir)?.is_none_or(|v| v.is_empty()))
 }
 
+/// Takes the OS's exclusive lock on `file` without waiting: `false` when another process (or
+/// another handle in this one) holds it.
+#[cfg(not(target_arch = "wasm32"))]
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The browser has no file system to share: run directories are a native concept.
+#[cfg(target_arch = "wasm32")]
+fn try_lock(_file: &File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
 /// A run directory owned by this process for the length of a run.
 pub struct RunDir {
     out: PathBuf,
@@ -154,15 +171,12 @@ impl RunDir {
             .write(true)
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?;
-        if let Err(e) = lock.try_lock() {
-            return Err(match e {
-                std::fs::TryLockError::WouldBlock => Error::artifact(
-                    out,
-                    "another cleanse run is using this directory; wait for it to end or choose \
-                     another --out",
-                ),
-                std::fs::TryLockError::Error(e) => Error::io(&lock_path, e),
-            });
+        if !try_lock(&lock).map_err(|e| Error::io(&lock_path, e))? {
+            return Err(Error::artifact(
+                out,
+                "another cleanse run is using this directory; wait for it to end or choose \
+                 another --out",
+            ));
         }
         let ckpt = out.join(files::CHECKPOINT_DIR);
         let state_path = checkpoint::state_path(&ckpt);
