@@ -4,10 +4,11 @@
 #
 #   bash scripts/grid.sh [GROUP...]
 #
-# Groups (default: all, in this order): subset cleanse ablation init0 scale wanet ood tsne gtsrb sweep
+# Groups (default: all, in this order): subset cleanse ft ablation init0 scale wanet ood tsne gtsrb sweep
 #   faithful width seeds
 #   subset    clean reference and the six attacks with --preset subset (CIFAR-10 subset)
 #   cleanse   `defend kd` at the method's defaults on each subset attack
+#   ft        `defend ft` (fine-tuning, the method spec's defaults) on each subset attack
 #   ablation  the initialisation ablation on subset BadNets (uniform, single:1..4, none, fresh)
 #   init0     each initialisation's student before distillation (`--epochs 0`), with t-SNE maps
 #   scale     cleanser settings for small unlabeled sets on subset BadNets (ratios x3 and x4,
@@ -81,7 +82,7 @@ job() {
 }
 
 want() { [[ " $GROUPS_WANTED " == *" $1 "* ]]; }
-GROUPS_WANTED=${*:-subset cleanse ablation init0 scale wanet ood tsne gtsrb sweep faithful width seeds}
+GROUPS_WANTED=${*:-subset cleanse ft ablation init0 scale wanet ood tsne gtsrb sweep faithful width seeds}
 
 # Each attack's cleanse directly follows it, so a partial grid has complete before/after pairs.
 for a in badnets blended clean sig lc wanet iab; do
@@ -96,6 +97,9 @@ for a in badnets blended clean sig lc wanet iab; do
   fi
   if want cleanse && [[ $a != clean ]]; then
     job cleanse/$a "subset/$a" defend kd --model "$RUNS/subset/$a" "${DEV[@]}"
+  fi
+  if want ft && [[ $a != clean ]]; then
+    job ft/$a "subset/$a" defend ft --model "$RUNS/subset/$a" "${DEV[@]}"
   fi
 done
 if want ablation; then

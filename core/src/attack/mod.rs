@@ -7,6 +7,7 @@
 
 pub mod iab;
 pub mod lc;
+pub mod meter;
 pub mod poison;
 pub mod trigger;
 pub mod warp;

@@ -356,13 +356,10 @@ impl TrainHooks for AttackHooks {
         (x, y, None)
     }
 
-    fn asr(&self, model: &Classifier, device: &Device) -> Option<f64> {
-        let set = self.asr_set.as_ref()?;
-        let trigger = self.attack.trigger.as_ref()?;
-        Some(triggered_accuracy(
-            model,
-            set,
-            &|x| trigger.apply(x),
+    fn asr_meter(&self, device: &Device) -> Option<super::meter::AsrMeter> {
+        Some(super::meter::AsrMeter::new(
+            self.asr_set.clone()?,
+            super::Backdoor::Static(self.attack.trigger.clone()?),
             self.eval_batch_size,
             device,
         ))

@@ -7,14 +7,14 @@ use super::defense::Defense;
 use super::kd::{TemperatureRange, distillation_loss};
 use super::reinit::{self, InitMode};
 use super::run::{Prepared, run_defense};
-use super::suspect::AsrMeter;
 use super::unlabeled::{ImageBatch, UnlabeledImages};
+use crate::attack::meter::AsrMeter;
 use crate::data::augment::Augment;
 use crate::data::{DataSpec, ImageSet};
 use crate::device::Selected;
 use crate::engine::Observer;
 use crate::engine::driver::LoopPlan;
-use crate::engine::step::{At, Step, StepOutput, Trainee, matches};
+use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::model::Classifier;
 use crate::report::Report;
 use crate::train::checkpoint::CheckpointState;
@@ -162,15 +162,18 @@ impl KdConfig {
 
 /// The cleanser as an engine step: the frozen teacher's softened predictions distilled into the
 /// student on a batch of unlabeled images.
-struct KdStep {
-    trainee: Trainee,
-    teacher: Classifier,
-    temperature: TemperatureRange,
-    epochs: usize,
-    mixup: bool,
-    seed: u64,
-    device: Device,
-    meter: Option<Arc<AsrMeter>>,
+pub struct KdStep {
+    pub trainee: Trainee,
+    /// An evaluation copy.
+    pub teacher: Classifier,
+    pub temperature: TemperatureRange,
+    /// Epochs of the run (the temperature schedule's length).
+    pub epochs: usize,
+    pub mixup: bool,
+    pub seed: u64,
+    pub device: Device,
+    /// Measures the ASR against the teacher's attack.
+    pub meter: Option<AsrMeter>,
 }
 
 impl Step for KdStep {
@@ -196,17 +199,19 @@ impl Step for KdStep {
         self.trainee.update(at.lr, loss.backward());
         StepOutput {
             loss: value,
-            matches,
+            matches: Some(matches),
             images: n,
         }
     }
+}
 
+impl ClassifierStep for KdStep {
     fn eval_model(&self) -> Classifier {
         self.trainee.valid()
     }
 
-    fn asr(&self, model: &Classifier) -> Option<f64> {
-        self.meter.as_ref().map(|m| m.asr(model))
+    fn asr_meter(&self) -> Option<AsrMeter> {
+        self.meter.clone()
     }
 
     fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)> {

@@ -4,11 +4,13 @@
 
 use super::defense::Defense;
 use super::reinit::Realised;
-use super::suspect::{AsrMeter, Suspect};
+use super::suspect::Suspect;
+use crate::attack::meter::AsrMeter;
 use crate::data::batcher::Batches;
 use crate::device::Selected;
 use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
-use crate::engine::{Observer, RunDir, Step, files};
+use crate::engine::step::ClassifierStep;
+use crate::engine::{Observer, RunDir, files};
 use crate::io::write_json_atomic;
 use crate::model::Classifier;
 use crate::report::{DataSummary, DefenseRecord, FinalMetrics, Report, RunStatus, SCHEMA_VERSION};
@@ -17,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// What a method builds from the loaded suspect.
-pub(crate) struct Prepared<S: Step> {
+pub(crate) struct Prepared<S: ClassifierStep> {
     pub step: S,
     /// The defender's data the step trains on.
     pub data: Arc<S::Data>,
@@ -31,14 +33,14 @@ pub(crate) struct Prepared<S: Step> {
 
 /// Runs `defense` into `out`: `prepare` builds the method's step from the suspect and the ASR
 /// meter of its attack (shared with the step, which measures ASR after every epoch).
-pub(crate) fn run_defense<S: Step>(
+pub(crate) fn run_defense<S: ClassifierStep>(
     defense: &Defense,
     eval_batch_size: usize,
     out: &Path,
     resume: bool,
     selected: &Selected,
     observer: &mut dyn Observer,
-    prepare: impl FnOnce(&Suspect, Option<Arc<AsrMeter>>) -> Result<Prepared<S>>,
+    prepare: impl FnOnce(&Suspect, Option<AsrMeter>) -> Result<Prepared<S>>,
 ) -> Result<Report> {
     defense.validate()?;
     let config_json =
@@ -52,7 +54,7 @@ pub(crate) fn run_defense<S: Step>(
     )?;
     let device = selected.device.clone();
     let suspect = Suspect::load(defense.suspect(), None, &device)?;
-    let meter = suspect.asr_meter(eval_batch_size, &device).map(Arc::new);
+    let meter = suspect.asr_meter(eval_batch_size, &device);
     let eval = Evaluation {
         test: suspect.test.clone(),
         batch_size: eval_batch_size,

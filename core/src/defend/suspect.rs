@@ -2,7 +2,8 @@
 //! another run's) and its data set's test images, checked to fit together. What every defense,
 //! `eval` and `tsne` start from.
 
-use crate::attack::poison::{asr_set, triggered_accuracy};
+use crate::attack::meter::AsrMeter;
+use crate::attack::poison::asr_set;
 use crate::attack::{Attack, Backdoor};
 use crate::data::{DataSpec, ImageSet};
 use crate::io::read_json;
@@ -96,12 +97,12 @@ impl Suspect {
     /// The triggered test images and the trigger to measure an ASR with, if there is an attack.
     pub fn asr_meter(&self, batch_size: usize, device: &Device) -> Option<AsrMeter> {
         let (a, b) = (self.attack.as_ref()?, self.backdoor.as_ref()?);
-        Some(AsrMeter {
-            set: Arc::new(asr_set(a, &self.test)),
-            backdoor: b.clone(),
+        Some(AsrMeter::new(
+            Arc::new(asr_set(a, &self.test)),
+            b.clone(),
             batch_size,
-            device: device.clone(),
-        })
+            device,
+        ))
     }
 
     /// The held-out split of the suspect's training set: the defender's data.
@@ -135,27 +136,5 @@ impl Suspect {
             }
         }
         Ok(())
-    }
-}
-
-/// Measures attack success rates against a suspect's attack.
-pub struct AsrMeter {
-    /// The test images whose label the attack changes, labelled with its target.
-    pub set: Arc<ImageSet>,
-    pub backdoor: Backdoor,
-    batch_size: usize,
-    device: Device,
-}
-
-impl AsrMeter {
-    /// The fraction of the triggered images `model` (an evaluation copy) sends to the target.
-    pub fn asr(&self, model: &Classifier) -> f64 {
-        triggered_accuracy(
-            model,
-            &self.set,
-            &|x| self.backdoor.apply(x),
-            self.batch_size,
-            &self.device,
-        )
     }
 }

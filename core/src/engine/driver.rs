@@ -4,7 +4,7 @@
 
 use super::observer::Observer;
 use super::run_dir::{RunDir, files};
-use super::step::{At, Step};
+use super::step::{At, ClassifierStep, Step};
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::{Batches, chunk_order, epoch_order, stream};
@@ -129,20 +129,37 @@ impl Evaluation {
     }
 }
 
-/// Runs `step` from the epoch after `run`'s last checkpoint to `plan.epochs`, checkpointing and
-/// rewriting `report` after every epoch.
-pub fn run_epochs<S: Step>(
+/// What [`run_batches`] reports.
+pub enum Event<'a> {
+    /// A batch finished: 0-based epoch and batch, the epoch's totals so far, seconds since the
+    /// epoch started.
+    Batch {
+        epoch: usize,
+        batch: usize,
+        totals: &'a EpochTotals,
+        seconds: f64,
+    },
+    /// An epoch's batches finished (nothing evaluated yet): its totals and training seconds.
+    Epoch {
+        epoch: usize,
+        lr: f64,
+        totals: &'a EpochTotals,
+        seconds: f64,
+    },
+}
+
+/// Runs `step` over the batches of epochs `first..plan.epochs`, reading each batch's loss back
+/// (an error when it is not finite) and telling `on` about every batch and every epoch; `on` may
+/// stop the run with an error.
+pub fn run_batches<S: Step>(
     plan: &LoopPlan,
     data: &Arc<S::Data>,
     step: &mut S,
-    eval: &Evaluation,
-    run: &mut RunDir,
-    report: &mut Report,
-    observer: &mut dyn Observer,
+    first: usize,
+    on: &mut dyn FnMut(&mut S, Event) -> Result<()>,
 ) -> Result<()> {
     let n = data.len();
-    observer.start(run.epochs_done(), plan.epochs, plan.batches_per_epoch(n));
-    for epoch in run.epochs_done()..plan.epochs {
+    for epoch in first..plan.epochs {
         let lr = plan.lr_at(epoch);
         let t0 = Instant::now();
         let mut totals = EpochTotals::default();
@@ -160,47 +177,102 @@ pub fn run_epochs<S: Step>(
             if !loss.is_finite() {
                 return Err(plan.diverged(loss, epoch, batch));
             }
-            let matches = out.matches.into_scalar::<i64>() as usize;
+            let matches = out.matches.map_or(0, |m| m.into_scalar::<i64>() as usize);
             totals.add(loss, matches, out.images);
-            let secs = t0.elapsed().as_secs_f64().max(1e-9);
+            let seconds = t0.elapsed().as_secs_f64();
+            on(
+                step,
+                Event::Batch {
+                    epoch,
+                    batch,
+                    totals: &totals,
+                    seconds,
+                },
+            )?;
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        on(
+            step,
+            Event::Epoch {
+                epoch,
+                lr,
+                totals: &totals,
+                seconds,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs a classifier's `step` from the epoch after `run`'s last checkpoint to `plan.epochs`,
+/// evaluating, checkpointing and rewriting `report` after every epoch.
+pub fn run_epochs<S: ClassifierStep>(
+    plan: &LoopPlan,
+    data: &Arc<S::Data>,
+    step: &mut S,
+    eval: &Evaluation,
+    run: &mut RunDir,
+    report: &mut Report,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    observer.start(
+        run.epochs_done(),
+        plan.epochs,
+        plan.batches_per_epoch(data.len()),
+    );
+    let first = run.epochs_done();
+    run_batches(plan, data, step, first, &mut |step, event| match event {
+        Event::Batch {
+            epoch,
+            batch,
+            totals,
+            seconds,
+        } => {
             observer.batch(
                 epoch,
                 batch,
                 totals.mean_loss(),
                 totals.match_rate(),
-                totals.seen as f64 / secs,
+                totals.seen as f64 / seconds.max(1e-9),
             );
+            Ok(())
         }
-        let train_secs = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let model = step.eval_model();
-        let clean_acc = eval.clean_accuracy(&model);
-        let asr = step.asr(&model);
-        let eval_secs = t1.elapsed().as_secs_f64();
-        let record = EpochRecord {
-            epoch: epoch + 1,
+        Event::Epoch {
+            epoch,
             lr,
-            loss: totals.mean_loss(),
-            train_acc: totals.match_rate(),
-            clean_acc,
-            seconds: train_secs + eval_secs,
-            eval_seconds: eval_secs,
-            images_per_sec: totals.seen as f64 / train_secs.max(1e-9),
-            asr,
-        };
-        let dir = run.checkpoint_dir();
-        crate::io::create_dir_all(&dir)?;
-        let files = step.save(&dir, epoch + 1)?;
-        run.checkpoint(record.clone(), files)?;
-        report.epochs = run.history().to_vec();
-        run.write_report(report)?;
-        observer.epoch(&record);
-    }
-    Ok(())
+            totals,
+            seconds,
+        } => {
+            let t1 = Instant::now();
+            let model = step.eval_model();
+            let clean_acc = eval.clean_accuracy(&model);
+            let asr = step.asr_meter().map(|m| m.asr(&model));
+            let eval_secs = t1.elapsed().as_secs_f64();
+            let record = EpochRecord {
+                epoch: epoch + 1,
+                lr,
+                loss: totals.mean_loss(),
+                train_acc: totals.match_rate(),
+                clean_acc,
+                seconds: seconds + eval_secs,
+                eval_seconds: eval_secs,
+                images_per_sec: totals.seen as f64 / seconds.max(1e-9),
+                asr,
+            };
+            let dir = run.checkpoint_dir();
+            crate::io::create_dir_all(&dir)?;
+            let files = step.save(&dir, epoch + 1)?;
+            run.checkpoint(record.clone(), files)?;
+            report.epochs = run.history().to_vec();
+            run.write_report(report)?;
+            observer.epoch(&record);
+            Ok(())
+        }
+    })
 }
 
 /// Restores `step` from the checkpoint `run` resumed, if any.
-pub fn restore<S: Step>(step: &mut S, run: &RunDir) -> Result<()> {
+pub fn restore<S: ClassifierStep>(step: &mut S, run: &RunDir) -> Result<()> {
     if let Some(state) = run.resumed() {
         step.restore(&run.checkpoint_dir(), state)?;
     }

@@ -10,7 +10,7 @@ pub mod observer;
 pub mod run_dir;
 pub mod step;
 
-pub use driver::{Evaluation, LoopPlan, run_epochs};
+pub use driver::{Evaluation, LoopPlan, run_batches, run_epochs};
 pub use observer::{Observer, SilentObserver};
 pub use run_dir::{RunDir, files};
-pub use step::{At, Step, StepOutput, Trainee};
+pub use step::{At, ClassifierStep, Step, StepOutput, Trainee};

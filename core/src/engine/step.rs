@@ -3,6 +3,7 @@
 //! progress, checkpoints and reports are the engine's.
 
 use crate::Result;
+use crate::attack::meter::AsrMeter;
 use crate::data::batcher::Batches;
 use crate::model::Classifier;
 use crate::train::checkpoint::{self, CheckpointState};
@@ -29,8 +30,9 @@ pub struct StepOutput {
     /// The batch's mean loss (one value).
     pub loss: Tensor<1>,
     /// How many of the batch's predictions match their targets (one value): labels for
-    /// training, the teacher's predictions for distillation.
-    pub matches: Tensor<1, Int>,
+    /// training, the teacher's predictions for distillation; `None` for steps that do not
+    /// classify (IAB's mask pre-training).
+    pub matches: Option<Tensor<1, Int>>,
     /// Images in the batch.
     pub images: usize,
 }
@@ -41,17 +43,20 @@ pub trait Step {
     type Data: Batches;
     /// Runs one batch: forward, loss, backward, update.
     fn step(&mut self, batch: <Self::Data as Batches>::Batch, at: At) -> StepOutput;
+}
+
+/// A step that trains a classifier: evaluated after every epoch, checkpointed, resumable.
+pub trait ClassifierStep: Step {
     /// The model being trained, as an evaluation copy.
     fn eval_model(&self) -> Classifier;
-    /// The attack success rate of `model` (an evaluation copy) against the trigger this run
-    /// measures, if any.
-    fn asr(&self, _model: &Classifier) -> Option<f64> {
+    /// What the attack success rate is measured with after an epoch, if anything.
+    fn asr_meter(&self) -> Option<AsrMeter> {
         None
     }
     /// Writes the step's state after `epochs_done` epochs into the checkpoint directory `dir`;
     /// returns the names of the model and optimiser files.
     fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)>;
-    /// Restores what [`Step::save`] wrote.
+    /// Restores what [`ClassifierStep::save`] wrote.
     fn restore(&mut self, dir: &Path, state: &CheckpointState) -> Result<()>;
 }
 

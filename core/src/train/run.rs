@@ -5,15 +5,15 @@ use super::cross_entropy;
 use super::eval::{images_tensor, labels_tensor};
 use super::schedule::Schedule;
 use super::sgd::{Sgd, SgdConfig};
+use crate::attack::meter::AsrMeter;
 use crate::data::augment::Augment;
 use crate::data::batcher::HostBatch;
 use crate::data::split::{self, Split};
 use crate::data::{DataSpec, ImageSet};
-use crate::defend::suspect::AsrMeter;
 use crate::device::Selected;
 use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
 use crate::engine::run_dir::{RunDir, canonical_as};
-use crate::engine::step::{At, Step, StepOutput, Trainee, matches};
+use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::io::{read_json, write_json_atomic};
 use crate::model::{Architecture, Classifier, ModelConfig};
 use crate::report::{DataSummary, Report, RunStatus, SCHEMA_VERSION};
@@ -164,8 +164,9 @@ pub trait TrainHooks {
     fn finish(&self, _out: &Path) -> Result<()> {
         Ok(())
     }
-    /// Attack success rate of `model` (an evaluation copy on `device`), measured after each epoch.
-    fn asr(&self, _model: &Classifier, _device: &Device) -> Option<f64> {
+    /// What the attack success rate is measured with after each epoch, on `device` (the
+    /// trigger as it is now: IAB's generator trains with the model).
+    fn asr_meter(&self, _device: &Device) -> Option<AsrMeter> {
         None
     }
 }
@@ -211,11 +212,11 @@ fn canonical_config(v: &serde_json::Value) -> serde_json::Value {
 
 /// Cross-entropy training as an engine step: labelled batches (changed by an attack's hooks,
 /// when given), one SGD update each. Training, the attacks and the fine-tuning defenses use it.
-pub(crate) struct CrossEntropyStep<'h> {
+pub struct CrossEntropyStep<'h> {
     pub trainee: Trainee,
     pub hooks: Option<&'h mut dyn TrainHooks>,
     /// Measures the ASR when there are no hooks (a defense against a suspect's attack).
-    pub meter: Option<Arc<AsrMeter>>,
+    pub meter: Option<AsrMeter>,
     pub seed: u64,
     pub device: Device,
 }
@@ -246,19 +247,21 @@ impl Step for CrossEntropyStep<'_> {
         self.trainee.update(at.lr, grads);
         StepOutput {
             loss: value,
-            matches,
+            matches: Some(matches),
             images,
         }
     }
+}
 
+impl ClassifierStep for CrossEntropyStep<'_> {
     fn eval_model(&self) -> Classifier {
         self.trainee.valid()
     }
 
-    fn asr(&self, model: &Classifier) -> Option<f64> {
+    fn asr_meter(&self) -> Option<AsrMeter> {
         match &self.hooks {
-            Some(h) => h.asr(model, &self.device),
-            None => self.meter.as_ref().map(|m| m.asr(model)),
+            Some(h) => h.asr_meter(&self.device),
+            None => self.meter.clone(),
         }
     }
 
