@@ -1,37 +1,33 @@
-//! The demo's work, batch by batch: training a narrow ResNet-18 (clean or backdoored), cleansing
-//! it with the distillation cleanser, and stamping triggers. Everything model-related is `core`'s
-//! code; what this module adds is a loop that reads results back asynchronously and hands control
-//! back to its [`Host`] after every batch, so that it runs in a browser tab (WebGPU or the CPU
-//! backend) without freezing the page, and natively in tests.
+//! The demo's work: training a narrow ResNet-18 (clean or backdoored), cleansing it with the
+//! distillation cleanser, and stamping triggers. Every loop is `core`'s: the same steps as the
+//! command line (cross-entropy training with an attack's hooks, IAB's mask pre-training, the
+//! cleanser) on the engine's async driver, which reads results back without blocking and hands
+//! control back to the [`Host`] after every batch, so that it runs in a browser tab (WebGPU or
+//! the CPU backend) without freezing the page, and natively in tests. This module only sets the
+//! demo's plans up.
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
-use cleanse_core::attack::iab::{Generator, IabHooks, IabNets, mask_loss, mask_lr};
+use cleanse_core::attack::iab::{Generator, IabHooks, IabNets, MaskStep};
+use cleanse_core::attack::meter::AsrMeter;
 use cleanse_core::attack::poison::{AttackHooks, asr_set};
-use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
+use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor, Stamping};
 use cleanse_core::data::augment::Augment;
-use cleanse_core::data::batcher::{chunk_order, epoch_order, make_batch};
 use cleanse_core::data::{DataSpec, DatasetKind, ImageSet, records};
-use cleanse_core::defend::kd::{distillation_loss, temperature};
+use cleanse_core::defend::cleanse::KdStep;
+use cleanse_core::defend::kd::TemperatureRange;
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
+use cleanse_core::defend::unlabeled::UnlabeledImages;
+use cleanse_core::engine::async_driver;
+use cleanse_core::engine::{LoopPlan, Trainee};
 use cleanse_core::model::{Architecture, Classifier, ModelConfig};
-use cleanse_core::train::adam::{Adam, AdamConfig};
-use cleanse_core::train::eval::{images_tensor, labels_tensor};
-use cleanse_core::train::run::TrainHooks;
-use cleanse_core::train::{Schedule, Sgd, SgdConfig, cross_entropy};
-use std::future::Future;
+use cleanse_core::train::eval::images_tensor;
+use cleanse_core::train::run::{CrossEntropyStep, TrainHooks};
+use cleanse_core::train::{Sgd, SgdConfig};
 use std::path::Path;
+use std::sync::Arc;
 
-/// What the loops need from where they run.
-pub trait Host {
-    /// Milliseconds from some fixed point.
-    fn now_ms(&self) -> f64;
-    /// Whether the user asked to stop; checked after every batch.
-    fn stop_requested(&self) -> bool;
-    /// Gives the event loop a turn (the browser repaints and handles clicks).
-    fn pause(&self) -> impl Future<Output = ()>;
-}
+pub use cleanse_core::engine::async_driver::{EpochPoint, Host, Progress, read_f32};
 
 /// The demo's images: a training part, the defender's unlabeled part (held out from training,
 /// labels never read), and a test part.
@@ -201,35 +197,6 @@ impl CleansePlan {
     }
 }
 
-/// Progress of a loop.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Progress {
-    /// Something other than batches is going on (poisoning the training set, evaluating).
-    Stage(String),
-    /// A batch finished: 0-based epoch and batch, batches this epoch, the batch's loss.
-    Batch {
-        epoch: usize,
-        batch: usize,
-        batches: usize,
-        loss: f64,
-    },
-    /// An epoch finished and was evaluated.
-    Epoch(EpochPoint),
-}
-
-/// One evaluated epoch; accuracies are fractions in `[0, 1]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EpochPoint {
-    /// 1-based.
-    pub epoch: usize,
-    pub loss: f64,
-    pub clean_acc: f64,
-    pub asr: Option<f64>,
-    /// Training time of the epoch (evaluation excluded).
-    pub train_seconds: f64,
-    pub images: usize,
-}
-
 /// A model with what it was trained against.
 #[derive(Clone, Debug)]
 pub struct DemoModel {
@@ -255,194 +222,48 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// Reads a tensor's values without blocking (WebGPU cannot block).
-pub async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| format!("reading back from the device: {e:?}"))?;
-    Ok(data.iter::<f32>().collect())
-}
+/// The evaluation batch size of the demo.
+const EVAL_BATCH: usize = 200;
 
-async fn read_count(t: Tensor<1, Int>) -> Result<usize, String> {
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| format!("reading back from the device: {e:?}"))?;
-    Ok(data.iter::<i64>().next().unwrap_or(0) as usize)
-}
-
-/// An error when `model`'s outputs on the first images of `set` are not finite (weights that
-/// diverged, or a device that computes garbage), naming `what`.
-async fn check_finite(
-    model: &Classifier,
-    set: &ImageSet,
-    device: &Device,
-    what: &str,
-) -> Result<(), String> {
-    let n = set.len().min(8);
-    if n == 0 {
-        return Ok(());
-    }
-    let idx: Vec<usize> = (0..n).collect();
-    let b = make_batch(set, &idx, &Augment::NONE, 0, 0);
-    let logits = read_f32(model.forward(images_tensor(b.images, b.shape, device))).await?;
-    match logits.iter().all(|v| v.is_finite()) {
-        true => Ok(()),
-        false => Err(format!(
-            "{what}: the model's outputs are not finite (its weights diverged, or the device \
-             computed garbage); try a lower learning rate or the CPU backend"
-        )),
+impl DemoModel {
+    /// What its ASR is measured with on `test`: its attack's trigger (IAB: its networks).
+    pub fn asr_meter(&self, test: &ImageSet, device: &Device) -> Result<Option<AsrMeter>, String> {
+        let Some(a) = &self.attack else {
+            return Ok(None);
+        };
+        let backdoor = match (&a.trigger, &self.iab) {
+            (Some(t), _) => Backdoor::Static(t.clone()),
+            (None, Some(nets)) => Backdoor::Iab(Box::new(nets.clone())),
+            (None, None) => return Err("an IAB attack without its networks".into()),
+        };
+        Ok(Some(AsrMeter::new(
+            Arc::new(asr_set(a, test)),
+            backdoor,
+            EVAL_BATCH,
+            device,
+        )))
     }
 }
 
-/// Fraction of `set` that `model` classifies as labelled, each batch passed through `stamp`
-/// first when given (for ASR, `set` comes from [`asr_set`]).
-pub async fn accuracy<H: Host>(
-    model: &Classifier,
-    set: &ImageSet,
-    stamp: Option<&dyn Fn(Tensor<4>) -> Tensor<4>>,
-    device: &Device,
-    host: &H,
-) -> Result<f64, String> {
-    if set.is_empty() {
-        return Ok(0.0);
-    }
-    let order: Vec<usize> = (0..set.len()).collect();
-    let mut correct = 0usize;
-    for c in order.chunks(200) {
-        let b = make_batch(set, c, &Augment::NONE, 0, 0);
-        let mut x = images_tensor(b.images, b.shape, device);
-        if let Some(f) = stamp {
-            x = f(x);
-        }
-        let y = labels_tensor(b.labels, device);
-        let pred = model.forward(x).argmax(1).reshape([c.len()]);
-        correct += read_count(pred.equal(y).int().sum()).await?;
-        host.pause().await;
-    }
-    Ok(correct as f64 / set.len() as f64)
-}
-
-/// Clean accuracy and ASR of `model` against `attack` (IAB through `iab`).
+/// Clean accuracy of `model` on `test` and its ASR against `attack` (IAB through `iab`).
 pub async fn evaluate<H: Host>(
-    model: &Classifier,
-    attack: Option<&Attack>,
-    iab: Option<&IabNets>,
+    model: &DemoModel,
     test: &ImageSet,
     device: &Device,
     host: &H,
 ) -> Result<(f64, Option<f64>), String> {
-    let clean = accuracy(model, test, None, device, host).await?;
-    let asr = match attack {
-        None => None,
-        Some(a) => {
-            let set = asr_set(a, test);
-            let asr = match (&a.trigger, iab) {
-                (Some(t), _) => accuracy(model, &set, Some(&|x| t.apply(x)), device, host).await?,
-                (None, Some(nets)) => {
-                    accuracy(model, &set, Some(&|x| nets.stamp(x)), device, host).await?
-                }
-                (None, None) => return Err("an IAB attack without its networks".into()),
-            };
-            Some(asr)
-        }
-    };
-    Ok((clean, asr))
-}
-
-/// Running totals of one epoch.
-#[derive(Default)]
-struct EpochTotals {
-    loss_sum: f64,
-    seen: usize,
-}
-
-/// After a batch's step: reads its loss back (an error if it is not finite), adds it to the
-/// totals, reports the batch and gives the host a turn. `at` is (epoch, batch, batches); returns
-/// whether the user asked to stop.
-async fn finish_batch<H: Host>(
-    loss: Tensor<1>,
-    what: &str,
-    (epoch, batch, batches): (usize, usize, usize),
-    images: usize,
-    totals: &mut EpochTotals,
-    host: &H,
-    on: &mut dyn FnMut(Progress),
-) -> Result<bool, String> {
-    let value = read_f32(loss).await?[0] as f64;
-    if !value.is_finite() {
-        return Err(format!(
-            "{what} diverged: loss {value} at epoch {} batch {}; lower the learning rate",
-            epoch + 1,
-            batch + 1
-        ));
-    }
-    totals.loss_sum += value * images as f64;
-    totals.seen += images;
-    on(Progress::Batch {
-        epoch,
-        batch,
-        batches,
-        loss: value,
-    });
-    host.pause().await;
-    Ok(host.stop_requested())
-}
-
-/// After an epoch: checks `model` (an evaluation copy) for finite outputs, measures clean
-/// accuracy and ASR against `attack` (IAB through its networks), and reports the epoch.
-async fn finish_epoch<H: Host>(
-    model: &Classifier,
-    (attack, iab): (Option<&Attack>, Option<&IabNets>),
-    test: &ImageSet,
-    (what, epoch, t0, totals): (&str, usize, f64, &EpochTotals),
-    device: &Device,
-    host: &H,
-    on: &mut dyn FnMut(Progress),
-) -> Result<EpochPoint, String> {
-    let train_seconds = (host.now_ms() - t0) / 1000.0;
-    on(Progress::Stage(format!(
-        "{what}: epoch {} took {train_seconds:.2} s ({} images); evaluating",
-        epoch + 1,
-        totals.seen
-    )));
-    check_finite(
-        model,
+    let meter = model.asr_meter(test, device)?;
+    async_driver::evaluate(
+        &model.model,
+        meter.as_ref(),
         test,
-        device,
-        &format!("after {what} epoch {}", epoch + 1),
+        (EVAL_BATCH, device),
+        host,
     )
-    .await?;
-    let (clean_acc, asr) = evaluate(model, attack, iab, test, device, host).await?;
-    let point = EpochPoint {
-        epoch: epoch + 1,
-        loss: totals.loss_sum / totals.seen.max(1) as f64,
-        clean_acc,
-        asr,
-        train_seconds,
-        images: totals.seen,
-    };
-    on(Progress::Epoch(point.clone()));
-    Ok(point)
+    .await
 }
 
-fn batches_of(
-    n: usize,
-    batch_size: usize,
-    seed: u64,
-    epoch: usize,
-    max: Option<usize>,
-) -> Vec<Vec<usize>> {
-    let mut chunks = chunk_order(&epoch_order(n, seed, epoch as u64), batch_size);
-    if let Some(m) = max {
-        chunks.truncate(m.max(1));
-    }
-    chunks
-}
-
-/// IAB's mask pre-training ([`cleanse_core::attack::iab::pretrain_mask`]'s loop, reading its loss
-/// back asynchronously); `None` when stopped.
+/// IAB's mask pre-training ([`MaskStep`] on the async driver); `None` when stopped.
 async fn pretrain_mask<H: Host>(
     hooks: &IabHooks,
     set: &ImageSet,
@@ -451,56 +272,25 @@ async fn pretrain_mask<H: Host>(
     on: &mut dyn FnMut(Progress),
 ) -> Result<Option<Generator>, String> {
     let t = hooks.mask_training();
-    let ad = device.clone().autodiff();
-    let mut mask = hooks.fresh_mask(device).train();
-    let mut adam = Adam::new(AdamConfig {
-        beta1: 0.5,
-        beta2: 0.9,
-        eps: 1e-8,
-    });
-    for epoch in 0..t.epochs {
-        let lr = mask_lr(&t, epoch);
-        let a = chunk_order(&epoch_order(set.len(), t.seed, epoch as u64), t.batch_size);
-        let b = chunk_order(
-            &epoch_order(set.len(), t.seed ^ 0x005E_C04D, epoch as u64),
-            t.batch_size,
-        );
-        for (i, (ca, cb)) in a.iter().zip(&b).enumerate() {
-            let n = ca.len().min(cb.len());
-            if n < 2 {
-                continue;
-            }
-            let b1 = make_batch(set, &ca[..n], &t.augment, t.seed, epoch as u64);
-            let b2 = make_batch(
-                set,
-                &cb[..n],
-                &t.augment,
-                t.seed ^ 0x005E_C04D,
-                epoch as u64,
-            );
-            let loss = mask_loss(
-                &mask,
-                images_tensor(b1.images, b1.shape, &ad),
-                images_tensor(b2.images, b2.shape, &ad),
-                &t,
-            );
-            let grads = GradientsParams::from_grads(loss.backward(), &mask);
-            mask = adam.step(lr, mask, grads);
-            let value = read_f32(loss.inner()).await?[0];
+    let mut step = MaskStep::new(hooks.fresh_mask(device), Arc::new(set.clone()), &t, device);
+    let mut stage = |p: Progress| {
+        if let Progress::Batch {
+            epoch,
+            batch,
+            batches,
+            loss,
+        } = p
+        {
             on(Progress::Stage(format!(
-                "IAB: pre-training the mask network, epoch {}/{}, batch {}/{}, loss {value:.3}",
+                "IAB: pre-training the mask network, epoch {}/{}, batch {}/{batches}, loss {loss:.3}",
                 epoch + 1,
                 t.epochs,
-                i + 1,
-                a.len()
+                batch + 1
             )));
-            host.pause().await;
-            if host.stop_requested() {
-                return Ok(None);
-            }
         }
-    }
-    Ok(Some(mask.valid()))
+    };
+    let stopped = async_driver::run_batches(&t.plan(), set, &mut step, host, &mut stage).await?;
+    Ok((!stopped).then(|| step.into_mask().valid()))
 }
 
 /// Trains a model on `data.train`, clean or with `plan.attack` (LC makes its adversarial images
@@ -578,84 +368,33 @@ pub async fn train<H: Host>(
         num_classes: data.train.num_classes,
         normalization: data.normalization(),
     };
-    let ad = device.clone().autodiff();
-    let mut model = config.init_seeded(&ad, plan.seed);
-    let mut sgd = Sgd::new(SgdConfig::default());
-    let schedule = Schedule::cosine(plan.epochs);
-    let mut history = Vec::new();
-    let mut stopped = false;
-    for epoch in 0..plan.epochs {
-        let lr = schedule.lr(plan.lr, epoch);
-        let chunks = batches_of(
-            train_set.len(),
-            plan.batch_size,
+    let model = config.init_seeded(&device.clone().autodiff(), plan.seed);
+    let mut step = CrossEntropyStep {
+        trainee: Trainee::new(model, Sgd::new(SgdConfig::default()), device),
+        hooks: match (&mut hooks, &mut iab_hooks) {
+            (Some(h), _) => Some(h.as_mut()),
+            (None, Some(h)) => Some(h),
+            (None, None) => None,
+        },
+        meter: None,
+        seed: plan.seed,
+        device: device.clone(),
+    };
+    let loop_plan = LoopPlan {
+        max_batches: plan.max_batches,
+        ..LoopPlan::cosine(
+            (plan.epochs, plan.batch_size, plan.lr),
             plan.seed,
-            epoch,
-            plan.max_batches,
-        );
-        let t0 = host.now_ms();
-        let mut totals = EpochTotals::default();
-        for (bi, c) in chunks.iter().enumerate() {
-            let b = make_batch(&train_set, c, &Augment::NONE, plan.seed, epoch as u64);
-            let x = images_tensor(b.images.clone(), b.shape, &ad);
-            let y = labels_tensor(b.labels.clone(), &ad);
-            let hook: Option<&mut dyn TrainHooks> = match (&mut hooks, &mut iab_hooks) {
-                (Some(h), _) => Some(h.as_mut()),
-                (None, Some(h)) => Some(h),
-                (None, None) => None,
-            };
-            let (x, y, extra, hook) = match hook {
-                Some(h) => {
-                    let (x, y, extra) = h.batch(x, y, &b, plan.seed, epoch, bi);
-                    (x, y, extra, Some(h))
-                }
-                None => (x, y, None, None),
-            };
-            let mut loss = cross_entropy(model.forward(x), y);
-            if let Some(e) = extra {
-                loss = loss + e;
-            }
-            let mut grads = loss.backward();
-            if let Some(h) = hook {
-                h.after_backward(&mut grads, epoch);
-            }
-            let grads = GradientsParams::from_grads(grads, &model);
-            model = sgd.step(lr, model, grads);
-            let what = "training";
-            if finish_batch(
-                loss.inner(),
-                what,
-                (epoch, bi, chunks.len()),
-                c.len(),
-                &mut totals,
-                host,
-                on,
-            )
-            .await?
-            {
-                stopped = true;
-                break;
-            }
-        }
-        let eval = model.valid();
-        let nets = iab_hooks.as_ref().and_then(IabHooks::nets);
-        let point = finish_epoch(
-            &eval,
-            (attack.as_ref(), nets.as_ref()),
-            &data.test,
-            ("training", epoch, t0, &totals),
-            device,
-            host,
-            on,
+            Augment::NONE,
+            "training",
         )
-        .await?;
-        history.push(point);
-        if stopped {
-            break;
-        }
-    }
+    };
+    let eval = (&data.test, EVAL_BATCH, device);
+    let (history, stopped) =
+        async_driver::run_epochs(&loop_plan, &train_set, &mut step, eval, host, on).await?;
+    let model = step.trainee.valid();
     Ok(DemoModel {
-        model: model.valid(),
+        model,
         config,
         attack,
         iab: iab_hooks.as_ref().and_then(IabHooks::nets),
@@ -682,7 +421,7 @@ pub async fn cleanse<H: Host>(
         return Err("cleansing needs at least 2 unlabeled images".into());
     }
     let ratios = reinit::scale_ratios(ADAPTIVE_RATIOS, plan.ratio_scale).map_err(err)?;
-    check_finite(&teacher.model, &data.test, device, "the model to cleanse").await?;
+    async_driver::check_finite(&teacher.model, &data.test, device, "the model to cleanse").await?;
     let (student, _) = reinit::student(
         &teacher.model,
         &teacher.config,
@@ -690,66 +429,32 @@ pub async fn cleanse<H: Host>(
         plan.seed,
         device,
     );
-    let mut student = student.train();
-    let mut sgd = Sgd::new(SgdConfig::default());
-    let schedule = Schedule::cosine(plan.epochs);
-    let augment = Augment::standard(data.kind.allows_flip());
-    let mut history = Vec::new();
-    let mut stopped = false;
-    for epoch in 0..plan.epochs {
-        let lr = schedule.lr(plan.lr, epoch);
-        let t = temperature(epoch, plan.epochs);
-        let chunks = batches_of(
-            data.unlabeled.len(),
-            plan.batch_size,
+    let mut step = KdStep {
+        trainee: Trainee::new(student.train(), Sgd::new(SgdConfig::default()), device),
+        teacher: teacher.model.clone(),
+        temperature: TemperatureRange::default(),
+        epochs: plan.epochs,
+        mixup: false,
+        seed: plan.seed,
+        device: device.clone(),
+        meter: teacher.asr_meter(&data.test, device)?,
+    };
+    let loop_plan = LoopPlan {
+        max_batches: plan.max_batches,
+        ..LoopPlan::cosine(
+            (plan.epochs, plan.batch_size, plan.lr),
             plan.seed,
-            epoch,
-            plan.max_batches,
-        );
-        let t0 = host.now_ms();
-        let mut totals = EpochTotals::default();
-        for (bi, c) in chunks.iter().enumerate() {
-            // Only the images of the batch reach the device: the labels stay behind.
-            let b = make_batch(&data.unlabeled, c, &augment, plan.seed, epoch as u64);
-            let x = images_tensor(b.images, b.shape, device);
-            let t_logits = teacher.model.forward(x.clone());
-            let s_logits = student.forward(x.autodiff());
-            let loss = distillation_loss(s_logits, t_logits.autodiff(), t);
-            let grads = GradientsParams::from_grads(loss.backward(), &student);
-            student = sgd.step(lr, student, grads);
-            if finish_batch(
-                loss.inner(),
-                "cleansing",
-                (epoch, bi, chunks.len()),
-                c.len(),
-                &mut totals,
-                host,
-                on,
-            )
-            .await?
-            {
-                stopped = true;
-                break;
-            }
-        }
-        let eval = student.valid();
-        let point = finish_epoch(
-            &eval,
-            (teacher.attack.as_ref(), teacher.iab.as_ref()),
-            &data.test,
-            ("cleansing", epoch, t0, &totals),
-            device,
-            host,
-            on,
+            Augment::standard(data.kind.allows_flip()),
+            "cleansing",
         )
-        .await?;
-        history.push(point);
-        if stopped {
-            break;
-        }
-    }
+    };
+    // Only the images reach the step: the labels stay behind.
+    let images = UnlabeledImages::from_set(data.unlabeled.clone());
+    let eval = (&data.test, EVAL_BATCH, device);
+    let (history, stopped) =
+        async_driver::run_epochs(&loop_plan, &images, &mut step, eval, host, on).await?;
     Ok(DemoModel {
-        model: student.valid(),
+        model: step.trainee.valid(),
         config: teacher.config.clone(),
         attack: teacher.attack.clone(),
         iab: teacher.iab.clone(),
@@ -1207,15 +912,7 @@ mod tests {
             .collect();
         let loaded = load_run(&files, &device).unwrap();
         assert_eq!(loaded.attack, m.attack);
-        let (acc, asr) = block_on(evaluate(
-            &loaded.model,
-            loaded.attack.as_ref(),
-            None,
-            &d.test,
-            &device,
-            &host,
-        ))
-        .unwrap();
+        let (acc, asr) = block_on(evaluate(&loaded, &d.test, &device, &host)).unwrap();
         let last = m.last().unwrap();
         assert_eq!((acc, asr), (last.clean_acc, last.asr));
         files.retain(|(n, _)| n != "warp_grid.f32");

@@ -80,7 +80,7 @@ impl LoopPlan {
         Error::config(
             "lr",
             format!(
-                "{} diverged: loss is {loss} at epoch {} batch {}; lower --lr",
+                "{} diverged: loss is {loss} at epoch {} batch {}; lower the learning rate",
                 self.what,
                 epoch + 1,
                 batch + 1

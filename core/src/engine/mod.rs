@@ -5,6 +5,7 @@
 //! ([`driver`]). Training, the attacks, the cleanser and every defense run on it; the browser
 //! demo drives the same steps asynchronously.
 
+pub mod async_driver;
 pub mod driver;
 pub mod observer;
 pub mod run_dir;

@@ -357,7 +357,7 @@ pub fn Demo() -> impl IntoView {
                 }
                 status.set("evaluating the loaded model".into());
                 let host = BrowserHost::new();
-                let (acc, asr) = engine::evaluate(&m.model, m.attack.as_ref(), m.iab.as_ref(), &data.test, &dev, &host).await?;
+                let (acc, asr) = engine::evaluate(&m, &data.test, &dev, &host).await?;
                 Ok::<_, String>((m, acc, asr))
             }
             .await;
