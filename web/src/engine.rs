@@ -17,6 +17,7 @@ use cleanse_core::data::{DataSpec, DatasetKind, ImageSet, records};
 use cleanse_core::defend::cleanse::KdStep;
 use cleanse_core::defend::kd::TemperatureRange;
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
+use cleanse_core::defend::suspect;
 use cleanse_core::defend::unlabeled::UnlabeledImages;
 use cleanse_core::engine::async_driver;
 use cleanse_core::engine::{LoopPlan, Trainee};
@@ -24,7 +25,7 @@ use cleanse_core::model::{Architecture, Classifier, ModelConfig};
 use cleanse_core::train::eval::images_tensor;
 use cleanse_core::train::run::{CrossEntropyStep, TrainHooks};
 use cleanse_core::train::{Sgd, SgdConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use cleanse_core::engine::async_driver::{EpochPoint, Host, Progress, read_f32};
@@ -531,64 +532,46 @@ pub async fn stamp_all(
 /// A run directory's files as the browser's file picker gives them: `(file name, bytes)`.
 pub type RunFiles = Vec<(String, Vec<u8>)>;
 
+/// The files the browser's picker gave, read by name.
+struct PickedFiles<'a>(&'a RunFiles);
+
+impl suspect::RunFiles for PickedFiles<'_> {
+    fn read(&self, name: &str) -> cleanse_core::Result<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone()))
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        PathBuf::from(name)
+    }
+    fn missing(&self, name: &str, why: &str) -> cleanse_core::Error {
+        let given: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+        cleanse_core::Error::artifact(
+            name,
+            format!(
+                "missing ({why}); pick the files of one run directory (given: {})",
+                given.join(", ")
+            ),
+        )
+    }
+}
+
 /// A model trained by the CLI, from the files of its run directory: `model.json` and
 /// `model.bpk`, and for a backdoored model `attack.json` with its trigger files
-/// (`warp_grid.f32` for WaNet, `iab_generator.bpk` and `iab_mask.bpk` for IAB).
+/// (`warp_grid.f32` for WaNet, `iab_generator.bpk` and `iab_mask.bpk` for IAB), by core's
+/// suspect loader.
 pub fn load_run(files: &RunFiles, device: &Device) -> Result<DemoModel, String> {
-    use cleanse_core::attack::files as af;
-    use cleanse_core::train::run::files as rf;
-    let get = |name: &str| files.iter().find(|(n, _)| n == name).map(|(_, b)| b);
-    let need = |name: &str, why: &str| {
-        get(name).ok_or_else(|| {
-            let given: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-            format!(
-                "{name} is missing ({why}); pick the files of one run directory (given: {})",
-                given.join(", ")
-            )
-        })
-    };
-    let config_bytes = need(rf::MODEL_CONFIG, "the model's configuration")?;
-    let config: ModelConfig = serde_json::from_slice(config_bytes)
-        .map_err(|e| format!("{}: not a model configuration: {e}", rf::MODEL_CONFIG))?;
-    let weights = need(rf::MODEL, "the model's weights")?.clone();
-    let model = cleanse_core::train::checkpoint::model_from_bytes(
-        config.init(device),
-        weights,
-        Path::new(rf::MODEL),
-    )
-    .map_err(err)?;
-    let attack = match get(af::ATTACK) {
-        None => None,
-        Some(bytes) => {
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| format!("{}: not UTF-8 text", af::ATTACK))?;
-            Some(
-                Attack::from_saved(
-                    Path::new(af::ATTACK),
-                    text,
-                    get(af::WARP_GRID).map(|b| b.as_slice()),
-                    Path::new(af::WARP_GRID),
-                )
-                .map_err(err)?,
-            )
-        }
-    };
-    let iab = match &attack {
-        Some(a) if a.config.kind == AttackKind::Iab => Some(
-            IabNets::from_bytes(
-                need(af::IAB_GENERATOR, "IAB's generator")?.clone(),
-                need(af::IAB_MASK, "IAB's mask network")?.clone(),
-                [Path::new(af::IAB_GENERATOR), Path::new(af::IAB_MASK)],
-                a.image_shape[0],
-                a.config.iab_width,
-                device,
-            )
-            .map_err(err)?,
-        ),
-        _ => None,
+    let picked = PickedFiles(files);
+    let (config, model) = suspect::load_model(&picked, device).map_err(err)?;
+    let (attack, iab) = match suspect::load_attack(&picked, device).map_err(err)? {
+        None => (None, None),
+        Some((a, Backdoor::Iab(nets))) => (Some(a), Some(*nets)),
+        Some((a, Backdoor::Static(_))) => (Some(a), None),
     };
     Ok(DemoModel {
-        model: model.valid(),
+        model,
         config,
         attack,
         iab,
@@ -920,7 +903,7 @@ mod tests {
         assert!(e.contains("warp_grid.f32"), "{e}");
         files.retain(|(n, _)| n != rf::MODEL);
         let e = load_run(&files, &device).unwrap_err();
-        assert!(e.contains("model.bpk is missing"), "{e}");
+        assert!(e.contains("model.bpk: missing"), "{e}");
     }
 }
 

@@ -390,23 +390,6 @@ pub enum Backdoor {
 }
 
 impl Backdoor {
-    /// The trigger of the attack saved in `dir` (`attack` read from it), on `device`.
-    pub fn load(dir: &Path, attack: &Attack, device: &burn::prelude::Device) -> Result<Backdoor> {
-        match (&attack.trigger, attack.config.kind) {
-            (Some(t), _) => Ok(Backdoor::Static(t.clone())),
-            (None, AttackKind::Iab) => Ok(Backdoor::Iab(Box::new(iab::IabNets::load(
-                dir,
-                attack.image_shape[0],
-                attack.config.iab_width,
-                device,
-            )?))),
-            (None, k) => Err(Error::artifact(
-                dir.join(files::ATTACK),
-                format!("a {} attack without its trigger", k.name()),
-            )),
-        }
-    }
-
     /// Stamps the trigger on `[N, C, H, W]` images in `[0, 1]`.
     pub fn apply(&self, x: burn::prelude::Tensor<4>) -> burn::prelude::Tensor<4> {
         match self {

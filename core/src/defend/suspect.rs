@@ -1,18 +1,109 @@
 //! The suspect model: a saved run's model with the attack it is measured against (its own, or
 //! another run's) and its data set's test images, checked to fit together. What every defense,
-//! `eval` and `tsne` start from.
+//! `eval` and `tsne` start from; the browser loads a run's files through the same
+//! [`load_model`] and [`load_attack`].
 
+use crate::attack::iab::IabNets;
 use crate::attack::meter::AsrMeter;
 use crate::attack::poison::asr_set;
-use crate::attack::{Attack, Backdoor};
+use crate::attack::{Attack, AttackKind, Backdoor};
 use crate::data::{DataSpec, ImageSet};
 use crate::io::read_json;
 use crate::model::{Classifier, ModelConfig};
-use crate::train::run::{SplitFile, files, load_run_model};
+use crate::train::checkpoint::model_from_bytes;
+use crate::train::run::{SplitFile, files};
 use crate::{Error, Result};
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The files of a run directory, read by name: a folder on disk, or the files a browser's file
+/// picker gives.
+pub trait RunFiles {
+    /// The bytes of file `name`; `None` when there is no such file.
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// How errors name file `name`.
+    fn path(&self, name: &str) -> PathBuf;
+    /// The error for a file that must be there.
+    fn missing(&self, name: &str, why: &str) -> Error {
+        Error::artifact(self.path(name), format!("missing ({why})"))
+    }
+    /// The bytes of file `name`, which must be there (`why` says what it is).
+    fn need(&self, name: &str, why: &str) -> Result<Vec<u8>> {
+        self.read(name)?.ok_or_else(|| self.missing(name, why))
+    }
+}
+
+impl RunFiles for Path {
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.join(name);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.join(name)
+    }
+}
+
+/// The model of a run's files: its configuration (`model.json`) and weights (`model.bpk`), as an
+/// evaluation copy on `device`.
+pub fn load_model<F: RunFiles + ?Sized>(
+    files: &F,
+    device: &Device,
+) -> Result<(ModelConfig, Classifier)> {
+    let config_bytes = files.need(files::MODEL_CONFIG, "the model's configuration")?;
+    let config: ModelConfig = serde_json::from_slice(&config_bytes).map_err(|e| {
+        Error::artifact(
+            files.path(files::MODEL_CONFIG),
+            format!("not a model configuration: {e}"),
+        )
+    })?;
+    let weights = files.need(files::MODEL, "the model's weights")?;
+    let model = model_from_bytes(config.init(device), weights, &files.path(files::MODEL))?;
+    Ok((config, model.valid()))
+}
+
+/// The attack saved in a run's files (`attack.json`, with WaNet's grid) and its trigger on
+/// `device` (IAB: its two networks); `None` when the run holds no attack.
+pub fn load_attack<F: RunFiles + ?Sized>(
+    files: &F,
+    device: &Device,
+) -> Result<Option<(Attack, Backdoor)>> {
+    use crate::attack::files as af;
+    let Some(bytes) = files.read(af::ATTACK)? else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::artifact(files.path(af::ATTACK), "not UTF-8 text"))?;
+    let grid = files.read(af::WARP_GRID)?;
+    let attack = Attack::from_saved(
+        &files.path(af::ATTACK),
+        text,
+        grid.as_deref(),
+        &files.path(af::WARP_GRID),
+    )?;
+    let backdoor = match (&attack.trigger, attack.config.kind) {
+        (Some(t), _) => Backdoor::Static(t.clone()),
+        (None, AttackKind::Iab) => Backdoor::Iab(Box::new(IabNets::from_bytes(
+            files.need(af::IAB_GENERATOR, "IAB's generator")?,
+            files.need(af::IAB_MASK, "IAB's mask network")?,
+            [&files.path(af::IAB_GENERATOR), &files.path(af::IAB_MASK)],
+            attack.image_shape[0],
+            attack.config.iab_width,
+            device,
+        )?)),
+        (None, k) => {
+            return Err(Error::artifact(
+                files.path(af::ATTACK),
+                format!("a {} attack without its trigger", k.name()),
+            ));
+        }
+    };
+    Ok(Some((attack, backdoor)))
+}
 
 /// A loaded suspect model.
 pub struct Suspect {
@@ -36,13 +127,24 @@ impl Suspect {
     /// Loads the model of run directory `dir` onto `device`, the attack saved in `attack` (else
     /// in `dir`, when it holds one) with its trigger, and the test images.
     pub fn load(dir: &Path, attack: Option<&Path>, device: &Device) -> Result<Suspect> {
-        let loaded = load_run_model(dir, device)?;
+        let (config, model) = load_model(dir, device)?;
         let attack_dir = match attack {
             Some(d) => Some(d.to_path_buf()),
             None if Attack::exists(dir) => Some(dir.to_path_buf()),
             None => None,
         };
-        let attack = attack_dir.as_deref().map(Attack::load).transpose()?;
+        let (attack, backdoor) = match &attack_dir {
+            Some(d) => match load_attack(d.as_path(), device)? {
+                Some((a, b)) => (Some(a), Some(b)),
+                None => {
+                    return Err(Error::artifact(
+                        d,
+                        "no attack here (expected attack.json, written by `cleanse attack`)",
+                    ));
+                }
+            },
+            None => (None, None),
+        };
         let split = read_json::<SplitFile>(&dir.join(files::SPLIT));
         let spec: DataSpec = match (&split, &attack_dir) {
             (Ok(s), _) => s.data.clone(),
@@ -55,7 +157,7 @@ impl Suspect {
             }
         };
         let test = spec.load()?.test;
-        let num_classes = loaded.config.num_classes;
+        let num_classes = config.num_classes;
         if test.num_classes != num_classes {
             return Err(Error::artifact(
                 dir,
@@ -66,26 +168,22 @@ impl Suspect {
             ));
         }
         let shape = [test.channels, test.height, test.width];
-        let backdoor = match (&attack, &attack_dir) {
-            (Some(a), Some(d)) => {
-                if a.num_classes != num_classes || a.image_shape != shape {
-                    return Err(Error::artifact(
-                        d,
-                        format!(
-                            "the attack was made for {} classes of {:?} images; the model is for \
-                             {num_classes} classes of {shape:?}",
-                            a.num_classes, a.image_shape
-                        ),
-                    ));
-                }
-                Some(Backdoor::load(d, a, device)?)
-            }
-            _ => None,
-        };
+        if let (Some(a), Some(d)) = (&attack, &attack_dir)
+            && (a.num_classes != num_classes || a.image_shape != shape)
+        {
+            return Err(Error::artifact(
+                d,
+                format!(
+                    "the attack was made for {} classes of {:?} images; the model is for \
+                     {num_classes} classes of {shape:?}",
+                    a.num_classes, a.image_shape
+                ),
+            ));
+        }
         Ok(Suspect {
             dir: dir.to_path_buf(),
-            config: loaded.config,
-            model: loaded.model,
+            config,
+            model,
             split: split.ok(),
             attack_dir,
             attack,

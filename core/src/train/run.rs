@@ -1,6 +1,6 @@
 //! The training loop: seeded, resumable, evaluated every epoch, reported as it goes.
 
-use super::checkpoint::{self, CheckpointState};
+use super::checkpoint::CheckpointState;
 use super::cross_entropy;
 use super::eval::{images_tensor, labels_tensor};
 use super::schedule::Schedule;
@@ -18,7 +18,6 @@ use crate::io::{read_json, write_json_atomic};
 use crate::model::{Architecture, Classifier, ModelConfig};
 use crate::report::{DataSummary, Report, RunStatus, SCHEMA_VERSION};
 use crate::{Error, Result};
-use burn::module::Module;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -406,11 +405,10 @@ pub struct LoadedModel {
 
 /// Loads `DIR/model.json` + `DIR/model.bpk` onto `device` (for evaluation).
 pub fn load_run_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
-    let config: ModelConfig = read_json(&dir.join(files::MODEL_CONFIG))?;
-    let model = checkpoint::load_model(config.init(device), &dir.join(files::MODEL))?;
+    let (config, model) = crate::defend::suspect::load_model(dir, device)?;
     Ok(LoadedModel {
         config,
-        model: model.valid(),
+        model,
         dir: dir.to_path_buf(),
     })
 }
