@@ -377,7 +377,6 @@ pub async fn train<H: Host>(
             (None, Some(h)) => Some(h),
             (None, None) => None,
         },
-        meter: None,
         seed: plan.seed,
         device: device.clone(),
     };
@@ -390,7 +389,7 @@ pub async fn train<H: Host>(
             "training",
         )
     };
-    let eval = (&data.test, EVAL_BATCH, device);
+    let eval = (&data.test, None, EVAL_BATCH, device);
     let (history, stopped) =
         async_driver::run_epochs(&loop_plan, &train_set, &mut step, eval, host, on).await?;
     let model = step.trainee.valid();
@@ -438,8 +437,8 @@ pub async fn cleanse<H: Host>(
         mixup: false,
         seed: plan.seed,
         device: device.clone(),
-        meter: teacher.asr_meter(&data.test, device)?,
     };
+    let meter = teacher.asr_meter(&data.test, device)?;
     let loop_plan = LoopPlan {
         max_batches: plan.max_batches,
         ..LoopPlan::cosine(
@@ -451,7 +450,7 @@ pub async fn cleanse<H: Host>(
     };
     // Only the images reach the step: the labels stay behind.
     let images = UnlabeledImages::from_set(data.unlabeled.clone());
-    let eval = (&data.test, EVAL_BATCH, device);
+    let eval = (&data.test, meter.as_ref(), EVAL_BATCH, device);
     let (history, stopped) =
         async_driver::run_epochs(&loop_plan, &images, &mut step, eval, host, on).await?;
     Ok(DemoModel {

@@ -3,14 +3,13 @@
 //! clean accuracy and ASR against the teacher's attack after every epoch. The final model is the
 //! last epoch's.
 
-use super::defense::Defense;
+use super::defense::{DefenderData, Defense};
 use super::kd::{TemperatureRange, distillation_loss};
 use super::reinit::{self, InitMode};
 use super::run::{Prepared, run_defense};
 use super::unlabeled::{ImageBatch, UnlabeledImages};
-use crate::attack::meter::AsrMeter;
+use crate::data::DataSpec;
 use crate::data::augment::Augment;
-use crate::data::{DataSpec, ImageSet};
 use crate::device::Selected;
 use crate::engine::Observer;
 use crate::engine::driver::LoopPlan;
@@ -93,11 +92,22 @@ impl KdConfig {
 }
 
 /// The unlabeled images of `config`: all of its source's, or `unlabeled_limit` of them chosen
-/// at random with `config.seed`.
+/// at random with `config.seed`; the teacher's held-out images are read from its run.
 pub fn unlabeled_images(config: &KdConfig) -> Result<UnlabeledImages> {
-    let mut set: ImageSet = match &config.unlabeled {
-        UnlabeledSource::Holdout => crate::train::run::load_holdout(&config.teacher)?,
-        UnlabeledSource::Data { spec } => spec.load()?.train,
+    let holdout =
+        || crate::train::run::load_holdout(&config.teacher).map(UnlabeledImages::from_set);
+    select_unlabeled(config, holdout)
+}
+
+/// [`unlabeled_images`] with the teacher's held-out images given by `holdout` (called only
+/// when they are the source).
+fn select_unlabeled(
+    config: &KdConfig,
+    holdout: impl FnOnce() -> Result<UnlabeledImages>,
+) -> Result<UnlabeledImages> {
+    let set = match &config.unlabeled {
+        UnlabeledSource::Holdout => holdout()?,
+        UnlabeledSource::Data { spec } => UnlabeledImages::from_set(spec.load()?.train),
     };
     if set.is_empty() {
         return Err(Error::config(
@@ -105,21 +115,21 @@ pub fn unlabeled_images(config: &KdConfig) -> Result<UnlabeledImages> {
             "no unlabeled images (the teacher's run held none out; pass --unlabeled-data)",
         ));
     }
-    if let Some(n) = config.unlabeled_limit {
-        if n == 0 || n > set.len() {
-            return Err(Error::config(
-                "unlabeled-limit",
-                format!(
-                    "expected 1 to {} (the unlabeled images available), got {n}",
-                    set.len()
-                ),
-            ));
+    match config.unlabeled_limit {
+        None => Ok(set),
+        Some(n) if n == 0 || n > set.len() => Err(Error::config(
+            "unlabeled-limit",
+            format!(
+                "expected 1 to {} (the unlabeled images available), got {n}",
+                set.len()
+            ),
+        )),
+        Some(n) => {
+            let keep = crate::rng::Rng::from_parts(&[config.seed, 0x0071_3173])
+                .sample_sorted(set.len(), n);
+            Ok(set.subset(&keep))
         }
-        let keep =
-            crate::rng::Rng::from_parts(&[config.seed, 0x0071_3173]).sample_sorted(set.len(), n);
-        set = set.subset(&keep);
     }
-    Ok(UnlabeledImages::from_set(set))
 }
 
 impl KdConfig {
@@ -172,8 +182,6 @@ pub struct KdStep {
     pub mixup: bool,
     pub seed: u64,
     pub device: Device,
-    /// Measures the ASR against the teacher's attack.
-    pub meter: Option<AsrMeter>,
 }
 
 impl Step for KdStep {
@@ -210,10 +218,6 @@ impl ClassifierStep for KdStep {
         self.trainee.valid()
     }
 
-    fn asr_meter(&self) -> Option<AsrMeter> {
-        self.meter.clone()
-    }
-
     fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)> {
         self.trainee.save(dir, epochs_done)
     }
@@ -240,12 +244,15 @@ pub fn cleanse(
         resume,
         selected,
         observer,
-        |suspect, meter| {
+        |suspect| {
             let device = selected.device.clone();
-            let images = Arc::new(unlabeled_images(config)?);
+            let DefenderData::Images(holdout) = suspect.defender else {
+                unreachable!("the cleanser is given images without labels")
+            };
+            let images = Arc::new(select_unlabeled(config, || Ok(holdout))?);
             let (student, realised) = reinit::student(
-                &suspect.model,
-                &suspect.config,
+                suspect.model,
+                suspect.config,
                 &config.init,
                 config.seed,
                 &device,
@@ -262,7 +269,6 @@ pub fn cleanse(
                 mixup: config.mixup,
                 seed: config.seed,
                 device,
-                meter,
             };
             Ok(Prepared {
                 step,

@@ -4,7 +4,9 @@
 
 use super::cleanse::KdConfig;
 use super::ft::FtConfig;
+use super::unlabeled::UnlabeledImages;
 use crate::Result;
+use crate::data::ImageSet;
 use crate::device::Selected;
 use crate::engine::Observer;
 use crate::report::Report;
@@ -30,6 +32,14 @@ pub enum DefenderAccess {
     Images,
     /// Images and labels (the baselines, as the method spec allows).
     Labelled,
+}
+
+/// The defender's held-out split as a defense may see it (never the test images).
+pub enum DefenderData {
+    /// Images without labels.
+    Images(UnlabeledImages),
+    /// Images with their labels.
+    Labelled(ImageSet),
 }
 
 impl Defense {

@@ -2,7 +2,7 @@
 //! (method spec: SGD lr 0.01, momentum 0.9, weight decay 5e-4, cosine over the run, 100 epochs,
 //! batch 256, crop + flip; the last epoch's model is the result).
 
-use super::defense::Defense;
+use super::defense::{DefenderData, Defense};
 use super::run::{Prepared, run_defense};
 use crate::data::augment::Augment;
 use crate::device::Selected;
@@ -96,9 +96,11 @@ pub fn fine_tune(
         resume,
         selected,
         observer,
-        |suspect, meter| {
+        |suspect| {
             let device = selected.device.clone();
-            let holdout = suspect.holdout()?;
+            let DefenderData::Labelled(holdout) = suspect.defender else {
+                unreachable!("fine-tuning is given labelled data")
+            };
             if holdout.is_empty() {
                 return Err(Error::config(
                     "model",
@@ -116,7 +118,6 @@ pub fn fine_tune(
                     &device,
                 ),
                 hooks: None,
-                meter,
                 seed: config.seed,
                 device,
             };

@@ -2,21 +2,32 @@
 //! suspect's and the starting model's metrics, the engine's epochs, and the defended model saved
 //! with what it is evaluated against. A method supplies only its [`Prepared`] step.
 
-use super::defense::Defense;
+use super::defense::{DefenderAccess, DefenderData, Defense};
 use super::reinit::Realised;
 use super::suspect::Suspect;
-use crate::attack::meter::AsrMeter;
+use super::unlabeled::UnlabeledImages;
 use crate::data::batcher::Batches;
 use crate::device::Selected;
 use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
 use crate::engine::step::ClassifierStep;
 use crate::engine::{Observer, RunDir, files};
 use crate::io::write_json_atomic;
-use crate::model::Classifier;
+use crate::model::{Classifier, ModelConfig};
 use crate::report::{DataSummary, DefenseRecord, FinalMetrics, Report, RunStatus, SCHEMA_VERSION};
 use crate::{Error, Result};
 use std::path::Path;
 use std::sync::Arc;
+
+/// What a method sees of the suspect: its model and the defender's data its
+/// [`super::DefenderAccess`] allows. The test images stay with the engine's evaluation.
+pub(crate) struct SuspectView<'a> {
+    /// The suspect's run directory.
+    pub dir: &'a Path,
+    pub config: &'a ModelConfig,
+    /// An evaluation copy.
+    pub model: &'a Classifier,
+    pub defender: DefenderData,
+}
 
 /// What a method builds from the loaded suspect.
 pub(crate) struct Prepared<S: ClassifierStep> {
@@ -31,8 +42,9 @@ pub(crate) struct Prepared<S: ClassifierStep> {
     pub reinit: Option<Realised>,
 }
 
-/// Runs `defense` into `out`: `prepare` builds the method's step from the suspect and the ASR
-/// meter of its attack (shared with the step, which measures ASR after every epoch).
+/// Runs `defense` into `out`: `prepare` builds the method's step from what it may see of the
+/// suspect; the engine measures clean accuracy and the ASR against the suspect's attack after
+/// every epoch.
 pub(crate) fn run_defense<S: ClassifierStep>(
     defense: &Defense,
     eval_batch_size: usize,
@@ -40,7 +52,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     resume: bool,
     selected: &Selected,
     observer: &mut dyn Observer,
-    prepare: impl FnOnce(&Suspect, Option<AsrMeter>) -> Result<Prepared<S>>,
+    prepare: impl FnOnce(SuspectView) -> Result<Prepared<S>>,
 ) -> Result<Report> {
     defense.validate()?;
     let config_json =
@@ -59,15 +71,26 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         test: suspect.test.clone(),
         batch_size: eval_batch_size,
         device: device.clone(),
+        meter: meter.clone(),
     };
     let asr_of = |m: &Classifier| meter.as_ref().map(|a| a.asr(m));
+    let holdout = suspect.holdout()?;
+    let defender = match defense.access() {
+        DefenderAccess::Images => DefenderData::Images(UnlabeledImages::from_set(holdout)),
+        DefenderAccess::Labelled => DefenderData::Labelled(holdout),
+    };
     let Prepared {
         mut step,
         data,
         plan,
         start,
         reinit,
-    } = prepare(&suspect, meter.clone())?;
+    } = prepare(SuspectView {
+        dir: &suspect.dir,
+        config: &suspect.config,
+        model: &suspect.model,
+        defender,
+    })?;
     write_json_atomic(&out.join(files::MODEL_CONFIG), &suspect.config)?;
     let suspect_clean_acc = eval.clean_accuracy(&suspect.model);
     let suspect_asr = asr_of(&suspect.model);

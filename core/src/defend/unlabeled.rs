@@ -41,6 +41,20 @@ impl UnlabeledImages {
         let n = self.image_len();
         &self.pixels[i * n..(i + 1) * n]
     }
+
+    /// The images at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> UnlabeledImages {
+        UnlabeledImages {
+            pixels: indices
+                .iter()
+                .flat_map(|&i| self.image(i))
+                .copied()
+                .collect(),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+        }
+    }
 }
 
 /// A batch of images in `[0,1]`, NCHW, without labels.

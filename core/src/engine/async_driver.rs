@@ -199,13 +199,13 @@ pub async fn run_batches<S: Step, H: Host>(
 }
 
 /// Runs a classifier's `step` for `plan.epochs`, measuring clean accuracy on `test` (batches of
-/// `eval_batch_size`) and the step's ASR after every epoch. Returns the evaluated epochs and
+/// `eval_batch_size`) and the ASR after every epoch (through `meter`, else the step's own). Returns the evaluated epochs and
 /// whether the host asked to stop (the last, partial epoch is evaluated too).
 pub async fn run_epochs<S: ClassifierStep, H: Host>(
     plan: &LoopPlan,
     data: &S::Data,
     step: &mut S,
-    (test, eval_batch_size, device): (&ImageSet, usize, &Device),
+    (test, meter, eval_batch_size, device): (&ImageSet, Option<&AsrMeter>, usize, &Device),
     host: &H,
     on: &mut dyn FnMut(Progress),
 ) -> Result<(Vec<EpochPoint>, bool), String> {
@@ -228,7 +228,7 @@ pub async fn run_epochs<S: ClassifierStep, H: Host>(
             &format!("after {} epoch {}", plan.what, e + 1),
         )
         .await?;
-        let meter = step.asr_meter();
+        let meter = meter.cloned().or_else(|| step.asr_meter());
         let (clean_acc, asr) = evaluate(
             &model,
             meter.as_ref(),

@@ -5,6 +5,7 @@
 use super::observer::Observer;
 use super::run_dir::{RunDir, files};
 use super::step::{At, ClassifierStep, Step};
+use crate::attack::meter::AsrMeter;
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::{Batches, chunk_order, epoch_order, stream};
@@ -120,6 +121,9 @@ pub struct Evaluation {
     pub test: Arc<ImageSet>,
     pub batch_size: usize,
     pub device: burn::prelude::Device,
+    /// The ASR of a fixed trigger (a defense against a suspect's attack); without it, the
+    /// step's own ([`ClassifierStep::asr_meter`], an attack's trigger as it trains).
+    pub meter: Option<AsrMeter>,
 }
 
 impl Evaluation {
@@ -246,7 +250,11 @@ pub fn run_epochs<S: ClassifierStep>(
             let t1 = Instant::now();
             let model = step.eval_model();
             let clean_acc = eval.clean_accuracy(&model);
-            let asr = step.asr_meter().map(|m| m.asr(&model));
+            let asr = eval
+                .meter
+                .clone()
+                .or_else(|| step.asr_meter())
+                .map(|m| m.asr(&model));
             let eval_secs = t1.elapsed().as_secs_f64();
             let record = EpochRecord {
                 epoch: epoch + 1,

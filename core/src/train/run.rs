@@ -214,8 +214,6 @@ fn canonical_config(v: &serde_json::Value) -> serde_json::Value {
 pub struct CrossEntropyStep<'h> {
     pub trainee: Trainee,
     pub hooks: Option<&'h mut dyn TrainHooks>,
-    /// Measures the ASR when there are no hooks (a defense against a suspect's attack).
-    pub meter: Option<AsrMeter>,
     pub seed: u64,
     pub device: Device,
 }
@@ -258,10 +256,7 @@ impl ClassifierStep for CrossEntropyStep<'_> {
     }
 
     fn asr_meter(&self) -> Option<AsrMeter> {
-        match &self.hooks {
-            Some(h) => h.asr_meter(&self.device),
-            None => self.meter.clone(),
-        }
+        self.hooks.as_ref()?.asr_meter(&self.device)
     }
 
     fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)> {
@@ -335,6 +330,7 @@ pub fn train_with(
         test: Arc::new(data.test),
         batch_size: config.eval_batch_size,
         device: device.clone(),
+        meter: None,
     };
 
     let model = model_config.init_seeded(&device.clone().autodiff(), config.seed);
@@ -342,7 +338,6 @@ pub fn train_with(
     let mut step = CrossEntropyStep {
         trainee: Trainee::new(model, Sgd::new(config.sgd.clone()), &device),
         hooks: Some(hooks),
-        meter: None,
         seed: config.seed,
         device: device.clone(),
     };
