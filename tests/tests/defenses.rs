@@ -191,9 +191,15 @@ fn a_run_that_fails_in_preparation_leaves_its_directory_reusable() {
     let mut bad = tiny_train_config();
     bad.data = DataSpec::new(DatasetKind::Cifar10, Some(tmp.path().join("missing")));
     assert!(train(&bad, &out, false, &cpu(), &mut SilentObserver).is_err());
+    assert!(!out.exists(), "a failed run left the folder it created");
+    // In a folder that existed (empty) before, nothing but the lock file stays.
+    std::fs::create_dir_all(&out).expect("mkdir");
+    assert!(train(&bad, &out, false, &cpu(), &mut SilentObserver).is_err());
     let left: Vec<_> = std::fs::read_dir(&out)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+        .expect("the folder stays")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(
         left.iter().all(|n| n == "run.lock"),
         "a failed preparation left {left:?}"
@@ -226,8 +232,8 @@ fn one_live_run_per_directory_and_resume_names_what_differs() {
         .to_string();
     assert!(e.contains("another cleanse run"), "{e}");
     drop(first);
-    // Dropped without finishing and without a checkpoint: the folder is empty again.
-    assert!(!out.join("checkpoint").exists());
+    // Dropped without finishing and without a checkpoint: the folder it made is gone again.
+    assert!(!out.exists());
 
     let mut changed = tiny_train_config();
     changed.batch_size = 32;

@@ -147,6 +147,8 @@ pub struct RunDir {
     started_unix: u64,
     /// The directory was missing or empty when the run started.
     fresh: bool,
+    /// The run created the directory.
+    created: bool,
     finished: bool,
 }
 
@@ -231,6 +233,7 @@ impl RunDir {
             resumed,
             started_unix,
             fresh: !existed || empty,
+            created: !existed,
             finished: false,
         };
         if !started_path.is_file() {
@@ -315,6 +318,10 @@ impl Drop for RunDir {
             return;
         }
         if checkpoint::state_path(&self.checkpoint_dir()).exists() {
+            return;
+        }
+        if self.created {
+            let _ = std::fs::remove_dir_all(&self.out);
             return;
         }
         if let Ok(Some(entries)) = entries_besides_lock(&self.out) {
