@@ -42,13 +42,16 @@ pub(crate) struct CommonArgs {
     /// Zero padding of the random crop (0 disables it).
     #[arg(long, default_value_t = 4)]
     crop_padding: usize,
+    /// No horizontal flips (never used on data sets where a flip changes the class, e.g. GTSRB).
     #[arg(long)]
     no_flip: bool,
     /// SGD weight decay (method spec: 5e-4).
     #[arg(long, default_value_t = 5e-4)]
     weight_decay: f64,
+    /// The defended model's run directory (missing or empty, unless --resume).
     #[arg(long)]
     out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (same flags as the original run).
     #[arg(long)]
     resume: bool,
 }

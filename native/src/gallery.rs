@@ -9,6 +9,7 @@ use cleanse_core::attack::iab::IabNets;
 use cleanse_core::attack::lc::{Pgd, pgd_untargeted};
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor};
 use cleanse_core::data::{DataSpec, DatasetKind, ImageSet};
+use cleanse_core::defend::suspect::load_attack;
 use cleanse_core::train::run::load_run_model;
 use std::path::PathBuf;
 
@@ -74,15 +75,18 @@ pub(crate) fn run(args: &TriggersArgs) -> Result<()> {
         let attack = Attack::new(config.clone(), &test)?;
         let poisoned = match attack_kind {
             AttackKind::Iab => {
-                let nets = match &args.iab {
-                    Some(dir) => {
-                        let a = Attack::load(dir)?;
-                        IabNets::load(dir, c, a.config.iab_width, &device)
-                            .with_context(|| format!("--iab {}", dir.display()))?
-                    }
-                    None => IabNets::new(c, config.iab_width, 0, &device).valid(),
+                let backdoor = match &args.iab {
+                    Some(dir) => match load_attack(dir.as_path(), &device)
+                        .with_context(|| format!("--iab {}", dir.display()))?
+                    {
+                        Some((a, b)) if a.config.kind == AttackKind::Iab => b,
+                        _ => bail!("--iab {}: not an IAB attack's run directory", dir.display()),
+                    },
+                    None => Backdoor::Iab(Box::new(
+                        IabNets::new(c, config.iab_width, 0, &device).valid(),
+                    )),
                 };
-                Backdoor::Iab(Box::new(nets)).apply(x())
+                backdoor.apply(x())
             }
             AttackKind::Lc => {
                 let base = match &args.clean_model {
