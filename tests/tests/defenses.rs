@@ -292,3 +292,52 @@ fn resume_of_a_started_run_with_other_settings_names_them() {
     };
     assert!(e.contains("not empty") && e.contains("--resume"), "{e}");
 }
+
+#[test]
+fn optimiser_settings_are_checked_before_anything_runs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("out");
+    for (name, change) in [
+        (
+            "momentum",
+            (|c: &mut TrainConfig| c.sgd.momentum = -0.5) as fn(&mut TrainConfig),
+        ),
+        ("momentum", |c| c.sgd.momentum = f64::NAN),
+        ("weight-decay", |c| c.sgd.weight_decay = -1e-4),
+        ("gamma", |c| {
+            c.schedule = Schedule::Multistep {
+                milestones: vec![1, 2],
+                gamma: -1.0,
+            }
+        }),
+        ("milestones", |c| {
+            c.schedule = Schedule::Multistep {
+                milestones: vec![2, 1],
+                gamma: 0.1,
+            }
+        }),
+        ("lr", |c| c.lr = f64::NAN),
+    ] {
+        let mut c = tiny_train_config();
+        change(&mut c);
+        let e = train(&c, &out, false, &cpu(), &mut SilentObserver)
+            .expect_err(name)
+            .to_string();
+        assert!(e.contains(&format!("`{name}`")), "{name}: {e}");
+    }
+    assert!(!out.exists(), "a refused run created its folder");
+    // The defenses check their optimiser the same way, before reading the suspect.
+    let missing = tmp.path().join("no-suspect");
+    let mut kd = KdConfig::paper(missing.clone(), false);
+    kd.lr = f64::NAN;
+    let mut ft = FtConfig::paper(missing, false);
+    ft.sgd.momentum = 1.5;
+    for (d, name) in [(Defense::Kd(kd), "lr"), (Defense::Ft(ft), "momentum")] {
+        let e = d
+            .run(&out, false, &cpu(), &mut SilentObserver)
+            .expect_err(name)
+            .to_string();
+        assert!(e.contains(&format!("`{name}`")), "{name}: {e}");
+    }
+    assert!(!out.exists());
+}

@@ -144,10 +144,8 @@ impl KdConfig {
         if let Some(reason) = self.temperature.check() {
             return Err(Error::config("temperature", reason));
         }
-        if let Some(reason) = self.sgd.check_weight_decay() {
-            return Err(Error::config("weight-decay", reason));
-        }
-        Ok(())
+        crate::train::sgd::check_lr(self.lr)?;
+        self.sgd.validate()
     }
 
     /// The settings that differ from the method's defaults, for table columns.

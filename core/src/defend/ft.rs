@@ -59,16 +59,8 @@ impl FtConfig {
                 format!("expected at least 2, got {}", self.batch_size),
             ));
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::config(
-                "lr",
-                format!("expected a positive number, got {}", self.lr),
-            ));
-        }
-        if let Some(reason) = self.sgd.check_weight_decay() {
-            return Err(Error::config("weight-decay", reason));
-        }
-        Ok(())
+        crate::train::sgd::check_lr(self.lr)?;
+        self.sgd.validate()
     }
 
     /// The settings that differ from the method's defaults, for table columns.

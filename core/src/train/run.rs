@@ -82,11 +82,21 @@ impl TrainConfig {
                 return Err(Error::config(name, "must be positive"));
             }
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::config(
-                "lr",
-                format!("must be a positive number; got {}", self.lr),
-            ));
+        super::sgd::check_lr(self.lr)?;
+        self.sgd.validate()?;
+        if let Schedule::Multistep { milestones, gamma } = &self.schedule {
+            if !(gamma.is_finite() && *gamma > 0.0) {
+                return Err(Error::config(
+                    "gamma",
+                    format!("expected a positive number, got {gamma}"),
+                ));
+            }
+            if milestones.windows(2).any(|w| w[0] > w[1]) {
+                return Err(Error::config(
+                    "milestones",
+                    format!("expected epochs in increasing order, got {milestones:?}"),
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.holdout) {
             return Err(Error::config(

@@ -39,6 +39,34 @@ impl SgdConfig {
         let wd = self.weight_decay;
         (!(wd.is_finite() && wd >= 0.0)).then(|| format!("expected a finite value >= 0, got {wd}"))
     }
+
+    /// Checks every setting, naming the flag: weight decay finite and >= 0, momentum and
+    /// dampening in `[0, 1)`.
+    pub fn validate(&self) -> crate::Result<()> {
+        if let Some(reason) = self.check_weight_decay() {
+            return Err(crate::Error::config("weight-decay", reason));
+        }
+        for (name, v) in [("momentum", self.momentum), ("dampening", self.dampening)] {
+            if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+                return Err(crate::Error::config(
+                    name,
+                    format!("expected a value in [0, 1), got {v}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a base learning rate: finite and positive.
+pub fn check_lr(lr: f64) -> crate::Result<()> {
+    match lr.is_finite() && lr > 0.0 {
+        true => Ok(()),
+        false => Err(crate::Error::config(
+            "lr",
+            format!("expected a positive number, got {lr}"),
+        )),
+    }
 }
 
 /// The optimiser: config plus one momentum buffer per parameter path.
