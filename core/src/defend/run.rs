@@ -66,14 +66,13 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     )?;
     let device = selected.device.clone();
     let suspect = Suspect::load(defense.suspect(), None, &device)?;
-    let meter = suspect.asr_meter(eval_batch_size, &device);
     let eval = Evaluation {
         test: suspect.test.clone(),
         batch_size: eval_batch_size,
         device: device.clone(),
-        meter: meter.clone(),
+        meter: suspect.asr_meter(eval_batch_size, &device),
     };
-    let asr_of = |m: &Classifier| meter.as_ref().map(|a| a.asr(m));
+    let asr_of = |m: &Classifier| eval.meter.as_ref().map(|a| a.asr(m));
     let holdout = suspect.holdout()?;
     let defender = match defense.access() {
         DefenderAccess::Images => DefenderData::Images(UnlabeledImages::from_set(holdout)),

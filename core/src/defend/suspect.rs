@@ -121,6 +121,8 @@ pub struct Suspect {
     pub backdoor: Option<Backdoor>,
     /// The test images of its data set (the attack's when the model has no split file).
     pub test: Arc<ImageSet>,
+    /// The images its run held out for the defender, cut from the same load of the data set.
+    holdout: Option<ImageSet>,
 }
 
 impl Suspect {
@@ -156,7 +158,12 @@ impl Suspect {
                 ));
             }
         };
-        let test = spec.load()?.test;
+        let data = spec.load()?;
+        let holdout = split
+            .as_ref()
+            .ok()
+            .map(|s| data.train.subset(&s.split.held_out));
+        let test = data.test;
         let num_classes = config.num_classes;
         if test.num_classes != num_classes {
             return Err(Error::artifact(
@@ -189,6 +196,7 @@ impl Suspect {
             attack,
             backdoor,
             test: Arc::new(test),
+            holdout,
         })
     }
 
@@ -205,13 +213,12 @@ impl Suspect {
 
     /// The held-out split of the suspect's training set: the defender's data.
     pub fn holdout(&self) -> Result<ImageSet> {
-        let split = self.split.as_ref().ok_or_else(|| {
+        self.holdout.clone().ok_or_else(|| {
             Error::artifact(
                 self.dir.join(files::SPLIT),
                 "no split file: the model's run held out no defender data",
             )
-        })?;
-        Ok(split.data.load()?.train.subset(&split.split.held_out))
+        })
     }
 
     /// Writes into `out` what makes a model derived from this one evaluate like it: the split

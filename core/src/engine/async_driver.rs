@@ -199,8 +199,9 @@ pub async fn run_batches<S: Step, H: Host>(
 }
 
 /// Runs a classifier's `step` for `plan.epochs`, measuring clean accuracy on `test` (batches of
-/// `eval_batch_size`) and the ASR after every epoch (through `meter`, else the step's own). Returns the evaluated epochs and
-/// whether the host asked to stop (the last, partial epoch is evaluated too).
+/// `eval_batch_size`) and the ASR after every epoch (through `meter`, else the step's own).
+/// Returns the evaluated epochs and whether the host asked to stop (the last, partial epoch is
+/// evaluated too).
 pub async fn run_epochs<S: ClassifierStep, H: Host>(
     plan: &LoopPlan,
     data: &S::Data,
