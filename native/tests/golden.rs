@@ -69,7 +69,7 @@ const DATA: &str = "--dataset synthetic --synthetic-train 240 --synthetic-test 6
                     --epochs 4 --batch-size 16 --lr 0.05 --holdout 0.25 --device cpu --threads 2";
 
 const EXPECTED: &[&str] = &[
-    "train 0.5833333333333334 None Some(1.0420223553975425) fddc819eedaad67c",
+    "train 0.5833333333333334 None Some(1.0420223553975423) fddc819eedaad67c",
     "badnets 0.5166666666666667 Some(0.3888888888888889) Some(1.5239635308583577) db17762828cf871b",
     "blended-after 0.4 Some(0.4074074074074074) Some(1.527178782886929) 2f6afe989aaac9da",
     "sig 0.45 Some(0.0) Some(1.4354515552520752) 8a18da0e9446e1e0",
