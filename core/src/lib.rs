@@ -12,6 +12,7 @@ pub mod error;
 pub mod io;
 pub mod kernels;
 pub mod model;
+pub mod output;
 pub mod report;
 pub mod rng;
 pub mod train;

@@ -10,7 +10,7 @@ use cleanse_core::attack::poison::{AttackHooks, OwnCleanModel};
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
 use cleanse_core::data::DatasetKind;
 use cleanse_core::defend::suspect::Suspect;
-use cleanse_core::io::write_json_atomic;
+use cleanse_core::output::{check_output, write_output_json};
 use cleanse_core::train::eval::{PerClass, predictions};
 use cleanse_core::train::run::{TrainHooks, files, load_run_model, train_with};
 use cleanse_core::train::{Schedule, TrainConfig};
@@ -237,6 +237,10 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
         .subcommand_matches("attack")
         .context("attack arguments")?;
     let (train, attack_config) = args.configs(sub);
+    // Every setting is checked before any data is read or folder made (the target class once
+    // the data's classes are known).
+    train.validate()?;
+    attack_config.validate(cleanse_core::model::MAX_CLASSES)?;
     let selected = args.train.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let out = &args.train.out;
@@ -340,9 +344,12 @@ pub(crate) struct EvalArgs {
     /// A run directory with attack.json (default: --model when it holds one).
     #[arg(long)]
     attack: Option<PathBuf>,
-    /// Also write the result as JSON here.
+    /// Also write the result as JSON here (a new file; never one of a run directory's own files).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     #[command(flatten)]
@@ -375,6 +382,9 @@ pub(crate) fn load_suspect(
 }
 
 pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
+    if let Some(out) = &args.out {
+        check_output(out, "out", args.force)?;
+    }
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let suspect = load_suspect(&args.model, args.attack.as_deref(), &selected.device)?;
@@ -428,7 +438,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
             .join(" ")
     );
     if let Some(out) = &args.out {
-        write_json_atomic(out, &result)?;
+        write_output_json(out, &result, "out", args.force)?;
     }
     Ok(())
 }

@@ -6,7 +6,8 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use clap::Args;
-use cleanse_core::model::{ModelConfig, Normalization};
+use cleanse_core::model::{ModelConfig, Normalization, check_width};
+use cleanse_core::output::{check_output, write_output_json};
 use cleanse_core::rng::Rng;
 use cleanse_core::train::eval::{images_tensor, labels_tensor};
 use cleanse_core::train::{Sgd, SgdConfig, cross_entropy};
@@ -29,9 +30,35 @@ pub struct BenchArgs {
     warmup: usize,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Also write the result as JSON here.
+    /// Also write the result as JSON here (a new file).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Replace --json if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+/// The largest `--batch-size` of the benchmarks: at width 64 a batch of 4096 32x32 images already
+/// needs tens of GiB of activations for a training step.
+const MAX_BENCH_BATCH: usize = 4096;
+
+/// Checks the sizes and the output file before any work.
+fn check_bench(
+    batch_size: usize,
+    steps: usize,
+    json: Option<&std::path::Path>,
+    force: bool,
+) -> Result<()> {
+    if !(1..=MAX_BENCH_BATCH).contains(&batch_size) {
+        anyhow::bail!("--batch-size: expected 1 to {MAX_BENCH_BATCH}; got {batch_size}");
+    }
+    if steps == 0 {
+        anyhow::bail!("the number of timed steps must be positive");
+    }
+    if let Some(p) = json {
+        check_output(p, "json", force)?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -53,6 +80,8 @@ fn batch(rng: &mut Rng, n: usize) -> (Vec<f32>, Vec<i64>) {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
+    check_width("width", a.width)?;
+    check_bench(a.batch_size, a.steps, a.json.as_deref(), a.force)?;
     let selected = a.device.select()?;
     let device = selected.device.clone();
     let ad = device.clone().autodiff();
@@ -117,7 +146,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     if let Some(p) = &a.json {
-        cleanse_core::io::write_json_atomic(p, &result)?;
+        write_output_json(p, &result, "json", a.force)?;
     }
     Ok(())
 }
@@ -133,9 +162,12 @@ pub struct KernelBenchArgs {
     reps: usize,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Also write the result as JSON here.
+    /// Also write the result as JSON here (a new file).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Replace --json if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Serialize)]
@@ -146,6 +178,7 @@ struct KernelRow {
 }
 
 pub fn run_kernels(a: &KernelBenchArgs) -> Result<()> {
+    check_bench(a.batch_size, a.reps, a.json.as_deref(), a.force)?;
     use burn::prelude::*;
     use cleanse_core::attack::{Attack, AttackConfig, AttackKind};
     use cleanse_core::data::DatasetKind;
@@ -252,12 +285,14 @@ pub fn run_kernels(a: &KernelBenchArgs) -> Result<()> {
         }));
     }
     if let Some(p) = &a.json {
-        cleanse_core::io::write_json_atomic(
+        write_output_json(
             p,
             &serde_json::json!({
                 "device": selected.info, "batch_size": n, "reps": a.reps, "rows": rows,
                 "kd_kl": kd_rows,
             }),
+            "json",
+            a.force,
         )?;
     }
     Ok(())

@@ -10,6 +10,7 @@ use cleanse_core::attack::lc::{Pgd, pgd_untargeted};
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor};
 use cleanse_core::data::{DataSpec, DatasetKind, ImageSet};
 use cleanse_core::defend::suspect::load_attack;
+use cleanse_core::output::{check_output, write_output};
 use cleanse_core::train::run::load_run_model;
 use std::path::PathBuf;
 
@@ -40,7 +41,13 @@ pub(crate) struct TriggersArgs {
     /// PNG file to write.
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
 }
+
+/// The largest `--scale`: a 32x32 gallery at 64 is already a 15,000-pixel-wide picture.
+const MAX_SCALE: u32 = 64;
 
 fn kind_of(d: DatasetArg) -> DatasetKind {
     match d {
@@ -52,6 +59,16 @@ fn kind_of(d: DatasetArg) -> DatasetKind {
 }
 
 pub(crate) fn run(args: &TriggersArgs) -> Result<()> {
+    if !(1..=MAX_SCALE).contains(&args.scale) {
+        bail!("--scale: expected 1 to {MAX_SCALE}; got {}", args.scale);
+    }
+    if !(args.magnify.is_finite() && args.magnify > 0.0) {
+        bail!(
+            "--magnify: expected a positive number; got {}",
+            args.magnify
+        );
+    }
+    check_output(&args.out, "out", args.force)?;
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let device = selected.device.clone();
@@ -124,13 +141,13 @@ pub(crate) fn run(args: &TriggersArgs) -> Result<()> {
         panels.push((attack_kind.name(), v));
     }
     let img = compose(&one, &clean, &panels, args.magnify, args.scale);
-    if let Some(parent) = args.out.parent() {
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("{}", parent.display()))?;
     }
-    let tmp = args.out.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .context("encoding the PNG")?;
+    write_output(&args.out, &png, "out", args.force)?;
     println!(
         "wrote {} (top: clean, then {}; bottom: residuals x{})",
         args.out.display(),

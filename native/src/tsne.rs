@@ -7,12 +7,13 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::Args;
 use cleanse_core::data::ImageSet;
-use cleanse_core::io::{create_dir_all, write_atomic, write_json_atomic};
+use cleanse_core::io::create_dir_all;
+use cleanse_core::output::{check_output, write_output, write_output_json};
 use cleanse_core::rng::Rng;
 use cleanse_core::train::eval::images_tensor;
 use plotters::prelude::*;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub(crate) struct TsneArgs {
@@ -46,7 +47,13 @@ pub(crate) struct TsneArgs {
     /// PNG to write; the points go beside it as JSON (same name, `.json`).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out and its JSON if they exist.
+    #[arg(long)]
+    force: bool,
 }
+
+/// The largest `--size`: 8192 pixels square is 192 MiB of pixels, beyond any figure.
+const MAX_SIZE: u32 = 8192;
 
 #[derive(Serialize)]
 struct Point {
@@ -125,12 +132,27 @@ fn features(
 }
 
 pub(crate) fn run(args: &TsneArgs) -> Result<()> {
-    if args.theta <= 0.0 {
+    if !(args.theta.is_finite() && args.theta > 0.0) {
         bail!("--theta: expected a value > 0, got {}", args.theta);
     }
     if args.out.extension().and_then(|e| e.to_str()) != Some("png") {
         bail!("--out {}: expected a .png file", args.out.display());
     }
+    if !(64..=MAX_SIZE).contains(&args.size) {
+        bail!(
+            "--size: expected 64 to {MAX_SIZE} pixels; got {}",
+            args.size
+        );
+    }
+    if !(args.perplexity.is_finite() && args.perplexity > 0.0) {
+        bail!(
+            "--perplexity: expected a positive number; got {}",
+            args.perplexity
+        );
+    }
+    let json_out = args.out.with_extension("json");
+    check_output(&args.out, "out", args.force)?;
+    check_output(&json_out, "out", args.force)?;
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let device = selected.device.clone();
@@ -226,9 +248,10 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
             _ => String::new(),
         }
     );
-    draw(&args.out, args.size, &points, test.num_classes, &title)?;
-    write_json_atomic(
-        &args.out.with_extension("json"),
+    let png = draw(args.size, &points, test.num_classes, &title)?;
+    write_output(&args.out, &png, "out", args.force)?;
+    write_output_json(
+        &json_out,
         &TsneFile {
             model: args.model.clone(),
             attack: suspect.attack_dir.clone(),
@@ -242,6 +265,8 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
             triggered_to_target,
             points,
         },
+        "out",
+        args.force,
     )?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
@@ -290,7 +315,8 @@ fn register_font() -> bool {
     false
 }
 
-fn draw(path: &Path, size: u32, points: &[Point], k: usize, title: &str) -> Result<()> {
+/// The map as PNG bytes.
+fn draw(size: u32, points: &[Point], k: usize, title: &str) -> Result<Vec<u8>> {
     let (w, h) = (size as usize, size as usize);
     let mut buf = vec![0u8; w * h * 3];
     let with_text = register_font();
@@ -331,8 +357,7 @@ fn draw(path: &Path, size: u32, points: &[Point], k: usize, title: &str) -> Resu
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .context("encoding the PNG")?;
-    write_atomic(path, &png)?;
-    Ok(())
+    Ok(png)
 }
 
 /// The range of `v` with a 3% margin.
