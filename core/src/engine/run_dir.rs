@@ -102,7 +102,12 @@ fn entries_besides_lock(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
             let mut v = Vec::new();
             for e in it {
                 let e = e.map_err(|e| Error::io(dir, e))?;
-                if e.file_name() != files::LOCK {
+                let name = e.file_name();
+                let leftover = name == files::LOCK
+                    || is_write_leftover(&name)
+                    || (name == files::CHECKPOINT_DIR
+                        && entries_besides_lock(&e.path())?.is_some_and(|v| v.is_empty()));
+                if !leftover {
                     v.push(e.path());
                 }
             }
@@ -113,7 +118,15 @@ fn entries_besides_lock(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
     }
 }
 
-/// Whether `dir` is missing or holds nothing but a lock file (a run may start in it).
+/// A temporary file of [`crate::io::write_atomic`] that a kill left before its rename: never
+/// part of a run.
+fn is_write_leftover(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.starts_with(".tmp"))
+}
+
+/// Whether `dir` is missing or holds nothing but a lock file, an empty checkpoint folder and
+/// leftovers of interrupted writes: what a run killed before writing `started.json` leaves, so a
+/// new run may start in it.
 pub fn dir_is_empty(dir: &Path) -> Result<bool> {
     Ok(entries_besides_lock(dir)?.is_none_or(|v| v.is_empty()))
 }
@@ -332,5 +345,26 @@ impl Drop for RunDir {
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_killed_before_started_json_leaves_a_reusable_directory() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let out = tmp.path().join("run");
+        assert!(dir_is_empty(&out).expect("missing"));
+        std::fs::create_dir_all(out.join(files::CHECKPOINT_DIR)).expect("mkdir");
+        std::fs::write(out.join(files::LOCK), b"").expect("lock");
+        std::fs::write(out.join(files::CHECKPOINT_DIR).join(".tmpAbC12"), b"{").expect("tmp");
+        assert!(dir_is_empty(&out).expect("leftovers only"));
+        std::fs::write(out.join(files::CHECKPOINT_DIR).join("started.json"), b"{}").expect("w");
+        assert!(!dir_is_empty(&out).expect("started"));
+        std::fs::remove_dir_all(out.join(files::CHECKPOINT_DIR)).expect("rm");
+        std::fs::write(out.join("notes.txt"), b"mine").expect("w");
+        assert!(!dir_is_empty(&out).expect("foreign file"));
     }
 }
