@@ -68,14 +68,28 @@ fn read_split(dir: &Path, classes: &[String], size: usize) -> Result<ImageSet> {
                 reason: format!("class folder missing (the training split has class `{name}`)"),
             });
         }
-        for f in list_images(&cdir)? {
-            items.push((f, c));
+        let files = list_images(&cdir)?;
+        if files.is_empty() {
+            return Err(Error::NoData {
+                path: cdir,
+                reason: format!(
+                    "class folder `{name}` holds no PNG, JPEG or PPM image (a class of 0 images \
+                     would silently change the data set; remove the folder or add images)"
+                ),
+            });
         }
+        items.extend(files.into_iter().map(|f| (f, c)));
     }
-    if items.is_empty() {
+    if let Some((extra, path)) = class_dirs(dir)?
+        .into_iter()
+        .find(|(n, _)| !classes.contains(n))
+    {
         return Err(Error::NoData {
-            path: dir.into(),
-            reason: "no PNG, JPEG or PPM images in the class folders".into(),
+            path,
+            reason: format!(
+                "class folder `{extra}` is not a class of the training split (its images would be \
+                 dropped)"
+            ),
         });
     }
     decode_set(&items, size, classes)
@@ -104,9 +118,7 @@ pub fn decode_set(
 
 /// Reads `dir/train` and `dir/val` (or `dir/test`).
 pub fn load_dir(dir: &Path, size: usize) -> Result<TrainTest> {
-    if size == 0 {
-        return Err(Error::config("image-size", "must be positive"));
-    }
+    super::check_side("image-size", size)?;
     let train_dir = dir.join("train");
     let test_dir = ["val", "test"]
         .iter()
@@ -185,13 +197,45 @@ mod tests {
             "{err}"
         );
         for split in ["train", "test"] {
-            std::fs::create_dir_all(dir.path().join(split).join("a")).expect("mkdir");
-            std::fs::create_dir_all(dir.path().join(split).join("b")).expect("mkdir");
+            for class in ["a", "b"] {
+                let d = dir.path().join(split).join(class);
+                std::fs::create_dir_all(&d).expect("mkdir");
+                write_image(&d.join("ok.png"), 4, 4, [1, 2, 3]);
+            }
         }
         std::fs::write(dir.path().join("train/a/broken.png"), b"not a png").expect("write");
         let err = load_dir(dir.path(), 32).unwrap_err().to_string();
         assert!(
             err.contains("broken.png") && err.contains("cannot decode"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_or_unmatched_class_folders_are_errors_naming_the_folder() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for split in ["train", "val"] {
+            for name in ["a", "b"] {
+                let d = dir.path().join(split).join(name);
+                std::fs::create_dir_all(&d).expect("mkdir");
+                write_image(&d.join("x.png"), 4, 4, [1, 2, 3]);
+            }
+        }
+        assert!(load_dir(dir.path(), 8).is_ok());
+        let extra = dir.path().join("val/c");
+        std::fs::create_dir_all(&extra).expect("mkdir");
+        write_image(&extra.join("x.png"), 4, 4, [1, 2, 3]);
+        let err = load_dir(dir.path(), 8).unwrap_err().to_string();
+        assert!(
+            err.contains(&extra.display().to_string()) && err.contains("not a class"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&extra).expect("rm");
+        let empty = dir.path().join("train/b");
+        std::fs::remove_file(empty.join("x.png")).expect("rm");
+        let err = load_dir(dir.path(), 8).unwrap_err().to_string();
+        assert!(
+            err.contains(&empty.display().to_string()) && err.contains("no PNG"),
             "{err}"
         );
     }
