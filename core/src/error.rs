@@ -5,12 +5,13 @@ use std::path::PathBuf;
 /// Everything that can go wrong in `cleanse-core`, with the file, record or setting involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file or directory could not be read or written. The OS error is part of the message and
+    /// deliberately not exposed as `source()`: error reporters that print the cause chain would
+    /// print it a second time.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A data file does not have the expected layout.
     #[error("{path}: {reason}")]
@@ -44,7 +45,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -160,12 +160,13 @@ fn ft_config(a: &FtArgs) -> Result<FtConfig> {
 
 fn kd_config(a: &KdArgs) -> Result<KdConfig> {
     let c = &a.common;
-    if a.ratios.len() != 6 || a.ratios.iter().any(|r| !(0.0..=1.0).contains(r)) {
+    // Ranges are checked by `KdConfig::validate`; here only the number of values.
+    let Ok(ratios) = <[f64; 6]>::try_from(&a.ratios[..]) else {
         bail!(
             "--ratios: expected six fractions in [0, 1] (stem, stage 1-4, fc); got {:?}",
             a.ratios
         );
-    }
+    };
     let temperature = match a.temperature[..] {
         [from, to] => TemperatureRange { from, to },
         _ => bail!(
@@ -173,11 +174,7 @@ fn kd_config(a: &KdArgs) -> Result<KdConfig> {
             a.temperature
         ),
     };
-    if let Some(reason) = temperature.check() {
-        bail!("--temperature: {reason}");
-    }
-    let ratios: [f64; 6] = a.ratios.clone().try_into().expect("six");
-    let ratios = reinit::scale_ratios(ratios, a.ratio_scale).context("--ratio-scale")?;
+    let ratios = reinit::scale_ratios(ratios, a.ratio_scale)?;
     let init = InitMode::parse(&a.init, ratios)?;
     let split = c.suspect_split()?;
     let unlabeled = match (a.unlabeled_dataset, &a.unlabeled_data) {

@@ -119,6 +119,15 @@ impl DeviceArgs {
     pub fn select(&self) -> Result<device::Selected> {
         // The thread pool is global: set once per process (a batch sets it on its first line).
         static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        // Far above any machine's cores; a larger number is a typo that would spawn that many
+        // OS threads.
+        const MAX_THREADS: usize = 1024;
+        if self.threads > MAX_THREADS {
+            anyhow::bail!(
+                "--threads {}: expected 0 (all cores) to {MAX_THREADS}",
+                self.threads
+            );
+        }
         if self.threads > 0 {
             let set = *THREADS.get_or_init(|| {
                 match rayon::ThreadPoolBuilder::new()

@@ -521,10 +521,10 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     for (flag, value, needle) in [
         ("--ratios", "0.1,0.2", "--ratios"),
         ("--init", "half", "init"),
-        ("--ratio-scale", "0", "--ratio-scale"),
+        ("--ratio-scale", "0", "ratio-scale"),
         ("--temperature", "4", "--temperature"),
-        ("--temperature", "0,4", "--temperature"),
-        ("--weight-decay", "nan", "--weight-decay"),
+        ("--temperature", "0,4", "temperature"),
+        ("--weight-decay", "nan", "weight-decay"),
     ] {
         let o = cleanse(&[
             "defend",
@@ -617,6 +617,7 @@ fn tsne_maps_clean_and_triggered_features() {
     let mut bad = args.clone();
     let i = bad.iter().position(|a| a == "--perplexity").expect("flag");
     bad[i + 1] = "40".into();
+    *bad.last_mut().expect("out") = tmp.path().join("bad.png").display().to_string();
     let argv: Vec<&str> = bad.iter().map(String::as_str).collect();
     let o = cleanse(&argv);
     assert!(!o.status.success());

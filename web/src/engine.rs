@@ -304,9 +304,11 @@ pub async fn train<H: Host>(
     host: &H,
     on: &mut dyn FnMut(Progress),
 ) -> Result<DemoModel, String> {
-    if plan.epochs == 0 || plan.batch_size < 2 || plan.width == 0 {
-        return Err("training needs at least one epoch, batches of 2 and a positive width".into());
+    if plan.epochs == 0 || plan.batch_size < 2 {
+        return Err("training needs at least one epoch and batches of 2".into());
     }
+    cleanse_core::model::check_width("width", plan.width).map_err(err)?;
+    cleanse_core::train::sgd::check_lr(plan.lr).map_err(err)?;
     let mut train_set = data.train.clone();
     let mut hooks: Option<Box<dyn TrainHooks>> = None;
     let mut iab_hooks: Option<IabHooks> = None;
@@ -420,6 +422,7 @@ pub async fn cleanse<H: Host>(
     if data.unlabeled.len() < 2 {
         return Err("cleansing needs at least 2 unlabeled images".into());
     }
+    cleanse_core::train::sgd::check_lr(plan.lr).map_err(err)?;
     let ratios = reinit::scale_ratios(ADAPTIVE_RATIOS, plan.ratio_scale).map_err(err)?;
     async_driver::check_finite(&teacher.model, &data.test, device, "the model to cleanse").await?;
     let (student, _) = reinit::student(

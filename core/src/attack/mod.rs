@@ -231,7 +231,58 @@ impl AttackConfig {
         if self.wanet_k < 2 {
             return Err(Error::config("wanet-k", "must be at least 2"));
         }
-        Ok(())
+        // Amplitudes in [0,1] pixel units, given on the command line in 1/255 steps.
+        for (name, v) in [
+            ("sig-delta", self.sig_delta),
+            ("lc-eps", self.lc_eps),
+            ("lc-step", self.lc_step),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(Error::config(
+                    name,
+                    format!("must be in (0, 255] (in 1/255 units); got {}", v * 255.0),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("sig-frequency", f64::from(self.sig_frequency)),
+            ("wanet-s", f64::from(self.wanet_s)),
+            ("iab-lr", self.iab_lr),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::config(
+                    name,
+                    format!("must be a positive number; got {v}"),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("iab-lambda-div", self.iab_lambda_div),
+            ("iab-lambda-norm", self.iab_lambda_norm),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::config(
+                    name,
+                    format!("must be a number >= 0; got {v}"),
+                ));
+            }
+        }
+        if self.lc_steps == 0 {
+            return Err(Error::config("lc-steps", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.iab_cross_rate) {
+            return Err(Error::config(
+                "iab-cross-rate",
+                format!("must be in [0, 1); got {}", self.iab_cross_rate),
+            ));
+        }
+        if !(self.iab_mask_density > 0.0 && self.iab_mask_density <= 1.0) {
+            return Err(Error::config(
+                "iab-mask-density",
+                format!("must be in (0, 1]; got {}", self.iab_mask_density),
+            ));
+        }
+        crate::model::check_width("iab-width", self.iab_width)
     }
 
     /// The label a triggered image of class `y` should get.
@@ -279,6 +330,16 @@ impl Attack {
                 format!("attacks need images of at least 3x3; got {h}x{w}"),
             ));
         }
+        if config.kind == AttackKind::Wanet && config.wanet_k > h.min(w) {
+            return Err(Error::config(
+                "wanet-k",
+                format!(
+                    "a {k}x{k} control grid is finer than the {h}x{w} images; use at most {}",
+                    h.min(w),
+                    k = config.wanet_k
+                ),
+            ));
+        }
         let mut control = None;
         let trigger = match config.kind {
             AttackKind::Badnets => Some(Trigger::badnets(c, h, w)),
@@ -307,6 +368,47 @@ impl Attack {
             wanet_control_points: control,
             poisoned: Vec::new(),
         })
+    }
+
+    /// Checks an attack read from a file: its settings, classes, image shape and trigger, so that a
+    /// foreign or edited `attack.json` is an error rather than a panic when the trigger is applied.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !(2..=crate::model::MAX_CLASSES).contains(&self.num_classes) {
+            return Err(format!("num_classes {} out of range", self.num_classes));
+        }
+        self.config
+            .validate(self.num_classes)
+            .map_err(|e| e.to_string())?;
+        let [c, h, w] = self.image_shape;
+        let side = crate::data::MAX_IMAGE_SIDE;
+        if !(1..=4).contains(&c) || !(3..=side).contains(&h) || !(3..=side).contains(&w) {
+            return Err(format!(
+                "image shape {:?} out of range (1 to 4 channels, sides 3..={side})",
+                self.image_shape
+            ));
+        }
+        if let Some(t) = &self.trigger {
+            if let Some(reason) = t.check() {
+                return Err(reason);
+            }
+            if t.shape() != self.image_shape {
+                return Err(format!(
+                    "the trigger is for {:?} images but the attack for {:?}",
+                    t.shape(),
+                    self.image_shape
+                ));
+            }
+        }
+        if let Some(p) = &self.wanet_control_points {
+            let k = self.config.wanet_k;
+            if Some(p.len()) != k.checked_mul(k).and_then(|kk| kk.checked_mul(2)) {
+                return Err(format!(
+                    "{} WaNet control points; expected 2 x {k} x {k}",
+                    p.len()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Writes `attack.json` (and the warp grid) into `dir`.
@@ -351,6 +453,15 @@ impl Attack {
     ) -> Result<Attack> {
         let mut attack: Attack = serde_json::from_str(text)
             .map_err(|e| Error::artifact(path, format!("invalid JSON: {e}")))?;
+        // Before the grid's size is computed from it.
+        if let Some(shape) = attack.trigger.as_ref().map(Trigger::shape)
+            && (shape[0] > 4 || shape[1..].iter().any(|&s| s > crate::data::MAX_IMAGE_SIDE))
+        {
+            return Err(Error::artifact(
+                path,
+                format!("trigger shape {shape:?} out of range"),
+            ));
+        }
         if let Some(Trigger::Warp {
             grid,
             height,
@@ -378,6 +489,9 @@ impl Attack {
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
         }
+        attack
+            .check()
+            .map_err(|reason| Error::artifact(path, reason))?;
         Ok(attack)
     }
 }

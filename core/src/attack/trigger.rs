@@ -196,6 +196,49 @@ impl Trigger {
         }
     }
 
+    /// What is wrong with a trigger read from a file, if anything: a shape out of range, a mask or
+    /// pattern of the wrong length, or a parameter that is not a finite number in range.
+    pub fn check(&self) -> Option<String> {
+        let [c, h, w] = self.shape();
+        if !(1..=4).contains(&c)
+            || !(3..=crate::data::MAX_IMAGE_SIDE).contains(&h)
+            || !(3..=crate::data::MAX_IMAGE_SIDE).contains(&w)
+        {
+            return Some(format!(
+                "trigger shape [{c}, {h}, {w}] out of range (1 to 4 channels, sides 3..={})",
+                crate::data::MAX_IMAGE_SIDE
+            ));
+        }
+        let expect = |what: &str, len: usize, want: usize| {
+            (len != want).then(|| format!("trigger {what} has {len} values; expected {want}"))
+        };
+        match self {
+            Trigger::Patch { mask, pattern, .. } => expect("mask", mask.len(), h * w)
+                .or_else(|| expect("pattern", pattern.len(), c * h * w))
+                .or_else(|| {
+                    mask.iter()
+                        .any(|&m| m > 1)
+                        .then(|| "trigger mask values must be 0 or 1".to_string())
+                }),
+            Trigger::Blend { alpha, pattern, .. } => expect("pattern", pattern.len(), c * h * w)
+                .or_else(|| {
+                    (!(0.0..=1.0).contains(alpha))
+                        .then(|| format!("blend alpha must be in [0, 1]; got {alpha}"))
+                }),
+            Trigger::Signal {
+                delta, frequency, ..
+            } => (!(delta.is_finite() && frequency.is_finite()))
+                .then(|| "signal delta and frequency must be finite".to_string()),
+            Trigger::Warp { grid, .. } => {
+                expect("warp grid", grid.len(), h * w * 2).or_else(|| {
+                    grid.iter()
+                        .any(|v| !v.is_finite())
+                        .then(|| "warp grid values must be finite".to_string())
+                })
+            }
+        }
+    }
+
     /// The SIG signal value at column `j`.
     pub fn signal_value(delta: f32, frequency: f32, width: usize, j: usize) -> f32 {
         delta * (2.0 * std::f32::consts::PI * j as f32 * frequency / width as f32).sin()

@@ -30,6 +30,22 @@ impl Augment {
         }
     }
 
+    /// Checks `crop_padding` against [`super::MAX_IMAGE_SIDE`] (a padded image is allocated per
+    /// batch).
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.crop_padding > super::MAX_IMAGE_SIDE {
+            return Err(crate::Error::config(
+                "crop-padding",
+                format!(
+                    "must be in 0..={} pixels; got {}",
+                    super::MAX_IMAGE_SIDE,
+                    self.crop_padding
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this changes anything.
     pub fn is_identity(&self) -> bool {
         self.crop_padding == 0 && !self.flip

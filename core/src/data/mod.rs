@@ -17,6 +17,24 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The largest image side any reader or generator accepts (`--image-size`, `--synthetic-side`).
+///
+/// The model keeps every activation of a batch in memory: at 1024x1024 one width-64 ResNet-18
+/// activation map is 256 MiB per image, so larger sides cannot train on any machine we target;
+/// the bound turns such a typo into an error instead of an allocation failure.
+pub const MAX_IMAGE_SIDE: usize = 1024;
+
+/// Checks an image side setting: `1..=MAX_IMAGE_SIDE`.
+pub fn check_side(name: &str, side: usize) -> Result<()> {
+    if side == 0 || side > MAX_IMAGE_SIDE {
+        return Err(Error::config(
+            name,
+            format!("must be in 1..={MAX_IMAGE_SIDE} pixels; got {side}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Decoded images with labels.
 ///
 /// `pixels` holds `len() * channels * height * width` bytes, image after image, each image
@@ -154,14 +172,35 @@ impl DataSpec {
         })
     }
 
-    /// Reads the training and test sets.
-    pub fn load(&self) -> Result<TrainTest> {
+    /// Checks the settings that apply to this kind of data, without reading anything.
+    pub fn validate(&self) -> Result<()> {
         match self.kind {
+            DatasetKind::Cifar10 => Ok(()),
+            DatasetKind::Gtsrb | DatasetKind::Folder => check_side("image-size", self.image_size),
+            DatasetKind::Synthetic => self.synthetic.validate(),
+        }
+    }
+
+    /// Reads the training and test sets. Either one ending up empty is an error: a run on it
+    /// would "complete" with a loss or accuracy of 0 that means nothing.
+    pub fn load(&self) -> Result<TrainTest> {
+        self.validate()?;
+        let data = match self.kind {
             DatasetKind::Cifar10 => cifar10::load_dir(self.require_path()?),
             DatasetKind::Gtsrb => gtsrb::load_dir(self.require_path()?, self.image_size),
             DatasetKind::Folder => folder::load_dir(self.require_path()?, self.image_size),
             DatasetKind::Synthetic => Ok(synthetic::generate(&self.synthetic)),
+        }?;
+        for (set, which) in [(&data.train, "training"), (&data.test, "test")] {
+            if set.is_empty() {
+                let path = self.path.clone().unwrap_or_else(|| "synthetic".into());
+                return Err(Error::NoData {
+                    path,
+                    reason: format!("the {which} set holds no image"),
+                });
+            }
         }
+        Ok(data)
     }
 
     /// The model normalisation the method spec prescribes for this data.

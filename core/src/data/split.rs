@@ -76,6 +76,17 @@ pub fn holdout(set: &ImageSet, fraction: f64, seed: u64) -> Result<Split> {
         rng.shuffle(members);
         held_out.extend_from_slice(&members[..quota[c]]);
     }
+    if set.len() - held_out.len() < 2 {
+        return Err(Error::config(
+            "holdout",
+            format!(
+                "holding out {} of {} training images leaves {}; at least 2 must remain to train on",
+                held_out.len(),
+                set.len(),
+                set.len() - held_out.len()
+            ),
+        ));
+    }
     Ok(complement(set.len(), held_out))
 }
 

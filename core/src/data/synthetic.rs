@@ -4,8 +4,9 @@
 //! plus per-image noise and a random offset: easy to learn, yet not learnable from a single
 //! pixel, and the same bytes for the same config on every machine.
 
-use super::{ImageSet, TrainTest};
+use super::{ImageSet, TrainTest, check_side};
 use crate::rng::Rng;
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Sizes and seed of the synthetic set.
@@ -27,6 +28,51 @@ impl Default for SyntheticConfig {
             side: 32,
             seed: 0,
         }
+    }
+}
+
+/// The most images one synthetic split may hold: ten times CIFAR-10's training set, far beyond any
+/// smoke run, and small enough that a typo cannot ask for terabytes.
+pub const MAX_IMAGES: usize = 1_000_000;
+
+/// The most bytes a synthetic data set may occupy in memory (both splits).
+const MAX_BYTES: usize = 8 << 30;
+
+impl SyntheticConfig {
+    /// Checks sizes before anything is allocated.
+    pub fn validate(&self) -> Result<()> {
+        for (name, n) in [
+            ("synthetic-train", self.train_size),
+            ("synthetic-test", self.test_size),
+        ] {
+            if n == 0 || n > MAX_IMAGES {
+                return Err(Error::config(
+                    name,
+                    format!("must be in 1..={MAX_IMAGES} images; got {n}"),
+                ));
+            }
+        }
+        if !(2..=1000).contains(&self.num_classes) {
+            return Err(Error::config(
+                "synthetic-classes",
+                format!("must be in 2..=1000; got {}", self.num_classes),
+            ));
+        }
+        check_side("synthetic-side", self.side)?;
+        let bytes = (self.train_size + self.test_size) * 3 * self.side * self.side;
+        if bytes > MAX_BYTES {
+            return Err(Error::config(
+                "synthetic-train",
+                format!(
+                    "{} + {} images of {s}x{s} would take {:.1} GiB; the limit is 8 GiB",
+                    self.train_size,
+                    self.test_size,
+                    bytes as f64 / (1u64 << 30) as f64,
+                    s = self.side
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -100,5 +146,59 @@ mod tests {
         assert_ne!(a.train.pixels, a.test.pixels[..].repeat(2));
         let c = generate(&SyntheticConfig { seed: 1, ..cfg });
         assert_ne!(a.train.pixels, c.train.pixels);
+    }
+
+    #[test]
+    fn sizes_are_checked_before_allocation() {
+        let ok = SyntheticConfig::default();
+        assert!(ok.validate().is_ok());
+        for (cfg, flag) in [
+            (
+                SyntheticConfig {
+                    train_size: 0,
+                    ..ok.clone()
+                },
+                "synthetic-train",
+            ),
+            (
+                SyntheticConfig {
+                    test_size: 0,
+                    ..ok.clone()
+                },
+                "synthetic-test",
+            ),
+            (
+                SyntheticConfig {
+                    num_classes: 1,
+                    ..ok.clone()
+                },
+                "synthetic-classes",
+            ),
+            (
+                SyntheticConfig {
+                    side: 0,
+                    ..ok.clone()
+                },
+                "synthetic-side",
+            ),
+            (
+                SyntheticConfig {
+                    side: 100_000,
+                    ..ok.clone()
+                },
+                "synthetic-side",
+            ),
+            (
+                SyntheticConfig {
+                    train_size: MAX_IMAGES,
+                    side: 1024,
+                    ..ok.clone()
+                },
+                "synthetic-train",
+            ),
+        ] {
+            let err = cfg.validate().expect_err(flag).to_string();
+            assert!(err.contains(flag), "{err}");
+        }
     }
 }

@@ -144,8 +144,13 @@ impl KdConfig {
         if let Some(reason) = self.temperature.check() {
             return Err(Error::config("temperature", reason));
         }
+        if self.eval_batch_size == 0 {
+            return Err(Error::config("eval-batch-size", "must be positive"));
+        }
         crate::train::sgd::check_lr(self.lr)?;
-        self.sgd.validate()
+        self.sgd.validate()?;
+        self.init.validate()?;
+        self.augment.validate()
     }
 
     /// The settings that differ from the method's defaults, for table columns.

@@ -59,8 +59,12 @@ impl FtConfig {
                 format!("expected at least 2, got {}", self.batch_size),
             ));
         }
+        if self.eval_batch_size == 0 {
+            return Err(Error::config("eval-batch-size", "must be positive"));
+        }
         crate::train::sgd::check_lr(self.lr)?;
-        self.sgd.validate()
+        self.sgd.validate()?;
+        self.augment.validate()
     }
 
     /// The settings that differ from the method's defaults, for table columns.

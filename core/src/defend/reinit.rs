@@ -25,6 +25,7 @@ pub fn scale_ratios(ratios: [f64; 6], scale: f64) -> Result<[f64; 6]> {
             format!("expected a positive number, got {scale}"),
         ));
     }
+    InitMode::Adaptive { ratios }.validate()?;
     Ok(ratios.map(|r| (r * scale).min(1.0)))
 }
 
@@ -68,6 +69,30 @@ impl InitMode {
                 InitMode::Single { stage, ratios }
             }
         })
+    }
+
+    /// Checks the ratios (fractions in `[0, 1]`) and the stage of `single:N` (1 to 4).
+    pub fn validate(&self) -> Result<()> {
+        let ratios = match self {
+            InitMode::Adaptive { ratios } | InitMode::Uniform { ratios } => ratios,
+            InitMode::Single { stage, ratios } => {
+                if !(1..=4).contains(stage) {
+                    return Err(Error::config(
+                        "init",
+                        format!("single:{stage}: the stage must be 1 to 4"),
+                    ));
+                }
+                ratios
+            }
+            InitMode::None | InitMode::Fresh => return Ok(()),
+        };
+        if ratios.iter().any(|r| !(0.0..=1.0).contains(r)) {
+            return Err(Error::config(
+                "ratios",
+                format!("expected six fractions in [0, 1] (stem, stage 1-4, fc); got {ratios:?}"),
+            ));
+        }
+        Ok(())
     }
 
     /// The per-group probabilities for groups of `sizes` elements.

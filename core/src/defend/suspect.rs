@@ -61,6 +61,9 @@ pub fn load_model<F: RunFiles + ?Sized>(
             format!("not a model configuration: {e}"),
         )
     })?;
+    config
+        .validate()
+        .map_err(|e| Error::artifact(files.path(files::MODEL_CONFIG), e.to_string()))?;
     let weights = files.need(files::MODEL, "the model's weights")?;
     let model = model_from_bytes(config.init(device), weights, &files.path(files::MODEL))?;
     Ok((config, model.valid()))
@@ -159,10 +162,10 @@ impl Suspect {
             }
         };
         let data = spec.load()?;
-        let holdout = split
-            .as_ref()
-            .ok()
-            .map(|s| data.train.subset(&s.split.held_out));
+        let holdout = match &split {
+            Ok(s) => Some(s.held_out_of(&data.train, &dir.join(files::SPLIT))?),
+            Err(_) => None,
+        };
         let test = data.test;
         let num_classes = config.num_classes;
         if test.num_classes != num_classes {
@@ -213,12 +216,20 @@ impl Suspect {
 
     /// The held-out split of the suspect's training set: the defender's data.
     pub fn holdout(&self) -> Result<ImageSet> {
-        self.holdout.clone().ok_or_else(|| {
-            Error::artifact(
-                self.dir.join(files::SPLIT),
+        let path = self.dir.join(files::SPLIT);
+        match &self.holdout {
+            None => Err(Error::artifact(
+                path,
                 "no split file: the model's run held out no defender data",
-            )
-        })
+            )),
+            Some(h) if h.is_empty() => Err(Error::NoData {
+                path,
+                reason: "the model's run held out no image (trained with --holdout 0); a \
+                         defense needs the held-out images"
+                    .into(),
+            }),
+            Some(h) => Ok(h.clone()),
+        }
     }
 
     /// Writes into `out` what makes a model derived from this one evaluate like it: the split

@@ -43,6 +43,22 @@ impl Normalization {
         }
     }
 
+    /// Checks that every mean is finite and every std finite and positive.
+    pub fn validate(&self) -> crate::Result<()> {
+        let ok = self.mean.iter().all(|m| m.is_finite())
+            && self.std.iter().all(|s| s.is_finite() && *s > 0.0);
+        if !ok {
+            return Err(crate::Error::config(
+                "normalization",
+                format!(
+                    "means must be finite and stds finite and positive; got mean {:?}, std {:?}",
+                    self.mean, self.std
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Applies the normalisation to `[N, 3, H, W]` images.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         if *self == Normalization::identity() {
@@ -76,6 +92,27 @@ impl Architecture {
     }
 }
 
+/// The widest network any command builds (`--width`, `--iab-width`).
+///
+/// Parameters and activations grow with the square of the width: 512 (8x the standard ResNet-18)
+/// is already about 700 M parameters, so anything above is a typo that would otherwise end in an
+/// allocation failure with a backtrace.
+pub const MAX_WIDTH: usize = 512;
+
+/// The most classes a model may have: labels are stored as `u16`.
+pub const MAX_CLASSES: usize = u16::MAX as usize;
+
+/// Checks a width setting: `1..=MAX_WIDTH`.
+pub fn check_width(name: &str, width: usize) -> crate::Result<()> {
+    if width == 0 || width > MAX_WIDTH {
+        return Err(crate::Error::config(
+            name,
+            format!("must be in 1..={MAX_WIDTH}; got {width}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Everything needed to rebuild a classifier before loading its weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -87,6 +124,18 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Checks width, classes and normalisation before anything is allocated.
+    pub fn validate(&self) -> crate::Result<()> {
+        check_width("width", self.width)?;
+        if !(2..=MAX_CLASSES).contains(&self.num_classes) {
+            return Err(crate::Error::config(
+                "num_classes",
+                format!("must be in 2..={MAX_CLASSES}; got {}", self.num_classes),
+            ));
+        }
+        self.normalization.validate()
+    }
+
     /// Builds a classifier initialised from `seed` alone ([`init::SeededInit`]): the same
     /// weights on every device and in every thread.
     pub fn init_seeded(&self, device: &Device, seed: u64) -> Classifier {

@@ -71,8 +71,8 @@ impl TrainConfig {
 
     /// Checks ranges before any work starts.
     pub fn validate(&self) -> Result<()> {
+        crate::model::check_width("width", self.width)?;
         let positive = [
-            ("width", self.width),
             ("epochs", self.epochs),
             ("batch-size", self.batch_size),
             ("eval-batch-size", self.eval_batch_size),
@@ -104,7 +104,8 @@ impl TrainConfig {
                 format!("must be in [0, 1); got {}", self.holdout),
             ));
         }
-        Ok(())
+        self.data.validate()?;
+        self.augment.validate()
     }
 
     fn model_config(&self, num_classes: usize) -> ModelConfig {
@@ -191,6 +192,22 @@ pub struct SplitFile {
     pub seed: u64,
     pub holdout: f64,
     pub split: Split,
+}
+
+impl SplitFile {
+    /// The held-out images of `train` (the training set this file's data spec reads), after
+    /// checking that every index is inside it: a foreign or edited split file is an error naming
+    /// `path`, never an out-of-range panic.
+    pub fn held_out_of(&self, train: &ImageSet, path: &Path) -> Result<ImageSet> {
+        let n = train.len();
+        if let Some(&bad) = self.split.held_out.iter().find(|&&i| i >= n) {
+            return Err(Error::artifact(
+                path,
+                format!("held-out index {bad} is outside the training set of {n} images"),
+            ));
+        }
+        Ok(train.subset(&self.split.held_out))
+    }
 }
 
 /// Trains a classifier as `config` says, writing everything into `out`.
@@ -420,7 +437,8 @@ pub fn load_run_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
 
 /// The held-out images of a run (the defender's clean data), read from its split file.
 pub fn load_holdout(dir: &Path) -> Result<ImageSet> {
-    let split: SplitFile = read_json(&dir.join(files::SPLIT))?;
+    let path = dir.join(files::SPLIT);
+    let split: SplitFile = read_json(&path)?;
     let data = split.data.load()?;
-    Ok(data.train.subset(&split.split.held_out))
+    split.held_out_of(&data.train, &path)
 }

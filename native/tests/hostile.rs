@@ -1,0 +1,281 @@
+//! Bad settings and foreign files, tried as a hostile user would: each is refused before any
+//! work with one short message naming the flag or file and what was expected, never a panic, and
+//! nothing is created or overwritten.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn cleanse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cleanse"))
+        .args(args)
+        .output()
+        .expect("run cleanse")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A refusal: a failed exit, no panic or backtrace, one short error naming all of `needles`.
+fn assert_refused(o: &Output, needles: &[&str], what: &str) -> String {
+    let err = stderr(o);
+    assert!(!o.status.success(), "{what}: accepted\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{what}: panicked\n{err}"
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{what}: no `error:` line\n{err}"));
+    assert!(
+        line.len() < 400,
+        "{what}: {} characters of error\n{line}",
+        line.len()
+    );
+    for n in needles {
+        assert!(line.contains(n), "{what}: `{n}` not in\n{line}");
+    }
+    line.to_string()
+}
+
+/// `command` on tiny synthetic data; `extra` flags replace the defaults of the same name.
+fn tiny(command: &[&str], out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+    let defaults = [
+        ("--dataset", "synthetic"),
+        ("--synthetic-train", "64"),
+        ("--synthetic-test", "32"),
+        ("--width", "4"),
+        ("--epochs", "1"),
+        ("--batch-size", "16"),
+        ("--device", "cpu"),
+        ("--threads", "1"),
+    ];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            v.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v.push("--out".into());
+    v.push(out.display().to_string());
+    v
+}
+
+fn run(args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cleanse(&args)
+}
+
+#[test]
+fn bad_training_and_attack_settings_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cases: &[(&[&str], &[&str], &[&str])] = &[
+        (&["train"], &["--width", "100000"], &["width", "1..=512"]),
+        (&["train"], &["--width", "0"], &["width", "1..=512"]),
+        (
+            &["train"],
+            &["--synthetic-train", "0"],
+            &["synthetic-train"],
+        ),
+        (&["train"], &["--synthetic-test", "0"], &["synthetic-test"]),
+        (
+            &["train"],
+            &["--holdout", "0.999"],
+            &["holdout", "at least 2"],
+        ),
+        (&["train"], &["--crop-padding", "100000"], &["crop-padding"]),
+        (&["train"], &["--weight-decay=-1"], &["weight-decay"]),
+        (&["train"], &["--momentum", "nan"], &["momentum"]),
+        (&["train"], &["--gamma=-1"], &["gamma"]),
+        (&["train"], &["--milestones", "3,1"], &["milestones"]),
+        (&["train"], &["--lr", "nan"], &["lr"]),
+        (&["train"], &["--threads", "100000"], &["--threads"]),
+        (
+            &["attack", "sig"],
+            &["--sig-delta=-20"],
+            &["sig-delta", "1/255"],
+        ),
+        (&["attack", "lc"], &["--lc-eps=-8"], &["lc-eps"]),
+        (&["attack", "lc"], &["--lc-steps", "0"], &["lc-steps"]),
+        (
+            &["attack", "iab"],
+            &["--iab-width", "0"],
+            &["iab-width", "1..=512"],
+        ),
+        (&["attack", "wanet"], &["--wanet-s", "nan"], &["wanet-s"]),
+        (
+            &["attack", "wanet"],
+            &["--wanet-k", "40"],
+            &["wanet-k", "32x32"],
+        ),
+        (
+            &["attack", "blended"],
+            &["--blend-alpha", "nan"],
+            &["blend-alpha"],
+        ),
+        (
+            &["attack", "badnets"],
+            &["--width", "100000"],
+            &["width", "1..=512"],
+        ),
+    ];
+    for (i, (command, extra, needles)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("run{i}"));
+        let what = format!("{command:?} {extra:?}");
+        let o = run(&tiny(command, &out, extra));
+        assert_refused(&o, needles, &what);
+        assert!(!out.exists(), "{what}: left {}", out.display());
+    }
+}
+
+/// A tiny trained run to evaluate.
+fn trained(root: &Path) -> PathBuf {
+    let out = root.join("run");
+    let o = run(&tiny(&["train"], &out, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
+
+fn eval(model: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "eval".to_string(),
+        "--model".into(),
+        model.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+        "--threads".into(),
+        "1".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run(&args)
+}
+
+#[test]
+fn eval_never_overwrites_run_files_nor_existing_files_without_force() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run_dir = trained(tmp.path());
+    let report = run_dir.join("report.json");
+    let before = std::fs::read(&report).expect("report");
+    for target in [
+        report.clone(),
+        run_dir.join("model.json"),
+        run_dir.join("checkpoint").join("eval.json"),
+    ] {
+        let t = target.display().to_string();
+        let o = eval(&run_dir, &["--out", &t, "--force"]);
+        assert_refused(&o, &["refusing", "run directory"], &t);
+    }
+    assert_eq!(std::fs::read(&report).expect("report"), before);
+
+    let existing = tmp.path().join("result.json");
+    std::fs::write(&existing, b"mine").expect("write");
+    let e = existing.display().to_string();
+    let o = eval(&run_dir, &["--out", &e]);
+    assert_refused(&o, &["exists", "--force"], "existing --out");
+    assert_eq!(std::fs::read(&existing).expect("read"), b"mine");
+    let o = eval(&run_dir, &["--out", &e, "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&existing).expect("read")).expect("json");
+    assert!(v["clean_acc"].is_number(), "{v}");
+    // Beside the run's own files, a new name is fine.
+    let beside = run_dir.join("eval.json").display().to_string();
+    let o = eval(&run_dir, &["--out", &beside]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+fn copy_run(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for f in ["model.json", "model.bpk", "split.json", "report.json"] {
+        std::fs::copy(from.join(f), to.join(f)).expect("copy");
+    }
+}
+
+fn set_width(dir: &Path, width: u64) {
+    let p = dir.join("model.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&p).expect("read")).expect("json");
+    v["width"] = width.into();
+    std::fs::write(&p, serde_json::to_vec(&v).expect("json")).expect("write");
+}
+
+#[test]
+fn foreign_model_files_give_one_readable_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run_dir = trained(tmp.path());
+
+    let wide = tmp.path().join("wide");
+    copy_run(&run_dir, &wide);
+    set_width(&wide, 8);
+    let line = assert_refused(
+        &eval(&wide, &[]),
+        &[
+            "model.bpk",
+            "stem_conv.weight",
+            "[8, 3, 3, 3]",
+            "[4, 3, 3, 3]",
+        ],
+        "width 8 in model.json, width-4 weights",
+    );
+    assert!(
+        line.contains("more"),
+        "the other mismatches are counted: {line}"
+    );
+
+    let huge = tmp.path().join("huge");
+    copy_run(&run_dir, &huge);
+    set_width(&huge, 100_000);
+    assert_refused(
+        &eval(&huge, &[]),
+        &["model.json", "1..=512"],
+        "width 100000 in model.json",
+    );
+
+    let missing = tmp.path().join("no-such-run");
+    assert_refused(
+        &eval(&missing, &[]),
+        &["no-such-run", "model.json: missing"],
+        "missing model dir",
+    );
+
+    // An OS error is printed once, not once more as its own "cause".
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let under_file = file.join("run");
+    let line = assert_refused(
+        &run(&tiny(&["train"], &under_file, &[])),
+        &["a-file", "Not a directory"],
+        "--out under a file",
+    );
+    assert_eq!(line.matches("Not a directory").count(), 1, "{line}");
+}
+
+#[test]
+fn bad_defense_settings_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = trained(tmp.path());
+    let m = model.display().to_string();
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        ("kd", &["--lr", "nan"], &["lr"]),
+        ("kd", &["--ratios", "2,0,0,0,0,0"], &["ratios", "[0, 1]"]),
+        ("kd", &["--temperature", "4,nan"], &["temperature"]),
+        ("kd", &["--weight-decay=-1"], &["weight-decay"]),
+        ("kd", &["--crop-padding", "100000"], &["crop-padding"]),
+        ("ft", &["--lr=-1"], &["lr"]),
+        ("ft", &["--crop-padding", "5000"], &["crop-padding"]),
+    ];
+    for (i, (method, extra, needles)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("defended{i}"));
+        let mut args: Vec<String> = ["defend", method, "--model", &m, "--device", "cpu"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--out".to_string(), out.display().to_string()]);
+        let what = format!("defend {method} {extra:?}");
+        assert_refused(&run(&args), needles, &what);
+        assert!(!out.exists(), "{what}: left {}", out.display());
+    }
+}
