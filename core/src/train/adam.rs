@@ -104,6 +104,11 @@ impl Adam {
         }
     }
 
+    /// The moments by key (`m:PATH`, `v:PATH`).
+    pub fn moments(&self) -> impl Iterator<Item = (&String, &Tensor<1>)> {
+        self.moments.iter()
+    }
+
     /// One update with learning rate `lr` of every parameter of `module` that has a gradient.
     pub fn step<M: Module>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
         self.step += 1;

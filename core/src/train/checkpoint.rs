@@ -12,8 +12,9 @@ use crate::train::sgd::Sgd;
 use crate::{Error, Result};
 use burn::module::Module;
 use burn::prelude::*;
-use burn::store::ModuleRecord;
+use burn::store::{ModuleRecord, RecordError};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Version of the checkpoint layout.
@@ -51,11 +52,78 @@ pub fn load_model<M: Module>(model: M, path: &Path) -> Result<M> {
 
 /// Loads weights from the bytes of a model file (`name` is what errors call it) into `model`.
 pub fn model_from_bytes<M: Module>(model: M, bytes: Vec<u8>, name: &Path) -> Result<M> {
-    let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-        .map_err(|e| Error::artifact(name, format!("not a model file: {e:?}")))?;
+    let record =
+        ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| {
+            Error::artifact(name, format!("not a model file: {}", record_error_line(&e)))
+        })?;
+    // Cast to the module's dtype: a record claiming another dtype (same byte length, e.g. i32
+    // for f32) must not put integers into a float parameter.
     model
-        .try_load_record(record)
-        .map_err(|e| Error::artifact(name, format!("weights do not fit this model: {e:?}")))
+        .try_load_record(record.cast_to_module_dtype())
+        .map_err(|e| {
+            Error::artifact(
+                name,
+                format!("weights do not fit this model: {}", record_error_line(&e)),
+            )
+        })
+}
+
+/// One readable line for a Burn record error. Burn lists every mismatched or missing tensor in
+/// one `Debug`-formatted vector (thousands of characters for a model of the wrong width); this
+/// keeps the first, with both shapes, and counts the rest.
+fn record_error_line(e: &RecordError) -> String {
+    let msg = match e {
+        RecordError::Io(m) | RecordError::Validation(m) => m,
+    };
+    for (prefix, what) in [
+        ("Apply errors: ", "mismatched"),
+        ("Missing tensors: ", "missing"),
+    ] {
+        if let Some(list) = msg.strip_prefix(prefix) {
+            let items = quoted_items(list);
+            let Some(first) = items.first() else { break };
+            let first = first.replace("Shape { dims: ", "").replace("] }", "]");
+            let first = if what == "missing" {
+                format!("tensor `{first}` missing from the file")
+            } else {
+                first
+            };
+            return match items.len() - 1 {
+                0 => first,
+                more => format!("{first} (and {more} more {what})"),
+            };
+        }
+    }
+    first_chars(msg, 300)
+}
+
+/// The strings of a `Debug`-formatted `Vec<String>` (`["a", "b\"c"]`), unescaped.
+fn quoted_items(list: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut item = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => item.extend(chars.next()),
+                '"' => break,
+                c => item.push(c),
+            }
+        }
+        items.push(item);
+    }
+    items
+}
+
+/// At most `n` characters of `s`, marked when cut.
+fn first_chars(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 /// An optimiser whose state is checkpointed next to the weights it steps.
@@ -64,6 +132,8 @@ pub trait OptimizerState {
     fn state_bytes(&self) -> Vec<u8>;
     /// Restores what [`OptimizerState::state_bytes`] wrote (`path` names the file in errors).
     fn load_state_bytes(&mut self, path: &Path, bytes: &[u8], device: &Device) -> Result<()>;
+    /// Why the state does not fit parameters of `sizes` (by path), if it does not.
+    fn check_sizes(&self, sizes: &BTreeMap<String, usize>) -> Option<String>;
 }
 
 impl OptimizerState for Sgd {
@@ -73,6 +143,9 @@ impl OptimizerState for Sgd {
     fn load_state_bytes(&mut self, path: &Path, bytes: &[u8], device: &Device) -> Result<()> {
         self.load_bytes(path, bytes, device)
     }
+    fn check_sizes(&self, sizes: &BTreeMap<String, usize>) -> Option<String> {
+        check_buffer_sizes(self.buffers().map(|(k, t)| (k.as_str(), t)), sizes)
+    }
 }
 
 impl OptimizerState for Adam {
@@ -81,6 +154,14 @@ impl OptimizerState for Adam {
     }
     fn load_state_bytes(&mut self, path: &Path, bytes: &[u8], device: &Device) -> Result<()> {
         self.load_bytes(path, bytes, device)
+    }
+    fn check_sizes(&self, sizes: &BTreeMap<String, usize>) -> Option<String> {
+        // Moments are kept as `m:PATH` and `v:PATH`.
+        let moments = self.moments().map(|(k, t)| {
+            let path = k.split_once(':').map_or(k.as_str(), |(_, p)| p);
+            (path, t)
+        });
+        check_buffer_sizes(moments, sizes)
     }
 }
 
@@ -110,7 +191,62 @@ pub fn load_with_optimizer<M: Module, O: OptimizerState>(
     let path = dir.join(optimizer_file);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     optimizer.load_state_bytes(&path, &bytes, device)?;
+    if let Some(reason) = optimizer.check_sizes(&param_sizes(&module)) {
+        return Err(Error::artifact(path, format!("optimizer state: {reason}")));
+    }
     Ok(module)
+}
+
+/// The number of elements of each float tensor of `module`, by path (the names optimisers keep
+/// their state under).
+pub fn param_sizes<M: Module>(module: &M) -> BTreeMap<String, usize> {
+    struct Sizes {
+        path: Vec<String>,
+        sizes: BTreeMap<String, usize>,
+    }
+    impl burn::module::ModuleVisitor for Sizes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.sizes
+                .insert(self.path.join("."), param.lazy_shape().num_elements());
+        }
+    }
+    let mut v = Sizes {
+        path: Vec::new(),
+        sizes: BTreeMap::new(),
+    };
+    module.visit(&mut v);
+    v.sizes
+}
+
+/// Why optimiser state `buffers` (by parameter path) does not fit parameters of `sizes`, if it
+/// does not: a buffer for a parameter the model lacks, or of another length.
+pub(crate) fn check_buffer_sizes<'a>(
+    buffers: impl IntoIterator<Item = (&'a str, &'a Tensor<1>)>,
+    sizes: &BTreeMap<String, usize>,
+) -> Option<String> {
+    for (key, t) in buffers {
+        let n = t.dims()[0];
+        match sizes.get(key) {
+            None => {
+                return Some(format!(
+                    "a buffer for `{key}`, which the model does not have"
+                ));
+            }
+            Some(&want) if want != n => {
+                return Some(format!(
+                    "the buffer of `{key}` has {n} values; the parameter has {want}"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 /// Removes the files of `dir` whose names start with one of `prefixes`, except those named in
@@ -159,5 +295,48 @@ pub fn load_state(dir: &Path) -> Result<CheckpointState> {
             ),
         ));
     }
+    for name in [&state.model_file, &state.optimizer_file] {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.contains(['/', '\\'])
+            && Path::new(name).file_name() == Some(std::ffi::OsStr::new(name));
+        if !plain {
+            return Err(Error::artifact(
+                path,
+                format!("`{name}` is not a file name inside the checkpoint folder"),
+            ));
+        }
+    }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_errors_become_one_line_naming_the_first_tensor() {
+        let e = RecordError::Validation(format!(
+            "Apply errors: {:?}",
+            vec![
+                "stem_conv.weight: shape mismatch, expected Shape { dims: [8, 3, 3, 3] } but \
+                 record has Shape { dims: [4, 3, 3, 3] }"
+                    .to_string(),
+                "stem_bn.gamma: shape mismatch".to_string(),
+                "x \"quoted\"".to_string(),
+            ]
+        ));
+        assert_eq!(
+            record_error_line(&e),
+            "stem_conv.weight: shape mismatch, expected [8, 3, 3, 3] but record has \
+             [4, 3, 3, 3] (and 2 more mismatched)"
+        );
+        let e = RecordError::Validation(format!("Missing tensors: {:?}", vec!["fc.bias"]));
+        assert_eq!(
+            record_error_line(&e),
+            "tensor `fc.bias` missing from the file"
+        );
+        let long = RecordError::Io("x".repeat(1000));
+        assert_eq!(record_error_line(&long).len(), 303);
+    }
 }

@@ -158,6 +158,11 @@ impl Sgd {
         module.map(&mut mapper)
     }
 
+    /// The momentum buffers by parameter path.
+    pub fn buffers(&self) -> impl Iterator<Item = (&String, &Tensor<1>)> {
+        self.buffers.iter()
+    }
+
     /// Number of momentum buffers held.
     pub fn num_buffers(&self) -> usize {
         self.buffers.len()
@@ -203,8 +208,9 @@ pub(crate) fn decode_buffers(
     let bad = |reason: &str| Error::artifact(path, format!("optimizer state: {reason}"));
     let mut pos = 0usize;
     let mut take = |n: usize| -> Result<&[u8]> {
-        let s = bytes.get(pos..pos + n).ok_or_else(|| bad("truncated"))?;
-        pos += n;
+        let end = pos.checked_add(n).ok_or_else(|| bad("bad length"))?;
+        let s = bytes.get(pos..end).ok_or_else(|| bad("truncated"))?;
+        pos = end;
         Ok(s)
     };
     if take(8)? != magic {
@@ -226,6 +232,9 @@ pub(crate) fn decode_buffers(
             key,
             Tensor::<1>::from_data(TensorData::new(values, [n]), device),
         );
+    }
+    if pos != bytes.len() {
+        return Err(bad("trailing bytes after the last buffer"));
     }
     Ok(buffers)
 }
