@@ -113,6 +113,33 @@ pub fn check_width(name: &str, width: usize) -> crate::Result<()> {
     Ok(())
 }
 
+/// The number of elements of each float tensor of `module`, by its dotted path (the names
+/// optimisers keep their state under).
+pub fn param_sizes<M: Module>(module: &M) -> std::collections::BTreeMap<String, usize> {
+    struct Sizes {
+        path: Vec<String>,
+        sizes: std::collections::BTreeMap<String, usize>,
+    }
+    impl burn::module::ModuleVisitor for Sizes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.sizes
+                .insert(self.path.join("."), param.lazy_shape().num_elements());
+        }
+    }
+    let mut v = Sizes {
+        path: Vec::new(),
+        sizes: Default::default(),
+    };
+    module.visit(&mut v);
+    v.sizes
+}
+
 /// Everything needed to rebuild a classifier before loading its weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -198,30 +225,17 @@ impl Classifier {
     /// Number of trainable parameters (weights and biases; batch-norm running statistics are
     /// state, not parameters, as in PyTorch's `parameters()`).
     pub fn num_trainable_params(&self) -> usize {
-        struct Count {
-            path: Vec<String>,
-            total: usize,
-        }
-        impl burn::module::ModuleVisitor for Count {
-            fn enter_module(&mut self, name: &str, _container_type: &str) {
-                self.path.push(name.to_string());
-            }
-            fn exit_module(&mut self, _name: &str, _container_type: &str) {
-                self.path.pop();
-            }
-            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-                let leaf = self.path.last().map(String::as_str).unwrap_or("");
-                if !leaf.starts_with("running_") {
-                    self.total += param.lazy_shape().num_elements();
-                }
-            }
-        }
-        let mut c = Count {
-            path: Vec::new(),
-            total: 0,
-        };
-        self.visit(&mut c);
-        c.total
+        param_sizes(self)
+            .iter()
+            .filter(|(path, _)| {
+                !path
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("")
+                    .starts_with("running_")
+            })
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Stage outputs, penultimate features and logits.

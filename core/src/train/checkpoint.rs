@@ -191,37 +191,10 @@ pub fn load_with_optimizer<M: Module, O: OptimizerState>(
     let path = dir.join(optimizer_file);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     optimizer.load_state_bytes(&path, &bytes, device)?;
-    if let Some(reason) = optimizer.check_sizes(&param_sizes(&module)) {
+    if let Some(reason) = optimizer.check_sizes(&crate::model::param_sizes(&module)) {
         return Err(Error::artifact(path, format!("optimizer state: {reason}")));
     }
     Ok(module)
-}
-
-/// The number of elements of each float tensor of `module`, by path (the names optimisers keep
-/// their state under).
-pub fn param_sizes<M: Module>(module: &M) -> BTreeMap<String, usize> {
-    struct Sizes {
-        path: Vec<String>,
-        sizes: BTreeMap<String, usize>,
-    }
-    impl burn::module::ModuleVisitor for Sizes {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            self.sizes
-                .insert(self.path.join("."), param.lazy_shape().num_elements());
-        }
-    }
-    let mut v = Sizes {
-        path: Vec::new(),
-        sizes: BTreeMap::new(),
-    };
-    module.visit(&mut v);
-    v.sizes
 }
 
 /// Why optimiser state `buffers` (by parameter path) does not fit parameters of `sizes`, if it

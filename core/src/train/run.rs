@@ -72,9 +72,16 @@ impl TrainConfig {
     /// Checks ranges before any work starts.
     pub fn validate(&self) -> Result<()> {
         crate::model::check_width("width", self.width)?;
+        // A batch of one image is dropped (batch norm needs two), so batches of 1 would train on
+        // nothing.
+        if self.batch_size < 2 {
+            return Err(Error::config(
+                "batch-size",
+                format!("expected at least 2, got {}", self.batch_size),
+            ));
+        }
         let positive = [
             ("epochs", self.epochs),
-            ("batch-size", self.batch_size),
             ("eval-batch-size", self.eval_batch_size),
         ];
         for (name, v) in positive {
