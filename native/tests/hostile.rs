@@ -79,6 +79,11 @@ fn bad_training_and_attack_settings_are_refused_before_any_work() {
             &["--synthetic-train", "0"],
             &["synthetic-train"],
         ),
+        (
+            &["train"],
+            &["--batch-size", "1"],
+            &["batch-size", "at least 2"],
+        ),
         (&["train"], &["--synthetic-test", "0"], &["synthetic-test"]),
         (
             &["train"],
