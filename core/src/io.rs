@@ -4,16 +4,35 @@ use crate::{Error, Result};
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, fsync, then rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
+/// The folder `path` lies in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(path, e))?;
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, fsync, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_temp(path, bytes, true)
+}
+
+/// [`write_atomic`] that never replaces a file: if `path` exists at the moment of the rename,
+/// nothing is written and the error is [`Error::Io`] of kind `AlreadyExists`.
+pub fn write_atomic_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_temp(path, bytes, false)
+}
+
+fn write_via_temp(path: &Path, bytes: &[u8], replace: bool) -> Result<()> {
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(parent_dir(path)).map_err(|e| Error::io(path, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    let persisted = match replace {
+        true => tmp.persist(path),
+        false => tmp.persist_noclobber(path),
+    };
+    persisted.map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
 
@@ -53,6 +72,20 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names.len(), 1, "temporary file left behind: {names:?}");
+    }
+
+    #[test]
+    fn a_new_file_write_never_replaces_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.bin");
+        write_atomic_new(&p, b"first").expect("new");
+        let err = write_atomic_new(&p, b"second").expect_err("exists");
+        assert!(
+            matches!(&err, Error::Io { error, .. } if error.kind() == std::io::ErrorKind::AlreadyExists),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&p).expect("read"), b"first");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
     }
 
     #[test]

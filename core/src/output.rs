@@ -4,8 +4,7 @@
 use crate::attack::files as attack_files;
 use crate::engine::run_dir::files;
 use crate::{Error, Result};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The files a run directory owns: replacing one breaks the run (a changed report makes
 /// `summarize` reject it; a changed model no longer matches its report).
@@ -35,11 +34,7 @@ pub fn is_run_dir(dir: &Path) -> bool {
 /// directory, or lies inside one of its [`RUN_FOLDERS`]. Symbolic links and `..` are resolved
 /// first, so another spelling of the same file is caught too.
 pub fn run_file_reason(path: &Path) -> Option<String> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let parent = parent.canonicalize().ok()?;
+    let parent = crate::io::parent_dir(path).canonicalize().ok()?;
     let name = path.file_name()?.to_str()?;
     if RUN_FILES.contains(&name) && is_run_dir(&parent) {
         return Some(format!(
@@ -91,15 +86,8 @@ pub fn write_output(path: &Path, bytes: &[u8], flag: &str, force: bool) -> Resul
     if force {
         return crate::io::write_atomic(path, bytes);
     }
-    let dir: PathBuf = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.into(),
-        _ => ".".into(),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(path, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist_noclobber(path).map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+    crate::io::write_atomic_new(path, bytes).map_err(|e| match e {
+        Error::Io { error, .. } if error.kind() == std::io::ErrorKind::AlreadyExists => {
             Error::config(
                 flag,
                 format!(
@@ -107,11 +95,9 @@ pub fn write_output(path: &Path, bytes: &[u8], flag: &str, force: bool) -> Resul
                     path.display()
                 ),
             )
-        } else {
-            Error::io(path, e.error)
         }
-    })?;
-    Ok(())
+        e => e,
+    })
 }
 
 /// [`write_output`] of `value` as pretty JSON.
@@ -130,6 +116,7 @@ pub fn write_output_json<T: serde::Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn run_dir(root: &Path) -> PathBuf {
         let run = root.join("run");

@@ -379,13 +379,8 @@ impl Attack {
         self.config
             .validate(self.num_classes)
             .map_err(|e| e.to_string())?;
-        let [c, h, w] = self.image_shape;
-        let side = crate::data::MAX_IMAGE_SIDE;
-        if !(1..=4).contains(&c) || !(3..=side).contains(&h) || !(3..=side).contains(&w) {
-            return Err(format!(
-                "image shape {:?} out of range (1 to 4 channels, sides 3..={side})",
-                self.image_shape
-            ));
+        if let Some(reason) = trigger::image_shape_problem(self.image_shape) {
+            return Err(reason);
         }
         if let Some(t) = &self.trigger {
             if let Some(reason) = t.check() {
@@ -454,13 +449,12 @@ impl Attack {
         let mut attack: Attack = serde_json::from_str(text)
             .map_err(|e| Error::artifact(path, format!("invalid JSON: {e}")))?;
         // Before the grid's size is computed from it.
-        if let Some(shape) = attack.trigger.as_ref().map(Trigger::shape)
-            && (shape[0] > 4 || shape[1..].iter().any(|&s| s > crate::data::MAX_IMAGE_SIDE))
+        if let Some(reason) = attack
+            .trigger
+            .as_ref()
+            .and_then(|t| trigger::image_shape_problem(t.shape()))
         {
-            return Err(Error::artifact(
-                path,
-                format!("trigger shape {shape:?} out of range"),
-            ));
+            return Err(Error::artifact(path, format!("trigger: {reason}")));
         }
         if let Some(Trigger::Warp {
             grid,

@@ -9,6 +9,18 @@ use crate::rng::Rng;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// What is wrong with a `[C, H, W]` image shape read from a file, if anything: triggers need 1 to
+/// 4 channels and sides of 3 to [`crate::data::MAX_IMAGE_SIDE`] pixels.
+pub fn image_shape_problem([c, h, w]: [usize; 3]) -> Option<String> {
+    let sides = 3..=crate::data::MAX_IMAGE_SIDE;
+    (!(1..=4).contains(&c) || !sides.contains(&h) || !sides.contains(&w)).then(|| {
+        format!(
+            "image shape [{c}, {h}, {w}] out of range (1 to 4 channels, sides 3..={})",
+            crate::data::MAX_IMAGE_SIDE
+        )
+    })
+}
+
 /// BadNets' 3x3 pattern, the same on every channel (method spec).
 pub const BADNETS_PATTERN: [[f32; 3]; 3] = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]];
 
@@ -199,16 +211,11 @@ impl Trigger {
     /// What is wrong with a trigger read from a file, if anything: a shape out of range, a mask or
     /// pattern of the wrong length, or a parameter that is not a finite number in range.
     pub fn check(&self) -> Option<String> {
-        let [c, h, w] = self.shape();
-        if !(1..=4).contains(&c)
-            || !(3..=crate::data::MAX_IMAGE_SIDE).contains(&h)
-            || !(3..=crate::data::MAX_IMAGE_SIDE).contains(&w)
-        {
-            return Some(format!(
-                "trigger shape [{c}, {h}, {w}] out of range (1 to 4 channels, sides 3..={})",
-                crate::data::MAX_IMAGE_SIDE
-            ));
+        let shape = self.shape();
+        if let Some(reason) = image_shape_problem(shape) {
+            return Some(format!("trigger: {reason}"));
         }
+        let [c, h, w] = shape;
         let expect = |what: &str, len: usize, want: usize| {
             (len != want).then(|| format!("trigger {what} has {len} values; expected {want}"))
         };

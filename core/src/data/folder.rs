@@ -140,10 +140,14 @@ pub fn load_dir(dir: &Path, size: usize) -> Result<TrainTest> {
             reason: format!("found {} class folders; need at least 2", classes.len()),
         });
     }
-    if classes.len() > u16::MAX as usize {
+    if classes.len() > crate::model::MAX_CLASSES {
         return Err(Error::NoData {
             path: train_dir,
-            reason: "too many classes".into(),
+            reason: format!(
+                "{} class folders; at most {} classes",
+                classes.len(),
+                crate::model::MAX_CLASSES
+            ),
         });
     }
     Ok(TrainTest {
