@@ -149,6 +149,14 @@ fn resumable(out: &Path) -> bool {
     cleanse_core::train::checkpoint::resumable(&out.join("checkpoint"))
 }
 
+/// Starts `case` in `out` as a user continues a killed run: with `--resume` when the directory
+/// holds a started run, else with the original command. Returns the process and which it was.
+fn restart(case: &Case, out: &Path, logs: &Path, label: &str) -> (Proc, &'static str) {
+    let resume = resumable(out);
+    let p = Proc::spawn(case.argv(out, resume), out, logs, label);
+    (p, if resume { "--resume" } else { "new run" })
+}
+
 /// When a run is killed, counted from its start.
 #[derive(Clone, Copy, Debug)]
 enum Moment {
@@ -585,39 +593,29 @@ fn check(case: &Case, root: &Path, logs: &Path, seed: u64, trials: usize) -> Pat
         }
         let mut history: Vec<String> = Vec::new();
         for (k, &moment) in moments.iter().enumerate() {
-            let resume = resumable(&out);
-            let mut p = Proc::spawn(
-                case.argv(&out, resume),
+            let (mut p, how) = restart(
+                case,
                 &out,
                 logs,
                 &format!("{}-killed-{trial}-{k}", case.name),
             );
             let stop = p.stop_at(moment, &history);
             let line = format!(
-                "start {k} ({}): {moment}: {stop}; left: {}",
-                match resume {
-                    true => "--resume",
-                    false => "new run",
-                },
+                "start {k} ({how}): {moment}: {stop}; left: {}",
                 listing(&out)
             );
             eprintln!("kill test: {} trial {trial}: {line}", case.name);
             history.push(line);
         }
-        let resume = resumable(&out);
-        let mut p = Proc::spawn(
-            case.argv(&out, resume),
+        let (mut p, how) = restart(
+            case,
             &out,
             logs,
             &format!("{}-killed-{trial}-last", case.name),
         );
         let took = p.finish(&history);
         history.push(format!(
-            "last start ({}): finished after {:.1} ms",
-            match resume {
-                true => "--resume",
-                false => "new run",
-            },
+            "last start ({how}): finished after {:.1} ms",
             took.as_secs_f64() * 1e3
         ));
         eprintln!(
