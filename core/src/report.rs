@@ -4,6 +4,7 @@
 
 use crate::defend::Defense;
 use crate::defend::cleanse::KdConfig;
+use crate::defend::defense::Findings;
 use crate::defend::reinit::Realised;
 use crate::device::DeviceInfo;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,9 @@ pub struct DefenseRecord {
     /// The cleanser's realised re-initialisation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reinit: Option<Realised>,
+    /// What the defense found on the defender's data before training (Fine-Pruning's search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Findings>,
 }
 
 impl DefenseRecord {
@@ -53,6 +57,7 @@ impl DefenseRecord {
             start_clean_acc: f("student_init_clean_acc"),
             start_asr: f("student_init_asr"),
             reinit: serde_json::from_value(defense["init"].clone()).ok(),
+            findings: None,
         })
     }
 }
@@ -540,6 +545,7 @@ mod summary_tests {
             start_clean_acc: None,
             start_asr: None,
             reinit: None,
+            findings: None,
         });
         r
     }

@@ -8,8 +8,10 @@ use cleanse_core::data::augment::Augment;
 use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::defend::Defense;
 use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource};
+use cleanse_core::defend::fp::FpConfig;
 use cleanse_core::defend::ft::FtConfig;
 use cleanse_core::defend::kd::{PAPER_TEMPERATURE, TemperatureRange};
+use cleanse_core::defend::nad::{NadConfig, PAPER_BETAS};
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
 use cleanse_core::io::read_json;
 use cleanse_core::train::run::{SplitFile, files};
@@ -21,6 +23,12 @@ pub(crate) enum DefendCommand {
     Kd(KdArgs),
     /// Fine-tuning with cross-entropy on the defender's labelled held-out split.
     Ft(FtArgs),
+    /// Fine-Pruning: prune the last stage's least active channels while the defender's own
+    /// accuracy holds, then fine-tune with them kept at zero.
+    Fp(FpArgs),
+    /// Neural Attention Distillation: the suspect trained with cross-entropy and the attention
+    /// maps of a briefly fine-tuned copy of itself.
+    Nad(NadArgs),
 }
 
 /// The flags of every defense (defaults: the method spec's, the same for every method).
@@ -79,6 +87,34 @@ pub(crate) struct FtArgs {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct FpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Stop pruning before the step at which the accuracy on the defender's held-out images
+    /// has dropped by this fraction of the unpruned accuracy.
+    #[arg(long, default_value_t = 0.1)]
+    acc_drop: f64,
+    /// Channels pruned per step.
+    #[arg(long, default_value_t = 1)]
+    prune_step: usize,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct NadArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Epochs of the teacher's fine-tuning (the other settings are the student's).
+    #[arg(long, default_value_t = 10)]
+    teacher_epochs: usize,
+    /// Weights of the attention terms at the outputs of stages 2, 3, 4.
+    #[arg(long, value_delimiter = ',', default_values_t = PAPER_BETAS)]
+    betas: Vec<f64>,
+    /// The attention map's power: sum over channels of |f|^p.
+    #[arg(long, default_value_t = 2.0)]
+    p: f64,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct KdArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -117,7 +153,16 @@ pub(crate) struct KdArgs {
 pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     let (defense, common) = match cmd {
         DefendCommand::Kd(a) => (Defense::Kd(kd_config(a)?), &a.common),
-        DefendCommand::Ft(a) => (Defense::Ft(ft_config(a)?), &a.common),
+        DefendCommand::Ft(a) => (Defense::Ft(ft_config(&a.common)?), &a.common),
+        DefendCommand::Fp(a) => (
+            Defense::Fp(FpConfig {
+                ft: ft_config(&a.common)?,
+                acc_drop: a.acc_drop,
+                prune_step: a.prune_step,
+            }),
+            &a.common,
+        ),
+        DefendCommand::Nad(a) => (Defense::Nad(nad_config(a)?), &a.common),
     };
     defense.validate().map_err(|e| match e {
         cleanse_core::Error::Config { name, reason } => anyhow::anyhow!("--{name}: {reason}"),
@@ -144,8 +189,23 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     Ok(())
 }
 
-fn ft_config(a: &FtArgs) -> Result<FtConfig> {
-    let c = &a.common;
+fn nad_config(a: &NadArgs) -> Result<NadConfig> {
+    let Ok(betas) = <[f64; 3]>::try_from(&a.betas[..]) else {
+        bail!(
+            "--betas: expected three weights (stages 2, 3, 4); got {:?}",
+            a.betas
+        );
+    };
+    Ok(NadConfig {
+        ft: ft_config(&a.common)?,
+        teacher_epochs: a.teacher_epochs,
+        betas,
+        p: a.p,
+    })
+}
+
+/// The fine-tuning settings of the common flags (FT itself, and the training of FP and NAD).
+fn ft_config(c: &CommonArgs) -> Result<FtConfig> {
     let split = c.suspect_split()?;
     let augment = c.augment(&split);
     let mut config = FtConfig::paper(c.model.clone(), augment.flip);

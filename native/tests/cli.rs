@@ -503,6 +503,79 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     assert_eq!(f["config"]["method"], "ft");
     assert_eq!(f["config"]["seed"], 3);
     assert_eq!(f["defense"]["config"]["lr"].as_f64(), Some(0.02));
+    // Fine-Pruning and NAD, with their own flags.
+    let stdout = run_ok(&[
+        "defend".into(),
+        "fp".into(),
+        "--model".into(),
+        teacher.display().to_string(),
+        "--epochs".into(),
+        "1".into(),
+        "--batch-size".into(),
+        "16".into(),
+        "--acc-drop".into(),
+        "0.2".into(),
+        "--prune-step".into(),
+        "2".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        tmp.path().join("fp").display().to_string(),
+    ]);
+    assert!(stdout.contains("fp: clean_acc"), "{stdout}");
+    let f: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("fp/report.json")).expect("report"),
+    )
+    .expect("json");
+    let found = &f["defense"]["findings"];
+    assert_eq!(found["method"], "fp");
+    assert!(found["steps"][1]["pruned"].as_u64() == Some(2), "{found}");
+    assert!(tmp.path().join("fp/pruning.json").is_file());
+    let stdout = run_ok(&[
+        "defend".into(),
+        "nad".into(),
+        "--model".into(),
+        teacher.display().to_string(),
+        "--epochs".into(),
+        "1".into(),
+        "--teacher-epochs".into(),
+        "1".into(),
+        "--betas".into(),
+        "100,200,300".into(),
+        "--p".into(),
+        "1".into(),
+        "--batch-size".into(),
+        "16".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        tmp.path().join("nad").display().to_string(),
+    ]);
+    assert!(stdout.contains("nad: clean_acc"), "{stdout}");
+    assert!(tmp.path().join("nad/fine-tuned/model.bpk").is_file());
+    for (method, flag, value, needle) in [
+        ("nad", "--betas", "1,2", "--betas"),
+        ("nad", "--p", "0", "--p:"),
+        ("nad", "--teacher-epochs", "0", "teacher-epochs"),
+        ("fp", "--acc-drop", "1.5", "acc-drop"),
+        ("fp", "--prune-step", "0", "prune-step"),
+    ] {
+        let o = cleanse(&[
+            "defend",
+            method,
+            "--model",
+            teacher.to_str().expect("utf8"),
+            flag,
+            value,
+            "--device",
+            "cpu",
+            "--out",
+            tmp.path().join("bad").to_str().expect("utf8"),
+        ]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{method} {flag} {value}: {err}");
+    }
     // The supplement's layout: the teacher's row with and without the defenses.
     let table = run_ok(&[
         "summarize".into(),
@@ -514,7 +587,9 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     assert!(
         lines[0].contains("No defense ASR %")
             && lines[0].contains("KD init single:4 2 ep ASR %")
-            && lines[0].contains("FT 1 ep ASR %"),
+            && lines[0].contains("FT 1 ep ASR %")
+            && lines[0].contains("FP 1 ep drop 0.2 step 2 ASR %")
+            && lines[0].contains("NAD 1 ep teacher 1 ep beta 100,200,300 p 1 ASR %"),
         "{table}"
     );
     assert!(lines[2].starts_with("| BadNets 30% | "), "{table}");

@@ -341,3 +341,412 @@ fn optimiser_settings_are_checked_before_anything_runs() {
     }
     assert!(!out.exists());
 }
+
+/// The test images' float tensor `[n, 3, side, side]` of a seeded pattern.
+fn random_images(
+    n: usize,
+    side: usize,
+    seed: u64,
+    device: &burn::prelude::Device,
+) -> burn::prelude::Tensor<4> {
+    use burn::prelude::*;
+    let mut rng = cleanse_core::rng::Rng::from_parts(&[seed, 0xF1]);
+    let v: Vec<f32> = (0..n * 3 * side * side).map(|_| rng.next_f32()).collect();
+    Tensor::from_data(TensorData::new(v, [n, 3, side, side]), device)
+}
+
+fn floats<const D: usize>(t: burn::prelude::Tensor<D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+#[test]
+fn pruning_a_channel_zeroes_it_in_the_last_stage_output_of_both_architectures() {
+    use burn::prelude::*;
+    use cleanse_core::defend::fp::mask_last_stage;
+    use cleanse_core::model::{Architecture, ModelConfig, Normalization};
+    let device = Device::flex();
+    for architecture in [Architecture::Resnet18, Architecture::PreactResnet18] {
+        let config = ModelConfig {
+            architecture,
+            width: 2,
+            num_classes: 3,
+            normalization: Normalization::cifar10(),
+        };
+        let model = config.init_seeded(&device, 7);
+        assert_eq!(model.tail_width(), 16);
+        let pruned = [1usize, 5, 14];
+        let masked = mask_last_stage(model.clone(), &pruned);
+        let x = random_images(3, 16, 1, &device);
+        let f = masked.features(x.clone());
+        let before = model.features(x);
+        let s4 = floats(f.stages[3].clone());
+        let s4_before = floats(before.stages[3].clone());
+        let plane = 2 * 2; // 16x16 input: the last stage is 2x2
+        for n in 0..3 {
+            for c in 0..16 {
+                let at = |v: &[f32]| v[(n * 16 + c) * plane..(n * 16 + c + 1) * plane].to_vec();
+                if pruned.contains(&c) {
+                    assert!(
+                        at(&s4).iter().all(|v| *v == 0.0),
+                        "{architecture:?} channel {c}"
+                    );
+                } else {
+                    assert!(
+                        at(&s4).iter().any(|v| *v != 0.0)
+                            || at(&s4_before).iter().all(|v| *v <= 0.0)
+                    );
+                }
+            }
+        }
+        let pen = floats(f.penultimate);
+        for n in 0..3 {
+            for &c in &pruned {
+                assert_eq!(pen[n * 16 + c], 0.0);
+            }
+        }
+        // The stages before the last are untouched.
+        assert_eq!(
+            floats(f.stages[2].clone()),
+            floats(before.stages[2].clone())
+        );
+        // The tail from the third stage gives the whole network's logits.
+        let (_, _, tail_logits) = masked.tail(f.stages[2].clone());
+        assert_eq!(floats(tail_logits), floats(f.logits));
+    }
+}
+
+#[test]
+fn fine_pruning_prunes_the_least_active_channels_until_the_defenders_accuracy_drops() {
+    use burn::prelude::*;
+    use cleanse_core::defend::fp::{FpConfig, mask_last_stage, pruning_order, search};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sus = tmp.path().join("suspect");
+    suspect(&sus);
+    let device = Device::flex();
+    let model = cleanse_core::train::run::load_run_model(&sus, &device)
+        .expect("model")
+        .model;
+    let holdout = Arc::new(cleanse_core::train::run::load_holdout(&sus).expect("holdout"));
+    let drop = 0.1;
+    let p = search(&model, &holdout, drop, 1, 7, &device);
+    // The ranking: each channel's mean pooled activation over the defender's images, computed
+    // here in one batch.
+    let n = holdout.len();
+    let all: Vec<usize> = (0..n).collect();
+    let set = holdout.subset(&all);
+    let x: Vec<f32> = set
+        .pixels
+        .iter()
+        .map(|&b| b as f32 * (1.0 / 255.0))
+        .collect();
+    let x = Tensor::<4>::from_data(
+        TensorData::new(x, [n, set.channels, set.height, set.width]),
+        &device,
+    );
+    let pen = floats(model.features(x.clone()).penultimate);
+    let w = model.tail_width();
+    assert_eq!(p.channels, w);
+    for c in 0..w {
+        let mean = (0..n).map(|i| pen[i * w + c] as f64).sum::<f64>() / n as f64;
+        assert!(
+            (mean - p.activations[c]).abs() < 1e-4,
+            "channel {c}: {mean} vs {}",
+            p.activations[c]
+        );
+    }
+    assert_eq!(p.order, pruning_order(&p.activations));
+    assert!(
+        p.order
+            .windows(2)
+            .all(|o| p.activations[o[0]] <= p.activations[o[1]])
+    );
+    assert_eq!(p.pruned_channels(), &p.order[..p.pruned]);
+    // Every step's accuracy is the defender's, recomputed through the whole masked network.
+    let labels: Vec<i64> = set.labels.iter().map(|&l| l as i64).collect();
+    let accuracy = |k: usize| {
+        let logits = mask_last_stage(model.clone(), &p.order[..k]).forward(x.clone());
+        let pred: Vec<i64> = logits.argmax(1).into_data().iter::<i64>().collect();
+        pred.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / n as f64
+    };
+    let base = accuracy(0);
+    for s in &p.steps {
+        assert!((s.accuracy - accuracy(s.pruned)).abs() < 1e-9, "{s:?}");
+    }
+    // The stop rule: every kept step holds the accuracy, the next one (if tried) does not.
+    for s in p.steps.iter().filter(|s| s.pruned <= p.pruned) {
+        assert!(base - s.accuracy < drop * base, "{s:?} kept");
+    }
+    match p.steps.last() {
+        Some(last) if last.pruned > p.pruned => assert!(base - last.accuracy >= drop * base),
+        _ => assert_eq!(p.pruned, w - 1, "the search ran to the last channel"),
+    }
+
+    // The defense: the pruned channels stay zero through fine-tuning, and it resumes exactly.
+    let mut config = FpConfig::paper(sus.clone(), false);
+    config.ft = ft_config(&sus);
+    let defense = Defense::Fp(config);
+    assert_eq!(defense.method(), "fp");
+    let whole = tmp.path().join("fp");
+    let report = defense
+        .run(&whole, false, &cpu(), &mut SilentObserver)
+        .expect("fp");
+    let record = report.defense.expect("record");
+    let Some(cleanse_core::defend::defense::Findings::Fp(found)) = record.findings else {
+        panic!("the report records the search")
+    };
+    // The run's search (in batches of 256) is the one above (batches of 7) up to float sums.
+    assert_eq!(
+        (&found.order, &found.steps, found.pruned),
+        (&p.order, &p.steps, p.pruned)
+    );
+    for (a, b) in found.activations.iter().zip(&p.activations) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    let tuned = cleanse_core::train::run::load_run_model(&whole, &device)
+        .expect("model")
+        .model;
+    let s4 = floats(tuned.features(x.clone()).stages[3].clone());
+    let plane = s4.len() / (n * w);
+    for i in 0..n {
+        for &c in p.pruned_channels() {
+            assert!(
+                s4[(i * w + c) * plane..(i * w + c + 1) * plane]
+                    .iter()
+                    .all(|v| *v == 0.0)
+            );
+        }
+    }
+    let stopped = tmp.path().join("fp-stopped");
+    let (d, s) = (defense.clone(), stopped.clone());
+    assert!(
+        std::thread::spawn(move || {
+            let _ = d.run(&s, false, &cpu(), &mut CrashAfter(1));
+        })
+        .join()
+        .is_err()
+    );
+    defense
+        .run(&stopped, true, &cpu(), &mut SilentObserver)
+        .expect("resume");
+    assert!(
+        weights(&stopped) == weights(&whole),
+        "the resumed run differs"
+    );
+}
+
+#[test]
+fn nad_attention_maps_match_a_direct_computation() {
+    use burn::prelude::*;
+    use cleanse_core::defend::nad::{attention_loss, attention_map};
+    let device = Device::flex();
+    let (n, c, h, w) = (2, 3, 4, 5);
+    let mut rng = cleanse_core::rng::Rng::from_parts(&[9]);
+    let v: Vec<f32> = (0..n * c * h * w)
+        .map(|_| rng.next_f32() * 2.0 - 1.0)
+        .collect();
+    let u: Vec<f32> = (0..n * c * h * w)
+        .map(|_| rng.next_f32() * 2.0 - 1.0)
+        .collect();
+    let direct = |v: &[f32], p: f64| -> Vec<f64> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let a: Vec<f64> = (0..h * w)
+                .map(|j| {
+                    (0..c)
+                        .map(|k| (v[(i * c + k) * h * w + j] as f64).abs().powf(p))
+                        .sum()
+                })
+                .collect();
+            let norm = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+            out.extend(a.iter().map(|x| x / (norm + 1e-6)));
+        }
+        out
+    };
+    let t = |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [n, c, h, w]), &device);
+    for p in [2.0, 1.0, 3.0] {
+        let ours = floats(attention_map(t(&v), p));
+        let want = direct(&v, p);
+        assert_eq!(ours.len(), n * h * w);
+        for (a, b) in ours.iter().zip(&want) {
+            assert!((*a as f64 - b).abs() < 1e-5, "p {p}: {a} vs {b}");
+        }
+        let loss = floats(attention_loss(t(&v), t(&u), p))[0] as f64;
+        let other = direct(&u, p);
+        let mse = want
+            .iter()
+            .zip(&other)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            / want.len() as f64;
+        assert!((loss - mse).abs() < 1e-6, "p {p}: {loss} vs {mse}");
+    }
+    // An all-zero map stays finite.
+    let zero = floats(attention_map(
+        Tensor::<4>::zeros([1, 2, 2, 2], &device),
+        2.0,
+    ));
+    assert!(zero.iter().all(|v| *v == 0.0));
+}
+
+#[test]
+fn nad_distils_from_a_fine_tuned_teacher_kept_in_the_run_and_resumes_exactly() {
+    use cleanse_core::defend::nad::NadConfig;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sus = tmp.path().join("suspect");
+    suspect(&sus);
+    let mut config = NadConfig::paper(sus.clone(), false);
+    config.ft = ft_config(&sus);
+    config.teacher_epochs = 2;
+    let defense = Defense::Nad(config.clone());
+    assert_eq!(defense.method(), "nad");
+    let whole = tmp.path().join("nad");
+    let report = defense
+        .run(&whole, false, &cpu(), &mut SilentObserver)
+        .expect("nad");
+    assert_eq!(report.epochs.len(), 3);
+    // The teacher is an ordinary fine-tuning run of 2 epochs inside the NAD run.
+    let teacher = read_report(&whole.join("fine-tuned"));
+    assert_eq!(teacher.epochs.len(), 2);
+    assert_eq!(
+        teacher.defense.expect("record").config,
+        Defense::Ft(config.teacher())
+    );
+    // With the attention terms off, NAD is fine-tuning: the same weights as FT.
+    let mut plain = config.clone();
+    plain.betas = [0.0; 3];
+    let no_attention = tmp.path().join("nad-0");
+    Defense::Nad(plain)
+        .run(&no_attention, false, &cpu(), &mut SilentObserver)
+        .expect("nad 0");
+    let ft = tmp.path().join("ft");
+    Defense::Ft(ft_config(&sus))
+        .run(&ft, false, &cpu(), &mut SilentObserver)
+        .expect("ft");
+    assert!(
+        weights(&no_attention) == weights(&ft),
+        "NAD without attention is FT"
+    );
+    assert!(
+        weights(&whole) != weights(&ft),
+        "the attention terms change training"
+    );
+    // Stopped in the teacher's fine-tuning, resumed and stopped again after NAD's first epoch,
+    // resumed again: the same weights, the finished teacher reused.
+    struct CrashAtCall(usize);
+    impl Observer for CrashAtCall {
+        fn epoch(&mut self, _: &EpochRecord) {
+            self.0 -= 1;
+            assert!(self.0 > 0, "simulated crash");
+        }
+    }
+    let stopped = tmp.path().join("nad-stopped");
+    for (resume, calls) in [(false, 1), (true, 2)] {
+        let (d, s) = (defense.clone(), stopped.clone());
+        assert!(
+            std::thread::spawn(move || {
+                let _ = d.run(&s, resume, &cpu(), &mut CrashAtCall(calls));
+            })
+            .join()
+            .is_err()
+        );
+    }
+    assert_eq!(read_report(&stopped).epochs.len(), 1);
+    let teacher_report = std::fs::read(stopped.join("fine-tuned/report.json")).expect("teacher");
+    defense
+        .run(&stopped, true, &cpu(), &mut SilentObserver)
+        .expect("resume");
+    assert_eq!(
+        std::fs::read(stopped.join("fine-tuned/report.json")).expect("teacher"),
+        teacher_report,
+        "the finished teacher is reused, not trained again"
+    );
+    assert!(
+        weights(&stopped) == weights(&whole),
+        "the resumed run differs"
+    );
+}
+
+#[test]
+fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
+    use cleanse_core::defend::fp::FpConfig;
+    use cleanse_core::defend::nad::NadConfig;
+    let mut data = DataSpec::new(DatasetKind::Synthetic, None);
+    data.synthetic = SyntheticConfig {
+        train_size: 400,
+        test_size: 100,
+        num_classes: 4,
+        side: 16,
+        seed: 3,
+    };
+    let mut tc = TrainConfig::supplement(data.clone());
+    tc.width = 4;
+    tc.epochs = 10;
+    tc.batch_size = 16;
+    tc.lr = 0.02;
+    tc.schedule = Schedule::cosine(10);
+    tc.augment = Augment::NONE;
+    tc.holdout = 0.3;
+    let loaded = data.load().expect("data");
+    let mut c = AttackConfig::supplement(AttackKind::Blended, DatasetKind::Synthetic);
+    c.stamping = Stamping::AfterAugment;
+    c.poison_rate = 0.3;
+    c.blend_alpha = 0.3;
+    let mut hooks = AttackHooks::new(Attack::new(c, &loaded.train).expect("attack"), None, false)
+        .expect("hooks");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sus = tmp.path().join("suspect");
+    let teacher =
+        train_with(&tc, &mut hooks, &sus, false, &cpu(), &mut SilentObserver).expect("attack");
+    let before = teacher.final_metrics.expect("final");
+    let before_asr = before.asr.expect("asr");
+    assert!(
+        before_asr > 0.8,
+        "the tiny model is backdoored: {before_asr}"
+    );
+    let mut ft = FtConfig::paper(sus.clone(), false);
+    ft.epochs = 6;
+    ft.batch_size = 16;
+    ft.lr = 0.05;
+    ft.augment = Augment::NONE;
+    let defenses = [
+        Defense::Ft(ft.clone()),
+        Defense::Fp(FpConfig {
+            ft: ft.clone(),
+            ..FpConfig::paper(sus.clone(), false)
+        }),
+        Defense::Nad(NadConfig {
+            ft: ft.clone(),
+            teacher_epochs: 3,
+            ..NadConfig::paper(sus.clone(), false)
+        }),
+    ];
+    for d in defenses {
+        let out = tmp.path().join(d.method());
+        let after = d
+            .run(&out, false, &cpu(), &mut SilentObserver)
+            .expect("defense")
+            .final_metrics
+            .expect("final");
+        let asr = after.asr.expect("asr");
+        eprintln!(
+            "{}: asr {before_asr} -> {asr}, acc {} -> {}",
+            d.method(),
+            before.clean_acc,
+            after.clean_acc
+        );
+        assert!(
+            asr < before_asr - 0.3,
+            "{}: {before_asr} -> {asr}",
+            d.method()
+        );
+        // NAD's attention terms (weights 500 and 1000) cost this tiny model some accuracy.
+        assert!(
+            after.clean_acc > before.clean_acc - 0.3,
+            "{}: accuracy {} -> {}",
+            d.method(),
+            before.clean_acc,
+            after.clean_acc
+        );
+    }
+}

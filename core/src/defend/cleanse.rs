@@ -284,6 +284,7 @@ pub fn cleanse(
                 ),
                 start: student,
                 reinit: Some(realised),
+                findings: None,
             })
         },
     )

@@ -3,7 +3,9 @@
 //! `core/src/defend/`, one variant here and one CLI arm.
 
 use super::cleanse::KdConfig;
+use super::fp::{FpConfig, Pruning};
 use super::ft::FtConfig;
+use super::nad::NadConfig;
 use super::unlabeled::UnlabeledImages;
 use crate::Result;
 use crate::data::ImageSet;
@@ -22,6 +24,18 @@ pub enum Defense {
     Kd(KdConfig),
     /// Fine-tuning the suspect with cross-entropy on the defender's labelled data.
     Ft(FtConfig),
+    /// Fine-Pruning: the last stage's least active channels pruned, then fine-tuning.
+    Fp(FpConfig),
+    /// Neural Attention Distillation from the suspect fine-tuned briefly.
+    Nad(NadConfig),
+}
+
+/// What a defense found on the defender's data before training, recorded in its report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Findings {
+    /// Fine-Pruning's channel ranking and pruning search.
+    Fp(Pruning),
 }
 
 /// What a defense may see of the defender's held-out split.
@@ -48,6 +62,8 @@ impl Defense {
         match self {
             Defense::Kd(_) => "kd",
             Defense::Ft(_) => "ft",
+            Defense::Fp(_) => "fp",
+            Defense::Nad(_) => "nad",
         }
     }
 
@@ -56,6 +72,8 @@ impl Defense {
         match self {
             Defense::Kd(_) => "KD",
             Defense::Ft(_) => "FT",
+            Defense::Fp(_) => "FP",
+            Defense::Nad(_) => "NAD",
         }
     }
 
@@ -63,7 +81,7 @@ impl Defense {
     pub fn access(&self) -> DefenderAccess {
         match self {
             Defense::Kd(_) => DefenderAccess::Images,
-            Defense::Ft(_) => DefenderAccess::Labelled,
+            Defense::Ft(_) | Defense::Fp(_) | Defense::Nad(_) => DefenderAccess::Labelled,
         }
     }
 
@@ -72,6 +90,8 @@ impl Defense {
         match self {
             Defense::Kd(c) => &c.teacher,
             Defense::Ft(c) => &c.suspect,
+            Defense::Fp(c) => &c.ft.suspect,
+            Defense::Nad(c) => &c.ft.suspect,
         }
     }
 
@@ -80,6 +100,8 @@ impl Defense {
         match self {
             Defense::Kd(c) => c.seed,
             Defense::Ft(c) => c.seed,
+            Defense::Fp(c) => c.ft.seed,
+            Defense::Nad(c) => c.ft.seed,
         }
     }
 
@@ -89,6 +111,8 @@ impl Defense {
         match self {
             Defense::Kd(c) => c.label_details(),
             Defense::Ft(c) => c.label_details(),
+            Defense::Fp(c) => c.label_details(),
+            Defense::Nad(c) => c.label_details(),
         }
     }
 
@@ -105,6 +129,8 @@ impl Defense {
         match self {
             Defense::Kd(c) => c.validate(),
             Defense::Ft(c) => c.validate(),
+            Defense::Fp(c) => c.validate(),
+            Defense::Nad(c) => c.validate(),
         }
     }
 
@@ -119,6 +145,8 @@ impl Defense {
         match self {
             Defense::Kd(c) => super::cleanse::cleanse(c, out, resume, selected, observer),
             Defense::Ft(c) => super::ft::fine_tune(c, out, resume, selected, observer),
+            Defense::Fp(c) => super::fp::fine_prune(c, out, resume, selected, observer),
+            Defense::Nad(c) => super::nad::nad(c, out, resume, selected, observer),
         }
     }
 

@@ -97,16 +97,7 @@ pub fn fine_tune(
             let DefenderData::Labelled(holdout) = suspect.defender else {
                 unreachable!("fine-tuning is given labelled data")
             };
-            if holdout.is_empty() {
-                return Err(Error::config(
-                    "model",
-                    format!(
-                        "{}: the model's run held out no labelled images for the defender \
-                         (train it with --holdout above 0)",
-                        suspect.dir.display()
-                    ),
-                ));
-            }
+            check_labelled(&holdout, suspect.dir)?;
             let step = CrossEntropyStep {
                 trainee: Trainee::new(
                     suspect.model.clone().train(),
@@ -128,7 +119,53 @@ pub fn fine_tune(
                 ),
                 start: suspect.model.clone(),
                 reinit: None,
+                findings: None,
             })
         },
     )
+}
+
+/// The error for a suspect whose run held out no labelled images (the data of every defense
+/// that trains with labels).
+pub(crate) fn check_labelled(holdout: &crate::data::ImageSet, suspect: &Path) -> Result<()> {
+    if holdout.is_empty() {
+        return Err(Error::config(
+            "model",
+            format!(
+                "{}: the model's run held out no labelled images for the defender \
+                 (train it with --holdout above 0)",
+                suspect.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The folder, inside a defense's run directory, of the suspect fine-tuned as a first step
+/// (NAD's teacher, MCR's far endpoint): an ordinary `defend ft` run of its own, with its report.
+pub const FINE_TUNED_DIR: &str = "fine-tuned";
+
+/// The suspect fine-tuned by `config` into `out/fine-tuned`, as an evaluation copy: trained
+/// there unless finished, continued when a stop left it part-way (its own checkpoints), reused
+/// as it is when finished.
+pub(crate) fn nested_fine_tune(
+    config: &FtConfig,
+    out: &Path,
+    selected: &Selected,
+    observer: &mut dyn Observer,
+) -> Result<crate::model::Classifier> {
+    use crate::engine::files;
+    let dir = out.join(FINE_TUNED_DIR);
+    let in_dir = |e: Error| Error::artifact(&dir, format!("the fine-tuned suspect: {e}"));
+    let finished = crate::io::read_json::<Report>(&dir.join(files::REPORT))
+        .is_ok_and(|r| r.status == crate::report::RunStatus::Complete);
+    if !finished {
+        let resume = crate::train::checkpoint::resumable(&dir.join(files::CHECKPOINT_DIR));
+        let tuned = fine_tune(config, &dir, resume, selected, observer);
+        observer.finish();
+        tuned.map_err(in_dir)?;
+    }
+    Ok(crate::train::run::load_run_model(&dir, &selected.device)
+        .map_err(in_dir)?
+        .model)
 }

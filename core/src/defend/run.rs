@@ -2,7 +2,7 @@
 //! suspect's and the starting model's metrics, the engine's epochs, and the defended model saved
 //! with what it is evaluated against. A method supplies only its [`Prepared`] step.
 
-use super::defense::{DefenderAccess, DefenderData, Defense};
+use super::defense::{DefenderAccess, DefenderData, Defense, Findings};
 use super::reinit::Realised;
 use super::suspect::Suspect;
 use super::unlabeled::UnlabeledImages;
@@ -27,6 +27,11 @@ pub(crate) struct SuspectView<'a> {
     /// An evaluation copy.
     pub model: &'a Classifier,
     pub defender: DefenderData,
+    /// The defense's run directory (taken by this run): where a method keeps what its
+    /// preparation makes (a nested run, a search's result) so that a resumed run reuses it.
+    pub out: &'a Path,
+    /// Progress of what the preparation runs (a nested run).
+    pub observer: &'a mut dyn Observer,
 }
 
 /// What a method builds from the loaded suspect.
@@ -40,6 +45,8 @@ pub(crate) struct Prepared<S: ClassifierStep> {
     pub start: Classifier,
     /// The cleanser's realised re-initialisation.
     pub reinit: Option<Realised>,
+    /// What the method found on the defender's data before training (its report's record).
+    pub findings: Option<Findings>,
 }
 
 /// Runs `defense` into `out`: `prepare` builds the method's step from what it may see of the
@@ -84,11 +91,14 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         plan,
         start,
         reinit,
+        findings,
     } = prepare(SuspectView {
         dir: &suspect.dir,
         config: &suspect.config,
         model: &suspect.model,
         defender,
+        out,
+        observer: &mut *observer,
     })?;
     write_json_atomic(&out.join(files::MODEL_CONFIG), &suspect.config)?;
     let suspect_clean_acc = eval.clean_accuracy(&suspect.model);
@@ -106,6 +116,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         start_clean_acc: Some(start_metrics.clean_acc),
         start_asr: start_metrics.asr,
         reinit,
+        findings,
     };
     driver::restore(&mut step, &run)?;
     let mut report = Report {

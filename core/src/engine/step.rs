@@ -96,6 +96,13 @@ impl Trainee {
         self.model = Some(self.sgd.step(lr, model, grads));
     }
 
+    /// Changes the model in place (e.g. re-applies a pruning mask after an update); `f` keeps
+    /// it on the autodiff device with its parameters' gradient flags.
+    pub fn map(&mut self, f: impl FnOnce(Classifier) -> Classifier) {
+        let model = self.model.take().expect("a trainee always holds its model");
+        self.model = Some(f(model));
+    }
+
     /// Saves weights and SGD state as the checkpoint of `epochs_done` epochs.
     pub fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)> {
         let names = (

@@ -238,6 +238,24 @@ impl Classifier {
             .sum()
     }
 
+    /// The last stage's output, the pooled (post-ReLU) penultimate features and the logits,
+    /// from the third stage's output `s3` (`features(x).stages[2]`): what changes when only the
+    /// last stage or the classifier changes (Fine-Pruning's search).
+    pub fn tail(&self, s3: Tensor<4>) -> (Tensor<4>, Tensor<2>, Tensor<2>) {
+        match &self.net {
+            Network::Resnet18(m) => m.tail(s3),
+            Network::PreactResnet18(m) => m.tail(s3),
+        }
+    }
+
+    /// Channels of the last stage's output (the classifier's inputs).
+    pub fn tail_width(&self) -> usize {
+        match &self.net {
+            Network::Resnet18(m) => m.fc.weight.val().dims()[0],
+            Network::PreactResnet18(m) => m.fc.weight.val().dims()[0],
+        }
+    }
+
     /// Stage outputs, penultimate features and logits.
     pub fn features(&self, images: Tensor<4>) -> Features {
         let x = self.normalization.apply(images);

@@ -54,13 +54,20 @@ impl ResNet18 {
         let s1 = run(&self.layer1, x); // [N, w, 32, 32]
         let s2 = run(&self.layer2, s1.clone()); // [N, 2w, 16, 16]
         let s3 = run(&self.layer3, s2.clone()); // [N, 4w, 8, 8]
-        let s4 = run(&self.layer4, s3.clone()); // [N, 8w, 4, 4]
-        let penultimate = global_avg_pool(s4.clone()); // [N, 8w]
-        let logits = self.fc.forward(penultimate.clone()); // [N, K]
+        let (s4, penultimate, logits) = self.tail(s3.clone());
         Features {
             stages: [s1, s2, s3, s4],
             penultimate,
             logits,
         }
+    }
+
+    /// The last stage, pooling and classifier from the third stage's output: the last stage's
+    /// output `[N, 8w, H/8, W/8]`, the pooled features `[N, 8w]` and the logits `[N, K]`.
+    pub fn tail(&self, s3: Tensor<4>) -> (Tensor<4>, Tensor<2>, Tensor<2>) {
+        let s4 = self.layer4.iter().fold(s3, |x, b| b.forward(x));
+        let penultimate = global_avg_pool(s4.clone());
+        let logits = self.fc.forward(penultimate.clone());
+        (s4, penultimate, logits)
     }
 }

@@ -20,7 +20,7 @@ pub fn labels_tensor(labels: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 
 /// The images of `set` in order, unaugmented, in batches of `batch_size` (the last may be
 /// smaller), prefetched.
-fn in_order(
+pub(crate) fn in_order(
     set: &Arc<ImageSet>,
     batch_size: usize,
 ) -> impl Iterator<Item = crate::data::batcher::HostBatch> {

@@ -1,0 +1,248 @@
+//! NAD, Neural Attention Distillation (Li et al. 2021), as the method spec has it: a teacher
+//! made by fine-tuning the suspect on the defender's labelled data for 10 epochs (a nested
+//! `defend ft` run), then the suspect itself trained as the student for 100 epochs with
+//! cross-entropy plus the attention-map distance to the teacher at the outputs of stages 2, 3
+//! and 4, weighted 500, 1000, 1000. The last epoch's student is the result (the reference code
+//! keeps the epoch of best test accuracy; cleanse never reads the test set to choose).
+
+use super::defense::{DefenderData, Defense};
+use super::ft::{FtConfig, nested_fine_tune};
+use super::run::{Prepared, run_defense};
+use crate::data::ImageSet;
+use crate::data::batcher::HostBatch;
+use crate::device::Selected;
+use crate::engine::Observer;
+use crate::engine::driver::LoopPlan;
+use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
+use crate::model::Classifier;
+use crate::report::Report;
+use crate::train::checkpoint::CheckpointState;
+use crate::train::cross_entropy;
+use crate::train::eval::{images_tensor, labels_tensor};
+use crate::train::sgd::Sgd;
+use crate::{Error, Result};
+use burn::module::Module;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The method spec's weights of the attention terms at stages 2, 3 and 4.
+pub const PAPER_BETAS: [f64; 3] = [500.0, 1000.0, 1000.0];
+
+/// Everything that defines a NAD run. Defaults are the method spec's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NadConfig {
+    /// The suspect and the student's training (method spec: FT's settings, 100 epochs).
+    pub ft: FtConfig,
+    /// Epochs of the teacher's fine-tuning with the same settings (method spec: 10).
+    pub teacher_epochs: usize,
+    /// Weights of the attention terms at the outputs of stages 2, 3, 4 (method spec: 500,
+    /// 1000, 1000).
+    pub betas: [f64; 3],
+    /// The attention map's power `p` (method spec: 2).
+    pub p: f64,
+}
+
+impl NadConfig {
+    /// The method's defaults for `suspect`.
+    pub fn paper(suspect: std::path::PathBuf, flip: bool) -> Self {
+        NadConfig {
+            ft: FtConfig::paper(suspect, flip),
+            teacher_epochs: 10,
+            betas: PAPER_BETAS,
+            p: 2.0,
+        }
+    }
+
+    /// The teacher's fine-tuning: the student's settings for `teacher_epochs`.
+    pub fn teacher(&self) -> FtConfig {
+        FtConfig {
+            epochs: self.teacher_epochs,
+            ..self.ft.clone()
+        }
+    }
+
+    /// Why this configuration cannot run, if it cannot.
+    pub fn validate(&self) -> Result<()> {
+        self.ft.validate()?;
+        if self.teacher_epochs == 0 {
+            return Err(Error::config(
+                "teacher-epochs",
+                "must be positive (the teacher is the suspect fine-tuned)",
+            ));
+        }
+        if let Some(b) = self.betas.iter().find(|b| !(b.is_finite() && **b >= 0.0)) {
+            return Err(Error::config(
+                "betas",
+                format!(
+                    "expected three finite weights >= 0; got {b} in {:?}",
+                    self.betas
+                ),
+            ));
+        }
+        if !(self.p.is_finite() && self.p > 0.0 && self.p <= 16.0) {
+            return Err(Error::config(
+                "p",
+                format!("expected a power in (0, 16]; got {}", self.p),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings that differ from the method's defaults, for table columns.
+    pub fn label_details(&self) -> Vec<String> {
+        let mut v = self.ft.label_details();
+        if self.teacher_epochs != 10 {
+            v.push(format!("teacher {} ep", self.teacher_epochs));
+        }
+        if self.betas != PAPER_BETAS {
+            let b: Vec<String> = self.betas.iter().map(|b| b.to_string()).collect();
+            v.push(format!("beta {}", b.join(",")));
+        }
+        if self.p != 2.0 {
+            v.push(format!("p {}", self.p));
+        }
+        v
+    }
+}
+
+/// NAD's attention map of a feature map: `sum_c |f_c|^p` over channels, flattened per image and
+/// divided by its L2 norm plus 1e-6.
+///
+/// The norm is taken as `sqrt(sum a^2 + 1e-12)`: the same value to within 1e-12 of the sum,
+/// and a finite gradient for an image whose map is all zero (the plain square root's is not).
+///
+/// # Shapes
+/// `[N, C, H, W]` -> `[N, H * W]`
+pub fn attention_map(f: Tensor<4>, p: f64) -> Tensor<2> {
+    let [n, _, h, w] = f.dims();
+    let a = f.abs();
+    let a = if p == 2.0 {
+        a.clone() * a
+    } else {
+        a.powf_scalar(p)
+    };
+    let a = a.sum_dim(1).reshape([n, h * w]);
+    let norm = (a.clone().powf_scalar(2.0).sum_dim(1) + 1e-12).sqrt();
+    a / (norm + 1e-6)
+}
+
+/// The mean squared difference of the two feature maps' attention maps (PyTorch's `mse_loss`
+/// with its mean over every element).
+pub fn attention_loss(student: Tensor<4>, teacher: Tensor<4>, p: f64) -> Tensor<1> {
+    (attention_map(student, p) - attention_map(teacher, p))
+        .powf_scalar(2.0)
+        .mean()
+}
+
+/// NAD as an engine step: cross-entropy on the defender's labelled batch plus the weighted
+/// attention distances to the frozen teacher (evaluation mode) at stages 2, 3, 4.
+pub struct NadStep {
+    pub trainee: Trainee,
+    /// An evaluation copy.
+    pub teacher: Classifier,
+    pub betas: [f64; 3],
+    pub p: f64,
+    pub device: Device,
+}
+
+impl Step for NadStep {
+    type Data = ImageSet;
+
+    fn step(&mut self, mut b: HostBatch, at: At) -> StepOutput {
+        let ad = self.device.clone().autodiff();
+        let images = b.labels.len();
+        let x = images_tensor(std::mem::take(&mut b.images), b.shape, &self.device);
+        let y = labels_tensor(b.labels.clone(), &ad);
+        let teacher = self.teacher.features(x.clone());
+        let student = self.trainee.model().features(x.autodiff());
+        let mut loss = cross_entropy(student.logits.clone(), y.clone());
+        for (i, beta) in self.betas.iter().enumerate() {
+            if *beta == 0.0 {
+                continue;
+            }
+            let (s, t) = (
+                student.stages[i + 1].clone(),
+                teacher.stages[i + 1].clone().autodiff(),
+            );
+            loss = loss + attention_loss(s, t, self.p) * *beta;
+        }
+        let matches = matches(student.logits.inner(), y.inner());
+        let value = loss.clone().inner();
+        self.trainee.update(at.lr, loss.backward());
+        StepOutput {
+            loss: value,
+            matches: Some(matches),
+            images,
+        }
+    }
+}
+
+impl ClassifierStep for NadStep {
+    fn eval_model(&self) -> Classifier {
+        self.trainee.valid()
+    }
+
+    fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)> {
+        self.trainee.save(dir, epochs_done)
+    }
+
+    fn restore(&mut self, dir: &Path, state: &CheckpointState) -> Result<()> {
+        self.trainee.restore(dir, state)
+    }
+}
+
+/// Runs NAD on the suspect in `config.ft.suspect` into `out` (new or empty unless `resume`):
+/// the teacher is fine-tuned into `out/fine-tuned` first (kept, and reused on resume).
+pub fn nad(
+    config: &NadConfig,
+    out: &Path,
+    resume: bool,
+    selected: &Selected,
+    observer: &mut dyn Observer,
+) -> Result<Report> {
+    let defense = Defense::Nad(config.clone());
+    run_defense(
+        &defense,
+        config.ft.eval_batch_size,
+        out,
+        resume,
+        selected,
+        observer,
+        |suspect| {
+            let device = selected.device.clone();
+            let DefenderData::Labelled(holdout) = suspect.defender else {
+                unreachable!("NAD is given labelled data")
+            };
+            super::ft::check_labelled(&holdout, suspect.dir)?;
+            let teacher =
+                nested_fine_tune(&config.teacher(), suspect.out, selected, suspect.observer)?;
+            let ft = &config.ft;
+            let step = NadStep {
+                trainee: Trainee::new(
+                    suspect.model.clone().train(),
+                    Sgd::new(ft.sgd.clone()),
+                    &device,
+                ),
+                teacher,
+                betas: config.betas,
+                p: config.p,
+                device,
+            };
+            Ok(Prepared {
+                step,
+                data: Arc::new(holdout),
+                plan: LoopPlan::cosine(
+                    (ft.epochs, ft.batch_size, ft.lr),
+                    ft.seed,
+                    ft.augment,
+                    "NAD",
+                ),
+                start: suspect.model.clone(),
+                reinit: None,
+                findings: None,
+            })
+        },
+    )
+}
