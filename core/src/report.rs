@@ -39,6 +39,26 @@ pub struct DefenseRecord {
     /// What the defense found on the defender's data before training (Fine-Pruning's search).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings: Option<Findings>,
+    /// Clean accuracy and ASR along the method's own parameter (MCR's `t`, ANP's threshold),
+    /// measured after the run for the picture; the result is the configured value's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<Curve>,
+}
+
+/// A defense's models along one of its parameters, measured on the test images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Curve {
+    /// The parameter (`t`, `threshold`).
+    pub parameter: String,
+    pub points: Vec<CurvePoint>,
+}
+
+/// One model of a [`Curve`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub at: f64,
+    pub clean_acc: f64,
+    pub asr: Option<f64>,
 }
 
 impl DefenseRecord {
@@ -58,6 +78,7 @@ impl DefenseRecord {
             start_asr: f("student_init_asr"),
             reinit: serde_json::from_value(defense["init"].clone()).ok(),
             findings: None,
+            curve: None,
         })
     }
 }
@@ -546,6 +567,7 @@ mod summary_tests {
             start_asr: None,
             reinit: None,
             findings: None,
+            curve: None,
         });
         r
     }

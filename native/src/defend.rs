@@ -11,6 +11,7 @@ use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource};
 use cleanse_core::defend::fp::FpConfig;
 use cleanse_core::defend::ft::FtConfig;
 use cleanse_core::defend::kd::{PAPER_TEMPERATURE, TemperatureRange};
+use cleanse_core::defend::mcr::McrConfig;
 use cleanse_core::defend::nad::{NadConfig, PAPER_BETAS};
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
 use cleanse_core::io::read_json;
@@ -29,6 +30,9 @@ pub(crate) enum DefendCommand {
     /// Neural Attention Distillation: the suspect trained with cross-entropy and the attention
     /// maps of a briefly fine-tuned copy of itself.
     Nad(NadArgs),
+    /// Mode Connectivity Repair: a curve between the suspect and its fine-tuned copy, trained
+    /// on the defender's data; the model at --t is the result.
+    Mcr(McrArgs),
 }
 
 /// The flags of every defense (defaults: the method spec's, the same for every method).
@@ -115,6 +119,22 @@ pub(crate) struct NadArgs {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct McrArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Epochs of the far endpoint's fine-tuning (the other settings are the curve's).
+    #[arg(long, default_value_t = 10)]
+    endpoint_epochs: usize,
+    /// The point of the curve that is the result, in [0, 1] (0: the suspect, 1: the endpoint).
+    #[arg(long, default_value_t = 0.3)]
+    t: f64,
+    /// Keep the curve's trained batch-norm statistics instead of re-estimating them on the
+    /// defender's data at each evaluated point (as the authors' BackdoorBench fork does).
+    #[arg(long)]
+    no_bn_update: bool,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct KdArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -163,6 +183,15 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
             &a.common,
         ),
         DefendCommand::Nad(a) => (Defense::Nad(nad_config(a)?), &a.common),
+        DefendCommand::Mcr(a) => (
+            Defense::Mcr(McrConfig {
+                ft: ft_config(&a.common)?,
+                endpoint_epochs: a.endpoint_epochs,
+                t: a.t,
+                bn_update: !a.no_bn_update,
+            }),
+            &a.common,
+        ),
     };
     defense.validate().map_err(|e| match e {
         cleanse_core::Error::Config { name, reason } => anyhow::anyhow!("--{name}: {reason}"),

@@ -670,6 +670,7 @@ fn nad_distils_from_a_fine_tuned_teacher_kept_in_the_run_and_resumes_exactly() {
 #[test]
 fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
     use cleanse_core::defend::fp::FpConfig;
+    use cleanse_core::defend::mcr::McrConfig;
     use cleanse_core::defend::nad::NadConfig;
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
@@ -720,6 +721,11 @@ fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
             teacher_epochs: 3,
             ..NadConfig::paper(sus.clone(), false)
         }),
+        Defense::Mcr(McrConfig {
+            ft: ft.clone(),
+            endpoint_epochs: 3,
+            ..McrConfig::paper(sus.clone(), false)
+        }),
     ];
     for d in defenses {
         let out = tmp.path().join(d.method());
@@ -749,4 +755,172 @@ fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
             after.clean_acc
         );
     }
+}
+
+/// The weights of a model (running statistics left out) and its running statistics, in module
+/// order.
+fn weights_and_statistics(model: &cleanse_core::model::Classifier) -> (Vec<f32>, Vec<f32>) {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::prelude::*;
+    struct Split {
+        path: Vec<String>,
+        weights: Vec<f32>,
+        running: Vec<f32>,
+    }
+    impl ModuleVisitor for Split {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let v = p.val().into_data().iter::<f32>().collect::<Vec<_>>();
+            match self.path.last().is_some_and(|n| n.starts_with("running_")) {
+                true => self.running.extend(v),
+                false => self.weights.extend(v),
+            }
+        }
+    }
+    let mut s = Split {
+        path: Vec::new(),
+        weights: Vec::new(),
+        running: Vec::new(),
+    };
+    model.visit(&mut s);
+    (s.weights, s.running)
+}
+
+#[test]
+fn mcr_curve_ends_are_the_endpoints_and_bn_reestimation_changes_only_statistics() {
+    use burn::prelude::*;
+    use cleanse_core::defend::mcr::{Ends, bezier, curve_point};
+    use cleanse_core::model::{Architecture, ModelConfig, Network, Normalization};
+    use cleanse_core::train::bn_update::reestimate_batch_norm;
+    use std::sync::Arc;
+    let device = Device::flex();
+    for architecture in [Architecture::Resnet18, Architecture::PreactResnet18] {
+        let config = ModelConfig {
+            architecture,
+            width: 2,
+            num_classes: 3,
+            normalization: Normalization::cifar10(),
+        };
+        let (theta0, theta2, bend) = (
+            config.init_seeded(&device, 1),
+            config.init_seeded(&device, 2),
+            config.init_seeded(&device, 3),
+        );
+        let ends = Ends::new(&theta0, &theta2);
+        let w = |m: &cleanse_core::model::Classifier| weights_and_statistics(m).0;
+        assert_eq!(w(&curve_point(&bend, &ends, 0.0, false).0), w(&theta0));
+        assert_eq!(w(&curve_point(&bend, &ends, 1.0, false).0), w(&theta2));
+        let (mid, squares) = curve_point(&bend, &ends, 0.5, false);
+        let [a, b, c] = bezier(0.5);
+        let want: Vec<f32> = w(&theta0)
+            .iter()
+            .zip(w(&bend))
+            .zip(w(&theta2))
+            .map(|((x, y), z)| (a * *x as f64 + b * y as f64 + c * z as f64) as f32)
+            .collect();
+        for (g, e) in w(&mid).iter().zip(&want) {
+            assert!((g - e).abs() < 1e-6);
+        }
+        let sq: f64 = want.iter().map(|v| (*v as f64).powi(2)).sum();
+        let got = floats(squares)[0] as f64;
+        assert!((got - sq).abs() < 1e-3 * sq, "{got} vs {sq}");
+    }
+    // Re-estimation: the weights stay, the statistics become the data's (here: the stem BN's
+    // running mean is the mean of the stem convolution's output over the images).
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sus = tmp.path().join("suspect");
+    suspect(&sus);
+    let model = cleanse_core::train::run::load_run_model(&sus, &device)
+        .expect("model")
+        .model;
+    let holdout = Arc::new(cleanse_core::train::run::load_holdout(&sus).expect("holdout"));
+    assert_eq!(holdout.len() % 8, 0);
+    let re = reestimate_batch_norm(&model, &holdout, 8, &device);
+    let (w0, r0) = weights_and_statistics(&model);
+    let (w1, r1) = weights_and_statistics(&re);
+    assert_eq!(w0, w1, "re-estimation changes no weight");
+    assert_ne!(r0, r1, "re-estimation changes the statistics");
+    assert_eq!(
+        weights_and_statistics(&model).1,
+        r0,
+        "the original keeps its statistics"
+    );
+    let n = holdout.len();
+    let x: Vec<f32> = holdout
+        .pixels
+        .iter()
+        .map(|&b| b as f32 * (1.0 / 255.0))
+        .collect();
+    let x = Tensor::<4>::from_data(TensorData::new(x, [n, 3, 16, 16]), &device);
+    let (Network::Resnet18(orig), Network::Resnet18(new)) = (&model.net, &re.net) else {
+        panic!("resnet")
+    };
+    let stem = orig.stem_conv.forward(model.normalization.apply(x));
+    let [_, c, h, wd] = stem.dims();
+    let mean = floats(stem.swap_dims(0, 1).reshape([c, n * h * wd]).mean_dim(1));
+    let got = floats(new.stem_bn.running_mean.value());
+    for (g, e) in got.iter().zip(&mean) {
+        assert!((g - e).abs() < 1e-4, "{g} vs {e}");
+    }
+}
+
+#[test]
+fn mcr_trains_the_bend_reports_its_curve_and_resumes_exactly() {
+    use cleanse_core::defend::mcr::McrConfig;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sus = tmp.path().join("suspect");
+    suspect(&sus);
+    let mut config = McrConfig::paper(sus.clone(), false);
+    config.ft = ft_config(&sus);
+    config.endpoint_epochs = 2;
+    let defense = Defense::Mcr(config.clone());
+    assert_eq!(defense.method(), "mcr");
+    let whole = tmp.path().join("mcr");
+    let report = defense
+        .run(&whole, false, &cpu(), &mut SilentObserver)
+        .expect("mcr");
+    assert_eq!(report.epochs.len(), 3);
+    let endpoint = read_report(&whole.join("fine-tuned"));
+    assert_eq!(
+        endpoint.defense.expect("record").config,
+        Defense::Ft(config.endpoint())
+    );
+    let record = report.defense.expect("record");
+    let curve = record.curve.expect("the curve");
+    assert_eq!(curve.parameter, "t");
+    let at: Vec<f64> = curve.points.iter().map(|p| p.at).collect();
+    assert_eq!(at.len(), 11);
+    assert_eq!((at[0], at[3], at[10]), (0.0, 0.3, 1.0));
+    // The result is the curve's point at t = 0.3, measured the same way.
+    let last = report.final_metrics.expect("final");
+    assert_eq!(last.clean_acc, curve.points[3].clean_acc);
+    assert_eq!(last.asr, curve.points[3].asr);
+    let stopped = tmp.path().join("mcr-stopped");
+    struct CrashAtCall(usize);
+    impl Observer for CrashAtCall {
+        fn epoch(&mut self, _: &EpochRecord) {
+            self.0 -= 1;
+            assert!(self.0 > 0, "simulated crash");
+        }
+    }
+    let (d, s) = (defense.clone(), stopped.clone());
+    assert!(
+        std::thread::spawn(move || {
+            let _ = d.run(&s, false, &cpu(), &mut CrashAtCall(3));
+        })
+        .join()
+        .is_err()
+    );
+    defense
+        .run(&stopped, true, &cpu(), &mut SilentObserver)
+        .expect("resume");
+    assert!(
+        weights(&stopped) == weights(&whole),
+        "the resumed run differs"
+    );
 }

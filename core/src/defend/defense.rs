@@ -5,6 +5,7 @@
 use super::cleanse::KdConfig;
 use super::fp::{FpConfig, Pruning};
 use super::ft::FtConfig;
+use super::mcr::McrConfig;
 use super::nad::NadConfig;
 use super::unlabeled::UnlabeledImages;
 use crate::Result;
@@ -28,6 +29,9 @@ pub enum Defense {
     Fp(FpConfig),
     /// Neural Attention Distillation from the suspect fine-tuned briefly.
     Nad(NadConfig),
+    /// Mode Connectivity Repair: a point on a curve trained between the suspect and its
+    /// fine-tuned copy.
+    Mcr(McrConfig),
 }
 
 /// What a defense found on the defender's data before training, recorded in its report.
@@ -64,6 +68,7 @@ impl Defense {
             Defense::Ft(_) => "ft",
             Defense::Fp(_) => "fp",
             Defense::Nad(_) => "nad",
+            Defense::Mcr(_) => "mcr",
         }
     }
 
@@ -74,6 +79,7 @@ impl Defense {
             Defense::Ft(_) => "FT",
             Defense::Fp(_) => "FP",
             Defense::Nad(_) => "NAD",
+            Defense::Mcr(_) => "MCR",
         }
     }
 
@@ -81,7 +87,9 @@ impl Defense {
     pub fn access(&self) -> DefenderAccess {
         match self {
             Defense::Kd(_) => DefenderAccess::Images,
-            Defense::Ft(_) | Defense::Fp(_) | Defense::Nad(_) => DefenderAccess::Labelled,
+            Defense::Ft(_) | Defense::Fp(_) | Defense::Nad(_) | Defense::Mcr(_) => {
+                DefenderAccess::Labelled
+            }
         }
     }
 
@@ -92,6 +100,7 @@ impl Defense {
             Defense::Ft(c) => &c.suspect,
             Defense::Fp(c) => &c.ft.suspect,
             Defense::Nad(c) => &c.ft.suspect,
+            Defense::Mcr(c) => &c.ft.suspect,
         }
     }
 
@@ -102,6 +111,7 @@ impl Defense {
             Defense::Ft(c) => c.seed,
             Defense::Fp(c) => c.ft.seed,
             Defense::Nad(c) => c.ft.seed,
+            Defense::Mcr(c) => c.ft.seed,
         }
     }
 
@@ -113,6 +123,7 @@ impl Defense {
             Defense::Ft(c) => c.label_details(),
             Defense::Fp(c) => c.label_details(),
             Defense::Nad(c) => c.label_details(),
+            Defense::Mcr(c) => c.label_details(),
         }
     }
 
@@ -131,6 +142,7 @@ impl Defense {
             Defense::Ft(c) => c.validate(),
             Defense::Fp(c) => c.validate(),
             Defense::Nad(c) => c.validate(),
+            Defense::Mcr(c) => c.validate(),
         }
     }
 
@@ -147,6 +159,7 @@ impl Defense {
             Defense::Ft(c) => super::ft::fine_tune(c, out, resume, selected, observer),
             Defense::Fp(c) => super::fp::fine_prune(c, out, resume, selected, observer),
             Defense::Nad(c) => super::nad::nad(c, out, resume, selected, observer),
+            Defense::Mcr(c) => super::mcr::mcr(c, out, resume, selected, observer),
         }
     }
 

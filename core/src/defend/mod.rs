@@ -1,14 +1,15 @@
 //! Defenses: the family ([`defense::Defense`], the one enum naming them), the run they share
 //! ([`run`]) from a suspect model ([`suspect`]), and each method in its own file: the paper's
 //! distillation cleanser ([`cleanse`], with its re-initialisation [`reinit`], loss [`kd`] and
-//! label-free data [`unlabeled`]) and the baselines: fine-tuning ([`ft`]), Fine-Pruning ([`fp`])
-//! and Neural Attention Distillation ([`nad`]).
+//! label-free data [`unlabeled`]) and the baselines: fine-tuning ([`ft`]), Fine-Pruning ([`fp`]),
+//! Neural Attention Distillation ([`nad`]) and Mode Connectivity Repair ([`mcr`]).
 
 pub mod cleanse;
 pub mod defense;
 pub mod fp;
 pub mod ft;
 pub mod kd;
+pub mod mcr;
 pub mod nad;
 pub mod reinit;
 pub(crate) mod run;

@@ -13,7 +13,9 @@ use crate::engine::step::ClassifierStep;
 use crate::engine::{Observer, RunDir, files};
 use crate::io::write_json_atomic;
 use crate::model::{Classifier, ModelConfig};
-use crate::report::{DataSummary, DefenseRecord, FinalMetrics, Report, RunStatus, SCHEMA_VERSION};
+use crate::report::{
+    Curve, CurvePoint, DataSummary, DefenseRecord, FinalMetrics, Report, RunStatus, SCHEMA_VERSION,
+};
 use crate::{Error, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -117,6 +119,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         start_asr: start_metrics.asr,
         reinit,
         findings,
+        curve: None,
     };
     driver::restore(&mut step, &run)?;
     let mut report = Report {
@@ -152,6 +155,22 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         &mut report,
         observer,
     )?;
+    if let Some((parameter, models)) = step.curve() {
+        let points = models
+            .iter()
+            .map(|(at, m)| CurvePoint {
+                at: *at,
+                clean_acc: eval.clean_accuracy(m),
+                asr: asr_of(m),
+            })
+            .collect();
+        if let Some(d) = report.defense.as_mut() {
+            d.curve = Some(Curve {
+                parameter: parameter.into(),
+                points,
+            });
+        }
+    }
     // The defended model evaluates against the same data and attack as the suspect.
     suspect.save_evaluation_files(out)?;
     let last = match run.history().is_empty() {

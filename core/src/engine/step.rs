@@ -53,6 +53,12 @@ pub trait ClassifierStep: Step {
     fn asr_meter(&self) -> Option<AsrMeter> {
         None
     }
+    /// Models along the method's own parameter (MCR's `t`, ANP's pruning threshold) that the
+    /// report shows as a curve of clean accuracy and ASR after the run: the parameter's name and
+    /// `(value, evaluation copy)` pairs. Shown, never used to choose the result.
+    fn curve(&self) -> Option<(&'static str, Vec<(f64, Classifier)>)> {
+        None
+    }
     /// Writes the step's state after `epochs_done` epochs into the checkpoint directory `dir`;
     /// returns the names of the model and optimiser files.
     fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)>;

@@ -62,6 +62,15 @@ impl BasicBlock {
         }
     }
 
+    /// The block's batch normalisations: `bn1`, `bn2`, then the shortcut's.
+    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        let mut v = vec![&mut self.bn1, &mut self.bn2];
+        if let Some(s) = &mut self.shortcut {
+            v.push(&mut s.bn);
+        }
+        v
+    }
+
     /// # Shapes
     /// `[N, c_in, H, W]` -> `[N, c_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -95,6 +104,11 @@ impl PreActBlock {
             conv2: conv(c_out, c_out, 3, 1, device),
             shortcut: (stride != 1 || c_in != c_out).then(|| conv(c_in, c_out, 1, stride, device)),
         }
+    }
+
+    /// The block's batch normalisations: `bn1`, `bn2`.
+    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        vec![&mut self.bn1, &mut self.bn2]
     }
 
     /// # Shapes

@@ -248,6 +248,34 @@ impl Classifier {
         }
     }
 
+    /// Every batch normalisation of the network with the stage it belongs to (0: the stem or,
+    /// for PreAct, the final BN; 1-4: the residual stages), in a fixed order: the stem's, each
+    /// block's in forward order (a ResNet block's shortcut BN after its second), the final one.
+    pub fn batch_norms_mut(&mut self) -> Vec<(usize, &mut burn::nn::BatchNorm)> {
+        let mut v: Vec<(usize, &mut burn::nn::BatchNorm)> = Vec::new();
+        match &mut self.net {
+            Network::Resnet18(m) => {
+                v.push((0, &mut m.stem_bn));
+                let stages = [&mut m.layer1, &mut m.layer2, &mut m.layer3, &mut m.layer4];
+                for (s, blocks) in stages.into_iter().enumerate() {
+                    for b in blocks.iter_mut() {
+                        v.extend(b.batch_norms_mut().into_iter().map(|bn| (s + 1, bn)));
+                    }
+                }
+            }
+            Network::PreactResnet18(m) => {
+                let stages = [&mut m.layer1, &mut m.layer2, &mut m.layer3, &mut m.layer4];
+                for (s, blocks) in stages.into_iter().enumerate() {
+                    for b in blocks.iter_mut() {
+                        v.extend(b.batch_norms_mut().into_iter().map(|bn| (s + 1, bn)));
+                    }
+                }
+                v.push((0, &mut m.final_bn));
+            }
+        }
+        v
+    }
+
     /// Channels of the last stage's output (the classifier's inputs).
     pub fn tail_width(&self) -> usize {
         match &self.net {

@@ -2,6 +2,7 @@
 //! trains a classifier with per-epoch evaluation and resumable checkpoints.
 
 pub mod adam;
+pub mod bn_update;
 pub mod checkpoint;
 pub mod eval;
 pub mod run;

@@ -13,6 +13,10 @@ pub enum Schedule {
     Cosine { t_max: usize, eta_min: f64 },
     /// Constant rate.
     Constant,
+    /// The schedule of mode-connectivity curve training (Garipov et al. 2018, as MCR uses it):
+    /// with `a = epoch / epochs`, the base rate while `a <= 0.5`, then linearly down to 1% of it
+    /// at `a = 0.9`, then 1%.
+    CurveTraining { epochs: usize },
 }
 
 impl Schedule {
@@ -56,6 +60,17 @@ impl Schedule {
                 eta_min + (base - eta_min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
             }
             Schedule::Constant => base,
+            Schedule::CurveTraining { epochs } => {
+                let a = epoch as f64 / (*epochs).max(1) as f64;
+                let factor = if a <= 0.5 {
+                    1.0
+                } else if a <= 0.9 {
+                    1.0 - (a - 0.5) / 0.4 * 0.99
+                } else {
+                    0.01
+                };
+                base * factor
+            }
         }
     }
 }
@@ -63,6 +78,14 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn curve_training_holds_then_decays_to_one_percent() {
+        let s = Schedule::CurveTraining { epochs: 100 };
+        for (epoch, want) in [(0, 1.0), (50, 1.0), (70, 0.505), (90, 0.01), (99, 0.01)] {
+            assert!((s.lr(1.0, epoch) - want).abs() < 1e-12, "{epoch}");
+        }
+    }
 
     #[test]
     fn multistep_matches_pytorch() {
