@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use cleanse_core::data::augment::Augment;
 use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::defend::Defense;
+use cleanse_core::defend::anp::AnpConfig;
 use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource};
 use cleanse_core::defend::fp::FpConfig;
 use cleanse_core::defend::ft::FtConfig;
@@ -33,20 +34,26 @@ pub(crate) enum DefendCommand {
     /// Mode Connectivity Repair: a curve between the suspect and its fine-tuned copy, trained
     /// on the defender's data; the model at --t is the result.
     Mcr(McrArgs),
+    /// Adversarial Neuron Pruning: masks on every batch-norm channel trained against weight
+    /// noise; channels whose mask ends at most --threshold are pruned.
+    Anp(AnpArgs),
 }
 
-/// The flags of every defense (defaults: the method spec's, the same for every method).
+/// The flags of every defense (defaults: the method spec's).
 #[derive(Args, Debug)]
 pub(crate) struct CommonArgs {
     /// The suspicious model's run directory (a `train` or `attack` output).
     #[arg(long)]
     model: PathBuf,
-    #[arg(long, default_value_t = 100)]
-    epochs: usize,
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 0.01)]
-    lr: f64,
+    /// Training epochs [default: 100] (ANP counts --iterations instead).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// [default: 256; ANP: 128]
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate [default: 0.01; ANP's mask: 0.2]
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
@@ -57,9 +64,10 @@ pub(crate) struct CommonArgs {
     /// No horizontal flips (never used on data sets where a flip changes the class, e.g. GTSRB).
     #[arg(long)]
     no_flip: bool,
-    /// SGD weight decay (method spec: 5e-4).
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
+    /// SGD weight decay [default: 5e-4; MCR: the coefficient of its L2 term; ANP's mask has
+    /// none].
+    #[arg(long)]
+    weight_decay: Option<f64>,
     /// The defended model's run directory (missing or empty, unless --resume).
     #[arg(long)]
     out: PathBuf,
@@ -135,6 +143,25 @@ pub(crate) struct McrArgs {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct AnpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Mask updates (batches), in rounds of up to 100 with a checkpoint after each.
+    #[arg(long, default_value_t = 2000)]
+    iterations: usize,
+    /// Range of the weight noise and size of its ascent step.
+    #[arg(long, default_value_t = 0.4)]
+    eps: f64,
+    /// Weight of the clean loss (the perturbed loss gets 1 - alpha).
+    #[arg(long, default_value_t = 0.2)]
+    alpha: f64,
+    /// Prune the channels whose mask is at most this (fixed in advance; the report shows the
+    /// other thresholds' accuracy and ASR for the picture).
+    #[arg(long, default_value_t = 0.2)]
+    threshold: f64,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct KdArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -183,6 +210,7 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
             &a.common,
         ),
         DefendCommand::Nad(a) => (Defense::Nad(nad_config(a)?), &a.common),
+        DefendCommand::Anp(a) => (Defense::Anp(anp_config(a)?), &a.common),
         DefendCommand::Mcr(a) => (
             Defense::Mcr(McrConfig {
                 ft: ft_config(&a.common)?,
@@ -218,6 +246,30 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     Ok(())
 }
 
+fn anp_config(a: &AnpArgs) -> Result<AnpConfig> {
+    let c = &a.common;
+    if c.epochs.is_some() {
+        bail!("--epochs: ANP counts mask updates; use --iterations");
+    }
+    if c.weight_decay.is_some() {
+        bail!("--weight-decay: ANP's mask optimiser has no weight decay");
+    }
+    let split = c.suspect_split()?;
+    let augment = c.augment(&split);
+    let paper = AnpConfig::paper(c.model.clone(), augment.flip);
+    Ok(AnpConfig {
+        iterations: a.iterations,
+        batch_size: c.batch_size.unwrap_or(paper.batch_size),
+        lr: c.lr.unwrap_or(paper.lr),
+        eps: a.eps,
+        alpha: a.alpha,
+        threshold: a.threshold,
+        seed: c.seed,
+        augment,
+        ..paper
+    })
+}
+
 fn nad_config(a: &NadArgs) -> Result<NadConfig> {
     let Ok(betas) = <[f64; 3]>::try_from(&a.betas[..]) else {
         bail!(
@@ -238,12 +290,12 @@ fn ft_config(c: &CommonArgs) -> Result<FtConfig> {
     let split = c.suspect_split()?;
     let augment = c.augment(&split);
     let mut config = FtConfig::paper(c.model.clone(), augment.flip);
-    config.epochs = c.epochs;
-    config.batch_size = c.batch_size;
-    config.lr = c.lr;
+    config.epochs = c.epochs.unwrap_or(config.epochs);
+    config.batch_size = c.batch_size.unwrap_or(config.batch_size);
+    config.lr = c.lr.unwrap_or(config.lr);
     config.seed = c.seed;
     config.augment = augment;
-    config.sgd.weight_decay = c.weight_decay;
+    config.sgd.weight_decay = c.weight_decay.unwrap_or(config.sgd.weight_decay);
     Ok(config)
 }
 
@@ -285,14 +337,14 @@ fn kd_config(a: &KdArgs) -> Result<KdConfig> {
     let mut config = KdConfig::paper(c.model.clone(), augment.flip);
     config.unlabeled = unlabeled;
     config.unlabeled_limit = a.unlabeled_limit;
-    config.epochs = c.epochs;
-    config.batch_size = c.batch_size;
-    config.lr = c.lr;
+    config.epochs = c.epochs.unwrap_or(config.epochs);
+    config.batch_size = c.batch_size.unwrap_or(config.batch_size);
+    config.lr = c.lr.unwrap_or(config.lr);
     config.temperature = temperature;
     config.init = init;
     config.seed = c.seed;
     config.augment = augment;
     config.mixup = a.mixup;
-    config.sgd.weight_decay = c.weight_decay;
+    config.sgd.weight_decay = c.weight_decay.unwrap_or(config.sgd.weight_decay);
     Ok(config)
 }

@@ -553,7 +553,25 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
     ]);
     assert!(stdout.contains("nad: clean_acc"), "{stdout}");
     assert!(tmp.path().join("nad/fine-tuned/model.bpk").is_file());
+    let stdout = run_ok(&[
+        "defend".into(),
+        "anp".into(),
+        "--model".into(),
+        teacher.display().to_string(),
+        "--iterations".into(),
+        "4".into(),
+        "--batch-size".into(),
+        "16".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        tmp.path().join("anp").display().to_string(),
+    ]);
+    assert!(stdout.contains("anp: clean_acc"), "{stdout}");
     for (method, flag, value, needle) in [
+        ("anp", "--epochs", "3", "--iterations"),
+        ("anp", "--weight-decay", "0.1", "weight-decay"),
+        ("anp", "--threshold", "2", "threshold"),
         ("nad", "--betas", "1,2", "--betas"),
         ("nad", "--p", "0", "--p:"),
         ("nad", "--teacher-epochs", "0", "teacher-epochs"),
@@ -589,7 +607,8 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
             && lines[0].contains("KD init single:4 2 ep ASR %")
             && lines[0].contains("FT 1 ep ASR %")
             && lines[0].contains("FP 1 ep drop 0.2 step 2 ASR %")
-            && lines[0].contains("NAD 1 ep teacher 1 ep beta 100,200,300 p 1 ASR %"),
+            && lines[0].contains("NAD 1 ep teacher 1 ep beta 100,200,300 p 1 ASR %")
+            && lines[0].contains("ANP 4 it ASR %"),
         "{table}"
     );
     assert!(lines[2].starts_with("| BadNets 30% | "), "{table}");

@@ -99,6 +99,33 @@ impl Batches for ImageSet {
     }
 }
 
+/// A labelled set whose images each appear `times` times per epoch: a method that counts
+/// iterations rather than epochs (ANP) walks it in rounds of many batches. Item `i` is image
+/// `i % n`, augmented from its own stream, so the repeats of an image differ.
+pub struct Repeated {
+    pub set: Arc<ImageSet>,
+    pub times: usize,
+}
+
+impl Batches for Repeated {
+    type Batch = HostBatch;
+    fn len(&self) -> usize {
+        self.set.len() * self.times
+    }
+    fn batch(&self, indices: &[usize], aug: &Augment, seed: u64, epoch: u64) -> HostBatch {
+        let set = &self.set;
+        let n = set.len().max(1);
+        let shape = [set.channels, set.height, set.width];
+        let images = augmented_images(|i| set.image(i % n), shape, indices, aug, seed, epoch);
+        HostBatch {
+            images,
+            labels: indices.iter().map(|&i| set.labels[i % n] as i64).collect(),
+            indices: indices.iter().map(|&i| i % n).collect(),
+            shape: [indices.len(), set.channels, set.height, set.width],
+        }
+    }
+}
+
 /// Streams the batches of `chunks`, at most `prefetch` ahead of the consumer.
 pub fn stream<S: Batches>(
     set: Arc<S>,

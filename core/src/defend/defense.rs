@@ -2,6 +2,7 @@
 //! defense run records it (tagged by `method`) in its report; adding a defense is one file in
 //! `core/src/defend/`, one variant here and one CLI arm.
 
+use super::anp::{AnpConfig, MaskSummary};
 use super::cleanse::KdConfig;
 use super::fp::{FpConfig, Pruning};
 use super::ft::FtConfig;
@@ -32,6 +33,8 @@ pub enum Defense {
     /// Mode Connectivity Repair: a point on a curve trained between the suspect and its
     /// fine-tuned copy.
     Mcr(McrConfig),
+    /// Adversarial Neuron Pruning: BN channels pruned by masks trained against weight noise.
+    Anp(AnpConfig),
 }
 
 /// What a defense found on the defender's data before training, recorded in its report.
@@ -40,6 +43,8 @@ pub enum Defense {
 pub enum Findings {
     /// Fine-Pruning's channel ranking and pruning search.
     Fp(Pruning),
+    /// ANP's trained masks.
+    Anp(MaskSummary),
 }
 
 /// What a defense may see of the defender's held-out split.
@@ -69,6 +74,7 @@ impl Defense {
             Defense::Fp(_) => "fp",
             Defense::Nad(_) => "nad",
             Defense::Mcr(_) => "mcr",
+            Defense::Anp(_) => "anp",
         }
     }
 
@@ -80,6 +86,7 @@ impl Defense {
             Defense::Fp(_) => "FP",
             Defense::Nad(_) => "NAD",
             Defense::Mcr(_) => "MCR",
+            Defense::Anp(_) => "ANP",
         }
     }
 
@@ -87,9 +94,11 @@ impl Defense {
     pub fn access(&self) -> DefenderAccess {
         match self {
             Defense::Kd(_) => DefenderAccess::Images,
-            Defense::Ft(_) | Defense::Fp(_) | Defense::Nad(_) | Defense::Mcr(_) => {
-                DefenderAccess::Labelled
-            }
+            Defense::Ft(_)
+            | Defense::Fp(_)
+            | Defense::Nad(_)
+            | Defense::Mcr(_)
+            | Defense::Anp(_) => DefenderAccess::Labelled,
         }
     }
 
@@ -101,6 +110,7 @@ impl Defense {
             Defense::Fp(c) => &c.ft.suspect,
             Defense::Nad(c) => &c.ft.suspect,
             Defense::Mcr(c) => &c.ft.suspect,
+            Defense::Anp(c) => &c.suspect,
         }
     }
 
@@ -112,6 +122,7 @@ impl Defense {
             Defense::Fp(c) => c.ft.seed,
             Defense::Nad(c) => c.ft.seed,
             Defense::Mcr(c) => c.ft.seed,
+            Defense::Anp(c) => c.seed,
         }
     }
 
@@ -124,6 +135,7 @@ impl Defense {
             Defense::Fp(c) => c.label_details(),
             Defense::Nad(c) => c.label_details(),
             Defense::Mcr(c) => c.label_details(),
+            Defense::Anp(c) => c.label_details(),
         }
     }
 
@@ -143,6 +155,7 @@ impl Defense {
             Defense::Fp(c) => c.validate(),
             Defense::Nad(c) => c.validate(),
             Defense::Mcr(c) => c.validate(),
+            Defense::Anp(c) => c.validate(),
         }
     }
 
@@ -160,6 +173,7 @@ impl Defense {
             Defense::Fp(c) => super::fp::fine_prune(c, out, resume, selected, observer),
             Defense::Nad(c) => super::nad::nad(c, out, resume, selected, observer),
             Defense::Mcr(c) => super::mcr::mcr(c, out, resume, selected, observer),
+            Defense::Anp(c) => super::anp::anp(c, out, resume, selected, observer),
         }
     }
 

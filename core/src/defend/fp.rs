@@ -205,7 +205,10 @@ pub fn search(
 }
 
 /// `p` (of an evaluation copy) with the entries `channels` of its first axis set to zero.
-fn zero_rows<const D: usize>(p: Param<Tensor<D>>, channels: &[usize]) -> Param<Tensor<D>> {
+pub(crate) fn zero_rows<const D: usize>(
+    p: Param<Tensor<D>>,
+    channels: &[usize],
+) -> Param<Tensor<D>> {
     p.map(|t| {
         let dims = t.dims();
         let mut keep = vec![1.0f32; dims[0]];

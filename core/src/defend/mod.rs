@@ -2,8 +2,10 @@
 //! ([`run`]) from a suspect model ([`suspect`]), and each method in its own file: the paper's
 //! distillation cleanser ([`cleanse`], with its re-initialisation [`reinit`], loss [`kd`] and
 //! label-free data [`unlabeled`]) and the baselines: fine-tuning ([`ft`]), Fine-Pruning ([`fp`]),
-//! Neural Attention Distillation ([`nad`]) and Mode Connectivity Repair ([`mcr`]).
+//! Neural Attention Distillation ([`nad`]), Mode Connectivity Repair ([`mcr`]) and Adversarial
+//! Neuron Pruning ([`anp`]).
 
+pub mod anp;
 pub mod cleanse;
 pub mod defense;
 pub mod fp;

@@ -155,6 +155,9 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         &mut report,
         observer,
     )?;
+    if let (Some(found), Some(d)) = (step.findings(), report.defense.as_mut()) {
+        d.findings = Some(found);
+    }
     if let Some((parameter, models)) = step.curve() {
         let points = models
             .iter()

@@ -59,6 +59,10 @@ pub trait ClassifierStep: Step {
     fn curve(&self) -> Option<(&'static str, Vec<(f64, Classifier)>)> {
         None
     }
+    /// What the method found by training, for the report (ANP's masks); read after the run.
+    fn findings(&self) -> Option<crate::defend::defense::Findings> {
+        None
+    }
     /// Writes the step's state after `epochs_done` epochs into the checkpoint directory `dir`;
     /// returns the names of the model and optimiser files.
     fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)>;
