@@ -11,6 +11,7 @@ use cleanse_core::defend::anp::AnpConfig;
 use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource};
 use cleanse_core::defend::fp::FpConfig;
 use cleanse_core::defend::ft::FtConfig;
+use cleanse_core::defend::ibau::IbauConfig;
 use cleanse_core::defend::kd::{PAPER_TEMPERATURE, TemperatureRange};
 use cleanse_core::defend::mcr::McrConfig;
 use cleanse_core::defend::nad::{NadConfig, PAPER_BETAS};
@@ -37,6 +38,9 @@ pub(crate) enum DefendCommand {
     /// Adversarial Neuron Pruning: masks on every batch-norm channel trained against weight
     /// noise; channels whose mask ends at most --threshold are pruned.
     Anp(AnpArgs),
+    /// Implicit Backdoor Adversarial Unlearning: per round a universal perturbation, then Adam
+    /// steps along the implicit hypergradient of the loss on perturbed images (no augmentation).
+    Ibau(IbauArgs),
 }
 
 /// The flags of every defense (defaults: the method spec's).
@@ -45,13 +49,13 @@ pub(crate) struct CommonArgs {
     /// The suspicious model's run directory (a `train` or `attack` output).
     #[arg(long)]
     model: PathBuf,
-    /// Training epochs [default: 100] (ANP counts --iterations instead).
+    /// Training epochs [default: 100] (ANP counts --iterations, I-BAU --rounds instead).
     #[arg(long)]
     epochs: Option<usize>,
-    /// [default: 256; ANP: 128]
+    /// [default: 256; ANP: 128; I-BAU: 100]
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Learning rate [default: 0.01; ANP's mask: 0.2]
+    /// Learning rate [default: 0.01; ANP's mask: 0.2; I-BAU's Adam: 1e-4]
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
@@ -162,6 +166,22 @@ pub(crate) struct AnpArgs {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct IbauArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Rounds (each: a universal perturbation, then one pass of outer steps).
+    #[arg(long, default_value_t = 100)]
+    rounds: usize,
+    /// Fixed-point iterations of the implicit hypergradient.
+    #[arg(long, default_value_t = 5)]
+    k: usize,
+    /// The universal perturbation's L2 bound, in the network's normalised input space (the
+    /// method's 10 is for 32x32 colour images).
+    #[arg(long, default_value_t = 10.0)]
+    max_norm: f64,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct KdArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -211,6 +231,7 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
         ),
         DefendCommand::Nad(a) => (Defense::Nad(nad_config(a)?), &a.common),
         DefendCommand::Anp(a) => (Defense::Anp(anp_config(a)?), &a.common),
+        DefendCommand::Ibau(a) => (Defense::Ibau(ibau_config(a)?), &a.common),
         DefendCommand::Mcr(a) => (
             Defense::Mcr(McrConfig {
                 ft: ft_config(&a.common)?,
@@ -266,6 +287,30 @@ fn anp_config(a: &AnpArgs) -> Result<AnpConfig> {
         threshold: a.threshold,
         seed: c.seed,
         augment,
+        ..paper
+    })
+}
+
+fn ibau_config(a: &IbauArgs) -> Result<IbauConfig> {
+    let c = &a.common;
+    if c.epochs.is_some() {
+        bail!("--epochs: I-BAU counts --rounds");
+    }
+    if c.weight_decay.is_some() {
+        bail!("--weight-decay: I-BAU's Adam has no weight decay");
+    }
+    c.suspect_split()?;
+    let paper = IbauConfig::paper(c.model.clone());
+    Ok(IbauConfig {
+        rounds: a.rounds,
+        batch_size: c.batch_size.unwrap_or(paper.batch_size),
+        lr: c.lr.unwrap_or(paper.lr),
+        hyper: cleanse_core::defend::ibau::HyperSettings {
+            k: a.k,
+            ..paper.hyper
+        },
+        max_norm: a.max_norm,
+        seed: c.seed,
         ..paper
     })
 }

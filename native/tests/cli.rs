@@ -568,7 +568,38 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         tmp.path().join("anp").display().to_string(),
     ]);
     assert!(stdout.contains("anp: clean_acc"), "{stdout}");
+    let stdout = run_ok(&[
+        "defend".into(),
+        "ibau".into(),
+        "--model".into(),
+        teacher.display().to_string(),
+        "--rounds".into(),
+        "1".into(),
+        "--k".into(),
+        "2".into(),
+        "--max-norm".into(),
+        "3".into(),
+        "--batch-size".into(),
+        "32".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        tmp.path().join("ibau").display().to_string(),
+    ]);
+    assert!(stdout.contains("ibau: clean_acc"), "{stdout}");
+    let f: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("ibau/report.json")).expect("report"),
+    )
+    .expect("json");
+    assert_eq!(f["defense"]["config"]["method"], "ibau");
+    assert_eq!(f["defense"]["config"]["hyper"]["k"], 2);
+    assert_eq!(f["defense"]["config"]["max_norm"].as_f64(), Some(3.0));
+    assert_eq!(f["defense"]["config"]["lr"].as_f64(), Some(1e-4));
     for (method, flag, value, needle) in [
+        ("ibau", "--epochs", "3", "--rounds"),
+        ("ibau", "--weight-decay", "0.1", "weight-decay"),
+        ("ibau", "--k", "0", "k"),
+        ("ibau", "--max-norm", "0", "max-norm"),
         ("anp", "--epochs", "3", "--iterations"),
         ("anp", "--weight-decay", "0.1", "weight-decay"),
         ("anp", "--threshold", "2", "threshold"),
@@ -608,7 +639,8 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
             && lines[0].contains("FT 1 ep ASR %")
             && lines[0].contains("FP 1 ep drop 0.2 step 2 ASR %")
             && lines[0].contains("NAD 1 ep teacher 1 ep beta 100,200,300 p 1 ASR %")
-            && lines[0].contains("ANP 4 it ASR %"),
+            && lines[0].contains("ANP 4 it ASR %")
+            && lines[0].contains("I-BAU 1 rounds K 2 bound 3 ASR %"),
         "{table}"
     );
     assert!(lines[2].starts_with("| BadNets 30% | "), "{table}");

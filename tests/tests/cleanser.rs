@@ -260,7 +260,7 @@ fn other_temperature_ranges_follow_the_same_linear_schedule() {
 
 #[test]
 fn cleanse_rejects_an_unusable_weight_decay_before_reading_anything() {
-    use cleanse_core::defend::cleanse::cleanse;
+    use cleanse_core::defend::Defense;
     use cleanse_core::train::SilentObserver;
     let selected =
         cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu).expect("cpu");
@@ -269,14 +269,14 @@ fn cleanse_rejects_an_unusable_weight_decay_before_reading_anything() {
     assert!(config.sgd.check_weight_decay().is_none());
     for wd in [-1e-4, f64::NAN, f64::INFINITY] {
         config.sgd.weight_decay = wd;
-        let err = cleanse(
-            &config,
-            &tmp.path().join("out"),
-            false,
-            &selected,
-            &mut SilentObserver,
-        )
-        .expect_err("bad weight decay");
+        let err = Defense::Kd(config.clone())
+            .run(
+                &tmp.path().join("out"),
+                false,
+                &selected,
+                &mut SilentObserver,
+            )
+            .expect_err("bad weight decay");
         assert!(err.to_string().contains("weight-decay"), "{err}");
     }
     config.sgd.weight_decay = 0.0;
@@ -358,7 +358,8 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     use cleanse_core::attack::poison::AttackHooks;
     use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
     use cleanse_core::data::{DataSpec, DatasetKind};
-    use cleanse_core::defend::cleanse::{KdConfig, cleanse};
+    use cleanse_core::defend::Defense;
+    use cleanse_core::defend::cleanse::KdConfig;
     use cleanse_core::train::run::train_with;
     use cleanse_core::train::{Schedule, SilentObserver, TrainConfig};
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
@@ -413,14 +414,9 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     kc.lr = 0.05;
     kc.augment = Augment::NONE;
     let run = |c: &KdConfig, dir: &str| {
-        cleanse(
-            c,
-            &tmp.path().join(dir),
-            false,
-            &selected,
-            &mut SilentObserver,
-        )
-        .expect(dir)
+        Defense::Kd(c.clone())
+            .run(&tmp.path().join(dir), false, &selected, &mut SilentObserver)
+            .expect(dir)
     };
     let report = run(&kc, "student");
     let student_asr = report

@@ -517,22 +517,7 @@ fn fine_pruning_prunes_the_least_active_channels_until_the_defenders_accuracy_dr
             );
         }
     }
-    let stopped = tmp.path().join("fp-stopped");
-    let (d, s) = (defense.clone(), stopped.clone());
-    assert!(
-        std::thread::spawn(move || {
-            let _ = d.run(&s, false, &cpu(), &mut CrashAfter(1));
-        })
-        .join()
-        .is_err()
-    );
-    defense
-        .run(&stopped, true, &cpu(), &mut SilentObserver)
-        .expect("resume");
-    assert!(
-        weights(&stopped) == weights(&whole),
-        "the resumed run differs"
-    );
+    stopped_after_one_epoch_resumes_to(&defense, &tmp.path().join("fp-stopped"), &whole);
 }
 
 #[test]
@@ -671,6 +656,7 @@ fn nad_distils_from_a_fine_tuned_teacher_kept_in_the_run_and_resumes_exactly() {
 fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
     use cleanse_core::defend::anp::AnpConfig;
     use cleanse_core::defend::fp::FpConfig;
+    use cleanse_core::defend::ibau::IbauConfig;
     use cleanse_core::defend::mcr::McrConfig;
     use cleanse_core::defend::nad::NadConfig;
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
@@ -733,6 +719,17 @@ fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
             augment: Augment::NONE,
             ..AnpConfig::paper(sus.clone(), false)
         }),
+        // The spec's L2 bound of 10 is for 32x32 images of a full-width network: on this width-4
+        // model's 16x16 images a universal perturbation that large flips every prediction, and
+        // unlearning it costs most of the accuracy (1.0 -> 0.48 in 5 rounds). The bound is
+        // scaled down here; the method is the same.
+        Defense::Ibau(IbauConfig {
+            rounds: 5,
+            batch_size: 16,
+            lr: 1e-3,
+            max_norm: 1.0,
+            ..IbauConfig::paper(sus.clone())
+        }),
     ];
     for d in defenses {
         let out = tmp.path().join(d.method());
@@ -776,6 +773,26 @@ fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
             after.clean_acc
         );
     }
+}
+
+/// `defense` stopped by a crash after its first epoch in `stopped`, then resumed there, ends
+/// with the same weights as its uninterrupted run in `whole`.
+fn stopped_after_one_epoch_resumes_to(defense: &Defense, stopped: &Path, whole: &Path) {
+    let (d, s) = (defense.clone(), stopped.to_path_buf());
+    assert!(
+        std::thread::spawn(move || {
+            let _ = d.run(&s, false, &cpu(), &mut CrashAfter(1));
+        })
+        .join()
+        .is_err()
+    );
+    defense
+        .run(stopped, true, &cpu(), &mut SilentObserver)
+        .expect("resume");
+    assert!(
+        weights(stopped) == weights(whole),
+        "the resumed run differs"
+    );
 }
 
 /// The weights of a model (running statistics left out) and its running statistics, in module
@@ -1057,20 +1074,140 @@ fn anp_masks_stay_in_the_unit_interval_and_pruning_zeroes_exactly_the_channels_u
             == found.pruned_per_stage.iter().sum::<usize>()
     );
     let stopped = tmp.path().join("anp-stopped");
-    let (d, s) = (defense.clone(), stopped.clone());
-    assert!(
-        std::thread::spawn(move || {
-            let _ = d.run(&s, false, &cpu(), &mut CrashAfter(1));
-        })
-        .join()
-        .is_err()
-    );
-    defense
-        .run(&stopped, true, &cpu(), &mut SilentObserver)
-        .expect("resume");
+    stopped_after_one_epoch_resumes_to(&defense, &stopped, &whole);
     assert_eq!(masks_of(&stopped), values, "the resumed masks differ");
+}
+
+#[test]
+fn ibau_hypergradient_matches_a_finite_difference_of_the_outer_loss_at_the_inner_optimum() {
+    use burn::prelude::*;
+    use cleanse_core::defend::ibau::{HyperSettings, hypergradient};
+    use cleanse_core::model::{Architecture, Classifier, ModelConfig, Network, Normalization};
+    use cleanse_core::train::cross_entropy;
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let config = ModelConfig {
+        architecture: Architecture::Resnet18,
+        width: 2,
+        num_classes: 3,
+        normalization: Normalization::cifar10(),
+    };
+    let model = config
+        .init_seeded(&device, 5)
+        .train()
+        .with_batch_norm_training(false);
+    let x = random_images(4, 16, 2, &device).autodiff();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 1], [4]), &ad);
+    // The perturbation lives in the normalised input space: pixels move by w * std.
+    let std = Tensor::<1>::from_floats(Normalization::cifar10().std, &ad).reshape([1, 3, 1, 1]);
+    // A strongly convex inner problem (L2 weight 1, step 0.05), so that its optimum exists and the
+    // fixed-point series converges, with the perturbation large enough to move the outer loss.
+    let settings = HyperSettings {
+        k: 200,
+        inner_lr: 0.05,
+        inner_reg: 1.0,
+    };
+    let optimum = |m: &Classifier| -> Tensor<4> {
+        let fixed = m.clone().no_grad();
+        let mut w = Tensor::<4>::zeros([1, 3, 16, 16], &device);
+        for _ in 0..1000 {
+            let wl = w.clone().autodiff().require_grad();
+            let loss = cross_entropy(
+                fixed.forward(x.clone() + wl.clone() * std.clone()),
+                y.clone(),
+            )
+            .neg()
+                + wl.clone().powf_scalar(2.0).sum() * settings.inner_reg;
+            let g = wl.grad(&loss.backward()).expect("grad");
+            w = w - g * settings.inner_lr;
+        }
+        w
+    };
+    let outer = |m: &Classifier| -> f64 {
+        let w = optimum(m).autodiff();
+        cross_entropy(
+            m.clone().no_grad().forward(x.clone() + w * std.clone()),
+            y.clone(),
+        )
+        .into_scalar::<f32>() as f64
+    };
+    let w = optimum(&model);
+    let (grads, _, _) = hypergradient(&model, &x, &y, &w, &settings);
+    let Network::Resnet18(r) = &model.net else {
+        panic!("resnet")
+    };
+    let fc_id = r.fc.weight.id;
+    let g: Vec<f32> = floats(grads.get::<2>(fc_id).expect("fc gradient"));
+    // A direction in the classifier's weights.
+    let mut rng = cleanse_core::rng::Rng::from_parts(&[11]);
+    let u: Vec<f32> = (0..g.len()).map(|_| rng.next_f32() - 0.5).collect();
+    let un = u.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let u: Vec<f32> = u.iter().map(|v| v / un).collect();
+    let along = |h: f32| -> Classifier {
+        let mut m = model.clone();
+        let Network::Resnet18(r) = &mut m.net else {
+            panic!("resnet")
+        };
+        let dims = r.fc.weight.val().dims();
+        let du = Tensor::<2>::from_data(
+            TensorData::new(u.iter().map(|v| v * h).collect::<Vec<f32>>(), dims),
+            &ad,
+        );
+        r.fc.weight = r.fc.weight.clone().map(|t| t + du);
+        m
+    };
+    let h = 1e-2;
+    let fd = (outer(&along(h)) - outer(&along(-h))) / (2.0 * h as f64);
+    let analytic: f64 = g
+        .iter()
+        .zip(&u)
+        .map(|(a, b)| (*a as f64) * (*b as f64))
+        .sum();
+    let tolerance = 0.05 * fd.abs() + 1e-4;
     assert!(
-        weights(&stopped) == weights(&whole),
-        "the resumed run differs"
+        (analytic - fd).abs() < tolerance,
+        "hypergradient . u = {analytic}, finite difference = {fd}"
     );
+    // The outer loss's own gradient (the perturbation held fixed) is not the answer: the
+    // implicit term is what makes the two agree.
+    let w = w.autodiff();
+    let at = |m: &Classifier| {
+        cross_entropy(
+            m.clone()
+                .no_grad()
+                .forward(x.clone() + w.clone() * std.clone()),
+            y.clone(),
+        )
+        .into_scalar::<f32>() as f64
+    };
+    let partial = (at(&along(h)) - at(&along(-h))) / (2.0 * h as f64);
+    eprintln!("hypergradient . u = {analytic}, finite difference = {fd}, partial = {partial}");
+    eprintln!("hypergradient . u = {analytic}, finite difference = {fd}, partial = {partial}");
+    assert!(
+        (partial - fd).abs() > tolerance,
+        "partial {partial} vs total {fd}: the test cannot tell the implicit term"
+    );
+}
+
+#[test]
+fn ibau_unlearns_in_rounds_and_resumes_exactly() {
+    use cleanse_core::defend::ibau::IbauConfig;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sus = tmp.path().join("suspect");
+    suspect(&sus);
+    let config = IbauConfig {
+        rounds: 2,
+        batch_size: 8,
+        lr: 1e-3,
+        ..IbauConfig::paper(sus.clone())
+    };
+    let defense = Defense::Ibau(config);
+    assert_eq!(defense.method(), "ibau");
+    let whole = tmp.path().join("ibau");
+    let report = defense
+        .run(&whole, false, &cpu(), &mut SilentObserver)
+        .expect("ibau");
+    assert_eq!(report.epochs.len(), 2);
+    assert!(weights(&whole) != weights(&sus), "the model changed");
+    stopped_after_one_epoch_resumes_to(&defense, &tmp.path().join("ibau-stopped"), &whole);
 }

@@ -14,17 +14,15 @@
 //! The iterations run in rounds of up to 100 batches (the engine's epochs: a checkpoint and an
 //! evaluation after each), drawn from the defender's set repeated as often as a round needs.
 
-use super::defense::{DefenderData, Defense, Findings};
+use super::defense::Findings;
 use super::fp::zero_rows;
-use super::run::{Prepared, run_defense};
+use super::run::{Prepared, SuspectView};
 use crate::data::augment::Augment;
 use crate::data::batcher::{HostBatch, Repeated};
 use crate::device::Selected;
-use crate::engine::Observer;
 use crate::engine::driver::LoopPlan;
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, matches};
 use crate::model::Classifier;
-use crate::report::Report;
 use crate::train::checkpoint::{self, CheckpointState};
 use crate::train::cross_entropy;
 use crate::train::eval::{images_tensor, labels_tensor};
@@ -89,15 +87,7 @@ impl AnpConfig {
         if self.iterations == 0 {
             return Err(Error::config("iterations", "must be positive"));
         }
-        if self.batch_size < 2 {
-            return Err(Error::config(
-                "batch-size",
-                format!("expected at least 2, got {}", self.batch_size),
-            ));
-        }
-        if self.eval_batch_size == 0 {
-            return Err(Error::config("eval-batch-size", "must be positive"));
-        }
+        crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
         crate::train::sgd::check_lr(self.lr)?;
         SgdConfig {
             momentum: self.momentum,
@@ -389,71 +379,48 @@ impl ClassifierStep for AnpStep {
     }
 
     fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)> {
-        let names = (
-            format!("model-e{epochs_done}.bpk"),
-            format!("sgd-e{epochs_done}.bin"),
-        );
-        checkpoint::save_with_optimizer(dir, (&names.0, &names.1), self.masks(), &self.sgd)?;
-        Ok(names)
+        checkpoint::save_epoch(dir, epochs_done, "sgd", self.masks(), &self.sgd)
     }
 
     fn restore(&mut self, dir: &Path, state: &CheckpointState) -> Result<()> {
         let masks = self.masks.take().expect("an ANP step holds its masks");
-        let files = (state.model_file.as_str(), state.optimizer_file.as_str());
-        let restored =
-            checkpoint::load_with_optimizer(dir, files, masks, &mut self.sgd, &self.device)?;
+        let restored = checkpoint::load_epoch(dir, state, masks, &mut self.sgd, &self.device)?;
         self.masks = Some(restored);
         Ok(())
     }
 }
 
-/// Runs ANP on the suspect in `config.suspect` into `out` (new or empty unless `resume`).
-pub fn anp(
+/// ANP's step, data and plan: rounds of mask updates over the repeated defender set.
+pub(crate) fn prepare(
     config: &AnpConfig,
-    out: &Path,
-    resume: bool,
+    suspect: SuspectView<'_>,
     selected: &Selected,
-    observer: &mut dyn Observer,
-) -> Result<Report> {
-    let defense = Defense::Anp(config.clone());
-    run_defense(
-        &defense,
-        config.eval_batch_size,
-        out,
-        resume,
-        selected,
-        observer,
-        |suspect| {
-            let device = selected.device.clone();
-            let DefenderData::Labelled(holdout) = suspect.defender else {
-                unreachable!("ANP is given labelled data")
-            };
-            super::ft::check_labelled(&holdout, suspect.dir)?;
-            let (per_round, rounds) = config.rounds();
-            // Enough repeats of the set for a round of `per_round` full batches.
-            let times = (per_round * config.batch_size).div_ceil(holdout.len().max(1));
-            let data = Arc::new(Repeated {
-                set: Arc::new(holdout),
-                times,
-            });
-            let step = AnpStep::new(suspect.model, config, &device);
-            Ok(Prepared {
-                step,
-                data,
-                plan: LoopPlan {
-                    epochs: rounds,
-                    batch_size: config.batch_size,
-                    lr: config.lr,
-                    schedule: Schedule::Constant,
-                    seed: config.seed,
-                    augment: config.augment,
-                    max_batches: Some(per_round),
-                    what: "ANP",
-                },
-                start: suspect.model.clone(),
-                reinit: None,
-                findings: None,
-            })
+) -> Result<Prepared<AnpStep>> {
+    let device = selected.device.clone();
+    let holdout = suspect.defender.labelled(suspect.dir)?;
+    let (per_round, rounds) = config.rounds();
+    // Enough repeats of the set for a round of `per_round` full batches.
+    let times = (per_round * config.batch_size).div_ceil(holdout.len().max(1));
+    let data = Arc::new(Repeated {
+        set: Arc::new(holdout),
+        times,
+    });
+    let step = AnpStep::new(suspect.model, config, &device);
+    Ok(Prepared {
+        step,
+        data,
+        plan: LoopPlan {
+            epochs: rounds,
+            batch_size: config.batch_size,
+            lr: config.lr,
+            schedule: Schedule::Constant,
+            seed: config.seed,
+            augment: config.augment,
+            max_batches: Some(per_round),
+            what: "ANP",
         },
-    )
+        start: suspect.model.clone(),
+        reinit: None,
+        findings: None,
+    })
 }

@@ -3,19 +3,17 @@
 //! clean accuracy and ASR against the teacher's attack after every epoch. The final model is the
 //! last epoch's.
 
-use super::defense::{DefenderData, Defense};
+use super::defense::DefenderData;
 use super::kd::{TemperatureRange, distillation_loss};
 use super::reinit::{self, InitMode};
-use super::run::{Prepared, run_defense};
+use super::run::{Prepared, SuspectView};
 use super::unlabeled::{ImageBatch, UnlabeledImages};
 use crate::data::DataSpec;
 use crate::data::augment::Augment;
 use crate::device::Selected;
-use crate::engine::Observer;
 use crate::engine::driver::LoopPlan;
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::model::Classifier;
-use crate::report::Report;
 use crate::train::checkpoint::CheckpointState;
 use crate::train::eval::images_tensor;
 use crate::train::sgd::{Sgd, SgdConfig};
@@ -135,17 +133,9 @@ fn select_unlabeled(
 impl KdConfig {
     /// Why this configuration cannot run, if it cannot.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size < 2 {
-            return Err(Error::config(
-                "batch-size",
-                format!("expected at least 2, got {}", self.batch_size),
-            ));
-        }
+        crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
         if let Some(reason) = self.temperature.check() {
             return Err(Error::config("temperature", reason));
-        }
-        if self.eval_batch_size == 0 {
-            return Err(Error::config("eval-batch-size", "must be positive"));
         }
         crate::train::sgd::check_lr(self.lr)?;
         self.sgd.validate()?;
@@ -230,62 +220,49 @@ impl ClassifierStep for KdStep {
     }
 }
 
-/// Cleanses the teacher in `config.teacher` into `out` (new or empty unless `resume`).
-/// With `epochs == 0` it writes the re-initialised student as the model, undistilled.
-pub fn cleanse(
+/// The cleanser's step, data and plan: a student re-initialised from the teacher, distilled on
+/// the defender's images (with `epochs == 0` the run writes the re-initialised student, undistilled).
+pub(crate) fn prepare(
     config: &KdConfig,
-    out: &Path,
-    resume: bool,
+    suspect: SuspectView<'_>,
     selected: &Selected,
-    observer: &mut dyn Observer,
-) -> Result<Report> {
-    let defense = Defense::Kd(config.clone());
-    run_defense(
-        &defense,
-        config.eval_batch_size,
-        out,
-        resume,
-        selected,
-        observer,
-        |suspect| {
-            let device = selected.device.clone();
-            let DefenderData::Images(holdout) = suspect.defender else {
-                unreachable!("the cleanser is given images without labels")
-            };
-            let images = Arc::new(select_unlabeled(config, || Ok(holdout))?);
-            let (student, realised) = reinit::student(
-                suspect.model,
-                suspect.config,
-                &config.init,
-                config.seed,
-                &device,
-            );
-            let step = KdStep {
-                trainee: Trainee::new(
-                    student.clone().train(),
-                    Sgd::new(config.sgd.clone()),
-                    &device,
-                ),
-                teacher: suspect.model.clone(),
-                temperature: config.temperature,
-                epochs: config.epochs,
-                mixup: config.mixup,
-                seed: config.seed,
-                device,
-            };
-            Ok(Prepared {
-                step,
-                data: images,
-                plan: LoopPlan::cosine(
-                    (config.epochs, config.batch_size, config.lr),
-                    config.seed,
-                    config.augment,
-                    "cleansing",
-                ),
-                start: student,
-                reinit: Some(realised),
-                findings: None,
-            })
-        },
-    )
+) -> Result<Prepared<KdStep>> {
+    let device = selected.device.clone();
+    let DefenderData::Images(holdout) = suspect.defender else {
+        unreachable!("the cleanser is given images without labels")
+    };
+    let images = Arc::new(select_unlabeled(config, || Ok(holdout))?);
+    let (student, realised) = reinit::student(
+        suspect.model,
+        suspect.config,
+        &config.init,
+        config.seed,
+        &device,
+    );
+    let step = KdStep {
+        trainee: Trainee::new(
+            student.clone().train(),
+            Sgd::new(config.sgd.clone()),
+            &device,
+        ),
+        teacher: suspect.model.clone(),
+        temperature: config.temperature,
+        epochs: config.epochs,
+        mixup: config.mixup,
+        seed: config.seed,
+        device,
+    };
+    Ok(Prepared {
+        step,
+        data: images,
+        plan: LoopPlan::cosine(
+            (config.epochs, config.batch_size, config.lr),
+            config.seed,
+            config.augment,
+            "cleansing",
+        ),
+        start: student,
+        reinit: Some(realised),
+        findings: None,
+    })
 }

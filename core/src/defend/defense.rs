@@ -6,6 +6,7 @@ use super::anp::{AnpConfig, MaskSummary};
 use super::cleanse::KdConfig;
 use super::fp::{FpConfig, Pruning};
 use super::ft::FtConfig;
+use super::ibau::IbauConfig;
 use super::mcr::McrConfig;
 use super::nad::NadConfig;
 use super::unlabeled::UnlabeledImages;
@@ -35,6 +36,8 @@ pub enum Defense {
     Mcr(McrConfig),
     /// Adversarial Neuron Pruning: BN channels pruned by masks trained against weight noise.
     Anp(AnpConfig),
+    /// Implicit Backdoor Adversarial Unlearning: minimax unlearning of a universal perturbation.
+    Ibau(IbauConfig),
 }
 
 /// What a defense found on the defender's data before training, recorded in its report.
@@ -65,6 +68,25 @@ pub enum DefenderData {
     Labelled(ImageSet),
 }
 
+impl DefenderData {
+    /// The labelled images of a baseline defense, which trains on them: an error naming the
+    /// suspect's run directory when that run held out none.
+    pub(crate) fn labelled(self, suspect: &Path) -> Result<ImageSet> {
+        match self {
+            DefenderData::Labelled(set) if !set.is_empty() => Ok(set),
+            DefenderData::Labelled(_) => Err(crate::Error::config(
+                "model",
+                format!(
+                    "{}: the model's run held out no labelled images for the defender \
+                     (train it with --holdout above 0)",
+                    suspect.display()
+                ),
+            )),
+            DefenderData::Images(_) => unreachable!("a baseline defense is given labels"),
+        }
+    }
+}
+
 impl Defense {
     /// The method's name on the command line and in reports (`kd`, `ft`).
     pub fn method(&self) -> &'static str {
@@ -75,6 +97,7 @@ impl Defense {
             Defense::Nad(_) => "nad",
             Defense::Mcr(_) => "mcr",
             Defense::Anp(_) => "anp",
+            Defense::Ibau(_) => "ibau",
         }
     }
 
@@ -87,6 +110,7 @@ impl Defense {
             Defense::Nad(_) => "NAD",
             Defense::Mcr(_) => "MCR",
             Defense::Anp(_) => "ANP",
+            Defense::Ibau(_) => "I-BAU",
         }
     }
 
@@ -98,7 +122,8 @@ impl Defense {
             | Defense::Fp(_)
             | Defense::Nad(_)
             | Defense::Mcr(_)
-            | Defense::Anp(_) => DefenderAccess::Labelled,
+            | Defense::Anp(_)
+            | Defense::Ibau(_) => DefenderAccess::Labelled,
         }
     }
 
@@ -111,6 +136,7 @@ impl Defense {
             Defense::Nad(c) => &c.ft.suspect,
             Defense::Mcr(c) => &c.ft.suspect,
             Defense::Anp(c) => &c.suspect,
+            Defense::Ibau(c) => &c.suspect,
         }
     }
 
@@ -123,6 +149,7 @@ impl Defense {
             Defense::Nad(c) => c.ft.seed,
             Defense::Mcr(c) => c.ft.seed,
             Defense::Anp(c) => c.seed,
+            Defense::Ibau(c) => c.seed,
         }
     }
 
@@ -136,6 +163,7 @@ impl Defense {
             Defense::Nad(c) => c.label_details(),
             Defense::Mcr(c) => c.label_details(),
             Defense::Anp(c) => c.label_details(),
+            Defense::Ibau(c) => c.label_details(),
         }
     }
 
@@ -156,6 +184,7 @@ impl Defense {
             Defense::Nad(c) => c.validate(),
             Defense::Mcr(c) => c.validate(),
             Defense::Anp(c) => c.validate(),
+            Defense::Ibau(c) => c.validate(),
         }
     }
 
@@ -167,13 +196,44 @@ impl Defense {
         selected: &Selected,
         observer: &mut dyn Observer,
     ) -> Result<Report> {
+        use super::run::run_defense;
+        use super::{anp, cleanse, fp, ft, ibau, mcr, nad};
+        let o = observer;
         match self {
-            Defense::Kd(c) => super::cleanse::cleanse(c, out, resume, selected, observer),
-            Defense::Ft(c) => super::ft::fine_tune(c, out, resume, selected, observer),
-            Defense::Fp(c) => super::fp::fine_prune(c, out, resume, selected, observer),
-            Defense::Nad(c) => super::nad::nad(c, out, resume, selected, observer),
-            Defense::Mcr(c) => super::mcr::mcr(c, out, resume, selected, observer),
-            Defense::Anp(c) => super::anp::anp(c, out, resume, selected, observer),
+            Defense::Kd(c) => run_defense(self, out, resume, selected, o, |s| {
+                cleanse::prepare(c, s, selected)
+            }),
+            Defense::Ft(c) => run_defense(self, out, resume, selected, o, |s| {
+                ft::prepare(c, s, selected)
+            }),
+            Defense::Fp(c) => run_defense(self, out, resume, selected, o, |s| {
+                fp::prepare(c, s, selected)
+            }),
+            Defense::Nad(c) => run_defense(self, out, resume, selected, o, |s| {
+                nad::prepare(c, s, selected)
+            }),
+            Defense::Mcr(c) => run_defense(self, out, resume, selected, o, |s| {
+                mcr::prepare(c, s, selected)
+            }),
+            Defense::Anp(c) => run_defense(self, out, resume, selected, o, |s| {
+                anp::prepare(c, s, selected)
+            }),
+            Defense::Ibau(c) => run_defense(self, out, resume, selected, o, |s| {
+                ibau::prepare(c, s, selected)
+            }),
+        }
+    }
+
+    /// The batch size of the per-epoch evaluation.
+    pub fn eval_batch_size(&self) -> usize {
+        match self {
+            Defense::Kd(c) => c.eval_batch_size,
+            Defense::Ft(c) => c.eval_batch_size,
+            Defense::Fp(FpConfig { ft, .. })
+            | Defense::Nad(NadConfig { ft, .. })
+            | Defense::Mcr(McrConfig { ft, .. }) => ft.eval_batch_size,
+            Defense::Anp(c) => c.eval_batch_size,
+            Defense::Ibau(c) => c.eval_batch_size,
         }
     }
 

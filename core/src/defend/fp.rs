@@ -13,18 +13,16 @@
 //! projection (and its BN), of the final BN (PreAct) and the classifier's input column `c`. The
 //! last stage's output channel `c` is then zero for every input.
 
-use super::defense::{DefenderData, Defense, Findings};
+use super::defense::Findings;
 use super::ft::FtConfig;
-use super::run::{Prepared, run_defense};
+use super::run::{Prepared, SuspectView};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
 use crate::device::Selected;
-use crate::engine::Observer;
 use crate::engine::driver::LoopPlan;
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee};
 use crate::io::{read_json, write_json_atomic};
 use crate::model::{Classifier, Network};
-use crate::report::Report;
 use crate::train::checkpoint::CheckpointState;
 use crate::train::count_correct;
 use crate::train::eval::{images_tensor, in_order, labels_tensor};
@@ -323,82 +321,66 @@ impl ClassifierStep for FpStep {
     }
 }
 
-/// Runs Fine-Pruning on the suspect in `config.ft.suspect` into `out` (new or empty unless
-/// `resume`).
-pub fn fine_prune(
+/// Fine-Pruning's step, data and plan: the pruning search (saved in the run directory and reused
+/// on resume), then fine-tuning with the pruned channels held at zero.
+pub(crate) fn prepare(
     config: &FpConfig,
-    out: &Path,
-    resume: bool,
+    suspect: SuspectView<'_>,
     selected: &Selected,
-    observer: &mut dyn Observer,
-) -> Result<Report> {
-    let defense = Defense::Fp(config.clone());
-    run_defense(
-        &defense,
-        config.ft.eval_batch_size,
-        out,
-        resume,
-        selected,
-        observer,
-        |suspect| {
-            let device = selected.device.clone();
-            let DefenderData::Labelled(holdout) = suspect.defender else {
-                unreachable!("Fine-Pruning is given labelled data")
-            };
-            super::ft::check_labelled(&holdout, suspect.dir)?;
-            let holdout = Arc::new(holdout);
-            let file = suspect.out.join(PRUNING_FILE);
-            let pruning: Pruning = match file.is_file() {
-                true => read_json(&file)?,
-                false => {
-                    let p = search(
-                        suspect.model,
-                        &holdout,
-                        config.acc_drop,
-                        config.prune_step,
-                        config.ft.eval_batch_size,
-                        &device,
-                    );
-                    write_json_atomic(&file, &p)?;
-                    p
-                }
-            };
-            let width = pruning.channels;
-            let permutation = {
-                let mut o = pruning.order.clone();
-                o.sort_unstable();
-                o.into_iter().eq(0..width)
-            };
-            if width != suspect.model.tail_width() || !permutation || pruning.pruned >= width {
-                return Err(Error::artifact(
-                    &file,
-                    "not this run's pruning search (remove it to search again)",
-                ));
-            }
-            let start = mask_last_stage(suspect.model.clone(), pruning.pruned_channels());
-            let ft = &config.ft;
-            let step = FpStep {
-                inner: CrossEntropyStep {
-                    trainee: Trainee::new(start.clone().train(), Sgd::new(ft.sgd.clone()), &device),
-                    hooks: None,
-                    seed: ft.seed,
-                    device,
-                },
-                pruned: pruning.pruned_channels().to_vec(),
-            };
-            Ok(Prepared {
-                step,
-                data: holdout,
-                plan: LoopPlan::cosine(
-                    (ft.epochs, ft.batch_size, ft.lr),
-                    ft.seed,
-                    ft.augment,
-                    "fine-pruning",
-                ),
-                start,
-                reinit: None,
-                findings: Some(Findings::Fp(pruning)),
-            })
+) -> Result<Prepared<FpStep>> {
+    let device = selected.device.clone();
+    let holdout = suspect.defender.labelled(suspect.dir)?;
+    let holdout = Arc::new(holdout);
+    let file = suspect.out.join(PRUNING_FILE);
+    let pruning: Pruning = match file.is_file() {
+        true => read_json(&file)?,
+        false => {
+            let p = search(
+                suspect.model,
+                &holdout,
+                config.acc_drop,
+                config.prune_step,
+                config.ft.eval_batch_size,
+                &device,
+            );
+            write_json_atomic(&file, &p)?;
+            p
+        }
+    };
+    let width = pruning.channels;
+    let permutation = {
+        let mut o = pruning.order.clone();
+        o.sort_unstable();
+        o.into_iter().eq(0..width)
+    };
+    if width != suspect.model.tail_width() || !permutation || pruning.pruned >= width {
+        return Err(Error::artifact(
+            &file,
+            "not this run's pruning search (remove it to search again)",
+        ));
+    }
+    let start = mask_last_stage(suspect.model.clone(), pruning.pruned_channels());
+    let ft = &config.ft;
+    let step = FpStep {
+        inner: CrossEntropyStep {
+            trainee: Trainee::new(start.clone().train(), Sgd::new(ft.sgd.clone()), &device),
+            hooks: None,
+            seed: ft.seed,
+            device,
         },
-    )
+        pruned: pruning.pruned_channels().to_vec(),
+    };
+    Ok(Prepared {
+        step,
+        data: holdout,
+        plan: LoopPlan::cosine(
+            (ft.epochs, ft.batch_size, ft.lr),
+            ft.seed,
+            ft.augment,
+            "fine-pruning",
+        ),
+        start,
+        reinit: None,
+        findings: Some(Findings::Fp(pruning)),
+    })
 }

@@ -2,8 +2,8 @@
 //! (method spec: SGD lr 0.01, momentum 0.9, weight decay 5e-4, cosine over the run, 100 epochs,
 //! batch 256, crop + flip; the last epoch's model is the result).
 
-use super::defense::{DefenderData, Defense};
-use super::run::{Prepared, run_defense};
+use super::defense::Defense;
+use super::run::{Prepared, SuspectView};
 use crate::data::augment::Augment;
 use crate::device::Selected;
 use crate::engine::driver::LoopPlan;
@@ -53,15 +53,7 @@ impl FtConfig {
 
     /// Why this configuration cannot run, if it cannot.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size < 2 {
-            return Err(Error::config(
-                "batch-size",
-                format!("expected at least 2, got {}", self.batch_size),
-            ));
-        }
-        if self.eval_batch_size == 0 {
-            return Err(Error::config("eval-batch-size", "must be positive"));
-        }
+        crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
         crate::train::sgd::check_lr(self.lr)?;
         self.sgd.validate()?;
         self.augment.validate()
@@ -76,69 +68,38 @@ impl FtConfig {
     }
 }
 
-/// Fine-tunes the suspect in `config.suspect` into `out` (new or empty unless `resume`).
-pub fn fine_tune(
+/// Fine-tuning's step, data and plan: the suspect trained with cross-entropy on the defender's
+/// labelled images.
+pub(crate) fn prepare(
     config: &FtConfig,
-    out: &Path,
-    resume: bool,
+    suspect: SuspectView<'_>,
     selected: &Selected,
-    observer: &mut dyn Observer,
-) -> Result<Report> {
-    let defense = Defense::Ft(config.clone());
-    run_defense(
-        &defense,
-        config.eval_batch_size,
-        out,
-        resume,
-        selected,
-        observer,
-        |suspect| {
-            let device = selected.device.clone();
-            let DefenderData::Labelled(holdout) = suspect.defender else {
-                unreachable!("fine-tuning is given labelled data")
-            };
-            check_labelled(&holdout, suspect.dir)?;
-            let step = CrossEntropyStep {
-                trainee: Trainee::new(
-                    suspect.model.clone().train(),
-                    Sgd::new(config.sgd.clone()),
-                    &device,
-                ),
-                hooks: None,
-                seed: config.seed,
-                device,
-            };
-            Ok(Prepared {
-                step,
-                data: Arc::new(holdout),
-                plan: LoopPlan::cosine(
-                    (config.epochs, config.batch_size, config.lr),
-                    config.seed,
-                    config.augment,
-                    "fine-tuning",
-                ),
-                start: suspect.model.clone(),
-                reinit: None,
-                findings: None,
-            })
-        },
-    )
-}
-
-/// The error for a suspect whose run held out no labelled images (the data of every defense
-/// that trains with labels).
-pub(crate) fn check_labelled(holdout: &crate::data::ImageSet, suspect: &Path) -> Result<()> {
-    if holdout.is_empty() {
-        return Err(Error::config(
-            "model",
-            format!(
-                "{}: the model's run held out no labelled images for the defender \
-                 (train it with --holdout above 0)",
-                suspect.display()
-            ),
-        ));
-    }
-    Ok(())
+) -> Result<Prepared<CrossEntropyStep<'static>>> {
+    let device = selected.device.clone();
+    let holdout = suspect.defender.labelled(suspect.dir)?;
+    let step = CrossEntropyStep {
+        trainee: Trainee::new(
+            suspect.model.clone().train(),
+            Sgd::new(config.sgd.clone()),
+            &device,
+        ),
+        hooks: None,
+        seed: config.seed,
+        device,
+    };
+    Ok(Prepared {
+        step,
+        data: Arc::new(holdout),
+        plan: LoopPlan::cosine(
+            (config.epochs, config.batch_size, config.lr),
+            config.seed,
+            config.augment,
+            "fine-tuning",
+        ),
+        start: suspect.model.clone(),
+        reinit: None,
+        findings: None,
+    })
 }
 
 /// The folder, inside a defense's run directory, of the suspect fine-tuned as a first step
@@ -161,7 +122,7 @@ pub(crate) fn nested_fine_tune(
         .is_ok_and(|r| r.status == crate::report::RunStatus::Complete);
     if !finished {
         let resume = crate::train::checkpoint::resumable(&dir.join(files::CHECKPOINT_DIR));
-        let tuned = fine_tune(config, &dir, resume, selected, observer);
+        let tuned = Defense::Ft(config.clone()).run(&dir, resume, selected, observer);
         observer.finish();
         tuned.map_err(in_dir)?;
     }

@@ -10,17 +10,14 @@
 //! The report shows clean accuracy and ASR along `t = 0, 0.1, ..., 1`; `t` is fixed in advance,
 //! never chosen from that curve.
 
-use super::defense::{DefenderData, Defense};
 use super::ft::{FtConfig, nested_fine_tune};
-use super::run::{Prepared, run_defense};
+use super::run::{Prepared, SuspectView};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
 use crate::device::Selected;
-use crate::engine::Observer;
 use crate::engine::driver::LoopPlan;
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::model::Classifier;
-use crate::report::Report;
 use crate::train::bn_update::reestimate_batch_norm;
 use crate::train::checkpoint::CheckpointState;
 use crate::train::cross_entropy;
@@ -306,68 +303,51 @@ impl ClassifierStep for McrStep {
     }
 }
 
-/// Runs MCR on the suspect in `config.ft.suspect` into `out` (new or empty unless `resume`):
-/// the far endpoint is fine-tuned into `out/fine-tuned` first (kept, and reused on resume).
-pub fn mcr(
+/// MCR's step, data and plan: the far endpoint is fine-tuned into `out/fine-tuned` first (kept,
+/// and reused on resume).
+pub(crate) fn prepare(
     config: &McrConfig,
-    out: &Path,
-    resume: bool,
+    suspect: SuspectView<'_>,
     selected: &Selected,
-    observer: &mut dyn Observer,
-) -> Result<Report> {
-    let defense = Defense::Mcr(config.clone());
-    run_defense(
-        &defense,
-        config.ft.eval_batch_size,
-        out,
-        resume,
-        selected,
-        observer,
-        |suspect| {
-            let device = selected.device.clone();
-            let DefenderData::Labelled(holdout) = suspect.defender else {
-                unreachable!("MCR is given labelled data")
-            };
-            super::ft::check_labelled(&holdout, suspect.dir)?;
-            let theta2 =
-                nested_fine_tune(&config.endpoint(), suspect.out, selected, suspect.observer)?;
-            let ends = Arc::new(Ends::new(suspect.model, &theta2));
-            // The bend starts on the straight line: (theta0 + theta2) / 2.
-            let (bend, _) = combine(suspect.model, &ends, [0.5, 0.0, 0.5], false);
-            let ft = &config.ft;
-            let sgd = SgdConfig {
-                weight_decay: 0.0,
-                ..ft.sgd.clone()
-            };
-            let holdout = Arc::new(holdout);
-            let step = McrStep {
-                trainee: Trainee::new(bend.train(), Sgd::new(sgd), &device),
-                ends,
-                l2: ft.sgd.weight_decay,
-                t: config.t,
-                bn_update: config.bn_update,
-                holdout: holdout.clone(),
-                eval_batch_size: ft.eval_batch_size,
-                seed: ft.seed,
-                device,
-            };
-            let start = step.eval_model();
-            Ok(Prepared {
-                step,
-                data: holdout,
-                plan: LoopPlan {
-                    schedule: Schedule::CurveTraining { epochs: ft.epochs },
-                    ..LoopPlan::cosine(
-                        (ft.epochs, ft.batch_size, ft.lr),
-                        ft.seed,
-                        ft.augment,
-                        "MCR",
-                    )
-                },
-                start,
-                reinit: None,
-                findings: None,
-            })
+) -> Result<Prepared<McrStep>> {
+    let device = selected.device.clone();
+    let holdout = suspect.defender.labelled(suspect.dir)?;
+    let theta2 = nested_fine_tune(&config.endpoint(), suspect.out, selected, suspect.observer)?;
+    let ends = Arc::new(Ends::new(suspect.model, &theta2));
+    // The bend starts on the straight line: (theta0 + theta2) / 2.
+    let (bend, _) = combine(suspect.model, &ends, [0.5, 0.0, 0.5], false);
+    let ft = &config.ft;
+    let sgd = SgdConfig {
+        weight_decay: 0.0,
+        ..ft.sgd.clone()
+    };
+    let holdout = Arc::new(holdout);
+    let step = McrStep {
+        trainee: Trainee::new(bend.train(), Sgd::new(sgd), &device),
+        ends,
+        l2: ft.sgd.weight_decay,
+        t: config.t,
+        bn_update: config.bn_update,
+        holdout: holdout.clone(),
+        eval_batch_size: ft.eval_batch_size,
+        seed: ft.seed,
+        device,
+    };
+    let start = step.eval_model();
+    Ok(Prepared {
+        step,
+        data: holdout,
+        plan: LoopPlan {
+            schedule: Schedule::CurveTraining { epochs: ft.epochs },
+            ..LoopPlan::cosine(
+                (ft.epochs, ft.batch_size, ft.lr),
+                ft.seed,
+                ft.augment,
+                "MCR",
+            )
         },
-    )
+        start,
+        reinit: None,
+        findings: None,
+    })
 }

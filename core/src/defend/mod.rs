@@ -2,14 +2,15 @@
 //! ([`run`]) from a suspect model ([`suspect`]), and each method in its own file: the paper's
 //! distillation cleanser ([`cleanse`], with its re-initialisation [`reinit`], loss [`kd`] and
 //! label-free data [`unlabeled`]) and the baselines: fine-tuning ([`ft`]), Fine-Pruning ([`fp`]),
-//! Neural Attention Distillation ([`nad`]), Mode Connectivity Repair ([`mcr`]) and Adversarial
-//! Neuron Pruning ([`anp`]).
+//! Neural Attention Distillation ([`nad`]), Mode Connectivity Repair ([`mcr`]), Adversarial
+//! Neuron Pruning ([`anp`]) and Implicit Backdoor Adversarial Unlearning ([`ibau`]).
 
 pub mod anp;
 pub mod cleanse;
 pub mod defense;
 pub mod fp;
 pub mod ft;
+pub mod ibau;
 pub mod kd;
 pub mod mcr;
 pub mod nad;

@@ -5,17 +5,14 @@
 //! and 4, weighted 500, 1000, 1000. The last epoch's student is the result (the reference code
 //! keeps the epoch of best test accuracy; cleanse never reads the test set to choose).
 
-use super::defense::{DefenderData, Defense};
 use super::ft::{FtConfig, nested_fine_tune};
-use super::run::{Prepared, run_defense};
+use super::run::{Prepared, SuspectView};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
 use crate::device::Selected;
-use crate::engine::Observer;
 use crate::engine::driver::LoopPlan;
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::model::Classifier;
-use crate::report::Report;
 use crate::train::checkpoint::CheckpointState;
 use crate::train::cross_entropy;
 use crate::train::eval::{images_tensor, labels_tensor};
@@ -193,56 +190,39 @@ impl ClassifierStep for NadStep {
     }
 }
 
-/// Runs NAD on the suspect in `config.ft.suspect` into `out` (new or empty unless `resume`):
-/// the teacher is fine-tuned into `out/fine-tuned` first (kept, and reused on resume).
-pub fn nad(
+/// NAD's step, data and plan: the teacher is fine-tuned into `out/fine-tuned` first (kept, and
+/// reused on resume).
+pub(crate) fn prepare(
     config: &NadConfig,
-    out: &Path,
-    resume: bool,
+    suspect: SuspectView<'_>,
     selected: &Selected,
-    observer: &mut dyn Observer,
-) -> Result<Report> {
-    let defense = Defense::Nad(config.clone());
-    run_defense(
-        &defense,
-        config.ft.eval_batch_size,
-        out,
-        resume,
-        selected,
-        observer,
-        |suspect| {
-            let device = selected.device.clone();
-            let DefenderData::Labelled(holdout) = suspect.defender else {
-                unreachable!("NAD is given labelled data")
-            };
-            super::ft::check_labelled(&holdout, suspect.dir)?;
-            let teacher =
-                nested_fine_tune(&config.teacher(), suspect.out, selected, suspect.observer)?;
-            let ft = &config.ft;
-            let step = NadStep {
-                trainee: Trainee::new(
-                    suspect.model.clone().train(),
-                    Sgd::new(ft.sgd.clone()),
-                    &device,
-                ),
-                teacher,
-                betas: config.betas,
-                p: config.p,
-                device,
-            };
-            Ok(Prepared {
-                step,
-                data: Arc::new(holdout),
-                plan: LoopPlan::cosine(
-                    (ft.epochs, ft.batch_size, ft.lr),
-                    ft.seed,
-                    ft.augment,
-                    "NAD",
-                ),
-                start: suspect.model.clone(),
-                reinit: None,
-                findings: None,
-            })
-        },
-    )
+) -> Result<Prepared<NadStep>> {
+    let device = selected.device.clone();
+    let holdout = suspect.defender.labelled(suspect.dir)?;
+    let teacher = nested_fine_tune(&config.teacher(), suspect.out, selected, suspect.observer)?;
+    let ft = &config.ft;
+    let step = NadStep {
+        trainee: Trainee::new(
+            suspect.model.clone().train(),
+            Sgd::new(ft.sgd.clone()),
+            &device,
+        ),
+        teacher,
+        betas: config.betas,
+        p: config.p,
+        device,
+    };
+    Ok(Prepared {
+        step,
+        data: Arc::new(holdout),
+        plan: LoopPlan::cosine(
+            (ft.epochs, ft.batch_size, ft.lr),
+            ft.seed,
+            ft.augment,
+            "NAD",
+        ),
+        start: suspect.model.clone(),
+        reinit: None,
+        findings: None,
+    })
 }

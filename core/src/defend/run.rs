@@ -56,7 +56,6 @@ pub(crate) struct Prepared<S: ClassifierStep> {
 /// every epoch.
 pub(crate) fn run_defense<S: ClassifierStep>(
     defense: &Defense,
-    eval_batch_size: usize,
     out: &Path,
     resume: bool,
     selected: &Selected,
@@ -64,6 +63,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     prepare: impl FnOnce(SuspectView) -> Result<Prepared<S>>,
 ) -> Result<Report> {
     defense.validate()?;
+    let eval_batch_size = defense.eval_batch_size();
     let config_json =
         serde_json::to_value(defense).map_err(|e| Error::config("config", e.to_string()))?;
     let mut run = RunDir::open(

@@ -18,6 +18,21 @@ use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The batch-size settings of a run: a training batch of at least 2 (batch norms need two
+/// images), a positive evaluation batch.
+pub fn check_batch_sizes(batch_size: usize, eval_batch_size: usize) -> crate::Result<()> {
+    if batch_size < 2 {
+        return Err(crate::Error::config(
+            "batch-size",
+            format!("expected at least 2, got {batch_size}"),
+        ));
+    }
+    if eval_batch_size == 0 {
+        return Err(crate::Error::config("eval-batch-size", "must be positive"));
+    }
+    Ok(())
+}
+
 /// How a loop walks its data: the settings every method's loop has.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoopPlan {

@@ -115,20 +115,13 @@ impl Trainee {
 
     /// Saves weights and SGD state as the checkpoint of `epochs_done` epochs.
     pub fn save(&self, dir: &Path, epochs_done: usize) -> Result<(String, String)> {
-        let names = (
-            format!("model-e{epochs_done}.bpk"),
-            format!("sgd-e{epochs_done}.bin"),
-        );
-        checkpoint::save_with_optimizer(dir, (&names.0, &names.1), self.model(), &self.sgd)?;
-        Ok(names)
+        checkpoint::save_epoch(dir, epochs_done, "sgd", self.model(), &self.sgd)
     }
 
     /// Loads what [`Trainee::save`] wrote.
     pub fn restore(&mut self, dir: &Path, state: &CheckpointState) -> Result<()> {
         let model = self.model.take().expect("a trainee always holds its model");
-        let files = (state.model_file.as_str(), state.optimizer_file.as_str());
-        let restored =
-            checkpoint::load_with_optimizer(dir, files, model, &mut self.sgd, &self.device);
+        let restored = checkpoint::load_epoch(dir, state, model, &mut self.sgd, &self.device);
         // On an error the model is gone; the run stops there.
         self.model = Some(restored?);
         Ok(())

@@ -276,6 +276,16 @@ impl Classifier {
         v
     }
 
+    /// The network with its batch norms using their running statistics (`false`: frozen, as in
+    /// PyTorch's `eval()`, also on a training copy whose weights still train) or batch
+    /// statistics on a training copy (`true`, the default).
+    pub fn with_batch_norm_training(mut self, training: bool) -> Self {
+        for (_, bn) in self.batch_norms_mut() {
+            bn.training = bn.training.clone().with_value(training);
+        }
+        self
+    }
+
     /// Channels of the last stage's output (the classifier's inputs).
     pub fn tail_width(&self) -> usize {
         match &self.net {

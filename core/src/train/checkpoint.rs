@@ -178,6 +178,35 @@ pub fn save_with_optimizer<M: Module, O: OptimizerState>(
     write_atomic(&dir.join(optimizer_file), &optimizer.state_bytes())
 }
 
+/// Saves `module` and `optimizer` as the checkpoint of `epochs_done` epochs of an engine step
+/// (`model-e{n}.bpk`, `{optimizer_tag}-e{n}.bin`); returns the two file names for its state.
+pub fn save_epoch<M: Module, O: OptimizerState>(
+    dir: &Path,
+    epochs_done: usize,
+    optimizer_tag: &str,
+    module: &M,
+    optimizer: &O,
+) -> Result<(String, String)> {
+    let names = (
+        format!("model-e{epochs_done}.bpk"),
+        format!("{optimizer_tag}-e{epochs_done}.bin"),
+    );
+    save_with_optimizer(dir, (&names.0, &names.1), module, optimizer)?;
+    Ok(names)
+}
+
+/// Loads what [`save_epoch`] wrote, as `state` names it, into `module` and `optimizer`.
+pub fn load_epoch<M: Module, O: OptimizerState>(
+    dir: &Path,
+    state: &CheckpointState,
+    module: M,
+    optimizer: &mut O,
+    device: &Device,
+) -> Result<M> {
+    let files = (state.model_file.as_str(), state.optimizer_file.as_str());
+    load_with_optimizer(dir, files, module, optimizer, device)
+}
+
 /// Loads what [`save_with_optimizer`] wrote into `module` (built with the same configuration)
 /// and `optimizer`.
 pub fn load_with_optimizer<M: Module, O: OptimizerState>(
