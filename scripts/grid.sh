@@ -4,11 +4,13 @@
 #
 #   bash scripts/grid.sh [GROUP...]
 #
-# Groups (default: all, in this order): subset cleanse ft ablation init0 scale wanet ood tsne gtsrb sweep
-#   faithful width seeds
+# Groups (default: all, in this order): subset cleanse ft baselines ablation init0 scale wanet ood tsne
+#   gtsrb sweep faithful width seeds
 #   subset    clean reference and the six attacks with --preset subset (CIFAR-10 subset)
 #   cleanse   `defend kd` at the method's defaults on each subset attack
 #   ft        `defend ft` (fine-tuning, the method spec's defaults) on each subset attack
+#   baselines `defend fp`, `nad`, `mcr`, `anp` and `ibau` at the method spec's defaults on each
+#             subset attack (into fp/, nad/, mcr/, anp/, ibau/)
 #   ablation  the initialisation ablation on subset BadNets (uniform, single:1..4, none, fresh)
 #   init0     each initialisation's student before distillation (`--epochs 0`), with t-SNE maps
 #   scale     cleanser settings for small unlabeled sets on subset BadNets (ratios x3 and x4,
@@ -82,7 +84,7 @@ job() {
 }
 
 want() { [[ " $GROUPS_WANTED " == *" $1 "* ]]; }
-GROUPS_WANTED=${*:-subset cleanse ft ablation init0 scale wanet ood tsne gtsrb sweep faithful width seeds}
+GROUPS_WANTED=${*:-subset cleanse ft baselines ablation init0 scale wanet ood tsne gtsrb sweep faithful width seeds}
 
 # Each attack's cleanse directly follows it, so a partial grid has complete before/after pairs.
 for a in badnets blended clean sig lc wanet iab; do
@@ -100,6 +102,11 @@ for a in badnets blended clean sig lc wanet iab; do
   fi
   if want ft && [[ $a != clean ]]; then
     job ft/$a "subset/$a" defend ft --model "$RUNS/subset/$a" "${DEV[@]}"
+  fi
+  if want baselines && [[ $a != clean ]]; then
+    for d in fp nad mcr anp ibau; do
+      job $d/$a "subset/$a" defend $d --model "$RUNS/subset/$a" "${DEV[@]}"
+    done
   fi
 done
 if want ablation; then

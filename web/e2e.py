@@ -204,7 +204,8 @@ def demo(b, base, backend, out, bench):
 def viewer(b, base, out):
     b.open(f"{base}/index.html?page=viewer")
     b.wait("the viewer", lambda: b.text("#viewer") is not None, 60)
-    reports = [os.path.join(FIXTURES, f) for f in ("badnets-report.json", "cleanse-badnets-report.json")]
+    reports = [os.path.join(FIXTURES, f)
+               for f in ("badnets-report.json", "cleanse-badnets-report.json", "anp-badnets-report.json")]
     b.send_files("#report-files", reports)
     table = b.wait("the attack x defense table", lambda: b.text("#attack-defense-table"), 60)
     expected = []
@@ -213,8 +214,11 @@ def viewer(b, base, out):
         expected.append(f"{100 * r['final']['asr']:.1f}")
         expected.append(f"{100 * r['final']['clean_acc']:.1f}")
     missing = [e for e in expected if e not in table]
-    if "BadNets" not in table or missing:
-        raise Fail(f"the table lacks BadNets or the numbers {missing}: {table!r}")
+    if "BadNets" not in table or "ANP" not in table or "Mean" not in table or missing:
+        raise Fail(f"the table lacks BadNets, ANP, the mean or the numbers {missing}: {table!r}")
+    along = b.js("return document.querySelectorAll('#viewer #defense-curve polyline').length;")
+    if along < 2:
+        raise Fail(f"expected ANP's accuracy and ASR along the threshold, found {along} lines")
     charts = b.js("return document.querySelectorAll('#viewer .chart polyline').length;")
     if charts < 4:
         raise Fail(f"expected clean accuracy and ASR curves of both runs, found {charts} lines")

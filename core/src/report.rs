@@ -335,6 +335,8 @@ pub struct Cell {
 /// table layout).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AttackDefenseTable {
+    /// Column labels: "No defense", then the defenses in the supplement's order (FT, FP, MCR,
+    /// ANP, NAD, I-BAU, the cleanser), variants of one method in the order first seen.
     pub defenses: Vec<String>,
     pub rows: Vec<(String, Vec<Option<Cell>>)>,
     /// Reports that could not be placed, and cells that two reports claimed, by name.
@@ -355,6 +357,8 @@ impl AttackDefenseTable {
             ..Default::default()
         };
         let mut teacher_cells: Vec<(String, Cell)> = Vec::new();
+        // Each column's place in the supplement's order.
+        let mut positions: Vec<(String, usize)> = vec![(NO_DEFENSE.to_string(), 0)];
         for (name, r) in reports {
             let Some(attack) = &r.attack else {
                 continue;
@@ -384,7 +388,13 @@ impl AttackDefenseTable {
                         },
                     ));
                 }
-                defense_label(r)
+                let label = defense_label(r);
+                if let Some(d) = &r.defense
+                    && !positions.iter().any(|(l, _)| *l == label)
+                {
+                    positions.push((label.clone(), d.config.table_position()));
+                }
+                label
             } else {
                 NO_DEFENSE.to_string()
             };
@@ -396,7 +406,38 @@ impl AttackDefenseTable {
                 t.rows[r].1[0] = Some(cell);
             }
         }
+        let position = |label: &str| {
+            positions
+                .iter()
+                .find(|(l, _)| l == label)
+                .map_or(usize::MAX, |(_, p)| *p)
+        };
+        let mut order: Vec<usize> = (0..t.defenses.len()).collect();
+        order.sort_by_key(|&i| position(&t.defenses[i]));
+        t.defenses = order.iter().map(|&i| t.defenses[i].clone()).collect();
+        for (_, cells) in &mut t.rows {
+            *cells = order.iter().map(|&i| cells[i]).collect();
+        }
         t
+    }
+
+    /// The supplement's "Mean" row: per column, the mean ACC and ASR over the attacks, present
+    /// only where every attack has that cell (a mean over fewer attacks than its neighbours
+    /// would not compare); unfinished if any run is.
+    pub fn mean(&self) -> Vec<Option<Cell>> {
+        (0..self.defenses.len())
+            .map(|c| {
+                let cells: Option<Vec<Cell>> = self.rows.iter().map(|(_, r)| r[c]).collect();
+                let cells = cells.filter(|v| !v.is_empty())?;
+                let n = cells.len() as f64;
+                let asrs: Option<Vec<f64>> = cells.iter().map(|c| c.asr).collect();
+                Some(Cell {
+                    clean_acc: cells.iter().map(|c| c.clean_acc).sum::<f64>() / n,
+                    asr: asrs.map(|a| a.iter().sum::<f64>() / n),
+                    complete: cells.iter().all(|c| c.complete),
+                })
+            })
+            .collect()
     }
 
     fn row_index(&mut self, row: &str) -> usize {
@@ -431,7 +472,8 @@ impl AttackDefenseTable {
         }
     }
 
-    /// Markdown: one ACC and one ASR column per defense, in percent; `*` marks unfinished runs.
+    /// Markdown: one ACC and one ASR column per defense, in percent; `*` marks unfinished runs;
+    /// the Mean row last when there are two attacks or more.
     pub fn markdown(&self) -> String {
         let mut s = String::from("| attack |");
         for d in &self.defenses {
@@ -440,7 +482,8 @@ impl AttackDefenseTable {
         s.push_str("\n|---|");
         s.push_str(&"---|---|".repeat(self.defenses.len()));
         s.push('\n');
-        for (row, cells) in &self.rows {
+        let mean = (self.rows.len() > 1).then(|| ("Mean".to_string(), self.mean()));
+        for (row, cells) in self.rows.iter().chain(mean.as_ref()) {
             s.push_str(&format!("| {row} |"));
             for cell in cells {
                 match cell {
@@ -653,10 +696,10 @@ mod summary_tests {
             t.defenses,
             [
                 "No defense",
+                "FT",
                 "KD",
                 "KD init single:3",
                 "KD on gtsrb 40 ep",
-                "FT"
             ]
         );
         let rows: Vec<&str> = t.rows.iter().map(|(r, _)| r.as_str()).collect();
@@ -666,25 +709,30 @@ mod summary_tests {
         );
         // BadNets' "No defense" is its attack run (ASR 0.99), not the duplicate (0.1).
         assert_eq!(t.rows[0].1[0].map(|c| c.asr), Some(Some(0.99)));
-        assert_eq!(t.rows[0].1[1].map(|c| c.asr), Some(Some(0.05)));
+        assert_eq!(t.rows[0].1[2].map(|c| c.asr), Some(Some(0.05)));
         assert_eq!(t.rows[2].1[0].map(|c| c.clean_acc), Some(0.6));
         assert_eq!(t.rows[1].1[1], None);
         assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
         assert!(t.notes[0].starts_with("duplicate:"));
         let md = t.markdown();
         let lines: Vec<&str> = md.lines().collect();
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines.len(), 6);
         assert!(
-            lines[0].starts_with("| attack | No defense ACC % | No defense ASR % | KD ACC % |")
+            lines[0].starts_with("| attack | No defense ACC % | No defense ASR % | FT ACC % |")
         );
         assert_eq!(
             lines[2],
-            "| BadNets 10% | 40.0 | 99.0 | 40.0 | 5.0 | 40.0 | 50.0 | 40.0 | 20.0 | 40.0 | 30.0 |"
+            "| BadNets 10% | 40.0 | 99.0 | 40.0 | 30.0 | 40.0 | 5.0 | 40.0 | 50.0 | 40.0 | 20.0 |"
         );
         // The unfinished all-to-all run is starred and shows its last epoch.
         assert_eq!(
             lines[3],
             "| BadNets all-to-all 5% | 40.0* | 50.0* | - | - | - | - | - | - | - | - |"
+        );
+        // The mean over the three attacks where all three have the cell; unfinished if one is.
+        assert_eq!(
+            lines[5],
+            "| Mean | 46.7* | 82.0* | - | - | - | - | - | - | - | - |"
         );
     }
 }

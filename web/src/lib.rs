@@ -4,6 +4,7 @@
 //! per-epoch curves, the run summary, and chart scaling (the attack x defense table is
 //! `report::AttackDefenseTable`).
 
+use cleanse_core::defend::defense::Findings;
 use cleanse_core::report::{Report, RunStatus, attack_label, defense_label};
 
 #[cfg(target_arch = "wasm32")]
@@ -32,6 +33,30 @@ pub struct Series {
 /// percent.
 pub fn curves(report: &Report) -> Vec<Series> {
     accuracy_curves(report.epochs.iter().map(|e| (e.epoch, e.clean_acc, e.asr)))
+}
+
+/// A defense's accuracy and ASR along its parameter (MCR's `t`, ANP's threshold), when its
+/// report has them: the parameter's name and the series, in percent.
+pub fn defense_curves(report: &Report) -> Option<(String, Vec<Series>)> {
+    let curve = report.defense.as_ref()?.curve.as_ref()?;
+    let (mut clean, mut asr) = (Vec::new(), Vec::new());
+    for p in &curve.points {
+        clean.push((p.at, 100.0 * p.clean_acc));
+        if let Some(a) = p.asr {
+            asr.push((p.at, 100.0 * a));
+        }
+    }
+    let mut out = vec![Series {
+        label: "clean accuracy".into(),
+        points: clean,
+    }];
+    if !asr.is_empty() {
+        out.push(Series {
+            label: "ASR".into(),
+            points: asr,
+        });
+    }
+    Some((curve.parameter.clone(), out))
 }
 
 /// Clean accuracy and, where any epoch has one, ASR, in percent, from `(epoch, clean_acc, asr)`
@@ -75,6 +100,37 @@ pub fn summary(name: &str, report: &Report) -> Vec<(String, String)> {
     }
     if report.kind == "defense" {
         rows.push(("defense".into(), defense_label(report)));
+    }
+    match report.defense.as_ref().and_then(|d| d.findings.as_ref()) {
+        Some(Findings::Fp(p)) => rows.push(("pruned".into(), {
+            let at = |n: usize| {
+                p.steps
+                    .iter()
+                    .find(|s| s.pruned == n)
+                    .map_or("-".to_string(), |s| format!("{:.1}%", 100.0 * s.accuracy))
+            };
+            format!(
+                "{} of {} last-stage channels (the defender's held-out accuracy {} unpruned, \
+                     {} pruned)",
+                p.pruned,
+                p.channels,
+                at(0),
+                at(p.pruned)
+            )
+        })),
+        Some(Findings::Anp(m)) => rows.push((
+            "pruned".into(),
+            format!(
+                "{} of {} batch-norm channels at mask <= {} (per stage {:?}; mask histogram by \
+                 tenths {:?})",
+                m.pruned_per_stage.iter().sum::<usize>(),
+                m.channels,
+                m.threshold,
+                m.pruned_per_stage,
+                m.histogram
+            ),
+        )),
+        None => {}
     }
     rows.push((
         "data".into(),
@@ -190,6 +246,36 @@ mod tests {
         let bad = load_reports([("malformed.json", read("malformed.json").as_str())]);
         let e = bad[0].as_ref().unwrap_err();
         assert!(e.contains("malformed.json"), "{e}");
+    }
+
+    /// A real `defend anp` report (`fixtures/make-anp-report.sh`): its findings in the summary,
+    /// its curve along the threshold, its column before the cleanser's.
+    #[test]
+    fn a_baseline_defense_report_shows_its_findings_curve_and_column() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let names = ["cleanse-badnets-report.json", "anp-badnets-report.json"];
+        let texts: Vec<String> = names
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+            .collect();
+        let reports: Vec<Report> =
+            load_reports(names.iter().zip(&texts).map(|(n, t)| (*n, t.as_str())))
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        let anp = &reports[1];
+        let (parameter, series) = defense_curves(anp).expect("ANP's curve");
+        assert_eq!(parameter, "threshold");
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].points.len(), series[1].points.len());
+        assert!(series[0].points.windows(2).all(|w| w[0].0 < w[1].0));
+        let facts = summary("anp", anp);
+        let pruned = &facts.iter().find(|(k, _)| k == "pruned").expect("pruned").1;
+        assert!(pruned.contains("of 300 batch-norm channels"), "{pruned}");
+        assert!(defense_curves(&reports[0]).is_none());
+        let t = AttackDefenseTable::build(names.iter().copied().zip(&reports));
+        assert_eq!(t.defenses.len(), 3, "{t:?}");
+        assert!(t.defenses[1].starts_with("ANP") && t.defenses[2].starts_with("KD"));
     }
 
     const REPORT: &str = r#"{

@@ -175,6 +175,20 @@ impl Defense {
             .join(" ")
     }
 
+    /// The column of the method in the supplement's attack x defense table (FT, FP, MCR, ANP,
+    /// NAD, I-BAU, then the cleanser), counting from 1 ("No defense" is 0).
+    pub fn table_position(&self) -> usize {
+        match self {
+            Defense::Ft(_) => 1,
+            Defense::Fp(_) => 2,
+            Defense::Mcr(_) => 3,
+            Defense::Anp(_) => 4,
+            Defense::Nad(_) => 5,
+            Defense::Ibau(_) => 6,
+            Defense::Kd(_) => 7,
+        }
+    }
+
     /// Why this configuration cannot run, if it cannot.
     pub fn validate(&self) -> Result<()> {
         match self {

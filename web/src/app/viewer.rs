@@ -2,7 +2,7 @@
 
 use super::chart::chart;
 use super::{files_of, read_files};
-use crate::{curves, load_reports, summary};
+use crate::{curves, defense_curves, load_reports, summary};
 use cleanse_core::report::{AttackDefenseTable, Report};
 use leptos::prelude::*;
 
@@ -73,9 +73,12 @@ pub fn Viewer() -> impl IntoView {
             .iter()
             .map(|_| view! { <th>"ACC %"</th><th>"ASR %"</th> })
             .collect::<Vec<_>>();
+        // The supplement's Mean row, under two attacks or more.
+        let mean = (t.rows.len() > 1).then(|| ("Mean".to_string(), t.mean()));
         let rows = t
             .rows
             .iter()
+            .chain(mean.as_ref())
             .map(|(attack, cells)| {
                 let cells = cells
                     .iter()
@@ -123,11 +126,20 @@ pub fn Viewer() -> impl IntoView {
                 let series = curves(&r);
                 let plot = (!series.is_empty() && !series[0].points.is_empty())
                     .then(|| chart("run-chart", format!("{name}: per epoch, %"), series, true));
+                let along = defense_curves(&r).map(|(parameter, series)| {
+                    chart(
+                        "defense-curve",
+                        format!("{name}: along {parameter}, %"),
+                        series,
+                        true,
+                    )
+                });
                 view! {
                     <section class="run">
                         <h4>{name.clone()}</h4>
                         <table class="facts">{facts}</table>
                         {plot}
+                        {along}
                     </section>
                 }
             })
