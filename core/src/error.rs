@@ -38,6 +38,12 @@ pub enum Error {
     /// A saved artifact (checkpoint, model, report) is missing, foreign or of another version.
     #[error("{path}: {reason}")]
     Artifact { path: PathBuf, reason: String },
+    /// Another live run holds the run directory (its lock dies with its process).
+    #[error(
+        "{path}: another cleanse run is using this directory; wait for it to end or choose \
+         another --out"
+    )]
+    Busy { path: PathBuf },
 }
 
 impl Error {

@@ -259,8 +259,7 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
     if train.data.kind == DatasetKind::Gtsrb && !attack_config.all_to_all {
         // The supplement attacks GTSRB with targets among its 10 most frequent classes.
         let counts = data.train.class_counts();
-        let mut order: Vec<usize> = (0..counts.len()).collect();
-        order.sort_by_key(|&c| (std::cmp::Reverse(counts[c]), c));
+        let order = data.train.classes_by_frequency();
         match args.target {
             None => {
                 attack_config.target = order[0];

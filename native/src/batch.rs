@@ -73,13 +73,13 @@ fn parse(file: &Path, text: &str) -> Result<Vec<Line>> {
 
 /// What a batch does with a line whose output already exists.
 #[derive(Debug, PartialEq)]
-enum State {
+pub(crate) enum State {
     Fresh,
     Complete,
     Resume,
 }
 
-fn state(out: &Path) -> State {
+pub(crate) fn state(out: &Path) -> State {
     if out.extension().is_some_and(|e| e == "png") {
         // `tsne` writes its JSON last.
         return if out.with_extension("json").is_file() {

@@ -6,6 +6,7 @@ mod bench;
 mod defend;
 mod gallery;
 mod progress;
+mod protocol;
 mod tsne;
 
 use anyhow::{Context, Result};
@@ -50,6 +51,9 @@ enum Command {
     Summarize(SummarizeArgs),
     /// Many runs in one process (shares compiled GPU kernels): a file of command lines.
     Batch(batch::BatchArgs),
+    /// An experiment from a spec file: run it (or a shard), tabulate it, or queue it on Slurm.
+    #[command(subcommand)]
+    Protocol(protocol::ProtocolCommand),
     /// List the compute devices this machine offers and the one `--device auto` picks.
     Devices,
     /// Measure training and inference throughput of ResNet-18 on random data.
@@ -397,6 +401,7 @@ pub(crate) fn dispatch(matches: &clap::ArgMatches) -> Result<()> {
         Command::Tsne(a) => tsne::run(a),
         Command::BenchKernels(a) => bench::run_kernels(a),
         Command::Batch(a) => batch::run(a),
+        Command::Protocol(c) => protocol::run(c),
     }
 }
 

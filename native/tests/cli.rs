@@ -810,3 +810,107 @@ fn batch_runs_lines_in_order_skips_complete_ones_and_names_failures() {
     assert!(err.contains("jobs.txt:2:"), "{err}");
     assert!(!never.exists());
 }
+
+#[test]
+fn a_protocol_runs_whole_or_in_concurrent_shards_to_the_same_table() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocols/tiny.toml");
+    let spec = spec.to_str().expect("utf8");
+    let whole = tmp.path().join("whole");
+    let o = cleanse(&[
+        "protocol",
+        "run",
+        spec,
+        "--out",
+        whole.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = run_ok(&[
+        "protocol".into(),
+        "table".into(),
+        whole.display().to_string(),
+    ]);
+    assert!(
+        table.contains("| BadNets 10% |") && table.contains("| Mean |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("FT 1 ep ACC %") && table.contains("KD 1 ep ASR %"),
+        "{table}"
+    );
+    for f in ["table.md", "table.csv", "table.json", "protocol.json"] {
+        assert!(whole.join(f).is_file(), "{f}");
+    }
+    // Again: everything is complete already.
+    let o = cleanse(&[
+        "protocol",
+        "run",
+        spec,
+        "--out",
+        whole.to_str().expect("utf8"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("0 run, 12 complete already"),
+        "{err}"
+    );
+    // Two shards at once, in two processes: the same runs, bit for bit.
+    let sharded = tmp.path().join("sharded");
+    let shards: Vec<_> = ["0/2", "1/2"]
+        .iter()
+        .map(|s| {
+            Command::new(env!("CARGO_BIN_EXE_cleanse"))
+                .args(["protocol", "run", spec, "--out"])
+                .arg(&sharded)
+                .args(["--shard", s, "--poll-seconds", "1"])
+                .output()
+        })
+        .collect();
+    for o in shards {
+        let o = o.expect("shard");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("has 6 of them"));
+    }
+    let sharded_table = run_ok(&[
+        "protocol".into(),
+        "table".into(),
+        sharded.display().to_string(),
+    ]);
+    assert_eq!(sharded_table, table);
+    // A missing run is missing from its cell, and counted.
+    std::fs::remove_file(sharded.join("blended/t1-s0/kd/report.json")).expect("rm");
+    let partial = run_ok(&[
+        "protocol".into(),
+        "table".into(),
+        sharded.display().to_string(),
+    ]);
+    assert!(partial.contains("(1/2)"), "{partial}");
+    // Mistakes in a spec name the file, the line and the key before anything runs.
+    let bad = tmp.path().join("bad.toml");
+    let text = std::fs::read_to_string(spec).expect("spec");
+    for (from, to, needle) in [
+        ("method = \"kd\"", "method = \"kdd\"", "bad.toml:21:"),
+        (
+            "epochs = 1, batch-size = 8 }\n\n[[defense]]",
+            "epoch = 1 }\n\n[[defense]]",
+            "bad.toml:18: `epoch`",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&bad, text.replacen(from, to, 1)).expect("write");
+        let out = tmp.path().join("never");
+        let o = cleanse(&[
+            "protocol",
+            "run",
+            bad.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(needle),
+            "{needle}: {err}"
+        );
+        assert!(!out.exists(), "nothing ran");
+    }
+}

@@ -101,6 +101,15 @@ impl ImageSet {
         c
     }
 
+    /// The classes from the most to the least frequent (ties: lower index first). The supplement
+    /// attacks GTSRB with targets among its ten most frequent classes.
+    pub fn classes_by_frequency(&self) -> Vec<usize> {
+        let counts = self.class_counts();
+        let mut order: Vec<usize> = (0..counts.len()).collect();
+        order.sort_by_key(|&c| (std::cmp::Reverse(counts[c]), c));
+        order
+    }
+
     /// Appends another set of the same geometry and classes.
     pub fn extend(&mut self, other: ImageSet) {
         debug_assert_eq!(self.image_len(), other.image_len());

@@ -148,6 +148,15 @@ fn try_lock(_file: &File) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Whether a live run (of this or another process) holds the run directory `out` now.
+pub fn busy(out: &Path) -> bool {
+    let Ok(file) = File::open(out.join(files::LOCK)) else {
+        return false;
+    };
+    // The lock taken here, if it is free, is released when `file` drops.
+    matches!(try_lock(&file), Ok(false))
+}
+
 /// A run directory owned by this process for the length of a run.
 pub struct RunDir {
     out: PathBuf,
@@ -187,11 +196,9 @@ impl RunDir {
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?;
         if !try_lock(&lock).map_err(|e| Error::io(&lock_path, e))? {
-            return Err(Error::artifact(
-                out,
-                "another cleanse run is using this directory; wait for it to end or choose \
-                 another --out",
-            ));
+            return Err(Error::Busy {
+                path: out.to_path_buf(),
+            });
         }
         let ckpt = out.join(files::CHECKPOINT_DIR);
         let state_path = checkpoint::state_path(&ckpt);

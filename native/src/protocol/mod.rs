@@ -1,0 +1,105 @@
+//! `cleanse protocol run|table|slurm`: an experiment grid from a spec file (`protocols/*.toml`):
+//! data set, attacks, defenses and the models per attack; every (model, defense) pair one run
+//! directory with a stable name.
+
+mod plan;
+mod runner;
+mod slurm;
+mod spec;
+mod table;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ProtocolCommand {
+    /// Run a protocol (or one shard of it): complete runs are skipped, unfinished ones resume,
+    /// a failing run is reported and the others go on.
+    Run(RunArgs),
+    /// The supplement's table (means and standard deviations over the models) of a protocol's
+    /// output folder, as table.md, table.csv and table.json there.
+    Table(TableArgs),
+    /// Write (and with --submit, submit) a Slurm job array running the protocol's shards, and the
+    /// table as a job that waits for it.
+    Slurm(SlurmArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The protocol spec (TOML).
+    spec: PathBuf,
+    /// The output folder: one run directory per (model, defense) pair, and protocol.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Run only shard INDEX of COUNT (e.g. 0/4): every COUNT-th attack model with its defenses.
+    #[arg(long, value_parser = runner::parse_shard, default_value = "0/1")]
+    shard: (usize, usize),
+    /// Seconds between looks at a run another process holds.
+    #[arg(long, default_value_t = 10)]
+    poll_seconds: u64,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TableArgs {
+    /// The output folder of `cleanse protocol run`.
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SlurmArgs {
+    /// The protocol spec (TOML).
+    spec: PathBuf,
+    /// The output folder (on a file system every node sees); the scripts go to OUT/slurm/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Array tasks (shards).
+    #[arg(long, default_value_t = 4)]
+    tasks: usize,
+    #[arg(long)]
+    partition: Option<String>,
+    /// Generic resources per task, e.g. gpu:1.
+    #[arg(long)]
+    gres: Option<String>,
+    /// Time limit per task, e.g. 24:00:00.
+    #[arg(long)]
+    time: Option<String>,
+    #[arg(long, default_value_t = 4)]
+    cpus_per_task: usize,
+    /// Memory per task, e.g. 16G.
+    #[arg(long)]
+    mem: Option<String>,
+    /// A further #SBATCH option, verbatim (repeatable), e.g. --sbatch=--account=lab.
+    #[arg(long = "sbatch", allow_hyphen_values = true)]
+    extra: Vec<String>,
+    /// Submit at once (runs OUT/slurm/submit.sh).
+    #[arg(long)]
+    submit: bool,
+}
+
+pub(crate) fn run(cmd: &ProtocolCommand) -> Result<()> {
+    match cmd {
+        ProtocolCommand::Run(a) => runner::run(
+            &a.spec,
+            &a.out,
+            a.shard,
+            Duration::from_secs(a.poll_seconds),
+        ),
+        ProtocolCommand::Table(a) => table::run(&a.out),
+        ProtocolCommand::Slurm(a) => slurm::run(
+            &a.spec,
+            &a.out,
+            &slurm::SlurmSettings {
+                tasks: a.tasks,
+                partition: a.partition.clone(),
+                gres: a.gres.clone(),
+                time: a.time.clone(),
+                cpus_per_task: a.cpus_per_task,
+                mem: a.mem.clone(),
+                extra: a.extra.clone(),
+            },
+            a.submit,
+        ),
+    }
+}

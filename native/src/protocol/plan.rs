@@ -1,0 +1,357 @@
+//! A protocol's runs: every command line, its folder, what it needs first and its shard group.
+//! The plan is a pure function of the spec and the output folder, so every shard of a cluster
+//! job computes the same one.
+
+use super::spec::{Flag, Models, Spec};
+use anyhow::{Result, anyhow};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What a run is in the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Role {
+    /// A clean reference model (LC's attacks need one per seed).
+    Clean,
+    /// A backdoored model: a row's "No defense".
+    Attack,
+    /// A defense of one backdoored model.
+    Defense,
+}
+
+/// One run: `cleanse WORDS... --out OUT/NAME`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Run {
+    /// The run's folder under the protocol's output folder, e.g. `badnets/t0-s0/kd`.
+    pub name: String,
+    pub role: Role,
+    /// The row (attack name), for attack and defense runs.
+    pub attack: Option<String>,
+    /// The column (defense name), for defense runs.
+    pub defense: Option<String>,
+    /// The model (`t{target}-s{seed}`), for attack and defense runs.
+    pub model: Option<String>,
+    /// The command line without the program name and without `--out`.
+    pub words: Vec<String>,
+    /// Runs that must be complete first, by name.
+    pub needs: Vec<String>,
+    /// Runs of one group go to one shard: an attack model with its defenses.
+    pub group: String,
+    /// The spec line the run comes from, and the flags with theirs (for errors).
+    #[serde(skip)]
+    pub lines: Vec<(String, usize)>,
+    #[serde(skip)]
+    pub entry_line: usize,
+}
+
+/// The rows, columns and models of a protocol, with its runs in an order that puts every run
+/// after those it needs. Saved as `protocol.json` in the output folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Plan {
+    pub spec: PathBuf,
+    pub attacks: Vec<String>,
+    pub defenses: Vec<String>,
+    pub models: Vec<String>,
+    pub runs: Vec<Run>,
+}
+
+/// The (target, seed) pairs of `models`; `by_frequency` is the data set's class order for the
+/// supplement's GTSRB targets (most frequent first), `None` for class order.
+pub(crate) fn model_pairs(
+    models: &Models,
+    num_classes: usize,
+    by_frequency: Option<&[usize]>,
+) -> Vec<(usize, u64)> {
+    let target = |rank: usize| by_frequency.map_or(rank, |o| o[rank]);
+    match models {
+        Models::Single => vec![(target(0), 0)],
+        Models::Supplement => (0..5u64)
+            .map(|s| (target(0), s))
+            .chain((1..10.min(num_classes)).map(|r| (target(r), 0)))
+            .collect(),
+        Models::Explicit(v) => v.clone(),
+    }
+}
+
+pub(crate) fn model_name((target, seed): (usize, u64)) -> String {
+    format!("t{target}-s{seed}")
+}
+
+fn flag_words(flags: &[Flag]) -> Vec<String> {
+    flags.iter().flat_map(Flag::words).collect()
+}
+
+fn flag_lines(flags: &[Flag]) -> Vec<(String, usize)> {
+    flags.iter().map(|f| (f.key.clone(), f.line)).collect()
+}
+
+impl Plan {
+    /// The plan of `spec` into `out`, for the models `pairs` ([`model_pairs`]).
+    pub fn build(spec: &Spec, out: &Path, pairs: &[(usize, u64)]) -> Plan {
+        let data: Vec<String> = std::iter::once("--dataset".to_string())
+            .chain([spec.dataset.clone()])
+            .chain(
+                spec.data
+                    .iter()
+                    .flat_map(|d| ["--data".to_string(), d.clone()]),
+            )
+            .collect();
+        let common = flag_words(&spec.common);
+        let path = |name: &str| out.join(name).display().to_string();
+        let mut runs = Vec::new();
+        // One clean reference per seed that an LC attack uses.
+        let lc_seeds: Vec<u64> = {
+            let mut s: Vec<u64> = pairs.iter().map(|p| p.1).collect();
+            s.sort_unstable();
+            s.dedup();
+            if spec.attacks.iter().any(|a| a.kind == "lc") {
+                s
+            } else {
+                Vec::new()
+            }
+        };
+        let clean_flags = spec.clean.clone().unwrap_or_default();
+        for &seed in &lc_seeds {
+            let name = format!("clean/s{seed}");
+            runs.push(Run {
+                name: name.clone(),
+                role: Role::Clean,
+                attack: None,
+                defense: None,
+                model: None,
+                words: ["train".to_string()]
+                    .into_iter()
+                    .chain(data.clone())
+                    .chain(flag_words(&clean_flags))
+                    .chain(["--seed".into(), seed.to_string()])
+                    .chain(common.clone())
+                    .collect(),
+                needs: Vec::new(),
+                group: name,
+                lines: flag_lines(&clean_flags),
+                entry_line: 0,
+            });
+        }
+        for &pair in pairs {
+            let model = model_name(pair);
+            for a in &spec.attacks {
+                let teacher = format!("{}/{model}/attack", a.name);
+                let group = format!("{}/{model}", a.name);
+                let mut words: Vec<String> = ["attack".to_string(), a.kind.clone()]
+                    .into_iter()
+                    .chain(data.clone())
+                    .chain(flag_words(&a.flags))
+                    .chain([
+                        "--target".into(),
+                        pair.0.to_string(),
+                        "--seed".into(),
+                        pair.1.to_string(),
+                    ])
+                    .chain(common.clone())
+                    .collect();
+                let mut needs = Vec::new();
+                if a.kind == "lc" {
+                    let clean = format!("clean/s{}", pair.1);
+                    words.extend(["--clean-model".to_string(), path(&clean)]);
+                    needs.push(clean);
+                }
+                runs.push(Run {
+                    name: teacher.clone(),
+                    role: Role::Attack,
+                    attack: Some(a.name.clone()),
+                    defense: None,
+                    model: Some(model.clone()),
+                    words,
+                    needs,
+                    group: group.clone(),
+                    lines: flag_lines(&a.flags),
+                    entry_line: a.line,
+                });
+                for d in spec.defenses.iter().filter(|d| d.applies_to(a)) {
+                    runs.push(Run {
+                        name: format!("{group}/{}", d.name),
+                        role: Role::Defense,
+                        attack: Some(a.name.clone()),
+                        defense: Some(d.name.clone()),
+                        model: Some(model.clone()),
+                        words: ["defend".to_string(), d.method.clone()]
+                            .into_iter()
+                            .chain(["--model".to_string(), path(&teacher)])
+                            .chain(flag_words(&d.flags))
+                            .chain(common.clone())
+                            .collect(),
+                        needs: vec![teacher.clone()],
+                        group: group.clone(),
+                        lines: flag_lines(&d.flags),
+                        entry_line: d.line,
+                    });
+                }
+            }
+        }
+        let common_lines = flag_lines(&spec.common);
+        for r in &mut runs {
+            r.lines.extend(common_lines.iter().cloned());
+        }
+        Plan {
+            spec: spec.file.clone(),
+            attacks: spec.attacks.iter().map(|a| a.name.clone()).collect(),
+            defenses: spec.defenses.iter().map(|d| d.name.clone()).collect(),
+            models: pairs.iter().map(|&p| model_name(p)).collect(),
+            runs,
+        }
+    }
+
+    /// The groups in plan order.
+    pub fn groups(&self) -> Vec<&str> {
+        let mut g: Vec<&str> = Vec::new();
+        for r in &self.runs {
+            if !g.contains(&r.group.as_str()) {
+                g.push(&r.group);
+            }
+        }
+        g
+    }
+
+    /// The runs of shard `index` of `count`: its groups (every `count`-th, from `index`), and
+    /// the runs those need from other groups, in plan order.
+    pub fn shard(&self, index: usize, count: usize) -> Vec<&Run> {
+        let groups = self.groups();
+        let mine: Vec<&str> = groups
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % count == index)
+            .map(|(_, g)| *g)
+            .collect();
+        let mut wanted: Vec<&str> = self
+            .runs
+            .iter()
+            .filter(|r| mine.contains(&r.group.as_str()))
+            .map(|r| r.name.as_str())
+            .collect();
+        // Dependencies (a clean reference) outside the shard's own groups, transitively.
+        let mut i = 0;
+        while i < wanted.len() {
+            let r = self.run(wanted[i]).expect("a planned run");
+            for n in &r.needs {
+                if !wanted.contains(&n.as_str()) {
+                    wanted.push(n);
+                }
+            }
+            i += 1;
+        }
+        self.runs
+            .iter()
+            .filter(|r| wanted.contains(&r.name.as_str()))
+            .collect()
+    }
+
+    pub fn run(&self, name: &str) -> Option<&Run> {
+        self.runs.iter().find(|r| r.name == name)
+    }
+
+    /// Reads the `protocol.json` a run of the protocol wrote into `out`.
+    pub fn read(out: &Path) -> Result<Plan> {
+        let path = out.join(PLAN_FILE);
+        cleanse_core::io::read_json(&path).map_err(|e| {
+            anyhow!(
+                "{e} (is {} the output folder of `cleanse protocol run`?)",
+                out.display()
+            )
+        })
+    }
+}
+
+/// The plan's file in the output folder.
+pub(crate) const PLAN_FILE: &str = "protocol.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::spec::Spec;
+
+    fn spec() -> Spec {
+        Spec::parse(
+            Path::new("p.toml"),
+            r#"
+[protocol]
+dataset = "synthetic"
+models = "supplement"
+flags = { threads = 1 }
+[[attack]]
+kind = "lc"
+[[attack]]
+kind = "badnets"
+[[defense]]
+method = "kd"
+[[defense]]
+method = "ft"
+attacks = ["badnets"]
+"#,
+        )
+        .expect("spec")
+    }
+
+    #[test]
+    fn the_supplements_models_and_every_run_after_what_it_needs() {
+        let pairs = model_pairs(
+            &Models::Supplement,
+            43,
+            Some(&(0..43).rev().collect::<Vec<_>>()),
+        );
+        assert_eq!(pairs.len(), 14);
+        assert_eq!(&pairs[..5], &[(42, 0), (42, 1), (42, 2), (42, 3), (42, 4)]);
+        assert_eq!(pairs[5], (41, 0));
+        assert_eq!(pairs[13], (33, 0));
+        let cifar = model_pairs(&Models::Supplement, 10, None);
+        assert_eq!(cifar[13], (9, 0));
+        let plan = Plan::build(&spec(), Path::new("out"), &cifar);
+        // 5 clean references (seeds 0-4), 14 x (lc + kd, badnets + kd + ft).
+        assert_eq!(plan.runs.len(), 5 + 14 * 5);
+        for (i, r) in plan.runs.iter().enumerate() {
+            for n in &r.needs {
+                let j = plan
+                    .runs
+                    .iter()
+                    .position(|x| &x.name == n)
+                    .expect("planned");
+                assert!(j < i, "{} before {}", n, r.name);
+            }
+        }
+        let lc = plan.run("lc/t3-s0/attack").expect("lc");
+        assert_eq!(lc.needs, ["clean/s0"]);
+        assert!(
+            lc.words
+                .windows(2)
+                .any(|w| w == ["--clean-model", "out/clean/s0"])
+        );
+        assert!(lc.words.windows(2).any(|w| w == ["--target", "3"]));
+        assert!(plan.run("lc/t3-s0/ft").is_none());
+        let ft = plan.run("badnets/t0-s4/ft").expect("ft");
+        assert_eq!(
+            ft.words,
+            [
+                "defend",
+                "ft",
+                "--model",
+                "out/badnets/t0-s4/attack",
+                "--threads",
+                "1"
+            ]
+        );
+        // Shards: disjoint groups, together all runs; a shard with an LC model also plans the
+        // clean reference it needs.
+        let mut seen = std::collections::BTreeSet::new();
+        for k in 0..4 {
+            let mine = plan.shard(k, 4);
+            for r in &mine {
+                for n in &r.needs {
+                    assert!(mine.iter().any(|x| &x.name == n), "{n} in shard {k}");
+                }
+                if r.role != Role::Clean {
+                    assert!(seen.insert(r.name.clone()), "{} twice", r.name);
+                }
+            }
+        }
+        assert_eq!(seen.len(), 14 * 5);
+    }
+}

@@ -1,0 +1,193 @@
+//! `cleanse protocol run`: a protocol's runs (or one shard's), one after another in this
+//! process. Complete runs are skipped, unfinished ones resume, a failing run is reported and the
+//! rest go on (except the runs that need it); a run another process holds is waited for.
+
+use super::plan::{PLAN_FILE, Plan, Run, model_pairs};
+use super::spec::{Models, Spec};
+use crate::batch::{State, state};
+use anyhow::{Context, Result, anyhow, bail};
+use cleanse_core::data::{DataSpec, DatasetKind};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The target classes by frequency when the supplement's model set needs them (GTSRB: its
+/// most frequent classes; other data sets: class order).
+fn pairs(spec: &Spec) -> Result<Vec<(usize, u64)>> {
+    if spec.dataset != "gtsrb" || spec.models != Models::Supplement {
+        return Ok(model_pairs(&spec.models, 10, None));
+    }
+    let dir = spec.data.as_deref().expect("checked by the spec");
+    let data = DataSpec::new(DatasetKind::Gtsrb, Some(dir.into()))
+        .load()
+        .with_context(|| format!("{}: reading the data set {dir}", spec.file.display()))?;
+    let order = data.train.classes_by_frequency();
+    Ok(model_pairs(&spec.models, order.len(), Some(&order)))
+}
+
+/// The plan of `spec_path` into `out`, every command line checked by the command line's own
+/// parser; an error names the spec's file, the line and the flag.
+pub(crate) fn checked_plan(spec_path: &Path, out: &Path) -> Result<(Spec, Plan)> {
+    let spec = Spec::read(spec_path)?;
+    let plan = Plan::build(&spec, out, &pairs(&spec)?);
+    for r in &plan.runs {
+        let words = std::iter::once("cleanse".to_string())
+            .chain(r.words.clone())
+            .chain(["--out".to_string(), out.join(&r.name).display().to_string()]);
+        if let Err(e) = <crate::Cli as clap::CommandFactory>::command().try_get_matches_from(words)
+        {
+            let msg = e.render().to_string();
+            let msg = msg.lines().next().unwrap_or("").trim();
+            let msg = msg.strip_prefix("error: ").unwrap_or(msg).to_string();
+            let at = r
+                .lines
+                .iter()
+                .find(|(key, _)| msg.contains(&format!("--{key}")))
+                .map(|(key, line)| format!("{line}: `{key}`"))
+                .unwrap_or_else(|| r.entry_line.to_string());
+            bail!("{}:{at}: {msg} (in run {})", spec.file.display(), r.name);
+        }
+    }
+    Ok((spec, plan))
+}
+
+/// Whether `e` says another process holds a run directory.
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<cleanse_core::Error>(),
+            Some(cleanse_core::Error::Busy { .. })
+        )
+    })
+}
+
+/// What became of one run.
+enum Outcome {
+    Done,
+    Skipped,
+    Failed,
+}
+
+/// Runs `r` to completion unless it is complete already; waits while another process holds it.
+fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
+    let dir = out.join(&r.name);
+    let mut announced = false;
+    loop {
+        if cleanse_core::engine::run_dir::busy(&dir) {
+            if !announced {
+                eprintln!(
+                    "protocol: {}: another process is running it; waiting",
+                    r.name
+                );
+                announced = true;
+            }
+            std::thread::sleep(poll);
+            continue;
+        }
+        let mut words = r.words.clone();
+        match state(&dir) {
+            State::Complete => {
+                return if announced {
+                    Outcome::Done
+                } else {
+                    Outcome::Skipped
+                };
+            }
+            State::Resume => words.push("--resume".into()),
+            State::Fresh => {}
+        }
+        words.extend(["--out".to_string(), dir.display().to_string()]);
+        eprintln!("protocol: {}: cleanse {}", r.name, words.join(" "));
+        let matches = match <crate::Cli as clap::CommandFactory>::command()
+            .try_get_matches_from(std::iter::once("cleanse".to_string()).chain(words))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("protocol: {} FAILED: {}", r.name, e.render());
+                return Outcome::Failed;
+            }
+        };
+        match crate::dispatch(&matches) {
+            Ok(()) => return Outcome::Done,
+            Err(e) if is_busy(&e) => {
+                announced = true;
+                std::thread::sleep(poll);
+            }
+            Err(e) => {
+                eprintln!("protocol: {} FAILED: {e:#}", r.name);
+                return Outcome::Failed;
+            }
+        }
+    }
+}
+
+/// Runs shard `index` of `count` of the protocol in `spec_path` into `out`.
+pub(crate) fn run(
+    spec_path: &Path,
+    out: &Path,
+    (index, count): (usize, usize),
+    poll: Duration,
+) -> Result<()> {
+    let (_, plan) = checked_plan(spec_path, out)?;
+    cleanse_core::io::create_dir_all(out)?;
+    // Every shard writes the same plan; the write is atomic.
+    cleanse_core::io::write_json_atomic(&out.join(PLAN_FILE), &plan)?;
+    let mine = plan.shard(index, count);
+    eprintln!(
+        "protocol: {} runs in all; shard {index}/{count} has {} of them",
+        plan.runs.len(),
+        mine.len()
+    );
+    let t0 = Instant::now();
+    let (mut done, mut skipped) = (0, 0);
+    let mut failed: Vec<&str> = Vec::new();
+    let mut blocked: Vec<&str> = Vec::new();
+    for r in mine {
+        if let Some(n) = r
+            .needs
+            .iter()
+            .find(|n| failed.contains(&n.as_str()) || blocked.contains(&n.as_str()))
+        {
+            eprintln!("protocol: {}: not run, it needs {n}, which failed", r.name);
+            blocked.push(&r.name);
+            continue;
+        }
+        match run_one(r, out, poll) {
+            Outcome::Done => done += 1,
+            Outcome::Skipped => skipped += 1,
+            Outcome::Failed => failed.push(&r.name),
+        }
+    }
+    eprintln!(
+        "protocol: shard {index}/{count}: {done} run, {skipped} complete already, {} failed, {} \
+         not run for a failed one they need, {:.0} s",
+        failed.len(),
+        blocked.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    if !failed.is_empty() || !blocked.is_empty() {
+        return Err(anyhow!(
+            "{}: failed: {failed:?}; not run: {blocked:?}",
+            spec_path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `i/n` with `i < n`.
+pub(crate) fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("expected INDEX/COUNT (e.g. 0/4), got `{s}`"))?;
+    let (i, n): (usize, usize) = (
+        i.trim()
+            .parse()
+            .map_err(|_| format!("`{i}`: not a number"))?,
+        n.trim()
+            .parse()
+            .map_err(|_| format!("`{n}`: not a number"))?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("expected 0 <= INDEX < COUNT, got {i}/{n}"));
+    }
+    Ok((i, n))
+}
