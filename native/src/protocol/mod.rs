@@ -39,6 +39,9 @@ pub(crate) struct RunArgs {
     /// Seconds between looks at a run another process holds.
     #[arg(long, default_value_t = 10)]
     poll_seconds: u64,
+    /// Only check the spec and print the shard's command lines.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +88,7 @@ pub(crate) fn run(cmd: &ProtocolCommand) -> Result<()> {
             &a.out,
             a.shard,
             Duration::from_secs(a.poll_seconds),
+            a.dry_run,
         ),
         ProtocolCommand::Table(a) => table::run(&a.out),
         ProtocolCommand::Slurm(a) => slurm::run(

@@ -29,6 +29,13 @@ fn pairs(spec: &Spec) -> Result<Vec<(usize, u64)>> {
 pub(crate) fn checked_plan(spec_path: &Path, out: &Path) -> Result<(Spec, Plan)> {
     let spec = Spec::read(spec_path)?;
     let plan = Plan::build(&spec, out, &pairs(&spec)?);
+    check_commands(&spec, &plan, out)?;
+    Ok((spec, plan))
+}
+
+/// Parses every run's command line as the command line would, naming the spec's file, line and
+/// key of the first that fails.
+pub(crate) fn check_commands(spec: &Spec, plan: &Plan, out: &Path) -> Result<()> {
     for r in &plan.runs {
         let words = std::iter::once("cleanse".to_string())
             .chain(r.words.clone())
@@ -47,7 +54,7 @@ pub(crate) fn checked_plan(spec_path: &Path, out: &Path) -> Result<(Spec, Plan)>
             bail!("{}:{at}: {msg} (in run {})", spec.file.display(), r.name);
         }
     }
-    Ok((spec, plan))
+    Ok(())
 }
 
 /// Whether `e` says another process holds a run directory.
@@ -126,8 +133,16 @@ pub(crate) fn run(
     out: &Path,
     (index, count): (usize, usize),
     poll: Duration,
+    dry_run: bool,
 ) -> Result<()> {
     let (_, plan) = checked_plan(spec_path, out)?;
+    if dry_run {
+        for r in plan.shard(index, count) {
+            let dir = out.join(&r.name);
+            println!("cleanse {} --out {}", r.words.join(" "), dir.display());
+        }
+        return Ok(());
+    }
     cleanse_core::io::create_dir_all(out)?;
     // Every shard writes the same plan; the write is atomic.
     cleanse_core::io::write_json_atomic(&out.join(PLAN_FILE), &plan)?;
@@ -170,6 +185,10 @@ pub(crate) fn run(
             spec_path.display()
         ));
     }
+    if count == 1 {
+        // The whole protocol ran here: its table.
+        super::table::run(out)?;
+    }
     Ok(())
 }
 
@@ -190,4 +209,33 @@ pub(crate) fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String
         return Err(format!("expected 0 <= INDEX < COUNT, got {i}/{n}"));
     }
     Ok((i, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every spec in the repository parses, and every command line it plans is one the command
+    /// line accepts (GTSRB's targets by frequency stood in for by class order).
+    #[test]
+    fn the_repositorys_specs_plan_valid_commands() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocols");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("protocols/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let spec = Spec::read(&path).expect("spec");
+            let plan = Plan::build(
+                &spec,
+                Path::new("out"),
+                &model_pairs(&spec.models, 43, None),
+            );
+            check_commands(&spec, &plan, Path::new("out")).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!plan.runs.is_empty());
+            n += 1;
+        }
+        assert!(n >= 3, "{n} specs");
+    }
 }
