@@ -42,6 +42,10 @@ pub(crate) struct RunArgs {
     /// Only check the spec and print the shard's command lines.
     #[arg(long)]
     dry_run: bool,
+    /// Only these rows (attack names, comma-separated): their models and defenses, before the
+    /// split into shards.
+    #[arg(long, value_delimiter = ',')]
+    attacks: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +93,7 @@ pub(crate) fn run(cmd: &ProtocolCommand) -> Result<()> {
             a.shard,
             Duration::from_secs(a.poll_seconds),
             a.dry_run,
+            &a.attacks,
         ),
         ProtocolCommand::Table(a) => table::run(&a.out),
         ProtocolCommand::Slurm(a) => slurm::run(

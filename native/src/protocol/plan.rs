@@ -212,10 +212,20 @@ impl Plan {
         g
     }
 
-    /// The runs of shard `index` of `count`: its groups (every `count`-th, from `index`), and
-    /// the runs those need from other groups, in plan order.
-    pub fn shard(&self, index: usize, count: usize) -> Vec<&Run> {
-        let groups = self.groups();
+    /// The runs of shard `index` of `count`: its groups (every `count`-th, from `index`, of the
+    /// groups of the attacks `only` names, or of all when it is empty), and the runs those need
+    /// from other groups, in plan order.
+    pub fn shard(&self, index: usize, count: usize, only: &[String]) -> Vec<&Run> {
+        let groups: Vec<&str> = self
+            .groups()
+            .into_iter()
+            .filter(|g| {
+                only.is_empty()
+                    || self.runs.iter().any(|r| {
+                        r.group == *g && r.attack.as_ref().is_some_and(|a| only.contains(a))
+                    })
+            })
+            .collect();
         let mine: Vec<&str> = groups
             .iter()
             .enumerate()
@@ -342,7 +352,7 @@ attacks = ["badnets"]
         // clean reference it needs.
         let mut seen = std::collections::BTreeSet::new();
         for k in 0..4 {
-            let mine = plan.shard(k, 4);
+            let mine = plan.shard(k, 4, &[]);
             for r in &mine {
                 for n in &r.needs {
                     assert!(mine.iter().any(|x| &x.name == n), "{n} in shard {k}");
@@ -353,5 +363,12 @@ attacks = ["badnets"]
             }
         }
         assert_eq!(seen.len(), 14 * 5);
+        // One row only: its groups, and the clean references LC needs.
+        let lc = plan.shard(0, 1, &["lc".to_string()]);
+        assert!(
+            lc.iter()
+                .all(|r| r.attack.as_deref() == Some("lc") || r.role == Role::Clean)
+        );
+        assert_eq!(lc.len(), 5 + 14 * 2);
     }
 }

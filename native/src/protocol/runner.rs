@@ -134,10 +134,18 @@ pub(crate) fn run(
     (index, count): (usize, usize),
     poll: Duration,
     dry_run: bool,
+    only: &[String],
 ) -> Result<()> {
     let (_, plan) = checked_plan(spec_path, out)?;
+    if let Some(a) = only.iter().find(|a| !plan.attacks.contains(a)) {
+        bail!(
+            "--attacks: `{a}` is not a row of {} (its rows: {})",
+            spec_path.display(),
+            plan.attacks.join(", ")
+        );
+    }
     if dry_run {
-        for r in plan.shard(index, count) {
+        for r in plan.shard(index, count, only) {
             let dir = out.join(&r.name);
             println!("cleanse {} --out {}", r.words.join(" "), dir.display());
         }
@@ -146,7 +154,7 @@ pub(crate) fn run(
     cleanse_core::io::create_dir_all(out)?;
     // Every shard writes the same plan; the write is atomic.
     cleanse_core::io::write_json_atomic(&out.join(PLAN_FILE), &plan)?;
-    let mine = plan.shard(index, count);
+    let mine = plan.shard(index, count, only);
     eprintln!(
         "protocol: {} runs in all; shard {index}/{count} has {} of them",
         plan.runs.len(),
@@ -185,7 +193,7 @@ pub(crate) fn run(
             spec_path.display()
         ));
     }
-    if count == 1 {
+    if count == 1 && only.is_empty() {
         // The whole protocol ran here: its table.
         super::table::run(out)?;
     }
