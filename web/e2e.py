@@ -223,6 +223,11 @@ def viewer(b, base, out):
     if charts < 4:
         raise Fail(f"expected clean accuracy and ASR curves of both runs, found {charts} lines")
     print(f"[viewer] table: {table.strip()[:160]}...")
+    b.send_files("#report-files", [os.path.join(FIXTURES, "protocol-table.json")])
+    ptable = b.wait("the protocol table", lambda: b.text(".protocol-table"), 60)
+    if "Mean" not in ptable or "±" not in ptable or "BadNets" not in ptable:
+        raise Fail(f"the protocol table lacks the Mean row, the deviations or BadNets: {ptable!r}")
+    print(f"[viewer] protocol table: {ptable.strip()[:160]}...")
     b.screenshot(os.path.join(out, "viewer.png"))
     b.send_files("#report-files", [os.path.join(FIXTURES, "malformed.json")])
     err = b.wait("the malformed file's error", lambda: b.text("#viewer-errors"), 60)

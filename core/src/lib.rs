@@ -13,6 +13,7 @@ pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod output;
+pub mod protocol_table;
 pub mod report;
 pub mod rng;
 pub mod train;

@@ -22,6 +22,25 @@ pub fn load_reports<'a>(
         .collect()
 }
 
+/// A protocol table's cell as two texts, ACC and ASR in percent: `mean ± std`, with `(n/N)` when
+/// fewer runs finished than the protocol plans.
+pub fn protocol_cell(c: &cleanse_core::protocol_table::Stat) -> (String, String) {
+    let count = match c.n < c.expected {
+        true => format!(" ({}/{})", c.n, c.expected),
+        false => String::new(),
+    };
+    let acc = format!(
+        "{:.1} ± {:.1}{count}",
+        100.0 * c.acc_mean,
+        100.0 * c.acc_std
+    );
+    let asr = match (c.asr_mean, c.asr_std) {
+        (Some(m), Some(s)) => format!("{:.1} ± {:.1}{count}", 100.0 * m, 100.0 * s),
+        _ => "-".to_string(),
+    };
+    (acc, asr)
+}
+
 /// One line of a chart: `(epoch, value)` points.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
@@ -276,6 +295,33 @@ mod tests {
         let t = AttackDefenseTable::build(names.iter().copied().zip(&reports));
         assert_eq!(t.defenses.len(), 3, "{t:?}");
         assert!(t.defenses[1].starts_with("ANP") && t.defenses[2].starts_with("KD"));
+    }
+
+    /// A real `cleanse protocol table` JSON (`fixtures/make-protocol-table.sh`) is told from a
+    /// run report and shows mean ± std per cell; a damaged one is an error naming the file.
+    #[test]
+    fn a_protocol_table_loads_and_formats_its_cells() {
+        use cleanse_core::protocol_table::ProtocolTable;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let text = std::fs::read_to_string(dir.join("protocol-table.json")).unwrap();
+        let t = ProtocolTable::from_json("t.json", &text)
+            .expect("a protocol table")
+            .expect("valid");
+        assert_eq!(t.attacks.len(), 2);
+        assert_eq!(t.columns[0], "No defense");
+        assert!(t.mean.iter().all(Option::is_some));
+        let (acc, asr) = protocol_cell(t.cells[0][1].as_ref().expect("cell"));
+        assert!(acc.contains(" ± ") && asr.contains(" ± "), "{acc} {asr}");
+        let mut partial = t.cells[0][1].expect("cell");
+        partial.n = 1;
+        assert!(protocol_cell(&partial).0.ends_with("(1/2)"));
+        let report = std::fs::read_to_string(dir.join("badnets-report.json")).unwrap();
+        assert!(ProtocolTable::from_json("r.json", &report).is_none());
+        let broken = text.replacen("\"No defense\",", "", 1);
+        let e = ProtocolTable::from_json("t.json", &broken)
+            .expect("still a protocol table")
+            .expect_err("columns and cells differ");
+        assert!(e.starts_with("t.json"), "{e}");
     }
 
     const REPORT: &str = r#"{

@@ -2,7 +2,8 @@
 
 use super::chart::chart;
 use super::{files_of, read_files};
-use crate::{curves, defense_curves, load_reports, summary};
+use crate::{curves, defense_curves, load_reports, protocol_cell, summary};
+use cleanse_core::protocol_table::ProtocolTable;
 use cleanse_core::report::{AttackDefenseTable, Report};
 use leptos::prelude::*;
 
@@ -13,6 +14,7 @@ fn pct(v: f64) -> String {
 #[component]
 pub fn Viewer() -> impl IntoView {
     let reports: RwSignal<Vec<(String, Report)>> = RwSignal::new(Vec::new());
+    let tables: RwSignal<Vec<(String, ProtocolTable)>> = RwSignal::new(Vec::new());
     let errors: RwSignal<Vec<String>> = RwSignal::new(Vec::new());
     let dragging = RwSignal::new(false);
     let open = move |list: Option<web_sys::FileList>| {
@@ -29,6 +31,25 @@ pub fn Viewer() -> impl IntoView {
                     Err(e) => errs.push(e),
                 }
             }
+            // Protocol tables (`cleanse protocol table`) go to their own list.
+            let mut found = Vec::new();
+            texts.retain(|(name, text)| match ProtocolTable::from_json(name, text) {
+                Some(Ok(t)) => {
+                    found.push((name.clone(), t));
+                    false
+                }
+                Some(Err(e)) => {
+                    errs.push(e);
+                    false
+                }
+                None => true,
+            });
+            tables.update(|v| {
+                for (n, t) in found {
+                    v.retain(|(m, _)| *m != n);
+                    v.push((n, t));
+                }
+            });
             let parsed = load_reports(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())));
             let mut ok = Vec::new();
             for ((name, _), r) in texts.iter().zip(parsed) {
@@ -114,6 +135,52 @@ pub fn Viewer() -> impl IntoView {
             <ul class="note">{notes}</ul>
         })
     };
+    let protocol_tables = move || {
+        tables
+            .get()
+            .into_iter()
+            .map(|(name, t)| {
+                let head = t
+                    .columns
+                    .iter()
+                    .map(|d| view! { <th colspan="2">{d.clone()}</th> })
+                    .collect::<Vec<_>>();
+                let sub = t
+                    .columns
+                    .iter()
+                    .map(|_| view! { <th>"ACC %"</th><th>"ASR %"</th> })
+                    .collect::<Vec<_>>();
+                let mean = (t.attacks.len() > 1).then(|| ("Mean".to_string(), t.mean.clone()));
+                let rows = t
+                    .attacks
+                    .iter()
+                    .cloned()
+                    .zip(t.cells.iter().cloned())
+                    .chain(mean)
+                    .map(|(attack, cells)| {
+                        let cells = cells
+                            .iter()
+                            .map(|c| match c {
+                                Some(c) => {
+                                    let (acc, asr) = protocol_cell(c);
+                                    view! { <td>{acc}</td><td>{asr}</td> }.into_any()
+                                }
+                                None => view! { <td>"-"</td><td>"-"</td> }.into_any(),
+                            })
+                            .collect::<Vec<_>>();
+                        view! { <tr><th>{attack}</th>{cells}</tr> }
+                    })
+                    .collect::<Vec<_>>();
+                view! {
+                    <h3>{format!("{name}: mean ± standard deviation over {} model(s) per attack", t.models.len())}</h3>
+                    <table class="protocol-table">
+                        <thead><tr><th rowspan="2">"attack"</th>{head}</tr><tr>{sub}</tr></thead>
+                        <tbody>{rows}</tbody>
+                    </table>
+                }
+            })
+            .collect::<Vec<_>>()
+    };
     let runs = move || {
         reports
             .get()
@@ -149,18 +216,20 @@ pub fn Viewer() -> impl IntoView {
         <section id="viewer">
             <h2>"Report viewer"</h2>
             <p>"Open the " <code>"report.json"</code> " files the " <code>"cleanse"</code>
-               " command line writes (several at once): a summary and per-epoch curves of each run, and the attack × defense table in the layout of the paper's supplement."</p>
+               " command line writes (several at once): a summary and per-epoch curves of each run, and the attack × defense table in the layout of the paper's supplement; or the "
+               <code>"table.json"</code> " of " <code>"cleanse protocol table"</code> "."</p>
             <div id="drop-zone" class="drop" class:over=move || dragging.get()
                 on:dragover=move |ev: leptos::ev::DragEvent| { ev.prevent_default(); dragging.set(true); }
                 on:dragleave=move |_| dragging.set(false)
                 on:drop=on_drop>
                 "Drop report files here, or "
                 <input id="report-files" type="file" multiple accept=".json,application/json" on:change=on_pick/>
-                <button id="clear-reports" on:click=move |_| { reports.set(Vec::new()); errors.set(Vec::new()); }>"Clear"</button>
+                <button id="clear-reports" on:click=move |_| { reports.set(Vec::new()); tables.set(Vec::new()); errors.set(Vec::new()); }>"Clear"</button>
             </div>
             <ul id="viewer-errors" class="errors">
                 {move || errors.get().into_iter().map(|e| view! { <li>{e}</li> }).collect::<Vec<_>>()}
             </ul>
+            {protocol_tables}
             {table}
             {runs}
         </section>
