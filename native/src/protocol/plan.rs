@@ -2,7 +2,7 @@
 //! The plan is a pure function of the spec and the output folder, so every shard of a cluster
 //! job computes the same one.
 
-use super::spec::{Flag, Models, Spec};
+use super::spec::{AttackEntry, Flag, Models, Spec};
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,8 @@ pub(crate) enum Role {
     Attack,
     /// A defense of one backdoored model.
     Defense,
+    /// A t-SNE map of a model (`cleanse tsne`).
+    Map,
 }
 
 /// One run: `cleanse WORDS... --out OUT/NAME`.
@@ -86,8 +88,9 @@ fn flag_lines(flags: &[Flag]) -> Vec<(String, usize)> {
 }
 
 impl Plan {
-    /// The plan of `spec` into `out`, for the models `pairs` ([`model_pairs`]).
-    pub fn build(spec: &Spec, out: &Path, pairs: &[(usize, u64)]) -> Plan {
+    /// The plan of `spec` into `out`; `resolve` gives the (target, seed) pairs of a model set
+    /// ([`model_pairs`] with the data set's class order).
+    pub fn build(spec: &Spec, out: &Path, resolve: &dyn Fn(&Models) -> Vec<(usize, u64)>) -> Plan {
         let data: Vec<String> = std::iter::once("--dataset".to_string())
             .chain([spec.dataset.clone()])
             .chain(
@@ -98,20 +101,31 @@ impl Plan {
             .collect();
         let common = flag_words(&spec.common);
         let path = |name: &str| out.join(name).display().to_string();
-        let mut runs = Vec::new();
-        // One clean reference per seed that an LC attack uses.
-        let lc_seeds: Vec<u64> = {
-            let mut s: Vec<u64> = pairs.iter().map(|p| p.1).collect();
-            s.sort_unstable();
-            s.dedup();
-            if spec.attacks.iter().any(|a| a.kind == "lc") {
-                s
-            } else {
-                Vec::new()
-            }
+        let protocol_pairs = resolve(&spec.models);
+        let pairs_of = |a: &AttackEntry| match &a.models {
+            Some(m) => resolve(m),
+            None => protocol_pairs.clone(),
         };
+        // Every model in the order first planned, for the table's header.
+        let mut all_pairs: Vec<(usize, u64)> = Vec::new();
+        for p in spec.attacks.iter().flat_map(pairs_of) {
+            if !all_pairs.contains(&p) {
+                all_pairs.push(p);
+            }
+        }
+        // A clean reference per seed: of every model with [clean], else of LC's models.
+        let mut clean_seeds: Vec<u64> = spec
+            .attacks
+            .iter()
+            .filter(|a| spec.clean.is_some() || a.kind == "lc")
+            .flat_map(pairs_of)
+            .map(|p| p.1)
+            .collect();
+        clean_seeds.sort_unstable();
+        clean_seeds.dedup();
         let clean_flags = spec.clean.clone().unwrap_or_default();
-        for &seed in &lc_seeds {
+        let mut runs = Vec::new();
+        for &seed in &clean_seeds {
             let name = format!("clean/s{seed}");
             runs.push(Run {
                 name: name.clone(),
@@ -132,9 +146,25 @@ impl Plan {
                 entry_line: 0,
             });
         }
-        for &pair in pairs {
+        // A t-SNE map of the model in run `of` (`cleanse tsne`), in the same group.
+        let map = |of: &str, group: &str, line: usize| Run {
+            name: format!("{of}-tsne.png"),
+            role: Role::Map,
+            attack: None,
+            defense: None,
+            model: None,
+            words: ["tsne".to_string(), "--model".into(), path(of)]
+                .into_iter()
+                .chain(common.clone())
+                .collect(),
+            needs: vec![of.to_string()],
+            group: group.to_string(),
+            lines: Vec::new(),
+            entry_line: line,
+        };
+        for &pair in &all_pairs {
             let model = model_name(pair);
-            for a in &spec.attacks {
+            for a in spec.attacks.iter().filter(|a| pairs_of(a).contains(&pair)) {
                 let teacher = format!("{}/{model}/attack", a.name);
                 let group = format!("{}/{model}", a.name);
                 let mut words: Vec<String> = ["attack".to_string(), a.kind.clone()]
@@ -167,9 +197,13 @@ impl Plan {
                     lines: flag_lines(&a.flags),
                     entry_line: a.line,
                 });
+                if a.tsne {
+                    runs.push(map(&teacher, &group, a.line));
+                }
                 for d in spec.defenses.iter().filter(|d| d.applies_to(a)) {
+                    let name = format!("{group}/{}", d.name);
                     runs.push(Run {
-                        name: format!("{group}/{}", d.name),
+                        name: name.clone(),
                         role: Role::Defense,
                         attack: Some(a.name.clone()),
                         defense: Some(d.name.clone()),
@@ -185,6 +219,9 @@ impl Plan {
                         lines: flag_lines(&d.flags),
                         entry_line: d.line,
                     });
+                    if d.tsne {
+                        runs.push(map(&name, &group, d.line));
+                    }
                 }
             }
         }
@@ -196,7 +233,7 @@ impl Plan {
             spec: spec.file.clone(),
             attacks: spec.attacks.iter().map(|a| a.name.clone()).collect(),
             defenses: spec.defenses.iter().map(|d| d.name.clone()).collect(),
-            models: pairs.iter().map(|&p| model_name(p)).collect(),
+            models: all_pairs.iter().map(|&p| model_name(p)).collect(),
             runs,
         }
     }
@@ -302,6 +339,58 @@ attacks = ["badnets"]
     }
 
     #[test]
+    fn rows_with_their_own_models_maps_and_clean_references() {
+        let spec = Spec::parse(
+            Path::new("p.toml"),
+            r#"
+[protocol]
+dataset = "synthetic"
+models = [{ target = 0, seed = 1 }, { target = 0, seed = 2 }]
+[clean]
+flags = { epochs = 2 }
+[[attack]]
+kind = "badnets"
+tsne = true
+[[attack]]
+kind = "blended"
+models = [{ target = 0, seed = 1 }]
+[[defense]]
+method = "kd"
+flags = { seed = 3 }
+tsne = true
+attacks = ["blended"]
+"#,
+        )
+        .expect("spec");
+        let plan = Plan::build(&spec, Path::new("o"), &|m| model_pairs(m, 10, None));
+        let names: Vec<&str> = plan.runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "clean/s1",
+                "clean/s2",
+                "badnets/t0-s1/attack",
+                "badnets/t0-s1/attack-tsne.png",
+                "blended/t0-s1/attack",
+                "blended/t0-s1/kd",
+                "blended/t0-s1/kd-tsne.png",
+                "badnets/t0-s2/attack",
+                "badnets/t0-s2/attack-tsne.png",
+            ]
+        );
+        let map = plan.run("blended/t0-s1/kd-tsne.png").expect("map");
+        assert_eq!(map.words[..3], ["tsne", "--model", "o/blended/t0-s1/kd"]);
+        assert_eq!(map.needs, ["blended/t0-s1/kd"]);
+        assert!(
+            plan.run("blended/t0-s1/kd")
+                .expect("kd")
+                .words
+                .ends_with(&["--seed".into(), "3".into()])
+        );
+        assert_eq!(plan.models, ["t0-s1", "t0-s2"]);
+    }
+
+    #[test]
     fn the_supplements_models_and_every_run_after_what_it_needs() {
         let pairs = model_pairs(
             &Models::Supplement,
@@ -314,7 +403,7 @@ attacks = ["badnets"]
         assert_eq!(pairs[13], (33, 0));
         let cifar = model_pairs(&Models::Supplement, 10, None);
         assert_eq!(cifar[13], (9, 0));
-        let plan = Plan::build(&spec(), Path::new("out"), &cifar);
+        let plan = Plan::build(&spec(), Path::new("out"), &|m| model_pairs(m, 10, None));
         // 5 clean references (seeds 0-4), 14 x (lc + kd, badnets + kd + ft).
         assert_eq!(plan.runs.len(), 5 + 14 * 5);
         for (i, r) in plan.runs.iter().enumerate() {

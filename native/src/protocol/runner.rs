@@ -10,25 +10,33 @@ use cleanse_core::data::{DataSpec, DatasetKind};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The target classes by frequency when the supplement's model set needs them (GTSRB: its
-/// most frequent classes; other data sets: class order).
-fn pairs(spec: &Spec) -> Result<Vec<(usize, u64)>> {
-    if spec.dataset != "gtsrb" || spec.models != Models::Supplement {
-        return Ok(model_pairs(&spec.models, 10, None));
+/// The class order that picks the targets of `single` and `supplement` model sets: GTSRB's
+/// classes by frequency (the supplement attacks its most frequent ones), read from the data
+/// when a spec on GTSRB uses such a set; class order otherwise.
+fn class_order(spec: &Spec) -> Result<Option<Vec<usize>>> {
+    let named = |m: &Models| matches!(m, Models::Single | Models::Supplement);
+    let uses = named(&spec.models)
+        || spec
+            .attacks
+            .iter()
+            .any(|a| a.models.as_ref().is_some_and(named));
+    if spec.dataset != "gtsrb" || !uses {
+        return Ok(None);
     }
     let dir = spec.data.as_deref().expect("checked by the spec");
     let data = DataSpec::new(DatasetKind::Gtsrb, Some(dir.into()))
         .load()
         .with_context(|| format!("{}: reading the data set {dir}", spec.file.display()))?;
-    let order = data.train.classes_by_frequency();
-    Ok(model_pairs(&spec.models, order.len(), Some(&order)))
+    Ok(Some(data.train.classes_by_frequency()))
 }
 
 /// The plan of `spec_path` into `out`, every command line checked by the command line's own
 /// parser; an error names the spec's file, the line and the flag.
 pub(crate) fn checked_plan(spec_path: &Path, out: &Path) -> Result<(Spec, Plan)> {
     let spec = Spec::read(spec_path)?;
-    let plan = Plan::build(&spec, out, &pairs(&spec)?);
+    let order = class_order(&spec)?;
+    let classes = order.as_ref().map_or(10, Vec::len);
+    let plan = Plan::build(&spec, out, &|m| model_pairs(m, classes, order.as_deref()));
     check_commands(&spec, &plan, out)?;
     Ok((spec, plan))
 }
@@ -235,11 +243,7 @@ mod tests {
                 continue;
             }
             let spec = Spec::read(&path).expect("spec");
-            let plan = Plan::build(
-                &spec,
-                Path::new("out"),
-                &model_pairs(&spec.models, 43, None),
-            );
+            let plan = Plan::build(&spec, Path::new("out"), &|m| model_pairs(m, 43, None));
             check_commands(&spec, &plan, Path::new("out")).unwrap_or_else(|e| panic!("{e}"));
             assert!(!plan.runs.is_empty());
             n += 1;

@@ -8,7 +8,7 @@
 //! models = "single"                          # single | supplement | [{ target = 3, seed = 1 }, ...]
 //! flags = { device = "cpu", threads = 1 }    # given to every run
 //!
-//! [clean]                                    # the clean reference (needed by LC), optional
+//! [clean]                                    # the clean reference, optional
 //! flags = { preset = "subset" }              # `train` flags
 //!
 //! [[attack]]
@@ -16,13 +16,19 @@
 //! name = "badnets"                           # the row and its folder (default: the kind)
 //! flags = { preset = "subset" }              # `attack` flags
 //! poison_rates = [0.01, 0.05]                # optional: one row per rate (name-p1, name-p5)
+//! models = [{ target = 0, seed = 1 }]        # optional: this row's models instead
+//! tsne = true                                # optional: a t-SNE map of each model
 //!
 //! [[defense]]
 //! method = "kd"                              # kd | ft | fp | nad | mcr | anp | ibau
 //! name = "kd"                                # the column and its folder (default: the method)
 //! flags = { epochs = 20 }                    # `defend <method>` flags
 //! attacks = ["badnets"]                      # optional: only on these rows
+//! tsne = true                                # optional: a t-SNE map of each defended model
 //! ```
+//!
+//! With `[clean]`, a clean reference is trained for every seed of the models (LC makes its
+//! adversarial images on it); without it, only where an LC attack needs one (default settings).
 //!
 //! A flag's key is the command-line flag without its dashes; `true` gives a switch, `false`
 //! leaves it out, an array becomes a comma-separated list.
@@ -72,6 +78,9 @@ struct RawAttack {
     #[serde(default)]
     flags: RawFlags,
     poison_rates: Option<Spanned<Vec<f64>>>,
+    models: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    tsne: bool,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +91,8 @@ struct RawDefense {
     #[serde(default)]
     flags: RawFlags,
     attacks: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    tsne: bool,
 }
 
 /// One command-line flag from the spec, with the line it was written on.
@@ -120,6 +131,10 @@ pub(crate) struct AttackEntry {
     pub kind: String,
     pub name: String,
     pub flags: Vec<Flag>,
+    /// This attack's models, when not the protocol's.
+    pub models: Option<Models>,
+    /// A t-SNE map of each of its models (`cleanse tsne`).
+    pub tsne: bool,
     /// The line of `kind`.
     pub line: usize,
 }
@@ -131,6 +146,8 @@ pub(crate) struct DefenseEntry {
     pub flags: Vec<Flag>,
     /// Only on these attacks (all when `None`).
     pub attacks: Option<Vec<String>>,
+    /// A t-SNE map of each defended model.
+    pub tsne: bool,
     /// The line of `method`.
     pub line: usize,
 }
@@ -148,30 +165,33 @@ pub(crate) struct Spec {
     pub defenses: Vec<DefenseEntry>,
 }
 
-/// Flags the protocol sets itself.
-const RESERVED: [&str; 9] = [
-    "out",
-    "model",
-    "dataset",
-    "data",
-    "target",
-    "seed",
-    "clean-model",
-    "resume",
-    "help",
-];
+/// Flags the protocol sets itself on every run.
+const RESERVED: [&str; 6] = ["out", "model", "dataset", "data", "resume", "help"];
+/// ... and on the runs that train a model (from the model's target and seed).
+const RESERVED_TRAINING: [&str; 3] = ["target", "seed", "clean-model"];
 
 /// The 1-based line of byte `offset` of `text`.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-fn flags(file: &Path, text: &str, raw: RawFlags) -> Result<Vec<Flag>> {
+/// Which command a set of flags is for.
+#[derive(Clone, Copy, PartialEq)]
+enum For {
+    /// `train` or `attack`: the protocol sets the target and seed.
+    Training,
+    /// `defend`: the protocol sets the model.
+    Defense,
+}
+
+fn flags(file: &Path, text: &str, raw: RawFlags, role: For) -> Result<Vec<Flag>> {
     let mut out = Vec::new();
     for (k, v) in raw {
         let line = line_of(text, k.span().start);
         let key = k.into_inner().replace('_', "-");
-        if RESERVED.contains(&key.as_str()) {
+        if RESERVED.contains(&key.as_str())
+            || (role == For::Training && RESERVED_TRAINING.contains(&key.as_str()))
+        {
             bail!(
                 "{}:{line}: `{key}`: set by the protocol itself, not a flag a spec may give",
                 file.display()
@@ -280,10 +300,10 @@ impl Spec {
                 file.display()
             );
         }
-        let models = models(file, text, p.models)?;
-        let common = flags(file, text, p.flags)?;
+        let protocol_models = models(file, text, p.models)?;
+        let common = flags(file, text, p.flags, For::Training)?;
         let clean = match raw.clean {
-            Some(c) => Some(flags(file, text, c.into_inner().flags)?),
+            Some(c) => Some(flags(file, text, c.into_inner().flags, For::Training)?),
             None => None,
         };
         let mut attacks: Vec<AttackEntry> = Vec::new();
@@ -295,12 +315,19 @@ impl Spec {
                 .map(Spanned::into_inner)
                 .unwrap_or_else(|| kind.clone());
             check_name(file, line, "attack", &name)?;
-            let base = flags(file, text, a.flags)?;
+            let base = flags(file, text, a.flags, For::Training)?;
+            let own_models = match a.models {
+                Some(m) => Some(models(file, text, Some(m))?),
+                None => None,
+            };
+            let tsne = a.tsne;
             match a.poison_rates {
                 None => attacks.push(AttackEntry {
                     kind,
                     name,
                     flags: base,
+                    models: own_models,
+                    tsne,
                     line,
                 }),
                 Some(rates) => {
@@ -328,6 +355,8 @@ impl Spec {
                             kind: kind.clone(),
                             name: format!("{name}-p{}", (r * 1000.0).round() / 10.0),
                             flags,
+                            models: own_models.clone(),
+                            tsne,
                             line,
                         });
                     }
@@ -365,8 +394,9 @@ impl Spec {
             defenses.push(DefenseEntry {
                 method,
                 name,
-                flags: flags(file, text, d.flags)?,
+                flags: flags(file, text, d.flags, For::Defense)?,
                 attacks: restrict,
+                tsne: d.tsne,
                 line,
             });
         }
@@ -405,7 +435,7 @@ impl Spec {
             file: file.to_path_buf(),
             dataset,
             data,
-            models,
+            models: protocol_models,
             common,
             clean,
             attacks,
