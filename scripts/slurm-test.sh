@@ -102,10 +102,10 @@ sleep 2
 if squeue -h -j "$table" -o %r 2>/dev/null | grep -q .; then
   echo "slurm-test: the table job waits: $(squeue -h -j "$table" -o %r)"
   scancel "$table"
-elif [[ -f $work/slurm/table.md ]]; then
+elif [[ -f $work/slurm/tables/tiny.md ]]; then
   fail "the table job ran although a task was cancelled"
 fi
-[[ -f $work/slurm/table.md ]] && fail "a table was written before every task had ended well"
+[[ -f $work/slurm/tables/tiny.md ]] && fail "a table was written before every task had ended well"
 
 echo "== re-submitting task 1, then the table"
 again=$(sbatch --parsable --array=1 "$work/slurm/slurm/protocol.sbatch")
@@ -119,9 +119,9 @@ done
 relog="$work/slurm/slurm/logs/${again}_1.out"
 cat "$relog"
 grep -q -- "--resume" "$relog" || fail "the re-submitted task resumed nothing (was the kill mid-run?)"
-[[ -f $work/slurm/table.md ]] || { cat "$work/slurm/slurm/logs/"*.out >&2; fail "no table from the table job"; }
-if ! diff "$work/single/table.md" "$work/slurm/table.md"; then
+[[ -f $work/slurm/tables/tiny.md ]] || { cat "$work/slurm/slurm/logs/"*.out >&2; fail "no table from the table job"; }
+if ! diff "$work/single/tables/tiny.md" "$work/slurm/tables/tiny.md"; then
   fail "the Slurm table differs from the single-process table"
 fi
-cat "$work/slurm/table.md"
+cat "$work/slurm/tables/tiny.md"
 echo "slurm-test: passed (the merged Slurm table equals the single-process table)"

@@ -1,6 +1,6 @@
 //! The table of an experiment protocol in the supplement's layout (rows: attacks; columns: "No
 //! defense" and each defense; cells: mean and standard deviation over the attack's models), as
-//! `cleanse protocol table` writes it (`table.json`, `table.md`, `table.csv`) and the viewer
+//! `cleanse protocol table` writes it (`tables/<protocol>.json`, `.md`, `.csv`) and the viewer
 //! shows it.
 
 use crate::Result;
@@ -52,7 +52,7 @@ impl Stat {
     }
 }
 
-/// The table, as `table.json` holds it.
+/// The table, as `tables/<protocol>.json` holds it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProtocolTable {
     /// Always `protocol_table` (how the viewer tells this file from a run report).
@@ -182,12 +182,12 @@ impl ProtocolTable {
         s
     }
 
-    /// Writes `table.md`, `table.csv` and `table.json` into `out` (each atomically).
-    pub fn write(&self, out: &Path) -> Result<()> {
+    /// Writes `<name>.md`, `<name>.csv` and `<name>.json` into `dir` (each atomically).
+    pub fn write(&self, dir: &Path, name: &str) -> Result<()> {
         use crate::io::{write_atomic, write_json_atomic};
-        write_atomic(&out.join("table.md"), self.markdown().as_bytes())?;
-        write_atomic(&out.join("table.csv"), self.csv().as_bytes())?;
-        write_json_atomic(&out.join("table.json"), self)?;
+        write_atomic(&dir.join(format!("{name}.md")), self.markdown().as_bytes())?;
+        write_atomic(&dir.join(format!("{name}.csv")), self.csv().as_bytes())?;
+        write_json_atomic(&dir.join(format!("{name}.json")), self)?;
         Ok(())
     }
 }

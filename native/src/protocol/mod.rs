@@ -18,8 +18,8 @@ pub(crate) enum ProtocolCommand {
     /// Run a protocol (or one shard of it): complete runs are skipped, unfinished ones resume,
     /// a failing run is reported and the others go on.
     Run(RunArgs),
-    /// The supplement's table (means and standard deviations over the models) of a protocol's
-    /// output folder, as table.md, table.csv and table.json there.
+    /// The supplement's table (means and standard deviations over the models) of each protocol
+    /// run into an output folder, as tables/<protocol>.md, .csv and .json there.
     Table(TableArgs),
     /// Write (and with --submit, submit) a Slurm job array running the protocol's shards, and the
     /// table as a job that waits for it.

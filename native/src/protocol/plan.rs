@@ -296,20 +296,46 @@ impl Plan {
         self.runs.iter().find(|r| r.name == name)
     }
 
-    /// Reads the `protocol.json` a run of the protocol wrote into `out`.
-    pub fn read(out: &Path) -> Result<Plan> {
-        let path = out.join(PLAN_FILE);
-        cleanse_core::io::read_json(&path).map_err(|e| {
+    /// The protocol's name: its spec's file name without `.toml`.
+    pub fn name(&self) -> String {
+        self.spec
+            .file_stem()
+            .map_or_else(|| "protocol".into(), |s| s.to_string_lossy().into_owned())
+    }
+
+    /// Saves the plan as `out/protocols/<name>.json` (atomically: every shard writes the same).
+    pub fn save(&self, out: &Path) -> Result<()> {
+        let dir = out.join(PLANS_DIR);
+        cleanse_core::io::create_dir_all(&dir)?;
+        cleanse_core::io::write_json_atomic(&dir.join(format!("{}.json", self.name())), self)?;
+        Ok(())
+    }
+
+    /// The plans of the protocols run into `out` (several specs may share one output folder,
+    /// and with it the runs they have in common), by name.
+    pub fn read_all(out: &Path) -> Result<Vec<Plan>> {
+        let dir = out.join(PLANS_DIR);
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
             anyhow!(
-                "{e} (is {} the output folder of `cleanse protocol run`?)",
+                "{}: {e} (is {} the output folder of `cleanse protocol run`?)",
+                dir.display(),
                 out.display()
             )
-        })
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| cleanse_core::io::read_json(f).map_err(anyhow::Error::from))
+            .collect()
     }
 }
 
-/// The plan's file in the output folder.
-pub(crate) const PLAN_FILE: &str = "protocol.json";
+/// The folder of the plans in an output folder.
+pub(crate) const PLANS_DIR: &str = "protocols";
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 //! process. Complete runs are skipped, unfinished ones resume, a failing run is reported and the
 //! rest go on (except the runs that need it); a run another process holds is waited for.
 
-use super::plan::{PLAN_FILE, Plan, Run, model_pairs};
+use super::plan::{Plan, Run, model_pairs};
 use super::spec::{Models, Spec};
 use crate::batch::{State, state};
 use anyhow::{Context, Result, anyhow, bail};
@@ -159,9 +159,7 @@ pub(crate) fn run(
         }
         return Ok(());
     }
-    cleanse_core::io::create_dir_all(out)?;
-    // Every shard writes the same plan; the write is atomic.
-    cleanse_core::io::write_json_atomic(&out.join(PLAN_FILE), &plan)?;
+    plan.save(out)?;
     let mine = plan.shard(index, count, only);
     eprintln!(
         "protocol: {} runs in all; shard {index}/{count} has {} of them",
@@ -203,7 +201,7 @@ pub(crate) fn run(
     }
     if count == 1 && only.is_empty() {
         // The whole protocol ran here: its table.
-        super::table::run(out)?;
+        super::table::write(&plan, out)?;
     }
     Ok(())
 }

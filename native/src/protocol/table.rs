@@ -101,11 +101,25 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> ProtocolTable {
     }
 }
 
-/// `cleanse protocol table DIR`: writes the three files and prints the Markdown.
+/// `cleanse protocol table DIR`: the table of every protocol run into `DIR`.
 pub(crate) fn run(out: &Path) -> Result<()> {
-    let plan = Plan::read(out)?;
-    let t = build(&plan, out);
-    t.write(out)?;
+    for plan in Plan::read_all(out)? {
+        write(&plan, out)?;
+    }
+    Ok(())
+}
+
+/// The table of `plan` as `out/tables/<name>.{md,csv,json}`, and its Markdown on stdout.
+pub(crate) fn write(plan: &Plan, out: &Path) -> Result<()> {
+    let t = build(plan, out);
+    let dir = out.join("tables");
+    cleanse_core::io::create_dir_all(&dir)?;
+    t.write(&dir, &plan.name())?;
+    println!(
+        "{} ({}):\n",
+        plan.name(),
+        dir.join(format!("{}.md", plan.name())).display()
+    );
     print!("{}", t.markdown());
     Ok(())
 }
