@@ -51,41 +51,30 @@ pub struct Series {
 /// The per-epoch clean accuracy and (for attacked or defended models) ASR of a report, in
 /// percent.
 pub fn curves(report: &Report) -> Vec<Series> {
-    accuracy_curves(report.epochs.iter().map(|e| (e.epoch, e.clean_acc, e.asr)))
+    accuracy_curves(
+        report
+            .epochs
+            .iter()
+            .map(|e| (e.epoch as f64, e.clean_acc, e.asr)),
+    )
 }
 
 /// A defense's accuracy and ASR along its parameter (MCR's `t`, ANP's threshold), when its
 /// report has them: the parameter's name and the series, in percent.
 pub fn defense_curves(report: &Report) -> Option<(String, Vec<Series>)> {
     let curve = report.defense.as_ref()?.curve.as_ref()?;
-    let (mut clean, mut asr) = (Vec::new(), Vec::new());
-    for p in &curve.points {
-        clean.push((p.at, 100.0 * p.clean_acc));
-        if let Some(a) = p.asr {
-            asr.push((p.at, 100.0 * a));
-        }
-    }
-    let mut out = vec![Series {
-        label: "clean accuracy".into(),
-        points: clean,
-    }];
-    if !asr.is_empty() {
-        out.push(Series {
-            label: "ASR".into(),
-            points: asr,
-        });
-    }
-    Some((curve.parameter.clone(), out))
+    let series = accuracy_curves(curve.points.iter().map(|p| (p.at, p.clean_acc, p.asr)));
+    Some((curve.parameter.clone(), series))
 }
 
-/// Clean accuracy and, where any epoch has one, ASR, in percent, from `(epoch, clean_acc, asr)`
-/// fractions (a report's epochs, or the demo's).
-pub fn accuracy_curves(epochs: impl Iterator<Item = (usize, f64, Option<f64>)>) -> Vec<Series> {
+/// Clean accuracy and, where any point has one, ASR, in percent, from `(x, clean_acc, asr)`
+/// fractions (a report's epochs, the demo's, or a defense's curve along its parameter).
+pub fn accuracy_curves(points: impl Iterator<Item = (f64, f64, Option<f64>)>) -> Vec<Series> {
     let (mut clean, mut asr) = (Vec::new(), Vec::new());
-    for (epoch, acc, a) in epochs {
-        clean.push((epoch as f64, 100.0 * acc));
+    for (x, acc, a) in points {
+        clean.push((x, 100.0 * acc));
         if let Some(a) = a {
-            asr.push((epoch as f64, 100.0 * a));
+            asr.push((x, 100.0 * a));
         }
     }
     let mut out = vec![Series {

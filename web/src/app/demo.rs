@@ -90,7 +90,7 @@ fn model_name(m: &DemoModel) -> String {
 }
 
 fn history_series(h: &[EpochPoint]) -> Vec<Series> {
-    accuracy_curves(h.iter().map(|e| (e.epoch, e.clean_acc, e.asr)))
+    accuracy_curves(h.iter().map(|e| (e.epoch as f64, e.clean_acc, e.asr)))
 }
 
 #[component]
