@@ -175,10 +175,10 @@ pub(crate) struct IbauArgs {
     /// Fixed-point iterations of the implicit hypergradient.
     #[arg(long, default_value_t = 5)]
     k: usize,
-    /// The universal perturbation's L2 bound, in the network's normalised input space (the
-    /// method's 10 is for 32x32 colour images).
-    #[arg(long, default_value_t = 10.0)]
-    max_norm: f64,
+    /// An L2 bound on the universal perturbation, in the network's normalised input space
+    /// [default: none, as in the method spec and the reference code]
+    #[arg(long)]
+    max_norm: Option<f64>,
 }
 
 #[derive(Args, Debug)]

@@ -3,10 +3,11 @@
 //! data without augmentation, batch 100, 100 rounds (the supplement; the original runs 5). Each
 //! round:
 //! - a universal perturbation `delta` (from 0) by one pass of SGD (lr 10) over the data on
-//!   `-CE(f(x + delta), argmax f(x)) + 0.001 |delta|^2`, then scaled into the L2 ball of radius 10;
+//!   `-CE(f(x + delta), argmax f(x)) + 0.001 |delta|^2` (unbounded, as in the reference code,
+//!   whose L2-ball projection is commented out; `max_norm` projects);
 //! - per batch, one Adam step (lr 1e-4) along the implicit hypergradient of the outer loss
 //!   `CE(f(x + delta), y)` through `K = 5` fixed-point iterations of the inner gradient-descent
-//!   map `Phi(w) = w - 0.1 grad_w L_in(w)`, `L_in(w) = -CE(f(x + w), y) + 1e-4 |w|^2`.
+//!   map `Phi(w) = w - 0.1 grad_w L_in(w)`, `L_in(w) = -CE(f(x + w), y) + 0.001 |w|^2`.
 //!
 //! The perturbation lives in the network's normalised input space, as in the reference (whose
 //! loaders normalise before it is added), so its bound and step sizes are the reference's; on
@@ -59,8 +60,8 @@ pub struct IbauConfig {
     pub search_lr: f64,
     /// The perturbation search's L2 weight (method spec: 0.001).
     pub search_reg: f64,
-    /// The perturbation's L2 bound (method spec: 10).
-    pub max_norm: f64,
+    /// An L2 bound on the perturbation (method spec and reference code: none).
+    pub max_norm: Option<f64>,
     pub seed: u64,
     pub eval_batch_size: usize,
 }
@@ -72,7 +73,7 @@ pub struct HyperSettings {
     pub k: usize,
     /// The inner gradient-descent step (method spec: 0.1).
     pub inner_lr: f64,
-    /// The inner loss's L2 weight on the perturbation (the reference: 1e-4).
+    /// The inner loss's L2 weight on the perturbation (the reference code: 0.001).
     pub inner_reg: f64,
 }
 
@@ -81,7 +82,7 @@ impl Default for HyperSettings {
         HyperSettings {
             k: 5,
             inner_lr: 0.1,
-            inner_reg: 1e-4,
+            inner_reg: 0.001,
         }
     }
 }
@@ -97,7 +98,7 @@ impl IbauConfig {
             hyper: HyperSettings::default(),
             search_lr: 10.0,
             search_reg: 0.001,
-            max_norm: 10.0,
+            max_norm: None,
             seed: 0,
             eval_batch_size: 256,
         }
@@ -119,7 +120,7 @@ impl IbauConfig {
         let positive = [
             ("inner-lr", self.hyper.inner_lr),
             ("search-lr", self.search_lr),
-            ("max-norm", self.max_norm),
+            ("max-norm", self.max_norm.unwrap_or(1.0)),
         ];
         for (name, v) in positive {
             if !(v.is_finite() && v > 0.0) {
@@ -155,8 +156,8 @@ impl IbauConfig {
         if self.hyper.k != 5 {
             v.push(format!("K {}", self.hyper.k));
         }
-        if self.max_norm != 10.0 {
-            v.push(format!("bound {}", self.max_norm));
+        if let Some(b) = self.max_norm {
+            v.push(format!("bound {b}"));
         }
         v
     }
@@ -179,7 +180,8 @@ fn norm(w: &Tensor<4>) -> f64 {
 }
 
 /// The universal perturbation of one round: SGD over `set` in order, the model's own
-/// predictions as labels, scaled into the L2 ball of `max_norm`. `model` is a frozen-BN
+/// predictions as labels, scaled into the L2 ball of `max_norm` when one is set. `model` is a
+/// frozen-BN
 /// training copy.
 pub fn universal_perturbation(
     model: &Classifier,
@@ -201,10 +203,12 @@ pub fn universal_perturbation(
         let g = wl.grad(&loss.backward()).expect("perturbation gradient");
         w = w - g * config.search_lr;
     }
-    let n = norm(&w);
-    match n > config.max_norm {
-        true => w * (config.max_norm / n),
-        false => w,
+    match config.max_norm {
+        Some(bound) if norm(&w) > bound => {
+            let n = norm(&w);
+            w * (bound / n)
+        }
+        _ => w,
     }
 }
 
