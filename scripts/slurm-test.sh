@@ -10,7 +10,11 @@ cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-${CARGO_TARGET_DIR:-target}/release/cleanse}")
 [[ -x $BIN ]] || { echo "slurm-test: no cleanse binary at $BIN (cargo build --release)" >&2; exit 1; }
 fail() { echo "slurm-test: FAILED: $*" >&2; exit 1; }
-if [[ $(id -u) != 0 ]]; then fail "needs root (installs slurm-wlm and starts its daemons)"; fi
+if [[ $(id -u) != 0 ]]; then
+  # Packages, /etc/slurm and the daemons need root: run the whole test under sudo.
+  command -v sudo >/dev/null || fail "needs root or sudo (installs slurm-wlm and starts its daemons)"
+  exec sudo -E bash "$0" "$BIN"
+fi
 
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   echo "== installing slurm-wlm and munge"
