@@ -179,6 +179,9 @@ pub(crate) struct IbauArgs {
     /// [default: none, as in the method spec and the reference code]
     #[arg(long)]
     max_norm: Option<f64>,
+    /// The share of each outer batch the perturbation is added to (the reference code: 0.01).
+    #[arg(long, default_value_t = 1.0)]
+    outer_fraction: f64,
 }
 
 #[derive(Args, Debug)]
@@ -310,6 +313,7 @@ fn ibau_config(a: &IbauArgs) -> Result<IbauConfig> {
             ..paper.hyper
         },
         max_norm: a.max_norm,
+        outer_fraction: a.outer_fraction,
         seed: c.seed,
         ..paper
     })

@@ -600,6 +600,7 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         ("ibau", "--weight-decay", "0.1", "weight-decay"),
         ("ibau", "--k", "0", "k"),
         ("ibau", "--max-norm", "0", "max-norm"),
+        ("ibau", "--outer-fraction", "0", "outer-fraction"),
         ("anp", "--epochs", "3", "--iterations"),
         ("anp", "--weight-decay", "0.1", "weight-decay"),
         ("anp", "--threshold", "2", "threshold"),

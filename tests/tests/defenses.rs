@@ -1131,7 +1131,7 @@ fn ibau_hypergradient_matches_a_finite_difference_of_the_outer_loss_at_the_inner
         .into_scalar::<f32>() as f64
     };
     let w = optimum(&model);
-    let (grads, _, _) = hypergradient(&model, &x, &y, &w, &settings);
+    let (grads, _, _) = hypergradient(&model, &x, &y, &w, &settings, None);
     let Network::Resnet18(r) = &model.net else {
         panic!("resnet")
     };
@@ -1186,6 +1186,52 @@ fn ibau_hypergradient_matches_a_finite_difference_of_the_outer_loss_at_the_inner
         (partial - fd).abs() > tolerance,
         "partial {partial} vs total {fd}: the test cannot tell the implicit term"
     );
+}
+
+/// The outer mask: on every image it is the method's hypergradient; on none the perturbation
+/// leaves the outer loss, its gradient with respect to the perturbation is zero, and the
+/// hypergradient is the clean loss's plain gradient.
+#[test]
+fn ibau_outer_mask_selects_the_perturbed_images() {
+    use burn::optim::GradientsParams;
+    use burn::prelude::*;
+    use cleanse_core::defend::ibau::{HyperSettings, hypergradient};
+    use cleanse_core::model::{Architecture, ModelConfig, Network, Normalization};
+    use cleanse_core::train::cross_entropy;
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let config = ModelConfig {
+        architecture: Architecture::Resnet18,
+        width: 2,
+        num_classes: 3,
+        normalization: Normalization::cifar10(),
+    };
+    let model = config
+        .init_seeded(&device, 7)
+        .train()
+        .with_batch_norm_training(false);
+    let x = random_images(4, 16, 3, &device).autodiff();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 1], [4]), &ad);
+    let w = Tensor::<4>::ones([1, 3, 16, 16], &device) * 0.3;
+    let settings = HyperSettings::default();
+    let fc = |g: &GradientsParams| -> Vec<f32> {
+        let Network::Resnet18(r) = &model.net else {
+            panic!("resnet")
+        };
+        floats(g.get::<2>(r.fc.weight.id).expect("fc gradient"))
+    };
+    let ones = Tensor::<4>::ones([4, 1, 1, 1], &ad);
+    let zeros = Tensor::<4>::zeros([4, 1, 1, 1], &ad);
+    let (all, _, _) = hypergradient(&model, &x, &y, &w, &settings, None);
+    let (masked_all, _, _) = hypergradient(&model, &x, &y, &w, &settings, Some(&ones));
+    assert_eq!(fc(&all), fc(&masked_all));
+    let (none, _, _) = hypergradient(&model, &x, &y, &w, &settings, Some(&zeros));
+    let clean = GradientsParams::from_grads(
+        cross_entropy(model.forward(x.clone()), y.clone()).backward(),
+        &model,
+    );
+    assert_eq!(fc(&none), fc(&clean));
+    assert_ne!(fc(&all), fc(&clean));
 }
 
 #[test]
