@@ -896,6 +896,40 @@ fn a_protocol_runs_whole_or_in_concurrent_shards_to_the_same_table() {
         sharded.display().to_string(),
     ]);
     assert!(partial.contains("(1/2)"), "{partial}");
+    // A run that fails is reported and the others go on; the table shows its cells as missing.
+    let failing = tmp.path().join("failing.toml");
+    let text = std::fs::read_to_string(spec).expect("spec");
+    let broken = text.replacen(
+        "method = \"ft\"\nflags = { epochs = 1, batch-size = 8 }",
+        "method = \"ft\"\nflags = { epochs = 1, batch-size = 1 }",
+        1,
+    );
+    assert_ne!(broken, text);
+    std::fs::write(&failing, broken).expect("write");
+    let out = tmp.path().join("failing");
+    let o = cleanse(&[
+        "protocol",
+        "run",
+        failing.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("badnets/t0-s0/ft FAILED") && err.contains("4 failed"),
+        "{err}"
+    );
+    assert!(
+        out.join("blended/t1-s0/kd/report.json").is_file(),
+        "the others ran"
+    );
+    let t = run_ok(&["protocol".into(), "table".into(), out.display().to_string()]);
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("| BadNets 10% |") && l.contains("| - | - |")),
+        "{t}"
+    );
     // Mistakes in a spec name the file, the line and the key before anything runs.
     let bad = tmp.path().join("bad.toml");
     let text = std::fs::read_to_string(spec).expect("spec");
