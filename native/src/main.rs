@@ -190,6 +190,11 @@ pub(crate) struct TrainArgs {
     /// Fraction of the training set held out for the defender.
     #[arg(long, default_value_t = 0.1)]
     holdout: f64,
+    /// Take the defender's data from the test set instead: N images of each class (one fixed
+    /// choice), the rest of the test set evaluates; nothing is held out of the training set (the
+    /// supplement's GTSRB protocol).
+    #[arg(long, value_name = "N", conflicts_with = "holdout")]
+    defender_per_class: Option<usize>,
     /// Zero padding of the random crop (0 disables cropping).
     #[arg(long, default_value_t = 4)]
     crop_padding: usize,
@@ -227,6 +232,7 @@ impl TrainArgs {
         };
         let mut data = DataSpec::new(kind, self.data.clone());
         data.image_size = self.image_size;
+        data.defender_per_class = self.defender_per_class;
         data.synthetic = SyntheticConfig {
             train_size: self.synthetic_train,
             test_size: self.synthetic_test,
@@ -253,7 +259,10 @@ impl TrainArgs {
         c.sgd.momentum = self.momentum;
         c.sgd.weight_decay = self.weight_decay;
         c.seed = self.seed;
-        c.holdout = self.holdout;
+        c.holdout = match self.defender_per_class {
+            Some(_) => 0.0,
+            None => self.holdout,
+        };
         c.augment = Augment {
             crop_padding: self.crop_padding,
             flip: !self.no_flip && kind.allows_flip(),

@@ -1256,3 +1256,56 @@ fn ibau_unlearns_in_rounds_and_resumes_exactly() {
     assert!(weights(&whole) != weights(&sus), "the model changed");
     stopped_after_one_epoch_resumes_to(&defense, &tmp.path().join("ibau-stopped"), &whole);
 }
+
+/// The supplement's GTSRB protocol: the defender's data is a per-class slice of the test set, the
+/// rest of the test set evaluates, and nothing is held out of the training set.
+#[test]
+fn the_defenders_data_can_be_a_per_class_slice_of_the_test_set() {
+    let mut tc = tiny_train_config();
+    tc.holdout = 0.0;
+    tc.data.defender_per_class = Some(3);
+    let full = {
+        let mut d = tc.data.clone();
+        d.defender_per_class = None;
+        d.load().expect("data")
+    };
+    let data = tc.data.load().expect("data");
+    let classes = full.test.num_classes;
+    let defender = data.defender.clone().expect("the slice");
+    assert_eq!(defender.class_counts(), vec![3; classes]);
+    assert_eq!(data.test.len() + defender.len(), full.test.len());
+    assert_eq!(data.train.len(), full.train.len());
+    // Disjoint: no defender image is among the evaluation images.
+    for i in 0..defender.len() {
+        assert!((0..data.test.len()).all(|j| data.test.image(j) != defender.image(i)));
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sus = tmp.path().join("suspect");
+    let report = train(&tc, &sus, false, &cpu(), &mut SilentObserver).expect("train");
+    assert_eq!(report.data.holdout_size, defender.len());
+    assert_eq!(report.data.test_size, data.test.len());
+    let held = cleanse_core::train::run::load_holdout(&sus).expect("holdout");
+    assert_eq!(held.pixels, defender.pixels);
+    // A defense trains on the slice and is evaluated on the rest.
+    let mut ft = FtConfig::paper(sus.clone(), false);
+    ft.epochs = 1;
+    ft.batch_size = 8;
+    let r = Defense::Ft(ft)
+        .run(&tmp.path().join("ft"), false, &cpu(), &mut SilentObserver)
+        .expect("ft");
+    let rec = r.defense.expect("record");
+    assert_eq!(rec.defender_images, defender.len());
+    assert_eq!(r.data.test_size, data.test.len());
+    // Two defender sets at once is an error naming the setting.
+    tc.holdout = 0.1;
+    let e = train(
+        &tc,
+        &tmp.path().join("both"),
+        false,
+        &cpu(),
+        &mut SilentObserver,
+    )
+    .expect_err("holdout and slice")
+    .to_string();
+    assert!(e.contains("holdout"), "{e}");
+}

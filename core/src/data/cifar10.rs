@@ -33,6 +33,7 @@ pub fn load_dir(dir: &Path) -> Result<TrainTest> {
     Ok(TrainTest {
         train: records::read_files(&train_files, 10, &names)?,
         test: records::read_files(&test_files, 10, &names)?,
+        defender: None,
     })
 }
 

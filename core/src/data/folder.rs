@@ -153,6 +153,7 @@ pub fn load_dir(dir: &Path, size: usize) -> Result<TrainTest> {
     Ok(TrainTest {
         train: read_split(&train_dir, &classes, size)?,
         test: read_split(&test_dir, &classes, size)?,
+        defender: None,
     })
 }
 

@@ -31,7 +31,11 @@ pub fn load_dir(dir: &Path, size: usize) -> Result<TrainTest> {
     if root.join("Final_Training").is_dir() {
         let train = load_official_train(&root.join("Final_Training").join("Images"), size, &names)?;
         let test = load_official_test(&root.join("Final_Test"), size, &names)?;
-        return Ok(TrainTest { train, test });
+        return Ok(TrainTest {
+            train,
+            test,
+            defender: None,
+        });
     }
     if size != records::SIDE {
         return Err(Error::config(
@@ -43,6 +47,7 @@ pub fn load_dir(dir: &Path, size: usize) -> Result<TrainTest> {
     Ok(TrainTest {
         train: records::read_files(&train_files, NUM_CLASSES, &names)?,
         test: records::read_files(&test_files, NUM_CLASSES, &names)?,
+        defender: None,
     })
 }
 

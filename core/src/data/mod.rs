@@ -159,6 +159,11 @@ pub struct DataSpec {
     pub image_size: usize,
     /// Synthetic data: training and test set sizes and classes.
     pub synthetic: synthetic::SyntheticConfig,
+    /// The defender's data taken from the test set instead of held out from the training set:
+    /// this many images of each class (a fixed seeded choice), the rest of the test set evaluates
+    /// (the supplement's GTSRB protocol). `None`: the whole test set evaluates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defender_per_class: Option<usize>,
 }
 
 impl DataSpec {
@@ -169,6 +174,7 @@ impl DataSpec {
             path,
             image_size: 32,
             synthetic: synthetic::SyntheticConfig::default(),
+            defender_per_class: None,
         }
     }
 
@@ -183,6 +189,12 @@ impl DataSpec {
 
     /// Checks the settings that apply to this kind of data, without reading anything.
     pub fn validate(&self) -> Result<()> {
+        if self.defender_per_class == Some(0) {
+            return Err(Error::config(
+                "defender-per-class",
+                "expected at least 1 image per class",
+            ));
+        }
         match self.kind {
             DatasetKind::Cifar10 => Ok(()),
             DatasetKind::Gtsrb | DatasetKind::Folder => check_side("image-size", self.image_size),
@@ -190,11 +202,12 @@ impl DataSpec {
         }
     }
 
-    /// Reads the training and test sets. Either one ending up empty is an error: a run on it
-    /// would "complete" with a loss or accuracy of 0 that means nothing.
+    /// Reads the training and test sets (with `defender_per_class`, the test set less the
+    /// defender's images, which come back as `defender`). Either one ending up empty is an error:
+    /// a run on it would "complete" with a loss or accuracy of 0 that means nothing.
     pub fn load(&self) -> Result<TrainTest> {
         self.validate()?;
-        let data = match self.kind {
+        let mut data = match self.kind {
             DatasetKind::Cifar10 => cifar10::load_dir(self.require_path()?),
             DatasetKind::Gtsrb => gtsrb::load_dir(self.require_path()?, self.image_size),
             DatasetKind::Folder => folder::load_dir(self.require_path()?, self.image_size),
@@ -208,6 +221,20 @@ impl DataSpec {
                     reason: format!("the {which} set holds no image"),
                 });
             }
+        }
+        if let Some(n) = self.defender_per_class {
+            // One fixed choice for every model trained on this data, so that the defenders of a
+            // protocol's models all see the same images and the same evaluation set.
+            let s = split::per_class_slice(&data.test, n, 0)
+                .map_err(|e| Error::config("defender-per-class", e.to_string()))?;
+            if s.keep.is_empty() {
+                return Err(Error::config(
+                    "defender-per-class",
+                    "the defender's slice takes the whole test set",
+                ));
+            }
+            data.defender = Some(data.test.subset(&s.held_out));
+            data.test = data.test.subset(&s.keep);
         }
         Ok(data)
     }
@@ -228,4 +255,6 @@ impl DataSpec {
 pub struct TrainTest {
     pub train: ImageSet,
     pub test: ImageSet,
+    /// The defender's images taken from the test set ([`DataSpec::defender_per_class`]).
+    pub defender: Option<ImageSet>,
 }

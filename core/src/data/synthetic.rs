@@ -124,6 +124,7 @@ pub fn generate(cfg: &SyntheticConfig) -> TrainTest {
     TrainTest {
         train: make(cfg, cfg.train_size, 1),
         test: make(cfg, cfg.test_size, 2),
+        defender: None,
     }
 }
 

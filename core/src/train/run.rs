@@ -329,6 +329,14 @@ pub fn train_with(
     let mut run = RunDir::open(out, config_json, canonical_config, config.seed, resume)?;
 
     let data = config.data.load()?;
+    if data.defender.is_some() && config.holdout > 0.0 {
+        return Err(Error::config(
+            "holdout",
+            "the defender's data comes from the test set (defender-per-class); hold out nothing \
+             from the training set (--holdout 0)",
+        ));
+    }
+    let defender_size = data.defender.as_ref().map(ImageSet::len);
     let split = split::holdout(&data.train, config.holdout, config.seed)?;
     let split_path = out.join(files::SPLIT);
     if run.resumed().is_some() && split_path.is_file() {
@@ -389,7 +397,7 @@ pub fn train_with(
         data: DataSummary {
             num_classes,
             train_size: train_set.len(),
-            holdout_size: split.held_out.len(),
+            holdout_size: defender_size.unwrap_or(split.held_out.len()),
             test_size: eval.test.len(),
         },
         epochs: run.history().to_vec(),
@@ -442,10 +450,14 @@ pub fn load_run_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
     })
 }
 
-/// The held-out images of a run (the defender's clean data), read from its split file.
+/// The held-out images of a run (the defender's clean data), read from its split file: held out
+/// from the training set, or the test set's slice when the data spec takes it from there.
 pub fn load_holdout(dir: &Path) -> Result<ImageSet> {
     let path = dir.join(files::SPLIT);
     let split: SplitFile = read_json(&path)?;
     let data = split.data.load()?;
-    split.held_out_of(&data.train, &path)
+    match data.defender {
+        Some(d) => Ok(d),
+        None => split.held_out_of(&data.train, &path),
+    }
 }
