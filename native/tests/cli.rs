@@ -959,3 +959,43 @@ fn a_protocol_runs_whole_or_in_concurrent_shards_to_the_same_table() {
         assert!(!out.exists(), "nothing ran");
     }
 }
+
+#[test]
+fn a_protocol_draws_t_sne_maps_and_redraws_one_stopped_halfway() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spec = tmp.path().join("maps.toml");
+    std::fs::write(
+        &spec,
+        r#"
+[protocol]
+dataset = "synthetic"
+flags = { device = "cpu", threads = 1 }
+[[attack]]
+kind = "badnets"
+flags = { synthetic-train = 96, synthetic-test = 64, width = 4, epochs = 1, batch-size = 16 }
+tsne = true
+"#,
+    )
+    .expect("spec");
+    let out = tmp.path().join("out");
+    let run = || {
+        cleanse(&[
+            "protocol",
+            "run",
+            spec.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ])
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = out.join("badnets/t0-s0/attack-tsne.png");
+    let json = png.with_extension("json");
+    assert!(png.is_file() && json.is_file());
+    // Stopped after the picture, before its JSON: the next run draws it again.
+    std::fs::remove_file(&json).expect("rm");
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("--force"), "{err}");
+    assert!(json.is_file());
+}

@@ -2,7 +2,7 @@
 //! process. Complete runs are skipped, unfinished ones resume, a failing run is reported and the
 //! rest go on (except the runs that need it); a run another process holds is waited for.
 
-use super::plan::{Plan, Run, model_pairs};
+use super::plan::{Plan, Role, Run, model_pairs};
 use super::spec::{Models, Spec};
 use crate::batch::{State, state};
 use anyhow::{Context, Result, anyhow, bail};
@@ -108,6 +108,8 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
                 };
             }
             State::Resume => words.push("--resume".into()),
+            // A map whose picture was written but not its JSON (stopped in between) is redrawn.
+            State::Fresh if r.role == Role::Map && dir.exists() => words.push("--force".into()),
             State::Fresh => {}
         }
         words.extend(["--out".to_string(), dir.display().to_string()]);
