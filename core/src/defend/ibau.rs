@@ -184,10 +184,15 @@ impl IbauConfig {
 
 /// The `[N, C, H, W]` images (in [0, 1]) with the `[1, C, H, W]` perturbation `w` added to
 /// each in the model's normalised input space: `x + w * std`, the same on the network's input
-/// as `normalize(x) + w`.
-fn perturb(model: &Classifier, x: &Tensor<4>, w: Tensor<4>) -> Tensor<4> {
+/// as `normalize(x) + w`. With `mask` (`[N, 1, 1, 1]`, 1 or 0), only to the images it selects.
+fn perturb(model: &Classifier, x: &Tensor<4>, w: Tensor<4>, mask: Option<&Tensor<4>>) -> Tensor<4> {
     let std = Tensor::<1>::from_floats(model.normalization.std, &x.device()).reshape([1, 3, 1, 1]);
-    x.clone() + w * std
+    let d = w * std;
+    x.clone()
+        + match mask {
+            None => d,
+            Some(m) => d * m.clone(),
+        }
 }
 
 fn squared_norm(w: Tensor<4>) -> Tensor<1> {
@@ -200,8 +205,7 @@ fn norm(w: &Tensor<4>) -> f64 {
 
 /// The universal perturbation of one round: SGD over `set` in order, the model's own
 /// predictions as labels, scaled into the L2 ball of `max_norm` when one is set. `model` is a
-/// frozen-BN
-/// training copy.
+/// frozen-BN training copy.
 pub fn universal_perturbation(
     model: &Classifier,
     set: &Arc<ImageSet>,
@@ -217,17 +221,22 @@ pub fn universal_perturbation(
         let [n, ..] = x.dims();
         let predicted = fixed.forward(x.clone()).detach().argmax(1).reshape([n]);
         let wl = w.clone().autodiff().require_grad();
-        let loss = cross_entropy(fixed.forward(perturb(&fixed, &x, wl.clone())), predicted).neg()
+        let loss = cross_entropy(
+            fixed.forward(perturb(&fixed, &x, wl.clone(), None)),
+            predicted,
+        )
+        .neg()
             + squared_norm(wl.clone()) * config.search_reg;
         let g = wl.grad(&loss.backward()).expect("perturbation gradient");
         w = w - g * config.search_lr;
     }
-    match config.max_norm {
-        Some(bound) if norm(&w) > bound => {
-            let n = norm(&w);
-            w * (bound / n)
-        }
-        _ => w,
+    let Some(bound) = config.max_norm else {
+        return w;
+    };
+    let n = norm(&w);
+    match n > bound {
+        true => w * (bound / n),
+        false => w,
     }
 }
 
@@ -239,7 +248,7 @@ fn inner_loss(
     w: Tensor<4>,
     reg: f64,
 ) -> Tensor<1> {
-    cross_entropy(model.forward(perturb(model, x, w.clone())), y.clone()).neg()
+    cross_entropy(model.forward(perturb(model, x, w.clone(), None)), y.clone()).neg()
         + squared_norm(w) * reg
 }
 
@@ -324,15 +333,7 @@ pub fn hypergradient(
     outer_mask: Option<&Tensor<4>>,
 ) -> (GradientsParams, Tensor<1>, Tensor<1, Int>) {
     let wl = w.clone().autodiff().require_grad();
-    let outer_input = match outer_mask {
-        None => perturb(model, x, wl.clone()),
-        Some(m) => {
-            let std = Tensor::<1>::from_floats(model.normalization.std, &x.device())
-                .reshape([1, 3, 1, 1]);
-            x.clone() + wl.clone() * std * m.clone()
-        }
-    };
-    let logits = model.forward(outer_input);
+    let logits = model.forward(perturb(model, x, wl.clone(), outer_mask));
     let outer = cross_entropy(logits.clone(), y.clone());
     let value = outer.clone().inner();
     let matched = matches(logits.inner(), y.clone().inner());
