@@ -57,15 +57,13 @@ fn parse(file: &Path, text: &str) -> Result<Vec<Line>> {
             .map(PathBuf::from)
             .with_context(|| format!("{}:{number}: no `--out PATH`", file.display()))?;
         // Every line must parse before anything runs.
-        <crate::Cli as clap::CommandFactory>::command()
-            .try_get_matches_from(std::iter::once("cleanse".to_string()).chain(words.clone()))
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{}:{number}: {}",
-                    file.display(),
-                    e.render().to_string().trim()
-                )
-            })?;
+        crate::parse_command(words.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{number}: {}",
+                file.display(),
+                e.render().to_string().trim()
+            )
+        })?;
         lines.push(Line { number, words, out });
     }
     Ok(lines)
@@ -141,10 +139,7 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
             continue;
         }
         let started = Instant::now();
-        let matches = <crate::Cli as clap::CommandFactory>::command()
-            .try_get_matches_from(std::iter::once("cleanse".to_string()).chain(words))?;
-        let result = crate::dispatch(&matches);
-        match result {
+        match crate::run_command(words) {
             Ok(()) => {
                 done += 1;
                 eprintln!(

@@ -396,6 +396,19 @@ fn run_devices() -> Result<()> {
 }
 
 /// Runs the command that `matches` holds.
+/// A command line (without the program name) parsed as `cleanse` parses its own.
+pub(crate) fn parse_command(
+    words: impl IntoIterator<Item = String>,
+) -> std::result::Result<clap::ArgMatches, clap::Error> {
+    <Cli as clap::CommandFactory>::command()
+        .try_get_matches_from(std::iter::once("cleanse".to_string()).chain(words))
+}
+
+/// Runs a command line (without the program name) in this process.
+pub(crate) fn run_command(words: impl IntoIterator<Item = String>) -> Result<()> {
+    dispatch(&parse_command(words)?)
+}
+
 pub(crate) fn dispatch(matches: &clap::ArgMatches) -> Result<()> {
     let cli = <Cli as clap::FromArgMatches>::from_arg_matches(matches)?;
     match &cli.command {

@@ -45,11 +45,12 @@ pub(crate) fn checked_plan(spec_path: &Path, out: &Path) -> Result<(Spec, Plan)>
 /// key of the first that fails.
 pub(crate) fn check_commands(spec: &Spec, plan: &Plan, out: &Path) -> Result<()> {
     for r in &plan.runs {
-        let words = std::iter::once("cleanse".to_string())
-            .chain(r.words.clone())
+        let words = r
+            .words
+            .iter()
+            .cloned()
             .chain(["--out".to_string(), out.join(&r.name).display().to_string()]);
-        if let Err(e) = <crate::Cli as clap::CommandFactory>::command().try_get_matches_from(words)
-        {
+        if let Err(e) = crate::parse_command(words) {
             let msg = e.render().to_string();
             let msg = msg.lines().next().unwrap_or("").trim();
             let msg = msg.strip_prefix("error: ").unwrap_or(msg).to_string();
@@ -114,16 +115,7 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
         }
         words.extend(["--out".to_string(), dir.display().to_string()]);
         eprintln!("protocol: {}: cleanse {}", r.name, words.join(" "));
-        let matches = match <crate::Cli as clap::CommandFactory>::command()
-            .try_get_matches_from(std::iter::once("cleanse".to_string()).chain(words))
-        {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("protocol: {} FAILED: {}", r.name, e.render());
-                return Outcome::Failed;
-            }
-        };
-        match crate::dispatch(&matches) {
+        match crate::run_command(words) {
             Ok(()) => return Outcome::Done,
             Err(e) if is_busy(&e) => {
                 announced = true;
