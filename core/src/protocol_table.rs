@@ -92,17 +92,6 @@ impl ProtocolTable {
         })
     }
 
-    fn header(&self) -> String {
-        let mut s = String::from("| attack |");
-        for c in &self.columns {
-            s.push_str(&format!(" {c} ACC % | {c} ASR % |"));
-        }
-        s.push_str("\n|---|");
-        s.push_str(&"---|---|".repeat(self.columns.len()));
-        s.push('\n');
-        s
-    }
-
     /// Markdown: the means (with the Mean row), then the standard deviations. A cell with fewer
     /// finished runs than planned shows the count, e.g. `(3/14)`.
     pub fn markdown(&self) -> String {
@@ -116,7 +105,7 @@ impl ProtocolTable {
             self.models.len(),
             self.models.join(", ")
         );
-        s.push_str(&self.header());
+        s.push_str(&crate::report::attack_defense_header(&self.columns));
         let mean_row = ("Mean".to_string(), self.mean.clone());
         let rows = self.attacks.iter().cloned().zip(self.cells.iter().cloned());
         for (name, cells) in rows.chain((self.attacks.len() > 1).then_some(mean_row)) {
@@ -136,7 +125,7 @@ impl ProtocolTable {
             s.push('\n');
         }
         s.push_str("\nStandard deviation over the models, ACC / ASR %:\n\n");
-        s.push_str(&self.header());
+        s.push_str(&crate::report::attack_defense_header(&self.columns));
         for (name, cells) in self.attacks.iter().zip(&self.cells) {
             s.push_str(&format!("| {name} |"));
             for c in cells {

@@ -343,6 +343,19 @@ pub struct AttackDefenseTable {
     pub notes: Vec<String>,
 }
 
+/// The header of a Markdown attack x defense table: the attack, then an ACC and an ASR column
+/// (percent) per defense column.
+pub fn attack_defense_header(columns: &[String]) -> String {
+    let mut s = String::from("| attack |");
+    for c in columns {
+        s.push_str(&format!(" {c} ACC % | {c} ASR % |"));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---|---|".repeat(columns.len()));
+    s.push('\n');
+    s
+}
+
 /// The column of the undefended models.
 pub const NO_DEFENSE: &str = "No defense";
 
@@ -475,13 +488,7 @@ impl AttackDefenseTable {
     /// Markdown: one ACC and one ASR column per defense, in percent; `*` marks unfinished runs;
     /// the Mean row last when there are two attacks or more.
     pub fn markdown(&self) -> String {
-        let mut s = String::from("| attack |");
-        for d in &self.defenses {
-            s.push_str(&format!(" {d} ACC % | {d} ASR % |"));
-        }
-        s.push_str("\n|---|");
-        s.push_str(&"---|---|".repeat(self.defenses.len()));
-        s.push('\n');
+        let mut s = attack_defense_header(&self.defenses);
         let mean = (self.rows.len() > 1).then(|| ("Mean".to_string(), self.mean()));
         for (row, cells) in self.rows.iter().chain(mean.as_ref()) {
             s.push_str(&format!("| {row} |"));
