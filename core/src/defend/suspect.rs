@@ -162,13 +162,9 @@ impl Suspect {
             }
         };
         let mut data = spec.load()?;
-        // The defender's data: the test set's slice when the data spec takes it from there,
-        // else the images the run held out of its training set.
-        let slice = data.defender.take();
-        let holdout = match (&split, slice) {
-            (Ok(_), Some(d)) => Some(d),
-            (Ok(s), None) => Some(s.held_out_of(&data.train, &dir.join(files::SPLIT))?),
-            (Err(_), _) => None,
+        let holdout = match &split {
+            Ok(s) => Some(s.defender_data(&mut data, &dir.join(files::SPLIT))?),
+            Err(_) => None,
         };
         let test = data.test;
         let num_classes = config.num_classes;

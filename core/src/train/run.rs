@@ -9,7 +9,7 @@ use crate::attack::meter::AsrMeter;
 use crate::data::augment::Augment;
 use crate::data::batcher::HostBatch;
 use crate::data::split::{self, Split};
-use crate::data::{DataSpec, ImageSet};
+use crate::data::{DataSpec, ImageSet, TrainTest};
 use crate::device::Selected;
 use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
 use crate::engine::run_dir::{RunDir, canonical_as};
@@ -112,6 +112,13 @@ impl TrainConfig {
             ));
         }
         self.data.validate()?;
+        if self.data.defender_per_class.is_some() && self.holdout > 0.0 {
+            return Err(Error::config(
+                "holdout",
+                "the defender's data comes from the test set (defender-per-class); hold out \
+                 nothing from the training set (--holdout 0)",
+            ));
+        }
         self.augment.validate()
     }
 
@@ -202,6 +209,16 @@ pub struct SplitFile {
 }
 
 impl SplitFile {
+    /// The defender's images of this run out of its loaded `data`: the test set's slice when the
+    /// data spec takes them from there (taken out of `data`), else the images it held out of the
+    /// training set.
+    pub fn defender_data(&self, data: &mut TrainTest, path: &Path) -> Result<ImageSet> {
+        match data.defender.take() {
+            Some(d) => Ok(d),
+            None => self.held_out_of(&data.train, path),
+        }
+    }
+
     /// The held-out images of `train` (the training set this file's data spec reads), after
     /// checking that every index is inside it: a foreign or edited split file is an error naming
     /// `path`, never an out-of-range panic.
@@ -329,13 +346,6 @@ pub fn train_with(
     let mut run = RunDir::open(out, config_json, canonical_config, config.seed, resume)?;
 
     let data = config.data.load()?;
-    if data.defender.is_some() && config.holdout > 0.0 {
-        return Err(Error::config(
-            "holdout",
-            "the defender's data comes from the test set (defender-per-class); hold out nothing \
-             from the training set (--holdout 0)",
-        ));
-    }
     let defender_size = data.defender.as_ref().map(ImageSet::len);
     let split = split::holdout(&data.train, config.holdout, config.seed)?;
     let split_path = out.join(files::SPLIT);
@@ -455,9 +465,5 @@ pub fn load_run_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
 pub fn load_holdout(dir: &Path) -> Result<ImageSet> {
     let path = dir.join(files::SPLIT);
     let split: SplitFile = read_json(&path)?;
-    let data = split.data.load()?;
-    match data.defender {
-        Some(d) => Ok(d),
-        None => split.held_out_of(&data.train, &path),
-    }
+    split.defender_data(&mut split.data.load()?, &path)
 }
