@@ -2,7 +2,7 @@
 //! The plan is a pure function of the spec and the output folder, so every shard of a cluster
 //! job computes the same one.
 
-use super::spec::{AttackEntry, Flag, Models, Spec};
+use super::spec::{Flag, Models, Spec};
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -102,13 +102,15 @@ impl Plan {
         let common = flag_words(&spec.common);
         let path = |name: &str| out.join(name).display().to_string();
         let protocol_pairs = resolve(&spec.models);
-        let pairs_of = |a: &AttackEntry| match &a.models {
-            Some(m) => resolve(m),
-            None => protocol_pairs.clone(),
-        };
+        // Each attack's models, in the order of `spec.attacks`.
+        let attack_pairs: Vec<Vec<(usize, u64)>> = spec
+            .attacks
+            .iter()
+            .map(|a| a.models.as_ref().map_or(protocol_pairs.clone(), resolve))
+            .collect();
         // Every model in the order first planned, for the table's header.
         let mut all_pairs: Vec<(usize, u64)> = Vec::new();
-        for p in spec.attacks.iter().flat_map(pairs_of) {
+        for &p in attack_pairs.iter().flatten() {
             if !all_pairs.contains(&p) {
                 all_pairs.push(p);
             }
@@ -117,9 +119,9 @@ impl Plan {
         let mut clean_seeds: Vec<u64> = spec
             .attacks
             .iter()
-            .filter(|a| spec.clean.is_some() || a.kind == "lc")
-            .flat_map(pairs_of)
-            .map(|p| p.1)
+            .zip(&attack_pairs)
+            .filter(|(a, _)| spec.clean.is_some() || a.kind == "lc")
+            .flat_map(|(_, pairs)| pairs.iter().map(|p| p.1))
             .collect();
         clean_seeds.sort_unstable();
         clean_seeds.dedup();
@@ -164,7 +166,8 @@ impl Plan {
         };
         for &pair in &all_pairs {
             let model = model_name(pair);
-            for a in spec.attacks.iter().filter(|a| pairs_of(a).contains(&pair)) {
+            let with_pair = spec.attacks.iter().zip(&attack_pairs);
+            for (a, _) in with_pair.filter(|(_, pairs)| pairs.contains(&pair)) {
                 let teacher = format!("{}/{model}/attack", a.name);
                 let group = format!("{}/{model}", a.name);
                 let mut words: Vec<String> = ["attack".to_string(), a.kind.clone()]
