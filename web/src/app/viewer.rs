@@ -11,6 +11,46 @@ fn pct(v: f64) -> String {
     format!("{:.1}", v * 100.0)
 }
 
+/// One row of an attack × defense table: its label and, per column, the ACC and ASR texts
+/// (`None`: no run).
+type AccAsrRow = (String, Vec<Option<(String, String)>>);
+
+/// An attack × defense table: an ACC and an ASR column under each of `columns`.
+fn acc_asr_table(
+    id: Option<&'static str>,
+    class: Option<&'static str>,
+    columns: &[String],
+    rows: Vec<AccAsrRow>,
+) -> impl IntoView + use<> {
+    let head = columns
+        .iter()
+        .map(|d| view! { <th colspan="2">{d.clone()}</th> })
+        .collect::<Vec<_>>();
+    let sub = columns
+        .iter()
+        .map(|_| view! { <th>"ACC %"</th><th>"ASR %"</th> })
+        .collect::<Vec<_>>();
+    let rows = rows
+        .into_iter()
+        .map(|(label, cells)| {
+            let cells = cells
+                .into_iter()
+                .map(|c| {
+                    let (acc, asr) = c.unwrap_or_else(|| ("-".into(), "-".into()));
+                    view! { <td>{acc}</td><td>{asr}</td> }
+                })
+                .collect::<Vec<_>>();
+            view! { <tr><th>{label}</th>{cells}</tr> }
+        })
+        .collect::<Vec<_>>();
+    view! {
+        <table id=id class=class>
+            <thead><tr><th rowspan="2">"attack"</th>{head}</tr><tr>{sub}</tr></thead>
+            <tbody>{rows}</tbody>
+        </table>
+    }
+}
+
 #[component]
 pub fn Viewer() -> impl IntoView {
     let reports: RwSignal<Vec<(String, Report)>> = RwSignal::new(Vec::new());
@@ -84,16 +124,6 @@ pub fn Viewer() -> impl IntoView {
         if t.rows.is_empty() {
             return None;
         }
-        let head = t
-            .defenses
-            .iter()
-            .map(|d| view! { <th colspan="2">{d.clone()}</th> })
-            .collect::<Vec<_>>();
-        let sub = t
-            .defenses
-            .iter()
-            .map(|_| view! { <th>"ACC %"</th><th>"ASR %"</th> })
-            .collect::<Vec<_>>();
         // The supplement's Mean row, under two attacks or more.
         let mean = (t.rows.len() > 1).then(|| ("Mean".to_string(), t.mean()));
         let rows = t
@@ -103,19 +133,21 @@ pub fn Viewer() -> impl IntoView {
             .map(|(attack, cells)| {
                 let cells = cells
                     .iter()
-                    .map(|c| match c {
-                        Some(c) => {
+                    .map(|c| {
+                        c.map(|c| {
                             let star = if c.complete { "" } else { "*" };
                             let asr = c.asr.map(pct).unwrap_or_else(|| "-".into());
-                            view! { <td>{format!("{}{star}", pct(c.clean_acc))}</td><td>{format!("{asr}{star}")}</td> }
-                                .into_any()
-                        }
-                        None => view! { <td>"-"</td><td>"-"</td> }.into_any(),
+                            (
+                                format!("{}{star}", pct(c.clean_acc)),
+                                format!("{asr}{star}"),
+                            )
+                        })
                     })
-                    .collect::<Vec<_>>();
-                view! { <tr><th>{attack.clone()}</th>{cells}</tr> }
+                    .collect();
+                (attack.clone(), cells)
             })
-            .collect::<Vec<_>>();
+            .collect();
+        let table = acc_asr_table(Some("attack-defense-table"), None, &t.defenses, rows);
         let notes = t
             .notes
             .iter()
@@ -127,10 +159,7 @@ pub fn Viewer() -> impl IntoView {
             .any(|(_, cells)| cells.iter().flatten().any(|c| !c.complete));
         Some(view! {
             <h3>"Attack × defense"</h3>
-            <table id="attack-defense-table">
-                <thead><tr><th rowspan="2">"attack"</th>{head}</tr><tr>{sub}</tr></thead>
-                <tbody>{rows}</tbody>
-            </table>
+            {table}
             {unfinished.then(|| view! { <p class="note">"* the run had not finished: its last epoch so far."</p> })}
             <ul class="note">{notes}</ul>
         })
@@ -140,16 +169,6 @@ pub fn Viewer() -> impl IntoView {
             .get()
             .into_iter()
             .map(|(name, t)| {
-                let head = t
-                    .columns
-                    .iter()
-                    .map(|d| view! { <th colspan="2">{d.clone()}</th> })
-                    .collect::<Vec<_>>();
-                let sub = t
-                    .columns
-                    .iter()
-                    .map(|_| view! { <th>"ACC %"</th><th>"ASR %"</th> })
-                    .collect::<Vec<_>>();
                 let mean = (t.attacks.len() > 1).then(|| ("Mean".to_string(), t.mean.clone()));
                 let rows = t
                     .attacks
@@ -158,25 +177,12 @@ pub fn Viewer() -> impl IntoView {
                     .zip(t.cells.iter().cloned())
                     .chain(mean)
                     .map(|(attack, cells)| {
-                        let cells = cells
-                            .iter()
-                            .map(|c| match c {
-                                Some(c) => {
-                                    let (acc, asr) = protocol_cell(c);
-                                    view! { <td>{acc}</td><td>{asr}</td> }.into_any()
-                                }
-                                None => view! { <td>"-"</td><td>"-"</td> }.into_any(),
-                            })
-                            .collect::<Vec<_>>();
-                        view! { <tr><th>{attack}</th>{cells}</tr> }
+                        (attack, cells.iter().map(|c| c.as_ref().map(protocol_cell)).collect())
                     })
-                    .collect::<Vec<_>>();
+                    .collect();
                 view! {
                     <h3>{format!("{name}: mean ± standard deviation over {} model(s) per attack", t.models.len())}</h3>
-                    <table class="protocol-table">
-                        <thead><tr><th rowspan="2">"attack"</th>{head}</tr><tr>{sub}</tr></thead>
-                        <tbody>{rows}</tbody>
-                    </table>
+                    {acc_asr_table(None, Some("protocol-table"), &t.columns, rows)}
                 }
             })
             .collect::<Vec<_>>()
