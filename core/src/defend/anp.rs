@@ -165,8 +165,8 @@ impl BnMasks {
 pub struct MaskSummary {
     /// Masks in [0, 0.1), [0.1, 0.2), ..., [0.9, 1.0].
     pub histogram: [usize; 10],
-    /// Channels pruned at the threshold in the stem (ResNet-18) or final BN (PreAct), and in
-    /// stages 1-4.
+    /// Channels pruned at the threshold in the stem (ResNet-18; PreAct has no BN there), and
+    /// in stages 1-4.
     pub pruned_per_stage: [usize; 5],
     /// Channels of all batch norms.
     pub channels: usize,

@@ -10,7 +10,7 @@
 //!
 //! Pruning channel `c` zeroes it everywhere it is written in the last stage: output channel `c`
 //! of the residual branch's last convolution and its BN (both blocks), of the shortcut's
-//! projection (and its BN), of the final BN (PreAct) and the classifier's input column `c`. The
+//! projection (and its BN; PreAct has none) and the classifier's input column `c`. The
 //! last stage's output channel `c` is then zero for every input.
 
 use super::defense::Findings;
@@ -280,7 +280,6 @@ pub fn mask_last_stage(model: Classifier, channels: &[usize]) -> Classifier {
                     b
                 })
                 .collect();
-            r.final_bn = zero_bn(r.final_bn, channels);
             r.fc = zero_fc_inputs(r.fc, channels);
             Network::PreactResnet18(r)
         }

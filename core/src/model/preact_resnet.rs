@@ -1,14 +1,14 @@
 //! PreAct-ResNet-18 ("Identity Mappings in Deep Residual Networks", He et al. 2016), as in
-//! BackdoorBench: 3x3 stem conv, pre-activation blocks [2,2,2,2], final BN-ReLU, average pool,
-//! linear classifier.
+//! BackdoorBench's `models/preact_resnet.py`: 3x3 stem conv, pre-activation blocks [2,2,2,2],
+//! average pool, linear classifier. As there (and in the WaNet and kuangliu code it comes from),
+//! no BN-ReLU follows the last block: the pooled features are the last block's sum itself.
 
 use super::Features;
-use super::blocks::{PreActBlock, bn, conv, global_avg_pool};
+use super::blocks::{PreActBlock, conv, global_avg_pool};
 use super::resnet::stage;
 use burn::module::Module;
-use burn::nn::{BatchNorm, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 /// PreAct-ResNet-18 for 32x32 inputs.
 #[derive(Module, Debug)]
@@ -18,7 +18,6 @@ pub struct PreActResNet18 {
     pub layer2: Vec<PreActBlock>,
     pub layer3: Vec<PreActBlock>,
     pub layer4: Vec<PreActBlock>,
-    pub final_bn: BatchNorm,
     pub fc: Linear,
 }
 
@@ -33,7 +32,6 @@ impl PreActResNet18 {
             layer2: stage(w, 2 * w, 2, block),
             layer3: stage(2 * w, 4 * w, 2, block),
             layer4: stage(4 * w, 8 * w, 2, block),
-            final_bn: bn(8 * w, device),
             fc: LinearConfig::new(8 * w, num_classes).init(device),
         }
     }
@@ -53,12 +51,11 @@ impl PreActResNet18 {
         }
     }
 
-    /// The last stage, the final BN-ReLU, pooling and classifier from the third stage's output:
-    /// the last stage's output `[N, 8w, H/8, W/8]` (before the final BN), the pooled features
-    /// `[N, 8w]` and the logits `[N, K]`.
+    /// The last stage, pooling and classifier from the third stage's output: the last stage's
+    /// output `[N, 8w, H/8, W/8]`, the pooled features `[N, 8w]` and the logits `[N, K]`.
     pub fn tail(&self, s3: Tensor<4>) -> (Tensor<4>, Tensor<2>, Tensor<2>) {
         let s4 = self.layer4.iter().fold(s3, |x, b| b.forward(x));
-        let penultimate = global_avg_pool(relu(self.final_bn.forward(s4.clone())));
+        let penultimate = global_avg_pool(s4.clone());
         let logits = self.fc.forward(penultimate.clone());
         (s4, penultimate, logits)
     }
