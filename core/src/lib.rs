@@ -9,6 +9,7 @@ pub mod defend;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod interop;
 pub mod io;
 pub mod kernels;
 pub mod model;

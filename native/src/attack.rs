@@ -343,6 +343,10 @@ pub(crate) struct EvalArgs {
     /// A run directory with attack.json (default: --model when it holds one).
     #[arg(long)]
     attack: Option<PathBuf>,
+    /// Measure against a trigger drawn from settings instead, `KIND[:key=value,...]` (e.g.
+    /// `badnets:target=0`; see `cleanse import --help`).
+    #[arg(long, conflicts_with = "attack")]
+    attack_spec: Option<String>,
     /// Also write the result as JSON here (a new file; never one of a run directory's own files).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -360,6 +364,7 @@ pub(crate) struct EvalArgs {
 struct EvalResult {
     model: PathBuf,
     attack: Option<PathBuf>,
+    attack_spec: Option<String>,
     attack_kind: Option<AttackKind>,
     test_size: usize,
     clean_acc: f64,
@@ -386,7 +391,12 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
     }
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
-    let suspect = load_suspect(&args.model, args.attack.as_deref(), &selected.device)?;
+    let mut suspect = load_suspect(&args.model, args.attack.as_deref(), &selected.device)?;
+    if let Some(spec) = &args.attack_spec {
+        let config = cleanse_core::attack::spec::parse(spec, suspect.dataset)?;
+        let attack = Attack::new(config, &suspect.test).context("--attack-spec")?;
+        suspect = suspect.with_attack(attack)?;
+    }
     let test = suspect.test.clone();
     let predicted = predictions(&suspect.model, &test, args.batch_size, &selected.device);
     let right = predicted
@@ -404,6 +414,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
     let result = EvalResult {
         model: args.model.clone(),
         attack: suspect.attack_dir.clone(),
+        attack_spec: args.attack_spec.clone(),
         attack_kind: suspect.attack.as_ref().map(|a| a.config.kind),
         test_size: test.len(),
         clean_acc,

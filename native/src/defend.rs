@@ -4,8 +4,8 @@
 use crate::{DatasetArg, DeviceArgs, describe_device, progress};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use cleanse_core::data::DataSpec;
 use cleanse_core::data::augment::Augment;
-use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::defend::Defense;
 use cleanse_core::defend::anp::AnpConfig;
 use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource};
@@ -370,13 +370,7 @@ fn kd_config(a: &KdArgs) -> Result<KdConfig> {
     let unlabeled = match (a.unlabeled_dataset, &a.unlabeled_data) {
         (None, None) => UnlabeledSource::Holdout,
         (Some(d), path) => {
-            let kind = match d {
-                DatasetArg::Cifar10 => DatasetKind::Cifar10,
-                DatasetArg::Gtsrb => DatasetKind::Gtsrb,
-                DatasetArg::Folder => DatasetKind::Folder,
-                DatasetArg::Synthetic => DatasetKind::Synthetic,
-            };
-            let mut spec = DataSpec::new(kind, path.clone());
+            let mut spec = DataSpec::new(d.into(), path.clone());
             spec.image_size = split.data.image_size;
             UnlabeledSource::Data { spec }
         }

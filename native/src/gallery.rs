@@ -49,15 +49,6 @@ pub(crate) struct TriggersArgs {
 /// The largest `--scale`: a 32x32 gallery at 64 is already a 15,000-pixel-wide picture.
 const MAX_SCALE: u32 = 64;
 
-fn kind_of(d: DatasetArg) -> DatasetKind {
-    match d {
-        DatasetArg::Cifar10 => DatasetKind::Cifar10,
-        DatasetArg::Gtsrb => DatasetKind::Gtsrb,
-        DatasetArg::Folder => DatasetKind::Folder,
-        DatasetArg::Synthetic => DatasetKind::Synthetic,
-    }
-}
-
 pub(crate) fn run(args: &TriggersArgs) -> Result<()> {
     if !(1..=MAX_SCALE).contains(&args.scale) {
         bail!("--scale: expected 1 to {MAX_SCALE}; got {}", args.scale);
@@ -72,7 +63,7 @@ pub(crate) fn run(args: &TriggersArgs) -> Result<()> {
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let device = selected.device.clone();
-    let kind = kind_of(args.dataset);
+    let kind = DatasetKind::from(args.dataset);
     let data = DataSpec::new(kind, args.data.clone()).load()?;
     let test = data.test;
     if args.index >= test.len() {

@@ -4,7 +4,9 @@ mod attack;
 mod batch;
 mod bench;
 mod defend;
+mod export;
 mod gallery;
+mod import;
 mod progress;
 mod protocol;
 mod tsne;
@@ -41,6 +43,11 @@ enum Command {
     Defend(defend::DefendCommand),
     /// Clean accuracy and attack success rate of a model, against a saved attack.
     Eval(attack::EvalArgs),
+    /// A model trained elsewhere (PyTorch .pt/.pth or safetensors) as a run directory that
+    /// every command accepts.
+    Import(import::ImportArgs),
+    /// A run's model as a safetensors file PyTorch's load_state_dict accepts.
+    Export(export::ExportArgs),
     /// Throughput of each WGSL kernel (triggers, distillation loss) against its plain-tensor twin.
     BenchKernels(bench::KernelBenchArgs),
     /// One clean image and its poisoned versions under all six attacks, with magnified residuals.
@@ -72,6 +79,17 @@ pub(crate) enum DatasetArg {
 pub(crate) enum ModelArg {
     Resnet18,
     PreactResnet18,
+}
+
+impl From<DatasetArg> for DatasetKind {
+    fn from(d: DatasetArg) -> Self {
+        match d {
+            DatasetArg::Cifar10 => DatasetKind::Cifar10,
+            DatasetArg::Gtsrb => DatasetKind::Gtsrb,
+            DatasetArg::Folder => DatasetKind::Folder,
+            DatasetArg::Synthetic => DatasetKind::Synthetic,
+        }
+    }
 }
 
 impl From<ModelArg> for Architecture {
@@ -224,12 +242,7 @@ pub(crate) struct TrainArgs {
 
 impl TrainArgs {
     pub(crate) fn config(&self) -> TrainConfig {
-        let kind = match self.dataset {
-            DatasetArg::Cifar10 => DatasetKind::Cifar10,
-            DatasetArg::Gtsrb => DatasetKind::Gtsrb,
-            DatasetArg::Folder => DatasetKind::Folder,
-            DatasetArg::Synthetic => DatasetKind::Synthetic,
-        };
+        let kind: DatasetKind = self.dataset.into();
         let mut data = DataSpec::new(kind, self.data.clone());
         data.image_size = self.image_size;
         data.defender_per_class = self.defender_per_class;
@@ -417,6 +430,8 @@ pub(crate) fn dispatch(matches: &clap::ArgMatches) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Attack(a) => attack::run_attack(a, matches),
         Command::Eval(a) => attack::run_eval(a),
+        Command::Import(a) => import::run(a),
+        Command::Export(a) => export::run(a),
         Command::Defend(c) => defend::run(c),
         Command::Triggers(a) => gallery::run(a),
         Command::Summarize(a) => run_summarize(a),

@@ -9,6 +9,7 @@ pub mod iab;
 pub mod lc;
 pub mod meter;
 pub mod poison;
+pub mod spec;
 pub mod trigger;
 pub mod warp;
 

@@ -122,6 +122,8 @@ pub struct Suspect {
     pub attack: Option<Attack>,
     /// The attack's trigger (IAB: its networks), on the device.
     pub backdoor: Option<Backdoor>,
+    /// The kind of its data set.
+    pub dataset: crate::data::DatasetKind,
     /// The test images of its data set (the attack's when the model has no split file).
     pub test: Arc<ImageSet>,
     /// The images its run held out for the defender, cut from the same load of the data set.
@@ -198,9 +200,28 @@ impl Suspect {
             attack_dir,
             attack,
             backdoor,
+            dataset: spec.kind,
             test: Arc::new(test),
             holdout,
         })
+    }
+
+    /// Measures against `attack` (drawn from its settings for this suspect's test images, e.g.
+    /// by [`crate::attack::spec::parse`] and [`Attack::new`]) instead of a saved one.
+    pub fn with_attack(mut self, attack: Attack) -> Result<Suspect> {
+        let Some(trigger) = attack.trigger.clone() else {
+            return Err(Error::config(
+                "attack-spec",
+                format!(
+                    "a {} attack has no trigger drawn from its settings",
+                    attack.config.kind.name()
+                ),
+            ));
+        };
+        self.attack_dir = None;
+        self.backdoor = Some(Backdoor::Static(trigger));
+        self.attack = Some(attack);
+        Ok(self)
     }
 
     /// The triggered test images and the trigger to measure an ASR with, if there is an attack.

@@ -1,0 +1,51 @@
+//! `cleanse export`: a run's model as a safetensors file PyTorch loads.
+
+use anyhow::{Context, Result};
+use burn::prelude::Device;
+use clap::Args;
+use cleanse_core::interop::files::safetensors_bytes;
+use cleanse_core::interop::{Naming, export};
+use cleanse_core::output::{check_output, write_output};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub(crate) struct ExportArgs {
+    /// A run directory with model.json and model.bpk.
+    #[arg(long)]
+    model: PathBuf,
+    /// The safetensors file to write (a new file unless --force).
+    #[arg(long)]
+    to: PathBuf,
+    /// Parameter names: backdoorbench, bcu (= torchvision), cleanse.
+    #[arg(long, default_value = "backdoorbench")]
+    names: Naming,
+    /// Replace --to if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub(crate) fn run(a: &ExportArgs) -> Result<()> {
+    check_output(&a.to, "to", a.force)?;
+    let (config, model) =
+        cleanse_core::defend::suspect::load_model(a.model.as_path(), &Device::flex())
+            .with_context(|| format!("loading --model {}", a.model.display()))?;
+    let dict = export(&model, a.names);
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("cleanse.naming".to_string(), a.names.name().to_string()),
+        ("cleanse.model".to_string(), serde_json::to_string(&config)?),
+    ]);
+    write_output(&a.to, &safetensors_bytes(&dict, metadata)?, "to", a.force)?;
+    let n = &config.normalization;
+    println!(
+        "wrote {} ({} tensors, {} names); in PyTorch: model.load_state_dict(safetensors.torch.load_file(...)); \
+         inputs in [0,1] normalised with mean {:?}, std {:?}",
+        a.to.display(),
+        dict.len(),
+        a.names.name(),
+        n.mean,
+        n.std
+    );
+    Ok(())
+}
