@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// The files a run directory owns: replacing one breaks the run (a changed report makes
 /// `summarize` reject it; a changed model no longer matches its report).
-pub const RUN_FILES: [&str; 9] = [
+pub const RUN_FILES: [&str; 10] = [
     files::REPORT,
     files::MODEL,
     files::MODEL_CONFIG,
@@ -18,6 +18,7 @@ pub const RUN_FILES: [&str; 9] = [
     attack_files::WARP_GRID,
     attack_files::IAB_GENERATOR,
     attack_files::IAB_MASK,
+    crate::attack::triggered::FILE,
 ];
 
 /// The folders a run directory owns.

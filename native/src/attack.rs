@@ -7,6 +7,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
 use cleanse_core::attack::iab::IabHooks;
 use cleanse_core::attack::poison::{AttackHooks, OwnCleanModel};
+use cleanse_core::attack::triggered::TriggeredData;
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
 use cleanse_core::data::DatasetKind;
 use cleanse_core::defend::suspect::Suspect;
@@ -347,6 +348,10 @@ pub(crate) struct EvalArgs {
     /// `badnets:target=0`; see `cleanse import --help`).
     #[arg(long, conflicts_with = "attack")]
     attack_spec: Option<String>,
+    /// Measure the ASR on a folder of already-triggered test images instead, each in the folder
+    /// of the class the attack wants (`DIR/<class index>/*.png`).
+    #[arg(long, conflicts_with_all = ["attack", "attack_spec"])]
+    triggered_data: Option<PathBuf>,
     /// Also write the result as JSON here (a new file; never one of a run directory's own files).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -365,6 +370,7 @@ struct EvalResult {
     model: PathBuf,
     attack: Option<PathBuf>,
     attack_spec: Option<String>,
+    triggered_data: Option<PathBuf>,
     attack_kind: Option<AttackKind>,
     test_size: usize,
     clean_acc: f64,
@@ -397,6 +403,11 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
         let attack = Attack::new(config, &suspect.test).context("--attack-spec")?;
         suspect = suspect.with_attack(attack)?;
     }
+    if let Some(dir) = &args.triggered_data {
+        let size = suspect.test.height;
+        let data = TriggeredData::new(dir, size).context("--triggered-data")?;
+        suspect = suspect.with_triggered(data).context("--triggered-data")?;
+    }
     let test = suspect.test.clone();
     let predicted = predictions(&suspect.model, &test, args.batch_size, &selected.device);
     let right = predicted
@@ -415,6 +426,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
         model: args.model.clone(),
         attack: suspect.attack_dir.clone(),
         attack_spec: args.attack_spec.clone(),
+        triggered_data: suspect.triggered.as_ref().map(|(t, _)| t.path.clone()),
         attack_kind: suspect.attack.as_ref().map(|a| a.config.kind),
         test_size: test.len(),
         clean_acc,

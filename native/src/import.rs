@@ -3,9 +3,10 @@
 use crate::{DatasetArg, ModelArg};
 use anyhow::{Context, Result};
 use clap::Args;
+use cleanse_core::attack::triggered::TriggeredData;
 use cleanse_core::data::DataSpec;
 use cleanse_core::interop::files::{ReadOptions, read_state_dict};
-use cleanse_core::interop::{ImportOptions, Naming, Provenance, import, write_run};
+use cleanse_core::interop::{ImportOptions, Naming, Provenance, RunSetup, import, write_run};
 use cleanse_core::model::Normalization;
 use std::path::PathBuf;
 
@@ -65,6 +66,11 @@ pub(crate) struct ImportArgs {
     /// wanet-k, wanet-s; the rest are the supplement's settings.
     #[arg(long)]
     attack_spec: Option<String>,
+    /// Or measure the ASR on a folder of already-triggered test images, each in the folder of
+    /// the class the attack wants (`DIR/<class index>/*.png`, as BackdoorBench's poisoned test
+    /// set): recorded in the run, so that eval and every defense use it.
+    #[arg(long, conflicts_with = "attack_spec")]
+    triggered_data: Option<PathBuf>,
     /// Output run directory (new or empty).
     #[arg(long)]
     out: PathBuf,
@@ -119,16 +125,21 @@ pub(crate) fn run(a: &ImportArgs) -> Result<()> {
         .as_deref()
         .map(|s| cleanse_core::attack::spec::parse(s, data.kind))
         .transpose()?;
-    write_run(
-        &imported,
+    let triggered = a
+        .triggered_data
+        .as_deref()
+        .map(|d| TriggeredData::new(d, a.image_size))
+        .transpose()
+        .context("--triggered-data")?;
+    let setup = RunSetup {
         data,
-        a.holdout,
-        a.seed,
+        holdout: a.holdout,
+        seed: a.seed,
         attack,
-        &provenance,
-        &a.out,
-    )
-    .with_context(|| format!("importing into {}", a.out.display()))?;
+        triggered,
+    };
+    write_run(&imported, setup, &provenance, &a.out)
+        .with_context(|| format!("importing into {}", a.out.display()))?;
     let c = &imported.config;
     println!(
         "imported {} ({} names, width {}, {} classes, {} parameters) into {}",
@@ -140,6 +151,10 @@ pub(crate) fn run(a: &ImportArgs) -> Result<()> {
         a.out.display()
     );
     match &a.attack_spec {
+        None if a.triggered_data.is_some() => println!(
+            "measure it: cleanse eval --model {} (ASR on the triggered images)",
+            a.out.display()
+        ),
         Some(s) => println!(
             "measure it: cleanse eval --model {} (ASR against {s})",
             a.out.display()

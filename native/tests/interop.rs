@@ -23,6 +23,28 @@ fn ok(args: &[&str]) -> String {
     out.into_owned()
 }
 
+/// One epoch of FT on run `run` into `out`: a defense accepts it like any run, and its report
+/// measures an ASR.
+fn defend_ft(run: &Path, out: &Path) {
+    let (run, out) = (run.display().to_string(), out.display().to_string());
+    ok(&[
+        "defend",
+        "ft",
+        "--model",
+        &run,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        &out,
+    ]);
+    let report = std::fs::read_to_string(Path::new(&out).join("report.json")).expect("report");
+    assert!(report.contains("\"asr\""), "{report}");
+}
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/torch")
@@ -89,22 +111,7 @@ fn import_eval_defend_export() {
 
     // A defense accepts it like any run, and measures the saved trigger.
     let ft = tmp.path().join("ft");
-    ok(&[
-        "defend",
-        "ft",
-        "--model",
-        &s(&run),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--out",
-        &s(&ft),
-    ]);
-    let report = std::fs::read_to_string(ft.join("report.json")).expect("report");
-    assert!(report.contains("\"asr\""), "{report}");
+    defend_ft(&run, &ft);
 
     // Export with BackdoorBench's names: the fixture's tensors, bit for bit.
     let file = tmp.path().join("out.safetensors");
@@ -255,4 +262,141 @@ fn import_errors_name_the_problem() {
         .flatten()
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The number after `key ` in a line of `cleanse eval`'s output.
+fn metric(out: &str, key: &str) -> f64 {
+    out.split_whitespace()
+        .skip_while(|w| *w != key)
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+}
+
+#[test]
+fn triggered_images_measure_what_the_trigger_does() {
+    use burn::prelude::Device;
+    use cleanse_core::attack::Attack;
+    use cleanse_core::attack::poison::{asr_set, stamp_images};
+    use cleanse_core::data::{DataSpec, DatasetKind};
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = |p: &Path| p.display().to_string();
+    // A small BadNets model (target 2) on the default synthetic data, which import also reads.
+    let attacked = tmp.path().join("attacked");
+    ok(&[
+        "attack",
+        "badnets",
+        "--dataset",
+        "synthetic",
+        "--width",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--poison-rate",
+        "0.3",
+        "--target",
+        "2",
+        "--crop-padding",
+        "0",
+        "--no-flip",
+        "--holdout",
+        "0.1",
+        "--device",
+        "cpu",
+        "--out",
+        &s(&attacked),
+    ]);
+    // Its trigger stamped on the test set's non-target images, written as PNGs into the folder
+    // of the label the attack wants.
+    let test = DataSpec::new(DatasetKind::Synthetic, None)
+        .load()
+        .expect("synthetic")
+        .test;
+    let attack = Attack::load(&attacked).expect("attack");
+    let mut set = asr_set(&attack, &test);
+    let all: Vec<usize> = (0..set.len()).collect();
+    let trigger = attack.trigger.clone().expect("static trigger");
+    stamp_images(&mut set, &all, &trigger, &Device::flex());
+    let dir = tmp.path().join("triggered");
+    let (h, w) = (set.height, set.width);
+    for i in 0..set.len() {
+        let px = &set.pixels[i * 3 * h * w..(i + 1) * 3 * h * w];
+        let img = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            let p = y as usize * w + x as usize;
+            image::Rgb([px[p], px[h * w + p], px[2 * h * w + p]])
+        });
+        let class = dir.join(set.labels[i].to_string());
+        std::fs::create_dir_all(&class).expect("mkdir");
+        img.save(class.join(format!("{i:04}.png"))).expect("png");
+    }
+
+    let own = ok(&["eval", "--model", &s(&attacked), "--device", "cpu"]);
+    // Not a constant classifier: the comparison below means something.
+    let predicted = own
+        .lines()
+        .find(|l| l.starts_with("predicted as class"))
+        .expect("predicted line");
+    let used = predicted
+        .split_whitespace()
+        .filter_map(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .count();
+    assert!(used >= 2, "{own}");
+    let by_trigger = metric(&own, "asr");
+    let by_images = metric(
+        &ok(&[
+            "eval",
+            "--model",
+            &s(&attacked),
+            "--triggered-data",
+            &s(&dir),
+            "--device",
+            "cpu",
+        ]),
+        "asr",
+    );
+    assert_eq!(by_trigger, by_images);
+
+    // Exported, imported with the folder: eval and a defense measure on it, and pass it on.
+    let file = tmp.path().join("attacked.safetensors");
+    ok(&["export", "--model", &s(&attacked), "--to", &s(&file)]);
+    let run = tmp.path().join("imported");
+    ok(&[
+        "import",
+        "--from",
+        &s(&file),
+        "--dataset",
+        "synthetic",
+        "--triggered-data",
+        &s(&dir),
+        "--out",
+        &s(&run),
+    ]);
+    assert!(run.join("triggered.json").is_file() && !run.join("attack.json").exists());
+    let eval = ok(&["eval", "--model", &s(&run), "--device", "cpu"]);
+    assert_eq!(metric(&eval, "asr"), by_trigger);
+    assert_eq!(metric(&eval, "clean_acc"), metric(&own, "clean_acc"));
+    let ft = tmp.path().join("ft");
+    defend_ft(&run, &ft);
+    assert!(ft.join("triggered.json").is_file());
+    let eval = ok(&["eval", "--model", &s(&ft), "--device", "cpu"]);
+    assert!(eval.contains("asr"), "{eval}");
+
+    // A folder not named by a class index is an error naming it.
+    std::fs::create_dir_all(dir.join("cat")).expect("mkdir");
+    let o = cleanse(&[
+        "eval",
+        "--model",
+        &s(&run),
+        "--triggered-data",
+        &s(&dir),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("cat") && e.contains("class index"), "{e}");
 }

@@ -570,7 +570,7 @@ pub fn load_run(files: &RunFiles, device: &Device) -> Result<DemoModel, String> 
     let (attack, iab) = match suspect::load_attack(&picked, device).map_err(err)? {
         None => (None, None),
         Some((a, Backdoor::Iab(nets))) => (Some(a), Some(*nets)),
-        Some((a, Backdoor::Static(_))) => (Some(a), None),
+        Some((a, Backdoor::Static(_) | Backdoor::Stamped)) => (Some(a), None),
     };
     Ok(DemoModel {
         model,

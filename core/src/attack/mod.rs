@@ -11,6 +11,7 @@ pub mod meter;
 pub mod poison;
 pub mod spec;
 pub mod trigger;
+pub mod triggered;
 pub mod warp;
 
 pub use poison::{AttackHooks, attack_success_rate};
@@ -496,6 +497,8 @@ impl Attack {
 pub enum Backdoor {
     Static(Trigger),
     Iab(Box<iab::IabNets>),
+    /// The images already carry the trigger (a folder of triggered images): nothing is stamped.
+    Stamped,
 }
 
 impl Backdoor {
@@ -504,6 +507,7 @@ impl Backdoor {
         match self {
             Backdoor::Static(t) => t.apply(x),
             Backdoor::Iab(n) => n.stamp(x),
+            Backdoor::Stamped => x,
         }
     }
 }

@@ -95,6 +95,38 @@ fn read_split(dir: &Path, classes: &[String], size: usize) -> Result<ImageSet> {
     decode_set(&items, size, classes)
 }
 
+/// Reads a folder of labelled images whose sub-folders are named by class index (`DIR/0/*.png`,
+/// `DIR/7/*.png`, ...; classes without images may be absent), at `size`x`size`, for a model of
+/// `num_classes` classes: how already-triggered test images come with the labels an attack wants.
+pub fn load_indexed(dir: &Path, size: usize, num_classes: usize) -> Result<ImageSet> {
+    super::check_side("image-size", size)?;
+    let mut items = Vec::new();
+    for (name, path) in class_dirs(dir)? {
+        let class = name
+            .parse::<usize>()
+            .ok()
+            .filter(|c| *c < num_classes)
+            .ok_or_else(|| Error::NoData {
+                path: path.clone(),
+                reason: format!(
+                    "class folders must be named by class index 0..{}; got `{name}`",
+                    num_classes.saturating_sub(1)
+                ),
+            })?;
+        items.extend(list_images(&path)?.into_iter().map(|f| (f, class)));
+    }
+    if items.is_empty() {
+        return Err(Error::NoData {
+            path: dir.into(),
+            reason:
+                "no PNG, JPEG or PPM image in a class-index folder (expected DIR/<class>/*.png)"
+                    .into(),
+        });
+    }
+    let names: Vec<String> = (0..num_classes).map(|c| c.to_string()).collect();
+    decode_set(&items, size, &names)
+}
+
 /// Decodes `(file, class)` pairs in parallel into one set at `size`x`size`.
 pub fn decode_set(
     items: &[(PathBuf, usize)],

@@ -6,6 +6,7 @@
 use crate::attack::iab::IabNets;
 use crate::attack::meter::AsrMeter;
 use crate::attack::poison::asr_set;
+use crate::attack::triggered::TriggeredData;
 use crate::attack::{Attack, AttackKind, Backdoor};
 use crate::data::{DataSpec, ImageSet};
 use crate::io::read_json;
@@ -124,6 +125,9 @@ pub struct Suspect {
     pub backdoor: Option<Backdoor>,
     /// The kind of its data set.
     pub dataset: crate::data::DatasetKind,
+    /// Already-triggered test images to measure the ASR on (its run's `triggered.json`, or given
+    /// by [`Suspect::with_triggered`]); they take the place of the attack's stamped test images.
+    pub triggered: Option<(TriggeredData, Arc<ImageSet>)>,
     /// The test images of its data set (the attack's when the model has no split file).
     pub test: Arc<ImageSet>,
     /// The images its run held out for the defender, cut from the same load of the data set.
@@ -192,6 +196,13 @@ impl Suspect {
                 ),
             ));
         }
+        let triggered = match TriggeredData::read(dir)? {
+            Some(t) => {
+                let set = t.load(num_classes, shape)?;
+                Some((t, Arc::new(set)))
+            }
+            None => None,
+        };
         Ok(Suspect {
             dir: dir.to_path_buf(),
             config,
@@ -201,6 +212,7 @@ impl Suspect {
             attack,
             backdoor,
             dataset: spec.kind,
+            triggered,
             test: Arc::new(test),
             holdout,
         })
@@ -224,8 +236,25 @@ impl Suspect {
         Ok(self)
     }
 
-    /// The triggered test images and the trigger to measure an ASR with, if there is an attack.
+    /// Measures on the already-triggered images of `triggered` instead of stamping a trigger.
+    pub fn with_triggered(mut self, triggered: TriggeredData) -> Result<Suspect> {
+        let t = &self.test;
+        let set = triggered.load(self.config.num_classes, [t.channels, t.height, t.width])?;
+        self.triggered = Some((triggered, Arc::new(set)));
+        Ok(self)
+    }
+
+    /// The triggered test images and the trigger to measure an ASR with, if there is an attack
+    /// or a folder of triggered images.
     pub fn asr_meter(&self, batch_size: usize, device: &Device) -> Option<AsrMeter> {
+        if let Some((_, set)) = &self.triggered {
+            return Some(AsrMeter::new(
+                set.clone(),
+                Backdoor::Stamped,
+                batch_size,
+                device,
+            ));
+        }
         let (a, b) = (self.attack.as_ref()?, self.backdoor.as_ref()?);
         Some(AsrMeter::new(
             Arc::new(asr_set(a, &self.test)),
@@ -254,8 +283,11 @@ impl Suspect {
     }
 
     /// Writes into `out` what makes a model derived from this one evaluate like it: the split
-    /// file and the attack with its trigger files.
+    /// file, the attack with its trigger files and the folder of triggered images.
     pub fn save_evaluation_files(&self, out: &Path) -> Result<()> {
+        if let Some((t, _)) = &self.triggered {
+            crate::io::write_json_atomic(&out.join(crate::attack::triggered::FILE), t)?;
+        }
         if let Some(split) = &self.split {
             crate::io::write_json_atomic(&out.join(files::SPLIT), split)?;
         }

@@ -13,5 +13,5 @@ pub mod run;
 pub mod state_dict;
 
 pub use naming::Naming;
-pub use run::{Provenance, write_run};
+pub use run::{Provenance, RunSetup, write_run};
 pub use state_dict::{ImportOptions, Imported, NamedTensor, StateDict, Values, export, import};

@@ -2,6 +2,7 @@
 //! `import.json`) that `eval`, every defense, `tsne` and the viewer accept.
 
 use super::state_dict::Imported;
+use crate::attack::triggered::TriggeredData;
 use crate::attack::{Attack, AttackConfig};
 use crate::data::DataSpec;
 use crate::data::split;
@@ -31,21 +32,40 @@ pub struct Provenance {
     pub ignored: Vec<String>,
 }
 
-/// Writes `imported` with the data it will be evaluated and defended on into `out` (new, or an
-/// empty directory): the defender's images are `holdout` of the training set (seeded by `seed`)
-/// or, with the spec's `defender_per_class`, a slice of the test set, as for a trained run. With
-/// `attack`, its trigger is drawn and saved too, so that `eval`, every defense and `tsne` measure
-/// the ASR against it. The files are written into a temporary sibling first and moved into place
+/// What an imported run is evaluated and defended on.
+#[derive(Clone, Debug)]
+pub struct RunSetup {
+    pub data: DataSpec,
+    /// Fraction of the training set given to the defenses.
+    pub holdout: f64,
+    /// Seeds that choice.
+    pub seed: u64,
+    /// The trigger to measure the ASR with, drawn from its settings.
+    pub attack: Option<AttackConfig>,
+    /// Or already-triggered test images.
+    pub triggered: Option<TriggeredData>,
+}
+
+/// Writes `imported` with the data it will be evaluated and defended on (`setup`) into `out`
+/// (new, or an empty directory): the defender's images are `holdout` of the training set (seeded
+/// by `seed`) or, with the spec's `defender_per_class`, a slice of the test set, as for a trained
+/// run. With `attack`, its trigger is drawn and saved too, so that `eval`, every defense and `tsne` measure
+/// the ASR against it; with `triggered`, the ASR is measured on those images instead (checked to
+/// load here). The files are written into a temporary sibling first and moved into place
 /// at the end, so a failed import leaves nothing behind.
 pub fn write_run(
     imported: &Imported,
-    data: DataSpec,
-    holdout: f64,
-    seed: u64,
-    attack: Option<AttackConfig>,
+    setup: RunSetup,
     provenance: &Provenance,
     out: &Path,
 ) -> Result<()> {
+    let RunSetup {
+        data,
+        holdout,
+        seed,
+        attack,
+        triggered,
+    } = setup;
     if out.exists() {
         let empty = std::fs::read_dir(out)
             .map_err(|e| Error::io(out, e))?
@@ -85,6 +105,10 @@ pub fn write_run(
     };
     let split = split::holdout(&loaded.train, holdout, seed)?;
     let attack = attack.map(|a| Attack::new(a, &loaded.test)).transpose()?;
+    if let Some(t) = &triggered {
+        let test = &loaded.test;
+        t.load(classes, [test.channels, test.height, test.width])?;
+    }
     let parent = crate::io::parent_dir(out);
     crate::io::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new()
@@ -104,6 +128,9 @@ pub fn write_run(
     write_json_atomic(&tmp.path().join(IMPORT_FILE), provenance)?;
     if let Some(a) = &attack {
         a.save(tmp.path())?;
+    }
+    if let Some(t) = &triggered {
+        write_json_atomic(&tmp.path().join(crate::attack::triggered::FILE), t)?;
     }
     // model.json last: it is what makes a directory a run.
     write_json_atomic(&tmp.path().join(files::MODEL_CONFIG), &imported.config)?;
