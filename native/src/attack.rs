@@ -10,7 +10,7 @@ use cleanse_core::attack::poison::{AttackHooks, OwnCleanModel};
 use cleanse_core::attack::triggered::TriggeredData;
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
 use cleanse_core::data::DatasetKind;
-use cleanse_core::defend::suspect::Suspect;
+use cleanse_core::defend::suspect::{AsrSource, Suspect};
 use cleanse_core::output::{check_output, write_output_json};
 use cleanse_core::train::eval::{PerClass, predictions};
 use cleanse_core::train::run::{TrainHooks, files, load_run_model, train_with};
@@ -398,16 +398,14 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let mut suspect = load_suspect(&args.model, args.attack.as_deref(), &selected.device)?;
-    if let Some(spec) = &args.attack_spec {
-        let config = cleanse_core::attack::spec::parse(spec, suspect.dataset)?;
-        let attack = Attack::new(config, &suspect.test).context("--attack-spec")?;
-        suspect = suspect.with_attack(attack)?;
-    }
-    if let Some(dir) = &args.triggered_data {
-        let size = suspect.test.height;
-        let data = TriggeredData::new(dir, size).context("--triggered-data")?;
-        suspect = suspect.with_triggered(data).context("--triggered-data")?;
-    }
+    let source = match (&args.attack_spec, &args.triggered_data) {
+        (Some(spec), _) => AsrSource::Spec(spec.clone()),
+        (None, Some(dir)) => AsrSource::Triggered(
+            TriggeredData::new(dir, suspect.test.height).context("--triggered-data")?,
+        ),
+        (None, None) => AsrSource::Saved,
+    };
+    suspect = suspect.measured_by(&source)?;
     let test = suspect.test.clone();
     let predicted = predictions(&suspect.model, &test, args.batch_size, &selected.device);
     let right = predicted

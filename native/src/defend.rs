@@ -4,6 +4,7 @@
 use crate::{DatasetArg, DeviceArgs, describe_device, progress};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use cleanse_core::attack::triggered::TriggeredData;
 use cleanse_core::data::DataSpec;
 use cleanse_core::data::augment::Augment;
 use cleanse_core::defend::Defense;
@@ -16,6 +17,7 @@ use cleanse_core::defend::kd::{PAPER_TEMPERATURE, TemperatureRange};
 use cleanse_core::defend::mcr::McrConfig;
 use cleanse_core::defend::nad::{NadConfig, PAPER_BETAS};
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
+use cleanse_core::defend::suspect::AsrSource;
 use cleanse_core::io::read_json;
 use cleanse_core::train::run::{SplitFile, files};
 use std::path::PathBuf;
@@ -72,6 +74,14 @@ pub(crate) struct CommonArgs {
     /// none].
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Measure the ASR (of the suspect, every epoch and the result) against a trigger drawn from
+    /// settings, `KIND[:key=value,...]`, instead of the suspect's saved attack; the defended run
+    /// keeps it (see README, "Import your own model").
+    #[arg(long)]
+    attack_spec: Option<String>,
+    /// Or on a folder of already-triggered test images (`DIR/<class index>/*.png`).
+    #[arg(long, conflicts_with = "attack_spec")]
+    triggered_data: Option<PathBuf>,
     /// The defended model's run directory (missing or empty, unless --resume).
     #[arg(long)]
     out: PathBuf,
@@ -85,6 +95,18 @@ impl CommonArgs {
     fn suspect_split(&self) -> Result<SplitFile> {
         read_json(&self.model.join(files::SPLIT))
             .with_context(|| format!("--model {}: not a run directory", self.model.display()))
+    }
+
+    /// What the ASR is measured against.
+    fn asr_source(&self) -> Result<AsrSource> {
+        Ok(match (&self.attack_spec, &self.triggered_data) {
+            (Some(spec), _) => AsrSource::Spec(spec.clone()),
+            (None, Some(dir)) => {
+                let size = self.suspect_split()?.data.image_size;
+                AsrSource::Triggered(TriggeredData::new(dir, size).context("--triggered-data")?)
+            }
+            (None, None) => AsrSource::Saved,
+        })
     }
 
     /// Crop and flip as the flags say (no flip where the data set forbids it).
@@ -249,11 +271,12 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
         cleanse_core::Error::Config { name, reason } => anyhow::anyhow!("--{name}: {reason}"),
         e => e.into(),
     })?;
+    let asr = common.asr_source()?;
     let selected = common.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let mut bars = progress::Bars::new();
     let report = defense
-        .run(&common.out, common.resume, &selected, &mut bars)
+        .run_measured(&asr, &common.out, common.resume, &selected, &mut bars)
         .with_context(|| format!("{} into {}", defense.method(), common.out.display()))?;
     bars.finish();
     let f = report.final_metrics.clone().context("run did not finish")?;

@@ -385,6 +385,68 @@ fn triggered_images_measure_what_the_trigger_does() {
     let eval = ok(&["eval", "--model", &s(&ft), "--device", "cpu"]);
     assert!(eval.contains("asr"), "{eval}");
 
+    // Any defense measures against a folder or a spec given on its command line, and keeps it.
+    let suspect_asr = |out: &Path| -> f64 {
+        let text = std::fs::read_to_string(out.join("report.json")).expect("report");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["defense"]["suspect_asr"].as_f64().expect("suspect_asr")
+    };
+    let by_folder = tmp.path().join("ft-folder");
+    ok(&[
+        "defend",
+        "ft",
+        "--model",
+        &s(&attacked),
+        "--triggered-data",
+        &s(&dir),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        &s(&by_folder),
+    ]);
+    assert!(by_folder.join("triggered.json").is_file());
+    assert!((suspect_asr(&by_folder) - by_trigger).abs() < 5e-5); // eval prints 4 decimals
+    let by_spec = tmp.path().join("ft-spec");
+    ok(&[
+        "defend",
+        "ft",
+        "--model",
+        &s(&run),
+        "--attack-spec",
+        "badnets:target=2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        &s(&by_spec),
+    ]);
+    assert!(by_spec.join("attack.json").is_file() && !by_spec.join("triggered.json").exists());
+    assert!((suspect_asr(&by_spec) - by_trigger).abs() < 5e-5); // eval prints 4 decimals
+    // Resuming with another ASR source is refused.
+    let o = cleanse(&[
+        "defend",
+        "ft",
+        "--model",
+        &s(&run),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        &s(&by_spec),
+        "--resume",
+    ]);
+    assert!(!o.status.success(), "resumed with another ASR source");
+
     // A folder not named by a class index is an error naming it.
     std::fs::create_dir_all(dir.join("cat")).expect("mkdir");
     let o = cleanse(&[

@@ -9,6 +9,7 @@ use super::ft::FtConfig;
 use super::ibau::IbauConfig;
 use super::mcr::McrConfig;
 use super::nad::NadConfig;
+use super::suspect::AsrSource;
 use super::unlabeled::UnlabeledImages;
 use crate::Result;
 use crate::data::ImageSet;
@@ -202,9 +203,22 @@ impl Defense {
         }
     }
 
-    /// Runs the defense into `out` (new or empty unless `resume`).
+    /// Runs the defense into `out` (new or empty unless `resume`), measuring the ASR against
+    /// what the suspect's run saved.
     pub fn run(
         &self,
+        out: &Path,
+        resume: bool,
+        selected: &Selected,
+        observer: &mut dyn Observer,
+    ) -> Result<Report> {
+        self.run_measured(&AsrSource::Saved, out, resume, selected, observer)
+    }
+
+    /// [`Defense::run`] measuring the ASR against `asr` (the defended model keeps it).
+    pub fn run_measured(
+        &self,
+        asr: &AsrSource,
         out: &Path,
         resume: bool,
         selected: &Selected,
@@ -214,25 +228,25 @@ impl Defense {
         use super::{anp, cleanse, fp, ft, ibau, mcr, nad};
         let o = observer;
         match self {
-            Defense::Kd(c) => run_defense(self, out, resume, selected, o, |s| {
+            Defense::Kd(c) => run_defense(self, asr, out, resume, selected, o, |s| {
                 cleanse::prepare(c, s, selected)
             }),
-            Defense::Ft(c) => run_defense(self, out, resume, selected, o, |s| {
+            Defense::Ft(c) => run_defense(self, asr, out, resume, selected, o, |s| {
                 ft::prepare(c, s, selected)
             }),
-            Defense::Fp(c) => run_defense(self, out, resume, selected, o, |s| {
+            Defense::Fp(c) => run_defense(self, asr, out, resume, selected, o, |s| {
                 fp::prepare(c, s, selected)
             }),
-            Defense::Nad(c) => run_defense(self, out, resume, selected, o, |s| {
+            Defense::Nad(c) => run_defense(self, asr, out, resume, selected, o, |s| {
                 nad::prepare(c, s, selected)
             }),
-            Defense::Mcr(c) => run_defense(self, out, resume, selected, o, |s| {
+            Defense::Mcr(c) => run_defense(self, asr, out, resume, selected, o, |s| {
                 mcr::prepare(c, s, selected)
             }),
-            Defense::Anp(c) => run_defense(self, out, resume, selected, o, |s| {
+            Defense::Anp(c) => run_defense(self, asr, out, resume, selected, o, |s| {
                 anp::prepare(c, s, selected)
             }),
-            Defense::Ibau(c) => run_defense(self, out, resume, selected, o, |s| {
+            Defense::Ibau(c) => run_defense(self, asr, out, resume, selected, o, |s| {
                 ibau::prepare(c, s, selected)
             }),
         }
@@ -254,6 +268,10 @@ impl Defense {
     /// [`crate::engine::run_dir::Canonical`] for defense configurations: parsed as a defense,
     /// or as the cleanser's configuration alone (checkpoints written before the family existed).
     pub fn canonical(v: &serde_json::Value) -> serde_json::Value {
+        // A run measured against another ASR source: `{"defense": ..., "asr": ...}`.
+        if let (Some(d), Some(asr)) = (v.get("defense"), v.get("asr")) {
+            return serde_json::json!({ "defense": Self::canonical(d), "asr": asr });
+        }
         if let Ok(d) = serde_json::from_value::<Defense>(v.clone()) {
             return serde_json::to_value(d).unwrap_or_else(|_| v.clone());
         }

@@ -4,7 +4,7 @@
 
 use super::defense::{DefenderAccess, DefenderData, Defense, Findings};
 use super::reinit::Realised;
-use super::suspect::Suspect;
+use super::suspect::{AsrSource, Suspect};
 use super::unlabeled::UnlabeledImages;
 use crate::data::batcher::Batches;
 use crate::device::Selected;
@@ -56,6 +56,7 @@ pub(crate) struct Prepared<S: ClassifierStep> {
 /// every epoch.
 pub(crate) fn run_defense<S: ClassifierStep>(
     defense: &Defense,
+    asr: &AsrSource,
     out: &Path,
     resume: bool,
     selected: &Selected,
@@ -66,15 +67,14 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     let eval_batch_size = defense.eval_batch_size();
     let config_json =
         serde_json::to_value(defense).map_err(|e| Error::config("config", e.to_string()))?;
-    let mut run = RunDir::open(
-        out,
-        config_json.clone(),
-        Defense::canonical,
-        defense.seed(),
-        resume,
-    )?;
+    // What the ASR is measured against is part of the run: a resume must measure the same.
+    let run_config = match asr {
+        AsrSource::Saved => config_json.clone(),
+        other => serde_json::json!({ "defense": config_json, "asr": other }),
+    };
+    let mut run = RunDir::open(out, run_config, Defense::canonical, defense.seed(), resume)?;
     let device = selected.device.clone();
-    let suspect = Suspect::load(defense.suspect(), None, &device)?;
+    let suspect = Suspect::load(defense.suspect(), None, &device)?.measured_by(asr)?;
     let eval = Evaluation {
         test: suspect.test.clone(),
         batch_size: eval_batch_size,

@@ -15,6 +15,7 @@ use crate::train::checkpoint::model_from_bytes;
 use crate::train::run::{SplitFile, files};
 use crate::{Error, Result};
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -107,6 +108,19 @@ pub fn load_attack<F: RunFiles + ?Sized>(
         }
     };
     Ok(Some((attack, backdoor)))
+}
+
+/// What the ASR of a suspect, and of every model a defense makes from it, is measured against.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AsrSource {
+    /// The attack or triggered images saved in its run, if any.
+    #[default]
+    Saved,
+    /// A trigger drawn from settings, `KIND[:key=value,...]` ([`crate::attack::spec`]).
+    Spec(String),
+    /// A folder of already-triggered test images.
+    Triggered(TriggeredData),
 }
 
 /// A loaded suspect model.
@@ -236,6 +250,22 @@ impl Suspect {
         Ok(self)
     }
 
+    /// Measures against `source` instead of what its run saved (no change for
+    /// [`AsrSource::Saved`]).
+    pub fn measured_by(self, source: &AsrSource) -> Result<Suspect> {
+        match source {
+            AsrSource::Saved => Ok(self),
+            AsrSource::Spec(spec) => {
+                let config = crate::attack::spec::parse(spec, self.dataset)?;
+                let attack = Attack::new(config, &self.test)?;
+                let mut s = self.with_attack(attack)?;
+                s.triggered = None;
+                Ok(s)
+            }
+            AsrSource::Triggered(t) => self.with_triggered(t.clone()),
+        }
+    }
+
     /// Measures on the already-triggered images of `triggered` instead of stamping a trigger.
     pub fn with_triggered(mut self, triggered: TriggeredData) -> Result<Suspect> {
         let t = &self.test;
@@ -291,17 +321,19 @@ impl Suspect {
         if let Some(split) = &self.split {
             crate::io::write_json_atomic(&out.join(files::SPLIT), split)?;
         }
-        if let (Some(a), Some(dir)) = (&self.attack, &self.attack_dir) {
+        if let Some(a) = &self.attack {
             a.save(out)?;
-            if a.config.kind == crate::attack::AttackKind::Iab {
-                for f in [
-                    crate::attack::files::IAB_GENERATOR,
-                    crate::attack::files::IAB_MASK,
-                ] {
-                    let (from, to) = (dir.join(f), out.join(f));
-                    let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
-                    crate::io::write_atomic(&to, &bytes)?;
-                }
+        }
+        if let (Some(a), Some(dir)) = (&self.attack, &self.attack_dir)
+            && a.config.kind == crate::attack::AttackKind::Iab
+        {
+            for f in [
+                crate::attack::files::IAB_GENERATOR,
+                crate::attack::files::IAB_MASK,
+            ] {
+                let (from, to) = (dir.join(f), out.join(f));
+                let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+                crate::io::write_atomic(&to, &bytes)?;
             }
         }
         Ok(())
