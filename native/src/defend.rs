@@ -64,9 +64,9 @@ pub(crate) struct CommonArgs {
     seed: u64,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Zero padding of the random crop (0 disables it).
-    #[arg(long, default_value_t = 4)]
-    crop_padding: usize,
+    /// Zero padding of the random crop (0 disables it) [default: 4; I-BAU: no augmentation].
+    #[arg(long)]
+    crop_padding: Option<usize>,
     /// No horizontal flips (never used on data sets where a flip changes the class, e.g. GTSRB).
     #[arg(long)]
     no_flip: bool,
@@ -112,7 +112,7 @@ impl CommonArgs {
     /// Crop and flip as the flags say (no flip where the data set forbids it).
     fn augment(&self, split: &SplitFile) -> Augment {
         Augment {
-            crop_padding: self.crop_padding,
+            crop_padding: self.crop_padding.unwrap_or(4),
             flip: !self.no_flip && split.data.kind.allows_flip(),
         }
     }
@@ -324,6 +324,12 @@ fn ibau_config(a: &IbauArgs) -> Result<IbauConfig> {
     }
     if c.weight_decay.is_some() {
         bail!("--weight-decay: I-BAU's Adam has no weight decay");
+    }
+    if c.crop_padding.is_some() || c.no_flip {
+        bail!(
+            "--crop-padding/--no-flip: I-BAU uses the defender's images without augmentation \
+             (its perturbation is universal over them)"
+        );
     }
     c.suspect_split()?;
     let paper = IbauConfig::paper(c.model.clone());

@@ -601,6 +601,7 @@ fn defend_kd_cleanses_a_saved_attack_and_checks_its_flags() {
         ("ibau", "--k", "0", "k"),
         ("ibau", "--max-norm", "0", "max-norm"),
         ("ibau", "--outer-fraction", "0", "outer-fraction"),
+        ("ibau", "--crop-padding", "0", "without augmentation"),
         ("anp", "--epochs", "3", "--iterations"),
         ("anp", "--weight-decay", "0.1", "weight-decay"),
         ("anp", "--threshold", "2", "threshold"),
