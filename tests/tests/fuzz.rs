@@ -1,7 +1,9 @@
 //! Every reader of outside bytes under a property-based fuzzer (proptest, stable Rust): CIFAR/GTSRB
 //! binary records, the GTSRB ground-truth CSV, images as image folders and GTSRB hold them (PNG,
 //! binary and ASCII PPM, JPEG), `report.json`, `model.json` and `model.bpk`, `attack.json` and
-//! WaNet's `warp_grid.f32`, a checkpoint's `state.json`, `split.json`, and the SGD state file.
+//! WaNet's `warp_grid.f32`, a checkpoint's `state.json`, `split.json`, the SGD state file, and
+//! PyTorch checkpoints (torch.save's zip and legacy formats, safetensors) as `cleanse import` reads
+//! them.
 //!
 //! Each reader gets arbitrary inputs and mutations of a valid sample (bytes overwritten or
 //! bit-flipped, inputs cut, bytes or telling tokens such as huge numbers inserted, spans removed or
@@ -861,4 +863,43 @@ fn every_reader_of_outside_bytes_gives_a_value_or_an_error() {
             .expect("the sample's optimiser state"),
         sgd_reader(&template, &ad),
     );
+
+    // Checkpoints from PyTorch (`cleanse import`): torch.save's zip and legacy formats and
+    // safetensors, read and, when they read, imported and run.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torch");
+    for (name, file) in [
+        ("torch.save zip checkpoint", "preact-bcu.pth"),
+        ("torch.save legacy checkpoint", "preact-bb-legacy.pt"),
+        ("safetensors checkpoint", "preact-bb.safetensors"),
+    ] {
+        let valid = std::fs::read(fixtures.join(file)).expect("a torch fixture");
+        let path = tmp.path().join(file);
+        fuzz(name, &valid, checkpoint_reader(path, &device));
+    }
+}
+
+/// A PyTorch or safetensors checkpoint through `cleanse import`'s reader and converter; a model
+/// that imports must run.
+fn checkpoint_reader(path: PathBuf, device: &Device) -> impl Fn(&[u8]) + '_ {
+    use cleanse_core::interop::files::{ReadOptions, read_state_dict};
+    use cleanse_core::interop::{ImportOptions, import};
+    move |input: &[u8]| {
+        std::fs::write(&path, input).expect("write the input");
+        let Ok(dict) = read_state_dict(&path, &ReadOptions::default()) else {
+            return;
+        };
+        let options = ImportOptions {
+            architecture: None,
+            naming: None,
+            width: None,
+            num_classes: None,
+            normalization: cleanse_core::model::Normalization::cifar10(),
+        };
+        if let Ok(imported) = import(&dict, &options, &path) {
+            let logits = imported
+                .model
+                .forward(Tensor::<4>::zeros([1, 3, SIDE, SIDE], device));
+            assert_eq!(logits.dims(), [1, imported.config.num_classes]);
+        }
+    }
 }
