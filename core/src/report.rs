@@ -322,6 +322,22 @@ pub fn defense_label(report: &Report) -> String {
     }
 }
 
+/// The supplement's Mean-row rule, for every attack x defense table: per column, `combine` of
+/// the column's cells, only where every row has one (a mean over fewer attacks than its
+/// neighbours would not compare).
+pub fn column_means<T: Copy, U>(
+    rows: &[&[Option<T>]],
+    columns: usize,
+    combine: impl Fn(&[T]) -> Option<U>,
+) -> Vec<Option<U>> {
+    (0..columns)
+        .map(|c| {
+            let cells: Option<Vec<T>> = rows.iter().map(|r| r.get(c).copied().flatten()).collect();
+            cells.filter(|v| !v.is_empty()).and_then(|v| combine(&v))
+        })
+        .collect()
+}
+
 /// Clean accuracy and ASR of one model, as fractions.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Cell {
@@ -438,19 +454,16 @@ impl AttackDefenseTable {
     /// only where every attack has that cell (a mean over fewer attacks than its neighbours
     /// would not compare); unfinished if any run is.
     pub fn mean(&self) -> Vec<Option<Cell>> {
-        (0..self.defenses.len())
-            .map(|c| {
-                let cells: Option<Vec<Cell>> = self.rows.iter().map(|(_, r)| r[c]).collect();
-                let cells = cells.filter(|v| !v.is_empty())?;
-                let n = cells.len() as f64;
-                let asrs: Option<Vec<f64>> = cells.iter().map(|c| c.asr).collect();
-                Some(Cell {
-                    clean_acc: cells.iter().map(|c| c.clean_acc).sum::<f64>() / n,
-                    asr: asrs.map(|a| a.iter().sum::<f64>() / n),
-                    complete: cells.iter().all(|c| c.complete),
-                })
+        let rows: Vec<&[Option<Cell>]> = self.rows.iter().map(|(_, r)| r.as_slice()).collect();
+        column_means(&rows, self.defenses.len(), |cells| {
+            let n = cells.len() as f64;
+            let asrs: Option<Vec<f64>> = cells.iter().map(|c| c.asr).collect();
+            Some(Cell {
+                clean_acc: cells.iter().map(|c| c.clean_acc).sum::<f64>() / n,
+                asr: asrs.map(|a| a.iter().sum::<f64>() / n),
+                complete: cells.iter().all(|c| c.complete),
             })
-            .collect()
+        })
     }
 
     fn row_index(&mut self, row: &str) -> usize {

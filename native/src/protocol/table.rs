@@ -79,18 +79,15 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> ProtocolTable {
     }
     columns.extend(unique_labels(&plan.defenses, &labels));
     let attacks = unique_labels(&plan.attacks, &row_labels);
-    let mean = (0..columns.len())
-        .map(|c| {
-            let means: Option<Vec<Stat>> = cells.iter().map(|row| row[c]).collect();
-            let means = means.filter(|m| !m.is_empty())?;
-            let metrics: Vec<(f64, Option<f64>)> =
-                means.iter().map(|s| (s.acc_mean, s.asr_mean)).collect();
-            let mut s = Stat::of(&metrics, means.len())?;
-            s.n = means.iter().map(|m| m.n).sum();
-            s.expected = means.iter().map(|m| m.expected).sum();
-            Some(s)
-        })
-        .collect();
+    let rows: Vec<&[Option<Stat>]> = cells.iter().map(Vec::as_slice).collect();
+    let mean = cleanse_core::report::column_means(&rows, columns.len(), |means| {
+        let metrics: Vec<(f64, Option<f64>)> =
+            means.iter().map(|s| (s.acc_mean, s.asr_mean)).collect();
+        let mut s = Stat::of(&metrics, means.len())?;
+        s.n = means.iter().map(|m| m.n).sum();
+        s.expected = means.iter().map(|m| m.expected).sum();
+        Some(s)
+    });
     ProtocolTable {
         kind: cleanse_core::protocol_table::KIND.into(),
         attacks,
