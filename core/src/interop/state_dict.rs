@@ -64,10 +64,13 @@ fn canonical(path: &[String]) -> String {
     parts.join(".")
 }
 
-/// Every float tensor of `model` by cleanse name, with Burn's shape and values.
-fn collect(model: &Classifier) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+/// Every float tensor of `model` by cleanse name, in PyTorch's layout (a linear weight is
+/// `[out, in]`; Burn keeps `[in, out]`): name, shape and, with `values`, the values in that
+/// layout (else none: the tensors are not read).
+fn torch_params(model: &Classifier, values: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     struct Collect {
         path: Vec<String>,
+        values: bool,
         out: Vec<(String, Vec<usize>, Vec<f32>)>,
     }
     impl ModuleVisitor for Collect {
@@ -78,18 +81,27 @@ fn collect(model: &Classifier) -> Vec<(String, Vec<usize>, Vec<f32>)> {
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val();
-            let dims = t.dims().to_vec();
-            let values = t
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .unwrap_or_default();
+            let dims = param.lazy_shape().to_vec();
+            let values = match self.values {
+                true => param
+                    .val()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default(),
+                false => Vec::new(),
+            };
+            let (dims, values) = match dims.as_slice() {
+                [i, o] if self.values => (vec![*o, *i], transpose(&values, *i, *o)),
+                [i, o] => (vec![*o, *i], values),
+                _ => (dims, values),
+            };
             self.out.push((canonical(&self.path), dims, values));
         }
     }
     let mut c = Collect {
         path: Vec::new(),
+        values,
         out: Vec::new(),
     };
     model.visit(&mut c);
@@ -107,40 +119,13 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// Every parameter of `model` as PyTorch lays it out (a linear weight `[out, in]`; Burn keeps
-/// `[in, out]`): cleanse name, PyTorch shape, and the values in that shape.
-fn torch_params(model: &Classifier) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    collect(model)
-        .into_iter()
-        .map(|(name, dims, values)| match dims.as_slice() {
-            [i, o] => {
-                let t = transpose(&values, *i, *o);
-                (name, vec![*o, *i], t)
-            }
-            _ => (name, dims, values),
-        })
-        .collect()
-}
-
-/// The names and PyTorch shapes of the parameters of `config`'s model, in cleanse's names.
-fn expected(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let model = config.init(&Device::flex());
-    collect(&model)
-        .into_iter()
-        .map(|(name, dims, _)| match dims.as_slice() {
-            [i, o] => (name, vec![*o, *i]),
-            _ => (name, dims),
-        })
-        .collect()
-}
-
 fn shape_str(s: &[usize]) -> String {
     format!("{s:?}")
 }
 
 /// A list of names for a message: the first few, then how many more.
-fn some(names: &BTreeSet<&str>) -> String {
-    let shown: Vec<&str> = names.iter().take(4).copied().collect();
+fn some(names: &BTreeSet<String>) -> String {
+    let shown: Vec<&String> = names.iter().take(4).collect();
     let more = names.len().saturating_sub(shown.len());
     let mut s = shown
         .iter()
@@ -166,18 +151,22 @@ fn is_counter(name: &str) -> bool {
     name.ends_with(".num_batches_tracked")
 }
 
-fn fit(dict: &StateDict, architecture: Architecture, naming: Naming) -> Fit {
-    // Names do not depend on width or classes.
+/// cleanse's names of `architecture`'s parameters (they do not depend on width or classes).
+fn names_of(architecture: Architecture) -> Vec<String> {
     let probe = ModelConfig {
         architecture,
         width: 1,
         num_classes: 2,
         normalization: Normalization::identity(),
     };
-    let names: BTreeSet<String> = expected(&probe)
+    torch_params(&probe.init(&Device::flex()), false)
         .into_iter()
-        .map(|(n, _)| naming.rename(&n))
-        .collect();
+        .map(|(n, _, _)| n)
+        .collect()
+}
+
+fn fit(dict: &StateDict, architecture: Architecture, canonical: &[String], naming: Naming) -> Fit {
+    let names: BTreeSet<String> = canonical.iter().map(|n| naming.rename(n)).collect();
     let present: BTreeSet<String> = dict.keys().filter(|k| !is_counter(k)).cloned().collect();
     Fit {
         architecture,
@@ -204,8 +193,13 @@ pub fn import(dict: &StateDict, options: &ImportOptions, source: &Path) -> Resul
     };
     let fits: Vec<Fit> = archs
         .iter()
-        .flat_map(|&a| namings.iter().map(move |&n| (a, n)))
-        .map(|(a, n)| fit(dict, a, n))
+        .flat_map(|&a| {
+            let canonical = names_of(a);
+            namings
+                .iter()
+                .map(|&n| fit(dict, a, &canonical, n))
+                .collect::<Vec<_>>()
+        })
         .collect();
     let Some(best) = fits
         .iter()
@@ -217,12 +211,10 @@ pub fn import(dict: &StateDict, options: &ImportOptions, source: &Path) -> Resul
     if !(best.missing.is_empty() && best.unexpected.is_empty()) {
         let mut parts = Vec::new();
         if !best.missing.is_empty() {
-            let m: BTreeSet<&str> = best.missing.iter().map(String::as_str).collect();
-            parts.push(format!("missing {}", some(&m)));
+            parts.push(format!("missing {}", some(&best.missing)));
         }
         if !best.unexpected.is_empty() {
-            let u: BTreeSet<&str> = best.unexpected.iter().map(String::as_str).collect();
-            parts.push(format!("unexpected {}", some(&u)));
+            parts.push(format!("unexpected {}", some(&best.unexpected)));
         }
         return Err(Error::artifact(
             source,
@@ -261,8 +253,9 @@ pub fn import(dict: &StateDict, options: &ImportOptions, source: &Path) -> Resul
     config
         .validate()
         .map_err(|e| Error::artifact(source, format!("the model it describes: {e}")))?;
+    let template = config.init(&Device::flex());
     let mut values: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    for (canonical, shape) in expected(&config) {
+    for (canonical, shape, _) in torch_params(&template, false) {
         let name = naming.rename(&canonical);
         let t = dict
             .get(&name)
@@ -299,7 +292,7 @@ pub fn import(dict: &StateDict, options: &ImportOptions, source: &Path) -> Resul
         values.insert(canonical, v);
     }
     let ignored = dict.keys().filter(|k| is_counter(k)).cloned().collect();
-    let model = load_values(config.init(&Device::flex()), &values);
+    let model = load_values(template, &values);
     Ok(Imported {
         config,
         naming,
@@ -347,7 +340,7 @@ fn load_values(model: Classifier, values: &BTreeMap<String, Vec<f32>>) -> Classi
 /// accepts it.
 pub fn export(model: &Classifier, naming: Naming) -> StateDict {
     let mut dict = StateDict::new();
-    for (canonical, shape, values) in torch_params(model) {
+    for (canonical, shape, values) in torch_params(model, true) {
         if let Some(counter) = batches_tracked_of(&canonical) {
             dict.insert(
                 naming.rename(&counter),
@@ -412,7 +405,7 @@ mod tests {
                 let back = import(&dict, &options(), Path::new("x.safetensors")).expect("import");
                 assert_eq!(back.config, config);
                 assert_eq!(back.naming, naming, "{architecture:?}");
-                assert_eq!(collect(&back.model), collect(&model));
+                assert_eq!(torch_params(&back.model, true), torch_params(&model, true));
                 assert_eq!(logits(&back.model), logits(&model));
                 assert!(!back.ignored.is_empty());
             }
