@@ -342,16 +342,10 @@ pub(crate) struct EvalArgs {
     #[arg(long)]
     model: PathBuf,
     /// A run directory with attack.json (default: --model when it holds one).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["attack_spec", "triggered_data"])]
     attack: Option<PathBuf>,
-    /// Measure against a trigger drawn from settings instead, `KIND[:key=value,...]` (e.g.
-    /// `badnets:target=0`; see `cleanse import --help`).
-    #[arg(long, conflicts_with = "attack")]
-    attack_spec: Option<String>,
-    /// Measure the ASR on a folder of already-triggered test images instead, each in the folder
-    /// of the class the attack wants (`DIR/<class index>/*.png`).
-    #[arg(long, conflicts_with_all = ["attack", "attack_spec"])]
-    triggered_data: Option<PathBuf>,
+    #[command(flatten)]
+    asr: AsrArgs,
     /// Also write the result as JSON here (a new file; never one of a run directory's own files).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -362,6 +356,38 @@ pub(crate) struct EvalArgs {
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+/// What the ASR is measured against instead of a saved attack: the flags of `eval`, `import`
+/// and every defense.
+#[derive(Args, Debug)]
+pub(crate) struct AsrArgs {
+    /// Measure the ASR against a trigger drawn from settings, `KIND[:key=value,...]` (e.g.
+    /// `badnets:target=0`, `blended:alpha=0.2,seed=0`); keys: target, all-to-all, seed, alpha,
+    /// sig-delta, sig-frequency, wanet-k, wanet-s; the rest are the supplement's settings. A run
+    /// this command writes keeps it.
+    #[arg(long)]
+    pub attack_spec: Option<String>,
+    /// Or on a folder of already-triggered test images, each in the folder of the class the
+    /// attack wants (`DIR/<class index>/*.png`, as BackdoorBench's poisoned test set). A run this
+    /// command writes keeps it.
+    #[arg(long, conflicts_with = "attack_spec")]
+    pub triggered_data: Option<PathBuf>,
+}
+
+impl AsrArgs {
+    /// The source these flags name, for a model of `dataset` read at `image_size`.
+    pub(crate) fn source(&self, dataset: DatasetKind, image_size: usize) -> Result<AsrSource> {
+        Ok(match (&self.attack_spec, &self.triggered_data) {
+            (Some(spec), _) => AsrSource::Spec(
+                cleanse_core::attack::spec::parse(spec, dataset).context("--attack-spec")?,
+            ),
+            (None, Some(dir)) => AsrSource::Triggered(
+                TriggeredData::new(dir, image_size).context("--triggered-data")?,
+            ),
+            (None, None) => AsrSource::Saved,
+        })
+    }
 }
 
 /// What `cleanse eval` measures.
@@ -397,15 +423,9 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
     }
     let selected = args.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
-    let mut suspect = load_suspect(&args.model, args.attack.as_deref(), &selected.device)?;
-    let source = match (&args.attack_spec, &args.triggered_data) {
-        (Some(spec), _) => AsrSource::Spec(spec.clone()),
-        (None, Some(dir)) => AsrSource::Triggered(
-            TriggeredData::new(dir, suspect.test.height).context("--triggered-data")?,
-        ),
-        (None, None) => AsrSource::Saved,
-    };
-    suspect = suspect.measured_by(&source)?;
+    let suspect = load_suspect(&args.model, args.attack.as_deref(), &selected.device)?;
+    let source = args.asr.source(suspect.dataset, suspect.test.height)?;
+    let suspect = suspect.measured_by(&source)?;
     let test = suspect.test.clone();
     let predicted = predictions(&suspect.model, &test, args.batch_size, &selected.device);
     let right = predicted
@@ -423,7 +443,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
     let result = EvalResult {
         model: args.model.clone(),
         attack: suspect.attack_dir.clone(),
-        attack_spec: args.attack_spec.clone(),
+        attack_spec: args.asr.attack_spec.clone(),
         triggered_data: suspect.triggered.as_ref().map(|(t, _)| t.path.clone()),
         attack_kind: suspect.attack.as_ref().map(|a| a.config.kind),
         test_size: test.len(),

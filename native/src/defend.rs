@@ -1,10 +1,10 @@
 //! `cleanse defend <method>`: one arm per member of the defense family, each with the flags every
 //! defense shares ([`CommonArgs`]) and its own.
 
+use crate::attack::AsrArgs;
 use crate::{DatasetArg, DeviceArgs, describe_device, progress};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use cleanse_core::attack::triggered::TriggeredData;
 use cleanse_core::data::DataSpec;
 use cleanse_core::data::augment::Augment;
 use cleanse_core::defend::Defense;
@@ -74,14 +74,10 @@ pub(crate) struct CommonArgs {
     /// none].
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// Measure the ASR (of the suspect, every epoch and the result) against a trigger drawn from
-    /// settings, `KIND[:key=value,...]`, instead of the suspect's saved attack; the defended run
-    /// keeps it (see README, "Import your own model").
-    #[arg(long)]
-    attack_spec: Option<String>,
-    /// Or on a folder of already-triggered test images (`DIR/<class index>/*.png`).
-    #[arg(long, conflicts_with = "attack_spec")]
-    triggered_data: Option<PathBuf>,
+    /// What the ASR of the suspect, every epoch and the result is measured against (default: the
+    /// suspect's saved attack).
+    #[command(flatten)]
+    asr: AsrArgs,
     /// The defended model's run directory (missing or empty, unless --resume).
     #[arg(long)]
     out: PathBuf,
@@ -99,14 +95,8 @@ impl CommonArgs {
 
     /// What the ASR is measured against.
     fn asr_source(&self) -> Result<AsrSource> {
-        Ok(match (&self.attack_spec, &self.triggered_data) {
-            (Some(spec), _) => AsrSource::Spec(spec.clone()),
-            (None, Some(dir)) => {
-                let size = self.suspect_split()?.data.image_size;
-                AsrSource::Triggered(TriggeredData::new(dir, size).context("--triggered-data")?)
-            }
-            (None, None) => AsrSource::Saved,
-        })
+        let data = self.suspect_split()?.data;
+        self.asr.source(data.kind, data.image_size)
     }
 
     /// Crop and flip as the flags say (no flip where the data set forbids it).

@@ -1,9 +1,9 @@
 //! `cleanse import`: a PyTorch or safetensors checkpoint as a cleanse run directory.
 
+use crate::attack::AsrArgs;
 use crate::{DatasetArg, ModelArg};
 use anyhow::{Context, Result};
 use clap::Args;
-use cleanse_core::attack::triggered::TriggeredData;
 use cleanse_core::data::DataSpec;
 use cleanse_core::interop::files::{ReadOptions, read_state_dict};
 use cleanse_core::interop::{ImportOptions, Naming, Provenance, RunSetup, import, write_run};
@@ -60,17 +60,10 @@ pub(crate) struct ImportArgs {
     /// Side length images are resized to (image folders, official GTSRB).
     #[arg(long, default_value_t = 32)]
     image_size: usize,
-    /// The trigger to measure the model's ASR with, `KIND[:key=value,...]` (e.g.
-    /// `badnets:target=0`, `blended:alpha=0.2,seed=0`): saved into the run, so that eval, every
-    /// defense and tsne use it. Keys: target, all-to-all, seed, alpha, sig-delta, sig-frequency,
-    /// wanet-k, wanet-s; the rest are the supplement's settings.
-    #[arg(long)]
-    attack_spec: Option<String>,
-    /// Or measure the ASR on a folder of already-triggered test images, each in the folder of
-    /// the class the attack wants (`DIR/<class index>/*.png`, as BackdoorBench's poisoned test
-    /// set): recorded in the run, so that eval and every defense use it.
-    #[arg(long, conflicts_with = "attack_spec")]
-    triggered_data: Option<PathBuf>,
+    /// What the run's ASR is measured against (saved into it, so that eval, every defense and
+    /// tsne use it).
+    #[command(flatten)]
+    asr: AsrArgs,
     /// Output run directory (new or empty).
     #[arg(long)]
     out: PathBuf,
@@ -120,23 +113,12 @@ pub(crate) fn run(a: &ImportArgs) -> Result<()> {
         renames: a.rename.iter().map(|(f, t)| format!("{f}={t}")).collect(),
         ignored: imported.ignored.clone(),
     };
-    let attack = a
-        .attack_spec
-        .as_deref()
-        .map(|s| cleanse_core::attack::spec::parse(s, data.kind))
-        .transpose()?;
-    let triggered = a
-        .triggered_data
-        .as_deref()
-        .map(|d| TriggeredData::new(d, a.image_size))
-        .transpose()
-        .context("--triggered-data")?;
+    let asr = a.asr.source(data.kind, a.image_size)?;
     let setup = RunSetup {
         data,
         holdout: a.holdout,
         seed: a.seed,
-        attack,
-        triggered,
+        asr,
     };
     write_run(&imported, setup, &provenance, &a.out)
         .with_context(|| format!("importing into {}", a.out.display()))?;
@@ -150,16 +132,16 @@ pub(crate) fn run(a: &ImportArgs) -> Result<()> {
         imported.model.num_trainable_params(),
         a.out.display()
     );
-    match &a.attack_spec {
-        None if a.triggered_data.is_some() => println!(
-            "measure it: cleanse eval --model {} (ASR on the triggered images)",
-            a.out.display()
-        ),
-        Some(s) => println!(
+    match (&a.asr.attack_spec, &a.asr.triggered_data) {
+        (Some(s), _) => println!(
             "measure it: cleanse eval --model {} (ASR against {s})",
             a.out.display()
         ),
-        None => println!(
+        (None, Some(_)) => println!(
+            "measure it: cleanse eval --model {} (ASR on the triggered images)",
+            a.out.display()
+        ),
+        (None, None) => println!(
             "measure it: cleanse eval --model {} [--attack RUN | --attack-spec KIND:key=value,...]",
             a.out.display()
         ),

@@ -7,7 +7,7 @@ use crate::attack::iab::IabNets;
 use crate::attack::meter::AsrMeter;
 use crate::attack::poison::asr_set;
 use crate::attack::triggered::TriggeredData;
-use crate::attack::{Attack, AttackKind, Backdoor};
+use crate::attack::{Attack, AttackConfig, AttackKind, Backdoor};
 use crate::data::{DataSpec, ImageSet};
 use crate::io::read_json;
 use crate::model::{Classifier, ModelConfig};
@@ -117,8 +117,9 @@ pub enum AsrSource {
     /// The attack or triggered images saved in its run, if any.
     #[default]
     Saved,
-    /// A trigger drawn from settings, `KIND[:key=value,...]` ([`crate::attack::spec`]).
-    Spec(String),
+    /// A trigger drawn from these settings (e.g. [`crate::attack::spec::parse`] of
+    /// `KIND[:key=value,...]`).
+    Spec(AttackConfig),
     /// A folder of already-triggered test images.
     Triggered(TriggeredData),
 }
@@ -140,7 +141,7 @@ pub struct Suspect {
     /// The kind of its data set.
     pub dataset: crate::data::DatasetKind,
     /// Already-triggered test images to measure the ASR on (its run's `triggered.json`, or given
-    /// by [`Suspect::with_triggered`]); they take the place of the attack's stamped test images.
+    /// by [`Suspect::measured_by`]); they take the place of the attack's stamped test images.
     pub triggered: Option<(TriggeredData, Arc<ImageSet>)>,
     /// The test images of its data set (the attack's when the model has no split file).
     pub test: Arc<ImageSet>,
@@ -232,9 +233,9 @@ impl Suspect {
         })
     }
 
-    /// Measures against `attack` (drawn from its settings for this suspect's test images, e.g.
-    /// by [`crate::attack::spec::parse`] and [`Attack::new`]) instead of a saved one.
-    pub fn with_attack(mut self, attack: Attack) -> Result<Suspect> {
+    /// Measures against `attack` (drawn by [`Attack::new`] for this suspect's test images)
+    /// instead of a saved one.
+    fn with_attack(mut self, attack: Attack) -> Result<Suspect> {
         let Some(trigger) = attack.trigger.clone() else {
             return Err(Error::config(
                 "attack-spec",
@@ -255,9 +256,8 @@ impl Suspect {
     pub fn measured_by(self, source: &AsrSource) -> Result<Suspect> {
         match source {
             AsrSource::Saved => Ok(self),
-            AsrSource::Spec(spec) => {
-                let config = crate::attack::spec::parse(spec, self.dataset)?;
-                let attack = Attack::new(config, &self.test)?;
+            AsrSource::Spec(config) => {
+                let attack = Attack::new(config.clone(), &self.test)?;
                 let mut s = self.with_attack(attack)?;
                 s.triggered = None;
                 Ok(s)
@@ -267,7 +267,7 @@ impl Suspect {
     }
 
     /// Measures on the already-triggered images of `triggered` instead of stamping a trigger.
-    pub fn with_triggered(mut self, triggered: TriggeredData) -> Result<Suspect> {
+    fn with_triggered(mut self, triggered: TriggeredData) -> Result<Suspect> {
         let t = &self.test;
         let set = triggered.load(self.config.num_classes, [t.channels, t.height, t.width])?;
         self.triggered = Some((triggered, Arc::new(set)));

@@ -2,10 +2,10 @@
 //! `import.json`) that `eval`, every defense, `tsne` and the viewer accept.
 
 use super::state_dict::Imported;
-use crate::attack::triggered::TriggeredData;
-use crate::attack::{Attack, AttackConfig};
+use crate::attack::Attack;
 use crate::data::DataSpec;
 use crate::data::split;
+use crate::defend::suspect::AsrSource;
 use crate::engine::run_dir::files;
 use crate::io::write_json_atomic;
 use crate::train::checkpoint::save_model;
@@ -40,18 +40,15 @@ pub struct RunSetup {
     pub holdout: f64,
     /// Seeds that choice.
     pub seed: u64,
-    /// The trigger to measure the ASR with, drawn from its settings.
-    pub attack: Option<AttackConfig>,
-    /// Or already-triggered test images.
-    pub triggered: Option<TriggeredData>,
+    /// What the run's ASR is measured against (saved into it); [`AsrSource::Saved`]: nothing.
+    pub asr: AsrSource,
 }
 
 /// Writes `imported` with the data it will be evaluated and defended on (`setup`) into `out`
 /// (new, or an empty directory): the defender's images are `holdout` of the training set (seeded
 /// by `seed`) or, with the spec's `defender_per_class`, a slice of the test set, as for a trained
-/// run. With `attack`, its trigger is drawn and saved too, so that `eval`, every defense and `tsne` measure
-/// the ASR against it; with `triggered`, the ASR is measured on those images instead (checked to
-/// load here). The files are written into a temporary sibling first and moved into place
+/// run. With `asr`, a trigger drawn from settings or a folder of triggered images (checked to load
+/// here) is saved too, so that `eval`, every defense and `tsne` measure the ASR against it. The files are written into a temporary sibling first and moved into place
 /// at the end, so a failed import leaves nothing behind.
 pub fn write_run(
     imported: &Imported,
@@ -63,8 +60,7 @@ pub fn write_run(
         data,
         holdout,
         seed,
-        attack,
-        triggered,
+        asr,
     } = setup;
     if out.exists() {
         let empty = std::fs::read_dir(out)
@@ -104,11 +100,15 @@ pub fn write_run(
         holdout
     };
     let split = split::holdout(&loaded.train, holdout, seed)?;
-    let attack = attack.map(|a| Attack::new(a, &loaded.test)).transpose()?;
-    if let Some(t) = &triggered {
-        let test = &loaded.test;
-        t.load(classes, [test.channels, test.height, test.width])?;
-    }
+    let test = &loaded.test;
+    let attack = match &asr {
+        AsrSource::Spec(config) => Some(Attack::new(config.clone(), test)?),
+        AsrSource::Triggered(t) => {
+            t.load(classes, [test.channels, test.height, test.width])?;
+            None
+        }
+        AsrSource::Saved => None,
+    };
     let parent = crate::io::parent_dir(out);
     crate::io::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new()
@@ -129,7 +129,7 @@ pub fn write_run(
     if let Some(a) = &attack {
         a.save(tmp.path())?;
     }
-    if let Some(t) = &triggered {
+    if let AsrSource::Triggered(t) = &asr {
         write_json_atomic(&tmp.path().join(crate::attack::triggered::FILE), t)?;
     }
     // model.json last: it is what makes a directory a run.
