@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch reference for `cleanse bench`: training and inference images/s of the same CIFAR
 ResNet-18 (3x3 stem, no max-pool, BasicBlocks [2,2,2,2], width multiplier) on random 32x32 data,
-SGD momentum 0.9, weight decay 5e-4, on the CPU. Run by hand, not in CI:
+SGD momentum 0.9, weight decay 5e-4, on the CPU or a CUDA GPU. Run by hand, not in CI:
 
     python3 bench/pytorch_resnet18.py --width 64 --batch-size 128 --steps 5 --warmup 2 --threads 2
+    python3 bench/pytorch_resnet18.py --device cuda --width 64 --batch-size 128 --steps 20 --warmup 3
+
+On CUDA, PyTorch runs convolutions in TF32 by default (cuDNN); `--no-tf32` makes them plain fp32,
+which is what Burn's wgpu backend computes.
 """
 import argparse
 import json
@@ -53,14 +57,26 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--no-tf32", action="store_true", help="plain fp32 convolutions and matmuls on CUDA")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.device == "cuda":
+        torch.backends.cudnn.allow_tf32 = not a.no_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    dev = torch.device(a.device)
+
+    def sync():
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
     torch.manual_seed(0)
-    model = ResNet18(a.width)
+    model = ResNet18(a.width).to(dev)
     print("parameters:", sum(p.numel() for p in model.parameters()))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.rand(a.batch_size, 3, 32, 32)
-    y = torch.randint(0, 10, (a.batch_size,))
+    x = torch.rand(a.batch_size, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (a.batch_size,), device=dev)
 
     def step():
         opt.zero_grad()
@@ -70,8 +86,12 @@ def main():
         return loss.item()
 
     model.train()
+    warmup_seconds = []
     for _ in range(a.warmup):
+        t = time.perf_counter()
         step()
+        sync()
+        warmup_seconds.append(time.perf_counter() - t)
     t = time.perf_counter()
     for _ in range(a.steps):
         step()
@@ -80,13 +100,18 @@ def main():
     with torch.no_grad():
         for _ in range(max(a.warmup, 1)):
             model(x)
+        sync()
         t = time.perf_counter()
         for _ in range(a.steps):
             model(x)
+        sync()
         infer_ips = a.steps * a.batch_size / (time.perf_counter() - t)
     print(json.dumps({
-        "framework": f"pytorch {torch.__version__}", "threads": a.threads, "width": a.width,
+        "framework": f"pytorch {torch.__version__}", "device": a.device,
+        "gpu": torch.cuda.get_device_name() if a.device == "cuda" else None,
+        "tf32_convolutions": a.device == "cuda" and not a.no_tf32, "threads": a.threads, "width": a.width,
         "batch_size": a.batch_size, "train_images_per_sec": train_ips, "inference_images_per_sec": infer_ips,
+        "warmup_step_seconds": warmup_seconds,
     }, indent=2))
 
 

@@ -19,11 +19,11 @@ use cubecl::CubeCount;
 use cubecl::prelude::KernelId;
 use cubecl::server::KernelArguments;
 
-/// Whether `device` is a wgpu device (where the kernels run).
+/// Whether `device` is a wgpu device (where the WGSL kernels run; a CUDA device takes the twins).
 pub fn is_wgpu(device: &Device) -> bool {
     matches!(
         device.clone().inner().as_dispatch(),
-        DispatchDevice::Cube(_)
+        DispatchDevice::Cube(cubecl::Device::Wgpu(_))
     )
 }
 

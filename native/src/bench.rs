@@ -71,6 +71,8 @@ struct BenchResult {
     train_images_per_sec: f64,
     inference_images_per_sec: f64,
     first_step_seconds: f64,
+    /// Every untimed step's seconds, the first included (compilation and autotuning show here).
+    warmup_step_seconds: Vec<f64>,
 }
 
 fn batch(rng: &mut Rng, n: usize) -> (Vec<f32>, Vec<i64>) {
@@ -103,13 +105,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         sgd.step(0.01, model, grads)
     };
-    let t = Instant::now();
-    model = step(model, &mut rng);
-    let first_step_seconds = t.elapsed().as_secs_f64();
-    eprintln!("first training step: {first_step_seconds:.1}s");
-    for _ in 1..a.warmup {
+    let mut warmup_step_seconds = Vec::new();
+    for i in 0..a.warmup.max(1) {
+        let t = Instant::now();
         model = step(model, &mut rng);
+        let _ = device.sync();
+        let s = t.elapsed().as_secs_f64();
+        eprintln!("warm-up training step {}: {s:.2}s", i + 1);
+        warmup_step_seconds.push(s);
     }
+    let first_step_seconds = warmup_step_seconds[0];
     let _ = device.sync();
     let t = Instant::now();
     for _ in 0..a.steps {
@@ -143,6 +148,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         train_images_per_sec: train_ips,
         inference_images_per_sec: infer_ips,
         first_step_seconds,
+        warmup_step_seconds,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     if let Some(p) = &a.json {

@@ -1000,3 +1000,47 @@ tsne = true
     assert!(o.status.success() && err.contains("--force"), "{err}");
     assert!(json.is_file());
 }
+
+#[test]
+fn bench_reports_each_warm_up_step_and_refuses_bad_sizes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let json = tmp.path().join("bench.json");
+    let o = cleanse(&[
+        "bench",
+        "--width",
+        "4",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "3",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let warm = r["warmup_step_seconds"].as_array().expect("warm-up times");
+    assert_eq!(warm.len(), 3);
+    assert!(warm.iter().all(|s| s.as_f64().unwrap() > 0.0));
+    assert_eq!(r["first_step_seconds"], warm[0]);
+    assert!(r["train_images_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(r["inference_images_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["device"]["backend"], "flex");
+    // An existing --json is kept unless --force; a zero batch is refused before any work.
+    let again = cleanse(
+        &["bench", "--width", "4", "--batch-size", "2", "--steps", "1"]
+            .into_iter()
+            .chain(["--device", "cpu", "--json", json.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(!again.status.success());
+    let zero = cleanse(&["bench", "--batch-size", "0", "--device", "cpu"]);
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--batch-size"));
+}

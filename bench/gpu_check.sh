@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU machine (at most 7.5 minutes, warm-up included): ResNet-18 training and
+# inference throughput of `cleanse bench` on wgpu (two processes one after the other, to see what
+# CubeCL's persistent autotune cache and the driver's pipeline cache save the second), at width 64
+# and 16, batch 128; then bench/pytorch_resnet18.py on CUDA (TF32 convolutions as PyTorch's
+# default, and plain fp32); then both on the CPU with every core. Every command has its own time
+# limit, so one that hangs costs its slot and the rest still run. Results go into BENCHMARKS.md.
+#
+#   bash bench/gpu_check.sh path/to/cleanse OUTDIR
+set -u
+BIN=${1:?usage: gpu_check.sh CLEANSE_BINARY OUTDIR}
+OUT=${2:?usage: gpu_check.sh CLEANSE_BINARY OUTDIR}
+mkdir -p "$OUT"
+export XDG_RUNTIME_DIR=/tmp
+export PYTHONUNBUFFERED=1
+CORES=$(nproc)
+log() { echo "[$(date +%T)] $*"; }
+
+# Which parts run (all by default): GPU_CHECK_PARTS="wgpu torch cpu".
+PARTS=${GPU_CHECK_PARTS:-wgpu torch cpu}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
+# limit SECONDS NAME COMMAND...: runs COMMAND with a time limit, stdout to $OUT/NAME.json and
+# stderr to $OUT/NAME.log; says how long it ran and how it ended.
+limit() {
+    local secs=$1 name=$2
+    shift 2
+    log "start $name (limit ${secs}s): $*"
+    local t0=$SECONDS
+    timeout -s INT "$secs" "$@" >"$OUT/$name.json" 2>"$OUT/$name.log"
+    local rc=$?
+    log "end $name: rc=$rc after $((SECONDS - t0))s"
+    sed 's/^/    /' "$OUT/$name.log" | tail -n 6
+    tr -d ' \n' <"$OUT/$name.json" | sed 's/^/    /'
+    echo
+}
+
+log "machine: $CORES cores"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/    /'
+"$BIN" devices 2>&1 | sed 's/^/    /'
+
+B="--batch-size 128 --steps 50 --warmup 3"
+if part wgpu; then
+    limit 150 wgpu-w64-first "$BIN" bench --width 64 $B --device wgpu
+    limit 60 wgpu-w64-second "$BIN" bench --width 64 $B --device wgpu
+    limit 60 wgpu-w16 "$BIN" bench --width 16 $B --device wgpu
+    # CubeCL keeps autotune results under the workspace's target/environment when run inside a
+    # Cargo workspace (as here), else under ~/.cache/cubecl.
+    log "CubeCL cache: $(du -sh target/environment ~/.cache/cubecl 2>/dev/null | tr '\n' ' ')"
+fi
+if part torch; then
+    P="python3 bench/pytorch_resnet18.py --device cuda --batch-size 128 --steps 50 --warmup 3"
+    limit 30 torch-cuda-w64 $P --width 64
+    limit 30 torch-cuda-w64-fp32 $P --width 64 --no-tf32
+    limit 30 torch-cuda-w16 $P --width 16
+fi
+if part cpu; then
+    C="--batch-size 128 --steps 5 --warmup 2"
+    limit 35 cpu-w64 "$BIN" bench --width 64 $C --device cpu --threads "$CORES"
+    limit 35 torch-cpu-w64 python3 bench/pytorch_resnet18.py --width 64 $C --threads "$CORES"
+fi
+log "done"
