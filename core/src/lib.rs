@@ -4,6 +4,7 @@
 //! (see [`model::Normalization`]). All randomness flows from the run's seed through [`rng::Rng`].
 
 pub mod attack;
+pub mod cpu;
 pub mod data;
 pub mod defend;
 pub mod device;

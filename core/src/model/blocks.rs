@@ -1,5 +1,6 @@
 //! Building blocks shared by the ResNets.
 
+use crate::cpu::batch_norm;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
@@ -74,10 +75,10 @@ impl BasicBlock {
     /// # Shapes
     /// `[N, c_in, H, W]` -> `[N, c_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
+        let out = batch_norm(&self.bn2, self.conv2.forward(out));
         let skip = match &self.shortcut {
-            Some(s) => s.bn.forward(s.conv.forward(x)),
+            Some(s) => batch_norm(&s.bn, s.conv.forward(x)),
             None => x,
         };
         relu(out + skip)
@@ -114,13 +115,13 @@ impl PreActBlock {
     /// # Shapes
     /// `[N, c_in, H, W]` -> `[N, c_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(x.clone()));
+        let out = relu(batch_norm(&self.bn1, x.clone()));
         let skip = match &self.shortcut {
             Some(c) => c.forward(out.clone()),
             None => x,
         };
         let out = self.conv1.forward(out);
-        let out = self.conv2.forward(relu(self.bn2.forward(out)));
+        let out = self.conv2.forward(relu(batch_norm(&self.bn2, out)));
         out + skip
     }
 }

@@ -50,7 +50,10 @@ impl ResNet18 {
     /// Forward pass keeping the intermediate outputs.
     pub fn features(&self, x: Tensor<4>) -> Features {
         let run = |blocks: &[BasicBlock], x: Tensor<4>| blocks.iter().fold(x, |x, b| b.forward(x));
-        let x = relu(self.stem_bn.forward(self.stem_conv.forward(x))); // [N, w, 32, 32]
+        let x = relu(crate::cpu::batch_norm(
+            &self.stem_bn,
+            self.stem_conv.forward(x),
+        )); // [N, w, 32, 32]
         let s1 = run(&self.layer1, x); // [N, w, 32, 32]
         let s2 = run(&self.layer2, s1.clone()); // [N, 2w, 16, 16]
         let s3 = run(&self.layer3, s2.clone()); // [N, 4w, 8, 8]
