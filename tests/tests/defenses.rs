@@ -1031,6 +1031,17 @@ fn anp_masks_stay_in_the_unit_interval_and_pruning_zeroes_exactly_the_channels_u
         .expect("anp");
     assert_eq!(report.epochs.len(), 2);
     let record = report.defense.expect("record");
+    // The defender's distinct images, not the rounds' repetitions of them (100 batches of 8).
+    let sus_report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(sus.join("report.json")).expect("suspect report"),
+    )
+    .expect("json");
+    assert_eq!(
+        record.defender_images as u64,
+        sus_report["data"]["holdout_size"]
+            .as_u64()
+            .expect("holdout size")
+    );
     let Some(cleanse_core::defend::defense::Findings::Anp(found)) = record.findings else {
         panic!("the report records the masks")
     };

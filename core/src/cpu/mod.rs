@@ -1,6 +1,7 @@
 //! The project's own kernels for Burn's CPU backend (`flex`), reached through Burn's backend
 //! extension mechanism with a hand-written autodiff node. [`batch_norm`] is the one place that
-//! decides: on a `flex` device the model's batch norms run here, elsewhere Burn's own op runs.
+//! decides: on a native `flex` device the model's batch norms run here, elsewhere (GPU, browser)
+//! Burn's own op runs.
 //!
 //! Burn's default batch norm on `flex` is a chain of about 25 tensor operations (swapped-axis
 //! copies, broadcasts, separate reductions); here the training forward is two reading passes and
@@ -264,11 +265,12 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
 
 /// The model's batch norm: Burn's [`BatchNorm::forward`] semantics (training statistics only on
 /// an autodiff device with the layer's training flag on; running statistics updated with the
-/// biased batch variance, as Burn does), computed by [`CpuKernels`] on `flex` devices and by
-/// Burn elsewhere.
+/// biased batch variance, as Burn does), computed by [`CpuKernels`] on native `flex` devices and
+/// by Burn elsewhere: on the GPU, and in the browser, where the demo's epoch measured 12% slower
+/// with these kernels than with Burn's op (BENCHMARKS.md, "In the browser").
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
-    if !is_flex(&device) {
+    if cfg!(target_arch = "wasm32") || !is_flex(&device) {
         return bn.forward(x);
     }
     if device.is_autodiff() && bn.training.is_enabled() {

@@ -83,6 +83,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     };
     let asr_of = |m: &Classifier| eval.meter.as_ref().map(|a| a.asr(m));
     let holdout = suspect.holdout()?;
+    let holdout_images = holdout.len();
     let defender = match defense.access() {
         DefenderAccess::Images => DefenderData::Images(UnlabeledImages::from_set(holdout)),
         DefenderAccess::Labelled => DefenderData::Labelled(holdout),
@@ -112,7 +113,9 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     let record = DefenseRecord {
         config: defense.clone(),
         suspect: defense.suspect().to_path_buf(),
-        defender_images: data.len(),
+        // Distinct images: a defense may use fewer (KD's `--unlabeled-limit`) or cycle through
+        // the set several times (ANP's rounds), which the length of its data would count.
+        defender_images: data.len().min(holdout_images),
         suspect_clean_acc,
         suspect_asr,
         start_clean_acc: Some(start_metrics.clean_acc),
