@@ -115,7 +115,6 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         warmup_step_seconds.push(s);
     }
     let first_step_seconds = warmup_step_seconds[0];
-    let _ = device.sync();
     let t = Instant::now();
     for _ in 0..a.steps {
         model = step(model, &mut rng);

@@ -23,25 +23,35 @@ fn ok(args: &[&str]) -> String {
     out.into_owned()
 }
 
+/// `defend ft` for one epoch (batch 16, CPU) on run `run` into `out`, with `extra` flags.
+fn ft_args(run: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let (run, out) = (run.display().to_string(), out.display().to_string());
+    ["defend", "ft", "--model", &run]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .chain([
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            &out,
+        ])
+        .map(str::to_string)
+        .collect()
+}
+
+fn words(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// One epoch of FT on run `run` into `out`: a defense accepts it like any run, and its report
 /// measures an ASR.
 fn defend_ft(run: &Path, out: &Path) {
-    let (run, out) = (run.display().to_string(), out.display().to_string());
-    ok(&[
-        "defend",
-        "ft",
-        "--model",
-        &run,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--out",
-        &out,
-    ]);
-    let report = std::fs::read_to_string(Path::new(&out).join("report.json")).expect("report");
+    ok(&words(&ft_args(run, out, &[])));
+    let report = std::fs::read_to_string(out.join("report.json")).expect("report");
     assert!(report.contains("\"asr\""), "{report}");
 }
 
@@ -392,59 +402,23 @@ fn triggered_images_measure_what_the_trigger_does() {
         v["defense"]["suspect_asr"].as_f64().expect("suspect_asr")
     };
     let by_folder = tmp.path().join("ft-folder");
-    ok(&[
-        "defend",
-        "ft",
-        "--model",
-        &s(&attacked),
-        "--triggered-data",
-        &s(&dir),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--out",
-        &s(&by_folder),
-    ]);
+    ok(&words(&ft_args(
+        &attacked,
+        &by_folder,
+        &["--triggered-data", &s(&dir)],
+    )));
     assert!(by_folder.join("triggered.json").is_file());
     assert!((suspect_asr(&by_folder) - by_trigger).abs() < 5e-5); // eval prints 4 decimals
     let by_spec = tmp.path().join("ft-spec");
-    ok(&[
-        "defend",
-        "ft",
-        "--model",
-        &s(&run),
-        "--attack-spec",
-        "badnets:target=2",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--out",
-        &s(&by_spec),
-    ]);
+    ok(&words(&ft_args(
+        &run,
+        &by_spec,
+        &["--attack-spec", "badnets:target=2"],
+    )));
     assert!(by_spec.join("attack.json").is_file() && !by_spec.join("triggered.json").exists());
     assert!((suspect_asr(&by_spec) - by_trigger).abs() < 5e-5); // eval prints 4 decimals
     // Resuming with another ASR source is refused.
-    let o = cleanse(&[
-        "defend",
-        "ft",
-        "--model",
-        &s(&run),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--out",
-        &s(&by_spec),
-        "--resume",
-    ]);
+    let o = cleanse(&words(&ft_args(&run, &by_spec, &["--resume"])));
     assert!(!o.status.success(), "resumed with another ASR source");
 
     // A folder not named by a class index is an error naming it.

@@ -66,7 +66,7 @@ pub trait CpuKernels: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// A contiguous `f32` copy-free view of a `flex` tensor (copied only when it is strided).
+/// `t` in contiguous layout: the same buffer when it already is, else a copy (f32 only).
 fn values(t: &FlexTensor) -> FlexTensor {
     assert_eq!(t.dtype(), DType::F32, "the CPU kernels take f32 tensors");
     t.to_contiguous()
