@@ -5,9 +5,11 @@
 //!     RAYON_NUM_THREADS=2 cargo run --release --example op_times -- 16
 //!     python3 bench/pytorch_op_times.py --width 16 --threads 2
 //!
-//! Columns: conv forward; conv input gradient alone (a transposed convolution, what Burn's
-//! default backward calls); conv forward + backward (input and weight gradients); batch norm
-//! training forward and forward + backward, by Burn's default and by `cleanse_core::cpu`.
+//! Columns: conv forward, by Burn and by `cleanse_core::cpu`; conv input gradient alone (a
+//! transposed convolution, what Burn's backward and the project's call); conv weight gradient
+//! alone and conv forward + backward (input and weight gradients), each by Burn and by
+//! `cleanse_core::cpu`; batch norm training forward and forward + backward, by Burn's
+//! default and by `cleanse_core::cpu`.
 //! Each backward is seeded with `sum(y * r)` for a fixed random `r`.
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
@@ -34,9 +36,9 @@ fn main() {
     let n = 128;
     let reps = 5;
     println!(
-        "| layer | conv fwd | conv input grad | conv fwd+bwd | BN fwd (Burn) | BN fwd (cleanse) | BN fwd+bwd (Burn) | BN fwd+bwd (cleanse) |"
+        "| layer | conv fwd (Burn) | conv fwd (cleanse) | conv input grad (Burn) | conv weight grad (Burn) | conv weight grad (cleanse) | conv fwd+bwd (Burn) | conv fwd+bwd (cleanse) | BN fwd (Burn) | BN fwd (cleanse) | BN fwd+bwd (Burn) | BN fwd+bwd (cleanse) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (c, hw) in [(width, 32), (2 * width, 16), (4 * width, 8), (8 * width, 4)] {
         let x = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.0, 1.0), &device);
         let r =
@@ -46,6 +48,40 @@ fn main() {
         let fwd = ms(reps, || {
             let _ = conv2d(x.clone(), w.clone(), None, opt.clone()).into_data();
         });
+        let layer = burn::nn::conv::Conv2d {
+            weight: burn::module::Param::from_tensor(w.clone()),
+            bias: None,
+            stride: [1, 1],
+            kernel_size: [3, 3],
+            dilation: [1, 1],
+            groups: 1,
+            padding: burn::nn::PaddingConfig2d::Explicit(1, 1, 1, 1),
+        };
+        let our_fwd = ms(reps, || {
+            let _ = cleanse_core::cpu::conv2d(&layer, x.clone()).into_data();
+        });
+        // The weight gradient alone, Burn's and the project's, on the plain backend.
+        let dy = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.0, 1.0), &device);
+        let weight_grad = |ours: bool| {
+            use burn::backend::ops::ModuleOps;
+            use cleanse_core::cpu::CpuKernels;
+            type Ops = burn::backend::Dispatch;
+            ms(reps, || {
+                let (xd, wd, gd) = (
+                    x.clone().into_dispatch(),
+                    w.clone().into_dispatch(),
+                    dy.clone().into_dispatch(),
+                );
+                let t = match ours {
+                    false => {
+                        <Ops as ModuleOps<Ops>>::conv2d_weight_backward(xd, wd, gd, opt.clone())
+                    }
+                    true => <Ops as CpuKernels>::conv_weight_grad(xd, wd, gd, opt.clone()),
+                };
+                let _ = Tensor::<4>::from_dispatch(t).into_data();
+            })
+        };
+        let (bw, ow) = (weight_grad(false), weight_grad(true));
         let topt = ConvTransposeOptions::new([1, 1], [1, 1], [0, 0], [1, 1], 1);
         let dx = ms(reps, || {
             let _ = conv_transpose2d(x.clone(), w.clone(), None, topt.clone()).into_data();
@@ -57,6 +93,16 @@ fn main() {
             let g = (y * r.clone()).sum().backward();
             let _ = xa.grad(&g).expect("x grad").into_data();
             let _ = wa.grad(&g).expect("w grad").into_data();
+        });
+        let layer_ad = burn::nn::conv::Conv2d {
+            weight: burn::module::Param::from_tensor(wa.clone()),
+            ..layer.clone()
+        };
+        let our_fb = ms(reps, || {
+            let y = cleanse_core::cpu::conv2d(&layer_ad, xa.clone());
+            let g = (y * r.clone()).sum().backward();
+            let _ = xa.grad(&g).expect("x grad").into_data();
+            let _ = layer_ad.weight.val().grad(&g).expect("w grad").into_data();
         });
         let bn: BatchNorm = BatchNormConfig::new(c).init(&device.clone().autodiff());
         let bn_time = |ours: bool, backward: bool| {
@@ -77,7 +123,7 @@ fn main() {
         let (bf, of) = (bn_time(false, false), bn_time(true, false));
         let (bb, ob) = (bn_time(false, true), bn_time(true, true));
         println!(
-            "| {c} ch {hw}x{hw} | {fwd:.1} | {dx:.1} | {conv_fb:.1} | {bf:.1} | {of:.1} | {bb:.1} | {ob:.1} |"
+            "| {c} ch {hw}x{hw} | {fwd:.1} | {our_fwd:.1} | {dx:.1} | {bw:.1} | {ow:.1} | {conv_fb:.1} | {our_fb:.1} | {bf:.1} | {of:.1} | {bb:.1} | {ob:.1} |"
         );
     }
 }

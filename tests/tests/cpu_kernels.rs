@@ -2,7 +2,8 @@
 //! same op on the same backend (`flex`): values, gradients and running statistics.
 //!
 //! Tolerances: outputs and statistics within 1e-5 relative (plus 1e-5 absolute), gradients within
-//! 1e-4: both compute in f32 with sums in a different order.
+//! 1e-4: both compute in f32 with sums in a different order. Convolutions sum up to 4,608 products
+//! per output and up to 2,048 per weight gradient: 1e-4 for their outputs, 1e-3 for gradients.
 
 use burn::backend::Dispatch;
 use burn::module::Param;
@@ -181,8 +182,114 @@ fn a_frozen_layer_under_autodiff_passes_gradients_as_burns_does() {
     );
 }
 
+/// The convolution cases: `(n, c_in, c_out, h, w, kernel, stride, padding, bias)`: batch 1, odd
+/// sizes, 1x1 planes, stride 1 and 2, padding 0 and 1 (and 3 for a 7x7 kernel), 1x1 and 3x3
+/// kernels, 3 to 512 channels; 5 images of 32x32 make the weight gradient's groups of two end
+/// with a shorter one.
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
+
+const CONVS: [ConvCase; 10] = [
+    (5, 3, 4, 32, 32, 3, 1, 1, false),
+    (1, 3, 16, 32, 32, 3, 1, 1, false),
+    (2, 16, 32, 9, 7, 3, 2, 1, false),
+    (3, 32, 64, 8, 8, 1, 2, 0, false),
+    (2, 5, 3, 6, 5, 3, 1, 0, true),
+    (2, 512, 512, 4, 4, 3, 1, 1, false),
+    (1, 4, 6, 1, 1, 3, 1, 1, true),
+    (4, 7, 9, 11, 11, 1, 1, 0, false),
+    (2, 3, 8, 15, 13, 7, 2, 3, true),
+    (3, 64, 16, 7, 7, 3, 2, 1, false),
+];
+
+fn conv_layer(case: usize, device: &Device) -> burn::nn::conv::Conv2d {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    let (_, ci, co, _, _, k, s, p, bias) = CONVS[case];
+    let mut conv = Conv2dConfig::new([ci, co], [k, k])
+        .with_stride([s, s])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(bias)
+        .init(device);
+    conv.weight =
+        Param::from_tensor(random([co, ci, k, k], 70 + case as u64, device).mul_scalar(0.1));
+    conv.bias = conv
+        .bias
+        .map(|_| Param::from_tensor(random([co], 80 + case as u64, device)));
+    conv
+}
+
+#[test]
+fn convolution_values_and_gradients_match_burns() {
+    let ad = flex().autodiff();
+    for (case, &(n, ci, _, h, w, ..)) in CONVS.iter().enumerate() {
+        let conv = conv_layer(case, &ad);
+        let x = random([n, ci, h, w], 90 + case as u64, &ad).require_grad();
+        let ours = cpu::conv2d(&conv, x.clone());
+        let burns = conv.forward(x.clone());
+        assert_eq!(ours.dims(), burns.dims(), "case {case}: shape");
+        let r = random(burns.dims(), 100 + case as u64, &ad);
+        let what = |t: &str| format!("case {case} {t}");
+        assert_close(
+            ours.clone().inner(),
+            burns.clone().inner(),
+            1e-4,
+            &what("output"),
+        );
+        let go = (ours * r.clone()).sum().backward();
+        let gb = (burns * r).sum().backward();
+        let grad = |g: &_| x.grad(g).expect("x grad");
+        assert_close(grad(&go), grad(&gb), 1e-3, &what("input grad"));
+        let wgrad = |g: &_| conv.weight.val().grad(g).expect("weight grad");
+        assert_close(wgrad(&go), wgrad(&gb), 1e-3, &what("weight grad"));
+        if let Some(b) = &conv.bias {
+            let bgrad = |g: &_| b.val().grad(g).expect("bias grad");
+            assert_close(bgrad(&go), bgrad(&gb), 1e-4, &what("bias grad"));
+        }
+    }
+}
+
+#[test]
+fn a_convolution_without_autodiff_matches_burns() {
+    for (case, &(n, ci, _, h, w, ..)) in CONVS.iter().enumerate() {
+        let conv = conv_layer(case, &flex());
+        let x = random([n, ci, h, w], 90 + case as u64, &flex());
+        let what = format!("case {case}");
+        assert_close(cpu::conv2d(&conv, x.clone()), conv.forward(x), 1e-4, &what);
+    }
+}
+
+#[test]
+fn the_convolution_gives_the_same_bits_on_one_thread_and_on_three() {
+    // The matrix products (gemm) split rows and columns, never the sums, between threads; the
+    // column folding and the per-image weight-gradient sums have one order.
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let ad = flex().autodiff();
+            let conv = conv_layer(0, &ad);
+            let x = random([16, 3, 32, 32], 5, &ad).require_grad();
+            let y = cpu::conv2d(&conv, x.clone());
+            let g = (y.clone() * random(y.dims(), 6, &ad)).sum().backward();
+            let bits = |t: Tensor<4>| -> Vec<u32> {
+                let v: Vec<f32> = t.into_data().try_to_vec().expect("f32");
+                v.iter().map(|f| f.to_bits()).collect()
+            };
+            [
+                bits(y.inner()),
+                bits(x.grad(&g).expect("x grad")),
+                bits(conv.weight.val().grad(&g).expect("weight grad")),
+            ]
+        })
+    };
+    assert_eq!(run(1), run(3));
+}
+
 /// Conv - BN - ReLU - conv - BN - mean-pool - linear on 4x3x8x8 images, trained by plain SGD for
-/// `steps` steps with one of the two batch norms; returns each step's loss.
+/// `steps` steps with the project's convolutions and batch norms (`ours`) or Burn's; returns each
+/// step's loss.
 fn short_training(ours: bool, steps: usize) -> Vec<f32> {
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
@@ -220,13 +327,20 @@ fn short_training(ours: bool, steps: usize) -> Vec<f32> {
             bn.forward(x)
         }
     };
+    let convolve = |c: &burn::nn::conv::Conv2d, x: Tensor<4>| {
+        if ours {
+            cpu::conv2d(c, x)
+        } else {
+            c.forward(x)
+        }
+    };
     let mut opt = SgdConfig::new().init();
     let mut losses = Vec::new();
     for step in 0..steps {
         let x = random([4, 3, 8, 8], 1000 + step as u64, &ad);
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 1], [4]), &ad);
-        let h = relu(norm(&net.b1, net.c1.forward(x)));
-        let h = norm(&net.b2, net.c2.forward(h));
+        let h = relu(norm(&net.b1, convolve(&net.c1, x)));
+        let h = norm(&net.b2, convolve(&net.c2, h));
         let logits = net.fc.forward(h.mean_dim(3).mean_dim(2).reshape([4, 6]));
         let loss = burn::nn::loss::CrossEntropyLossConfig::new()
             .init(&ad)

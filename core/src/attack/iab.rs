@@ -49,7 +49,7 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = crate::cpu::batch_norm(&self.bn, self.conv.forward(x));
+        let y = crate::cpu::batch_norm(&self.bn, crate::cpu::conv2d(&self.conv, x));
         if self.relu { relu(y) } else { y }
     }
 }

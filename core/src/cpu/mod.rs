@@ -9,6 +9,7 @@
 //! order, so results do not depend on the thread count ([`batch_norm`] module docs).
 
 pub mod batch_norm;
+pub mod conv;
 
 use batch_norm::Nchw;
 use burn::backend::TensorMetadata;
@@ -18,12 +19,17 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
+use burn::backend::ops::{FloatTensorOps, ModuleOps};
 use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension, tensor::FloatTensor,
 };
 use burn::nn::BatchNorm;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, TensorData};
+use conv::ConvGeometry;
 
 /// Whether `device` is Burn's CPU backend (`flex`), autodiff or not.
 pub fn is_flex(device: &Device) -> bool {
@@ -64,6 +70,21 @@ pub trait CpuKernels: Backend {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// A 2-D convolution without bias (no dilation, one group: see [`conv2d`]).
+    fn conv_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradient of [`CpuKernels::conv_forward`] with respect to its weight.
+    fn conv_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
 }
 
 /// `t` in contiguous layout: the same buffer when it already is, else a copy (f32 only).
@@ -88,6 +109,30 @@ fn layout(x: &FlexTensor) -> Nchw {
         n: shape[0],
         c: shape[1],
         hw: shape.iter().skip(2).product(),
+    }
+}
+
+/// The geometry of a convolution of `x` by `weight`.
+fn geometry(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> ConvGeometry {
+    let (xs, ws) = (x.shape(), weight.shape());
+    assert!(
+        xs.num_dims() == 4 && ws.num_dims() == 4 && xs[1] == ws[1],
+        "a convolution of [N, C, H, W] by [C_out, C, KH, KW]: {xs:?} by {ws:?}"
+    );
+    assert!(
+        options.groups == 1 && options.dilation == [1, 1],
+        "the CPU convolution has one group and no dilation"
+    );
+    ConvGeometry {
+        n: xs[0],
+        ci: xs[1],
+        h: xs[2],
+        w: xs[3],
+        co: ws[0],
+        kh: ws[2],
+        kw: ws[3],
+        stride: options.stride,
+        padding: options.padding,
     }
 }
 
@@ -162,6 +207,61 @@ impl CpuKernels for Flex {
         let c = Shape::new([s.c]);
         (tensor(xg, x.shape()), tensor(gg, c.clone()), tensor(bg, c))
     }
+
+    fn conv_forward(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+        let (x, weight) = (values(&x), values(&weight));
+        let g = geometry(&x, &weight, &options);
+        let ([oh, ow], k, l) = (g.out(), g.rows(), g.cols());
+        let w = Flex::float_reshape(weight, Shape::new([1, g.co, k]));
+        let out_shape = Shape::new([g.n, g.co, oh, ow]);
+        let mut out = Vec::with_capacity(g.n * g.co * l);
+        for images in g.chunks(1) {
+            let cols = conv::columns(slice(&x), &g, images.clone(), 1);
+            let y = Flex::float_matmul(w.clone(), tensor(cols, Shape::new([images.len(), k, l])));
+            if images.len() == g.n {
+                return Flex::float_reshape(values(&y), out_shape);
+            }
+            out.extend_from_slice(slice(&values(&y)));
+        }
+        tensor(out, out_shape)
+    }
+
+    fn conv_weight_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        let (x, dy) = (values(&x), values(&output_grad));
+        let g = geometry(&x, &weight, &options);
+        let (k, l) = (g.rows(), g.cols());
+        let group = g.group();
+        let mut dw = vec![0.0f32; g.co * k];
+        for images in g.chunks(group) {
+            let mut cols = conv::columns(slice(&x), &g, images.clone(), group);
+            let mut rows = conv::group_rows(slice(&dy), &g, images.clone(), group);
+            // Whole groups in one batched product, a shorter last group in a second.
+            let (whole, rest) = (images.len() / group, images.len() % group);
+            let last = (rest > 0).then(|| {
+                let (c, r) = (
+                    cols.split_off(whole * group * k * l),
+                    rows.split_off(whole * group * g.co * l),
+                );
+                (c, r)
+            });
+            for (cols, rows, groups, members) in [(cols, rows, whole, group)]
+                .into_iter()
+                .chain(last.map(|(c, r)| (c, r, 1, rest)))
+                .filter(|t| t.2 > 0)
+            {
+                let cols = tensor(cols, Shape::new([groups, k, members * l]));
+                let rows = tensor(rows, Shape::new([groups, g.co, members * l]));
+                let parts = Flex::float_matmul(rows, Flex::float_swap_dims(cols, 1, 2));
+                conv::add_images(&mut dw, slice(&values(&parts)));
+            }
+        }
+        tensor(dw, weight.shape())
+    }
 }
 
 /// The autodiff node of the training batch norm: the input and gamma are checkpointed, the batch
@@ -193,6 +293,31 @@ impl<B: Backend + CpuKernels> Backward<B, 3> for BatchNormTrainNode {
         }
         if let Some(node) = node_beta {
             grads.register::<B>(node.id, bg);
+        }
+    }
+}
+
+/// The autodiff node of the convolution: input and weight checkpointed; the backward is Burn's
+/// input gradient (on `flex`, a transposed convolution: as fast as a column version measured,
+/// BENCHMARKS.md) and [`CpuKernels::conv_weight_grad`], each only when its parent needs it.
+#[derive(Debug)]
+struct ConvNode;
+
+impl<B: Backend + CpuKernels> Backward<B, 2> for ConvNode {
+    type State = (NodeId, NodeId, ConvOptions<2>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state, options) = ops.state;
+        let x = cp.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+        let weight = cp.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+        if let Some(node) = node_x {
+            let g = B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+            grads.register::<B>(node.id, g);
+        }
+        if let Some(node) = node_weight {
+            grads.register::<B>(node.id, B::conv_weight_grad(x, weight, grad, options));
         }
     }
 }
@@ -246,7 +371,7 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         variance: AdTensor<B, C>,
         epsilon: f64,
     ) -> AdTensor<B, C> {
-        <Autodiff<B, C> as burn::backend::ops::ModuleOps<Autodiff<B, C>>>::batch_norm(
+        <Autodiff<B, C> as ModuleOps<Autodiff<B, C>>>::batch_norm(
             x, gamma, beta, mean, variance, epsilon,
         )
     }
@@ -260,6 +385,40 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         _output_grad: AdTensor<B, C>,
     ) -> (AdTensor<B, C>, AdTensor<B, C>, AdTensor<B, C>) {
         panic!("the batch-norm backward is not differentiable")
+    }
+
+    fn conv_forward(
+        x: AdTensor<B, C>,
+        weight: AdTensor<B, C>,
+        options: ConvOptions<2>,
+    ) -> AdTensor<B, C> {
+        match ConvNode
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let out =
+                    B::conv_forward(x.into_primitive(), weight.into_primitive(), options.clone());
+                prep.finish((x_state, weight_state, options), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv_forward(
+                x.into_primitive(),
+                weight.into_primitive(),
+                options,
+            )),
+        }
+    }
+
+    fn conv_weight_grad(
+        _x: AdTensor<B, C>,
+        _weight: AdTensor<B, C>,
+        _output_grad: AdTensor<B, C>,
+        _options: ConvOptions<2>,
+    ) -> AdTensor<B, C> {
+        panic!("the convolution's backward is not differentiable")
     }
 }
 
@@ -306,4 +465,37 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
         bn.epsilon,
     );
     Tensor::from_dispatch(out)
+}
+
+/// The model's 2-D convolution: Burn's [`Conv2d::forward`], computed by [`CpuKernels`] on native
+/// `flex` devices when the layer has one group, no dilation and explicit or no padding (every
+/// layer of the project's models), by Burn elsewhere: on the GPU and in the browser.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => Some([(0, 0), (0, 0)]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([(top, bottom), (left, right)]),
+        PaddingConfig2d::Same => None,
+    };
+    let Some(padding) = padding.filter(|_| {
+        !cfg!(target_arch = "wasm32")
+            && is_flex(&device)
+            && conv.groups == 1
+            && conv.dilation == [1, 1]
+    }) else {
+        return conv.forward(x);
+    };
+    let options = ConvOptions::new_with_padding(conv.stride, padding, [1, 1], 1);
+    let out = Tensor::<4>::from_dispatch(<Dispatch as CpuKernels>::conv_forward(
+        x.into_dispatch(),
+        conv.weight.val().into_dispatch(),
+        options,
+    ));
+    match &conv.bias {
+        Some(b) => {
+            let c = b.dims()[0];
+            out + b.val().reshape([1, c, 1, 1])
+        }
+        None => out,
+    }
 }

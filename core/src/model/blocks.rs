@@ -1,6 +1,6 @@
 //! Building blocks shared by the ResNets.
 
-use crate::cpu::batch_norm;
+use crate::cpu::{batch_norm, conv2d};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
@@ -75,10 +75,10 @@ impl BasicBlock {
     /// # Shapes
     /// `[N, c_in, H, W]` -> `[N, c_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
-        let out = batch_norm(&self.bn2, self.conv2.forward(out));
+        let out = relu(batch_norm(&self.bn1, conv2d(&self.conv1, x.clone())));
+        let out = batch_norm(&self.bn2, conv2d(&self.conv2, out));
         let skip = match &self.shortcut {
-            Some(s) => batch_norm(&s.bn, s.conv.forward(x)),
+            Some(s) => batch_norm(&s.bn, conv2d(&s.conv, x)),
             None => x,
         };
         relu(out + skip)
@@ -117,11 +117,11 @@ impl PreActBlock {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let out = relu(batch_norm(&self.bn1, x.clone()));
         let skip = match &self.shortcut {
-            Some(c) => c.forward(out.clone()),
+            Some(c) => conv2d(c, out.clone()),
             None => x,
         };
-        let out = self.conv1.forward(out);
-        let out = self.conv2.forward(relu(batch_norm(&self.bn2, out)));
+        let out = conv2d(&self.conv1, out);
+        let out = conv2d(&self.conv2, relu(batch_norm(&self.bn2, out)));
         out + skip
     }
 }

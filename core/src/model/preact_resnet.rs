@@ -39,7 +39,7 @@ impl PreActResNet18 {
     /// Forward pass keeping the intermediate outputs.
     pub fn features(&self, x: Tensor<4>) -> Features {
         let run = |blocks: &[PreActBlock], x: Tensor<4>| blocks.iter().fold(x, |x, b| b.forward(x));
-        let x = self.stem_conv.forward(x);
+        let x = crate::cpu::conv2d(&self.stem_conv, x);
         let s1 = run(&self.layer1, x);
         let s2 = run(&self.layer2, s1.clone());
         let s3 = run(&self.layer3, s2.clone());

@@ -52,7 +52,7 @@ impl ResNet18 {
         let run = |blocks: &[BasicBlock], x: Tensor<4>| blocks.iter().fold(x, |x, b| b.forward(x));
         let x = relu(crate::cpu::batch_norm(
             &self.stem_bn,
-            self.stem_conv.forward(x),
+            crate::cpu::conv2d(&self.stem_conv, x),
         )); // [N, w, 32, 32]
         let s1 = run(&self.layer1, x); // [N, w, 32, 32]
         let s2 = run(&self.layer2, s1.clone()); // [N, 2w, 16, 16]
