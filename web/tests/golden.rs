@@ -7,8 +7,7 @@
 //! `EXPECTED` (2 CPU threads). A change of any number is a change of behaviour. Regenerated when
 //! batch norm on the CPU moved to the project's own kernel (`cleanse_core::cpu`: the same
 //! formulas with sums in another order, which these tiny runs amplify; see
-//! `native/tests/golden.rs`), and again when the convolution's forward and weight gradient did
-//! (native runs only: the browser itself keeps Burn's ops).
+//! `native/tests/golden.rs`), and again when the convolution's forward and weight gradient did.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;

@@ -1,7 +1,11 @@
 //! The project's own kernels for Burn's CPU backend (`flex`), reached through Burn's backend
-//! extension mechanism with a hand-written autodiff node. [`batch_norm`] is the one place that
-//! decides: on a native `flex` device the model's batch norms run here, elsewhere (GPU, browser)
-//! Burn's own op runs.
+//! extension mechanism with hand-written autodiff nodes. [`batch_norm`] and [`conv2d`] are the
+//! places that decide: on a `flex` device the models' convolutions run here (natively and in the
+//! browser) and so do their batch norms (natively only: in the browser Burn's measured faster);
+//! elsewhere (GPU) Burn's own ops run.
+//!
+//! The convolution's forward and weight gradient are column matrices multiplied by the backend's
+//! matrix product ([`conv`] module docs); its input gradient is Burn's.
 //!
 //! Burn's default batch norm on `flex` is a chain of about 25 tensor operations (swapped-axis
 //! copies, broadcasts, separate reductions); here the training forward is two reading passes and
@@ -467,9 +471,10 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(out)
 }
 
-/// The model's 2-D convolution: Burn's [`Conv2d::forward`], computed by [`CpuKernels`] on native
-/// `flex` devices when the layer has one group, no dilation and explicit or no padding (every
-/// layer of the project's models), by Burn elsewhere: on the GPU and in the browser.
+/// The model's 2-D convolution: Burn's [`Conv2d::forward`], computed by [`CpuKernels`] on `flex`
+/// devices (natively and in the browser, where the demo's epoch measured 15-25% faster with it,
+/// BENCHMARKS.md) when the layer has one group, no dilation and explicit or no padding (every
+/// layer of the project's models), by Burn elsewhere.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
     let padding = match conv.padding {
@@ -477,12 +482,9 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         PaddingConfig2d::Explicit(top, left, bottom, right) => Some([(top, bottom), (left, right)]),
         PaddingConfig2d::Same => None,
     };
-    let Some(padding) = padding.filter(|_| {
-        !cfg!(target_arch = "wasm32")
-            && is_flex(&device)
-            && conv.groups == 1
-            && conv.dilation == [1, 1]
-    }) else {
+    let Some(padding) =
+        padding.filter(|_| is_flex(&device) && conv.groups == 1 && conv.dilation == [1, 1])
+    else {
         return conv.forward(x);
     };
     let options = ConvOptions::new_with_padding(conv.stride, padding, [1, 1], 1);
