@@ -110,6 +110,10 @@ fn fill_row(src: &[f32], g: &ConvGeometry, tap: usize, row: &mut [f32]) {
     let (dy, dx) = (tap / g.kw, tap % g.kw);
     let ys = ConvGeometry::inside(oh, g.h, g.stride[0], g.padding[0].0, dy);
     let xs = ConvGeometry::inside(ow, g.w, g.stride[1], g.padding[1].0, dx);
+    if xs.is_empty() {
+        // The tap reads only padding (a wide kernel over a narrow input).
+        return;
+    }
     for y in ys {
         let iy = y * g.stride[0] + dy - g.padding[0].0;
         let line = &src[iy * g.w..][..g.w];
@@ -251,8 +255,10 @@ mod tests {
     /// `(n, c_in, [h, w], [kh, kw], stride, padding)`.
     type Case = (usize, usize, [usize; 2], [usize; 2], usize, usize);
 
-    const CASES: [Case; 7] = [
+    const CASES: [Case; 8] = [
         (2, 3, [5, 5], [3, 3], 1, 1),
+        // Taps that read only padding: one output, most of the 7x7 kernel outside the input.
+        (1, 2, [1, 2], [7, 7], 2, 3),
         (1, 2, [6, 7], [3, 3], 2, 1),
         (3, 1, [4, 4], [1, 1], 1, 0),
         (2, 2, [8, 8], [1, 1], 2, 0),
