@@ -261,7 +261,7 @@ fn a_convolution_without_autodiff_matches_burns() {
 #[test]
 fn the_convolution_gives_the_same_bits_on_one_thread_and_on_three() {
     // The matrix products (gemm) split rows and columns, never the sums, between threads; the
-    // column folding and the per-image weight-gradient sums have one order.
+    // weight gradient's sums over groups of images have one order.
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -242,22 +242,18 @@ impl CpuKernels for Flex {
         let group = g.group();
         let mut dw = vec![0.0f32; g.co * k];
         for images in g.chunks(group) {
-            let mut cols = conv::columns(slice(&x), &g, images.clone(), group);
-            let mut rows = conv::group_rows(slice(&dy), &g, images.clone(), group);
             // Whole groups in one batched product, a shorter last group in a second.
-            let (whole, rest) = (images.len() / group, images.len() % group);
-            let last = (rest > 0).then(|| {
-                let (c, r) = (
-                    cols.split_off(whole * group * k * l),
-                    rows.split_off(whole * group * g.co * l),
-                );
-                (c, r)
-            });
-            for (cols, rows, groups, members) in [(cols, rows, whole, group)]
-                .into_iter()
-                .chain(last.map(|(c, r)| (c, r, 1, rest)))
-                .filter(|t| t.2 > 0)
-            {
+            let split = images.start + images.len() / group * group;
+            for (part, members) in [
+                (images.start..split, group),
+                (split..images.end, images.end - split),
+            ] {
+                if part.is_empty() {
+                    continue;
+                }
+                let groups = part.len() / members;
+                let cols = conv::columns(slice(&x), &g, part.clone(), members);
+                let rows = conv::group_rows(slice(&dy), &g, part, members);
                 let cols = tensor(cols, Shape::new([groups, k, members * l]));
                 let rows = tensor(rows, Shape::new([groups, g.co, members * l]));
                 let parts = Flex::float_matmul(rows, Flex::float_swap_dims(cols, 1, 2));
@@ -302,7 +298,7 @@ impl<B: Backend + CpuKernels> Backward<B, 3> for BatchNormTrainNode {
 }
 
 /// The autodiff node of the convolution: input and weight checkpointed; the backward is Burn's
-/// input gradient (on `flex`, a transposed convolution: as fast as a column version measured,
+/// input gradient (on `flex`, a transposed convolution: faster than a column version measured,
 /// BENCHMARKS.md) and [`CpuKernels::conv_weight_grad`], each only when its parent needs it.
 #[derive(Debug)]
 struct ConvNode;
@@ -472,7 +468,7 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
 }
 
 /// The model's 2-D convolution: Burn's [`Conv2d::forward`], computed by [`CpuKernels`] on `flex`
-/// devices (natively and in the browser, where the demo's epoch measured 15-25% faster with it,
+/// devices (natively and in the browser, where the demo's epoch measured about 20% faster with it,
 /// BENCHMARKS.md) when the layer has one group, no dilation and explicit or no padding (every
 /// layer of the project's models), by Burn elsewhere.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
