@@ -93,8 +93,10 @@ pub struct EpochRecord {
     pub loss: f64,
     /// Accuracy on the (augmented) training batches.
     pub train_acc: f64,
-    /// Accuracy on the clean test set.
-    pub clean_acc: f64,
+    /// Accuracy on the clean test set; `None` for an epoch the run did not evaluate (a run
+    /// evaluating every Nth epoch; the last epoch always is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_acc: Option<f64>,
     /// Wall-clock seconds of the epoch: training plus evaluation.
     pub seconds: f64,
     /// Seconds spent in evaluation.
@@ -239,7 +241,7 @@ impl SummaryRow {
                 .final_metrics
                 .as_ref()
                 .map(|f| f.clean_acc)
-                .or(last.map(|e| e.clean_acc)),
+                .or(last.and_then(|e| e.clean_acc)),
             asr: report
                 .final_metrics
                 .as_ref()
@@ -541,7 +543,7 @@ mod summary_tests {
             lr: 0.1,
             loss: 1.0,
             train_acc: 0.5,
-            clean_acc: acc,
+            clean_acc: Some(acc),
             seconds: 10.0 * e as f64,
             eval_seconds: 1.0,
             images_per_sec: 100.0,

@@ -62,6 +62,10 @@ pub(crate) struct CommonArgs {
     lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Evaluate after every Nth epoch (ANP: group of mask updates, I-BAU: round) and after the
+    /// last; the defended model does not depend on it, only the report's curve does.
+    #[arg(long, default_value_t = 1)]
+    eval_every: usize,
     #[command(flatten)]
     device: DeviceArgs,
     /// Zero padding of the random crop (0 disables it) [default: 4; I-BAU: no augmentation].
@@ -303,6 +307,7 @@ fn anp_config(a: &AnpArgs) -> Result<AnpConfig> {
         threshold: a.threshold,
         seed: c.seed,
         augment,
+        eval_every: c.eval_every,
         ..paper
     })
 }
@@ -334,6 +339,7 @@ fn ibau_config(a: &IbauArgs) -> Result<IbauConfig> {
         max_norm: a.max_norm,
         outer_fraction: a.outer_fraction,
         seed: c.seed,
+        eval_every: c.eval_every,
         ..paper
     })
 }
@@ -364,6 +370,7 @@ fn ft_config(c: &CommonArgs) -> Result<FtConfig> {
     config.seed = c.seed;
     config.augment = augment;
     config.sgd.weight_decay = c.weight_decay.unwrap_or(config.sgd.weight_decay);
+    config.eval_every = c.eval_every;
     Ok(config)
 }
 
@@ -408,5 +415,6 @@ fn kd_config(a: &KdArgs) -> Result<KdConfig> {
     config.augment = augment;
     config.mixup = a.mixup;
     config.sgd.weight_decay = c.weight_decay.unwrap_or(config.sgd.weight_decay);
+    config.eval_every = c.eval_every;
     Ok(config)
 }

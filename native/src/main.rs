@@ -230,6 +230,10 @@ pub(crate) struct TrainArgs {
     synthetic_test: usize,
     #[arg(long, default_value_t = 256)]
     eval_batch_size: usize,
+    /// Evaluate after every Nth epoch and after the last (the trained model does not depend on
+    /// it, only the report's curve does).
+    #[arg(long, default_value_t = 1)]
+    eval_every: usize,
     #[command(flatten)]
     device: DeviceArgs,
     /// Output directory; must be new or empty unless --resume.
@@ -281,6 +285,7 @@ impl TrainArgs {
             flip: !self.no_flip && kind.allows_flip(),
         };
         c.eval_batch_size = self.eval_batch_size;
+        c.eval_every = self.eval_every;
         c
     }
 }

@@ -72,20 +72,18 @@ impl Observer for Bars {
 
     fn epoch(&mut self, r: &EpochRecord) {
         let asr = r.asr.map(|a| format!(" asr {a:.4}")).unwrap_or_default();
+        // An epoch the run did not evaluate (--eval-every) shows only its training.
+        let measured = match r.clean_acc {
+            Some(acc) => format!("clean_acc {acc:.4}{asr}"),
+            None => "not evaluated".into(),
+        };
         let line = format!(
-            "epoch {:>3}/{} lr {:.4} loss {:.4} train_acc {:.4} clean_acc {:.4}{asr} {:.1}s {:.1} img/s",
-            r.epoch,
-            self.total_epochs,
-            r.lr,
-            r.loss,
-            r.train_acc,
-            r.clean_acc,
-            r.seconds,
-            r.images_per_sec
+            "epoch {:>3}/{} lr {:.4} loss {:.4} train_acc {:.4} {measured} {:.1}s {:.1} img/s",
+            r.epoch, self.total_epochs, r.lr, r.loss, r.train_acc, r.seconds, r.images_per_sec
         );
         if let Some(e) = &self.epochs {
             e.set_position(r.epoch as u64);
-            e.set_message(format!("clean_acc {:.4}{asr}", r.clean_acc));
+            e.set_message(measured);
         }
         if self.multi.is_hidden() {
             eprintln!("{line}");

@@ -774,6 +774,93 @@ fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
     }
 }
 
+#[test]
+fn evaluating_every_other_epoch_trains_the_same_model_and_keeps_the_last_epochs_metrics() {
+    use cleanse_core::defend::anp::AnpConfig;
+    use cleanse_core::defend::fp::FpConfig;
+    use cleanse_core::defend::ibau::IbauConfig;
+    use cleanse_core::defend::mcr::McrConfig;
+    use cleanse_core::defend::nad::NadConfig;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sus = tmp.path().join("suspect");
+    suspect(&sus);
+    let ft = ft_config(&sus);
+    let mut kd = KdConfig::paper(sus.clone(), false);
+    kd.epochs = 3;
+    kd.batch_size = 8;
+    let defenses = [
+        Defense::Ft(ft.clone()),
+        Defense::Fp(FpConfig {
+            ft: ft.clone(),
+            ..FpConfig::paper(sus.clone(), false)
+        }),
+        Defense::Nad(NadConfig {
+            ft: ft.clone(),
+            teacher_epochs: 2,
+            ..NadConfig::paper(sus.clone(), false)
+        }),
+        Defense::Mcr(McrConfig {
+            ft: ft.clone(),
+            endpoint_epochs: 2,
+            ..McrConfig::paper(sus.clone(), false)
+        }),
+        Defense::Anp(AnpConfig {
+            iterations: 3 * cleanse_core::defend::anp::ROUND,
+            batch_size: 8,
+            ..AnpConfig::paper(sus.clone(), false)
+        }),
+        Defense::Ibau(IbauConfig {
+            rounds: 3,
+            batch_size: 8,
+            ..IbauConfig::paper(sus.clone())
+        }),
+        Defense::Kd(kd),
+    ];
+    for every in defenses {
+        let mut sparse = every.clone();
+        match &mut sparse {
+            Defense::Kd(c) => c.eval_every = 2,
+            Defense::Ft(c) => c.eval_every = 2,
+            Defense::Fp(FpConfig { ft, .. })
+            | Defense::Nad(NadConfig { ft, .. })
+            | Defense::Mcr(McrConfig { ft, .. }) => ft.eval_every = 2,
+            Defense::Anp(c) => c.eval_every = 2,
+            Defense::Ibau(c) => c.eval_every = 2,
+        }
+        let m = every.method();
+        let (a, b) = (tmp.path().join(m), tmp.path().join(format!("{m}-sparse")));
+        let full = every.run(&a, false, &cpu(), &mut SilentObserver).expect(m);
+        let part = sparse.run(&b, false, &cpu(), &mut SilentObserver).expect(m);
+        assert_eq!(full.epochs.len(), 3, "{m}");
+        assert_eq!(part.epochs.len(), 3, "{m}");
+        // Epoch 1 is not measured, 2 (every other) and 3 (the last) are, with the same numbers.
+        assert!(full.epochs.iter().all(|e| e.clean_acc.is_some()), "{m}");
+        assert_eq!(part.epochs[0].clean_acc, None, "{m}");
+        assert_eq!(part.epochs[0].asr, None, "{m}");
+        for i in [1, 2] {
+            let (x, y) = (&full.epochs[i], &part.epochs[i]);
+            assert_eq!(
+                (x.loss, x.clean_acc, x.asr),
+                (y.loss, y.clean_acc, y.asr),
+                "{m} {i}"
+            );
+        }
+        assert_eq!(part.epochs[0].loss, full.epochs[0].loss, "{m}");
+        assert_eq!(full.final_metrics, part.final_metrics, "{m}");
+        // Weights and running statistics (the files also hold parameter ids, which differ).
+        assert!(
+            weights(&a) == weights(&b),
+            "{m}: evaluating less often changed the trained model"
+        );
+        // The cadence is part of the run's settings: a resume with another is refused.
+        let e = every
+            .run(&b, true, &cpu(), &mut SilentObserver)
+            .expect_err("another cadence")
+            .to_string();
+        assert!(e.contains("eval_every"), "{m}: {e}");
+    }
+}
+
 /// `defense` stopped by a crash after its first epoch in `stopped`, then resumed there, ends
 /// with the same weights as its uninterrupted run in `whole`.
 fn stopped_after_one_epoch_resumes_to(defense: &Defense, stopped: &Path, whole: &Path) {

@@ -55,7 +55,8 @@ pub fn curves(report: &Report) -> Vec<Series> {
         report
             .epochs
             .iter()
-            .map(|e| (e.epoch as f64, e.clean_acc, e.asr)),
+            // Epochs the run did not evaluate (`--eval-every`) have no point.
+            .filter_map(|e| e.clean_acc.map(|acc| (e.epoch as f64, acc, e.asr))),
     )
 }
 

@@ -62,6 +62,9 @@ pub struct AnpConfig {
     /// Method spec: crop + flip, as the reference trains the mask on augmented images.
     pub augment: Augment,
     pub eval_batch_size: usize,
+    /// Evaluate after every Nth epoch (and the last); the model trained does not depend on it.
+    #[serde(default = "crate::engine::driver::every_epoch")]
+    pub eval_every: usize,
 }
 
 impl AnpConfig {
@@ -79,6 +82,7 @@ impl AnpConfig {
             seed: 0,
             augment: Augment::standard(flip),
             eval_batch_size: 256,
+            eval_every: 1,
         }
     }
 
@@ -88,6 +92,7 @@ impl AnpConfig {
             return Err(Error::config("iterations", "must be positive"));
         }
         crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
+        crate::engine::driver::check_eval_every(self.eval_every)?;
         crate::train::sgd::check_lr(self.lr)?;
         SgdConfig {
             momentum: self.momentum,

@@ -64,6 +64,9 @@ pub struct KdConfig {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mixup: bool,
     pub eval_batch_size: usize,
+    /// Evaluate after every Nth epoch (and the last); the model trained does not depend on it.
+    #[serde(default = "crate::engine::driver::every_epoch")]
+    pub eval_every: usize,
 }
 
 impl KdConfig {
@@ -85,6 +88,7 @@ impl KdConfig {
             augment: Augment::standard(flip),
             mixup: false,
             eval_batch_size: 256,
+            eval_every: 1,
         }
     }
 }
@@ -134,6 +138,7 @@ impl KdConfig {
     /// Why this configuration cannot run, if it cannot.
     pub fn validate(&self) -> Result<()> {
         crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
+        crate::engine::driver::check_eval_every(self.eval_every)?;
         if let Some(reason) = self.temperature.check() {
             return Err(Error::config("temperature", reason));
         }

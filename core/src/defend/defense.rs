@@ -265,6 +265,19 @@ impl Defense {
         }
     }
 
+    /// Evaluate after every Nth epoch (round, mask-update group) and the last.
+    pub fn eval_every(&self) -> usize {
+        match self {
+            Defense::Kd(c) => c.eval_every,
+            Defense::Ft(c) => c.eval_every,
+            Defense::Fp(FpConfig { ft, .. })
+            | Defense::Nad(NadConfig { ft, .. })
+            | Defense::Mcr(McrConfig { ft, .. }) => ft.eval_every,
+            Defense::Anp(c) => c.eval_every,
+            Defense::Ibau(c) => c.eval_every,
+        }
+    }
+
     /// [`crate::engine::run_dir::Canonical`] for defense configurations: parsed as a defense,
     /// or as the cleanser's configuration alone (checkpoints written before the family existed).
     pub fn canonical(v: &serde_json::Value) -> serde_json::Value {

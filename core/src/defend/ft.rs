@@ -34,6 +34,9 @@ pub struct FtConfig {
     /// Method spec: crop + flip (no flip on data sets where it changes the meaning).
     pub augment: Augment,
     pub eval_batch_size: usize,
+    /// Evaluate after every Nth epoch (and the last); the model trained does not depend on it.
+    #[serde(default = "crate::engine::driver::every_epoch")]
+    pub eval_every: usize,
 }
 
 impl FtConfig {
@@ -48,12 +51,14 @@ impl FtConfig {
             seed: 0,
             augment: Augment::standard(flip),
             eval_batch_size: 256,
+            eval_every: 1,
         }
     }
 
     /// Why this configuration cannot run, if it cannot.
     pub fn validate(&self) -> Result<()> {
         crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
+        crate::engine::driver::check_eval_every(self.eval_every)?;
         crate::train::sgd::check_lr(self.lr)?;
         self.sgd.validate()?;
         self.augment.validate()

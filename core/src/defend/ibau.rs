@@ -69,6 +69,9 @@ pub struct IbauConfig {
     pub outer_fraction: f64,
     pub seed: u64,
     pub eval_batch_size: usize,
+    /// Evaluate after every Nth epoch (and the last); the model trained does not depend on it.
+    #[serde(default = "crate::engine::driver::every_epoch")]
+    pub eval_every: usize,
 }
 
 fn every_image() -> f64 {
@@ -111,12 +114,14 @@ impl IbauConfig {
             outer_fraction: 1.0,
             seed: 0,
             eval_batch_size: 256,
+            eval_every: 1,
         }
     }
 
     /// Why this configuration cannot run, if it cannot.
     pub fn validate(&self) -> Result<()> {
         crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
+        crate::engine::driver::check_eval_every(self.eval_every)?;
         if self.hyper.k == 0 || self.hyper.k > 1000 {
             return Err(Error::config(
                 "k",

@@ -80,6 +80,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         batch_size: eval_batch_size,
         device: device.clone(),
         meter: suspect.asr_meter(eval_batch_size, &device),
+        every: defense.eval_every(),
     };
     let asr_of = |m: &Classifier| eval.meter.as_ref().map(|a| a.asr(m));
     let holdout = suspect.holdout()?;

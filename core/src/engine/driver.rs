@@ -33,6 +33,22 @@ pub fn check_batch_sizes(batch_size: usize, eval_batch_size: usize) -> crate::Re
     Ok(())
 }
 
+/// The evaluation cadence of a run (`--eval-every`): every Nth epoch, N at least 1.
+pub fn check_eval_every(every: usize) -> crate::Result<()> {
+    match every {
+        0 => Err(crate::Error::config(
+            "eval-every",
+            "expected at least 1 (evaluate every epoch)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The default evaluation cadence: every epoch (configurations written before the setting).
+pub fn every_epoch() -> usize {
+    1
+}
+
 /// How a loop walks its data: the settings every method's loop has.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoopPlan {
@@ -139,12 +155,20 @@ pub struct Evaluation {
     /// The ASR of a fixed trigger (a defense against a suspect's attack); without it, the
     /// step's own ([`ClassifierStep::asr_meter`], an attack's trigger as it trains).
     pub meter: Option<AsrMeter>,
+    /// Evaluate after every `every`-th epoch and after the last (1: every epoch). Evaluation
+    /// reads the model only, so the trained bits do not depend on it.
+    pub every: usize,
 }
 
 impl Evaluation {
     /// Clean accuracy of `model` (an evaluation copy).
     pub fn clean_accuracy(&self, model: &Classifier) -> f64 {
         accuracy(model, &self.test, self.batch_size, &self.device)
+    }
+
+    /// Whether 0-based `epoch` of `epochs` is measured: every `every`-th and the last.
+    pub fn measures(&self, epoch: usize, epochs: usize) -> bool {
+        (epoch + 1).is_multiple_of(self.every.max(1)) || epoch + 1 == epochs
     }
 }
 
@@ -224,7 +248,8 @@ pub fn run_batches<S: Step>(
 }
 
 /// Runs a classifier's `step` from the epoch after `run`'s last checkpoint to `plan.epochs`,
-/// evaluating, checkpointing and rewriting `report` after every epoch.
+/// checkpointing and rewriting `report` after every epoch and evaluating after the epochs
+/// `eval` measures (every epoch unless `eval.every` says otherwise; always the last).
 pub fn run_epochs<S: ClassifierStep>(
     plan: &LoopPlan,
     data: &Arc<S::Data>,
@@ -263,13 +288,18 @@ pub fn run_epochs<S: ClassifierStep>(
             seconds,
         } => {
             let t1 = Instant::now();
-            let model = step.eval_model();
-            let clean_acc = eval.clean_accuracy(&model);
-            let asr = eval
-                .meter
-                .clone()
-                .or_else(|| step.asr_meter())
-                .map(|m| m.asr(&model));
+            let (clean_acc, asr) = match eval.measures(epoch, plan.epochs) {
+                true => {
+                    let model = step.eval_model();
+                    let asr = eval
+                        .meter
+                        .clone()
+                        .or_else(|| step.asr_meter())
+                        .map(|m| m.asr(&model));
+                    (Some(eval.clean_accuracy(&model)), asr)
+                }
+                false => (None, None),
+            };
             let eval_secs = t1.elapsed().as_secs_f64();
             let record = EpochRecord {
                 epoch: epoch + 1,
@@ -303,7 +333,7 @@ pub fn restore<S: ClassifierStep>(step: &mut S, run: &RunDir) -> Result<()> {
 }
 
 /// Ends a run: `model` saved as the run's model, `report` complete with `final_metrics` (the
-/// last epoch's unless given), and the directory kept.
+/// last epoch's unless given; the last epoch is always evaluated), and the directory kept.
 pub fn finish(
     run: &mut RunDir,
     report: &mut Report,
@@ -315,7 +345,7 @@ pub fn finish(
     report.final_metrics = Some(final_metrics.unwrap_or_else(|| {
         let last = run.history().last();
         FinalMetrics {
-            clean_acc: last.map(|r| r.clean_acc).unwrap_or(0.0),
+            clean_acc: last.and_then(|r| r.clean_acc).unwrap_or(0.0),
             asr: last.and_then(|r| r.asr),
         }
     }));

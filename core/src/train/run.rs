@@ -47,6 +47,9 @@ pub struct TrainConfig {
     pub holdout: f64,
     pub augment: Augment,
     pub eval_batch_size: usize,
+    /// Evaluate after every Nth epoch (and the last); the model trained does not depend on it.
+    #[serde(default = "crate::engine::driver::every_epoch")]
+    pub eval_every: usize,
 }
 
 impl TrainConfig {
@@ -66,6 +69,7 @@ impl TrainConfig {
             holdout: 0.1,
             augment: Augment::standard(flip),
             eval_batch_size: 256,
+            eval_every: 1,
         }
     }
 
@@ -89,6 +93,7 @@ impl TrainConfig {
                 return Err(Error::config(name, "must be positive"));
             }
         }
+        crate::engine::driver::check_eval_every(self.eval_every)?;
         super::sgd::check_lr(self.lr)?;
         self.sgd.validate()?;
         if let Schedule::Multistep { milestones, gamma } = &self.schedule {
@@ -383,6 +388,7 @@ pub fn train_with(
         batch_size: config.eval_batch_size,
         device: device.clone(),
         meter: None,
+        every: config.eval_every,
     };
 
     let model = model_config.init_seeded(&device.clone().autodiff(), config.seed);
