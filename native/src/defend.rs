@@ -103,11 +103,12 @@ impl CommonArgs {
         self.asr.source(data.kind, data.image_size)
     }
 
-    /// Crop and flip as the flags say (no flip where the data set forbids it).
-    fn augment(&self, split: &SplitFile) -> Augment {
+    /// Crop and flip as the flags say (no flip where the suspect's data set forbids it; without
+    /// the split, for a label only, as the flags say).
+    fn augment(&self, split: Option<&SplitFile>) -> Augment {
         Augment {
             crop_padding: self.crop_padding.unwrap_or(4),
-            flip: !self.no_flip && split.data.kind.allows_flip(),
+            flip: !self.no_flip && split.is_none_or(|s| s.data.kind.allows_flip()),
         }
     }
 }
@@ -236,31 +237,54 @@ pub(crate) struct KdArgs {
     mixup: bool,
 }
 
-pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
-    let (defense, common) = match cmd {
-        DefendCommand::Kd(a) => (Defense::Kd(kd_config(a)?), &a.common),
-        DefendCommand::Ft(a) => (Defense::Ft(ft_config(&a.common)?), &a.common),
-        DefendCommand::Fp(a) => (
-            Defense::Fp(FpConfig {
-                ft: ft_config(&a.common)?,
+impl DefendCommand {
+    fn common(&self) -> &CommonArgs {
+        match self {
+            DefendCommand::Kd(a) => &a.common,
+            DefendCommand::Ft(a) => &a.common,
+            DefendCommand::Fp(a) => &a.common,
+            DefendCommand::Nad(a) => &a.common,
+            DefendCommand::Mcr(a) => &a.common,
+            DefendCommand::Anp(a) => &a.common,
+            DefendCommand::Ibau(a) => &a.common,
+        }
+    }
+
+    /// The defense the flags configure; `split`, the suspect's, decides what depends on its
+    /// data set (flips, an external unlabeled set's image size). Without it (a planned run's
+    /// label, its suspect not trained yet) those follow the flags alone.
+    fn defense(&self, split: Option<&SplitFile>) -> Result<Defense> {
+        Ok(match self {
+            DefendCommand::Kd(a) => Defense::Kd(kd_config(a, split)?),
+            DefendCommand::Ft(a) => Defense::Ft(ft_config(&a.common, split)?),
+            DefendCommand::Fp(a) => Defense::Fp(FpConfig {
+                ft: ft_config(&a.common, split)?,
                 acc_drop: a.acc_drop,
                 prune_step: a.prune_step,
             }),
-            &a.common,
-        ),
-        DefendCommand::Nad(a) => (Defense::Nad(nad_config(a)?), &a.common),
-        DefendCommand::Anp(a) => (Defense::Anp(anp_config(a)?), &a.common),
-        DefendCommand::Ibau(a) => (Defense::Ibau(ibau_config(a)?), &a.common),
-        DefendCommand::Mcr(a) => (
-            Defense::Mcr(McrConfig {
-                ft: ft_config(&a.common)?,
+            DefendCommand::Nad(a) => Defense::Nad(nad_config(a, split)?),
+            DefendCommand::Anp(a) => Defense::Anp(anp_config(a, split)?),
+            DefendCommand::Ibau(a) => Defense::Ibau(ibau_config(a)?),
+            DefendCommand::Mcr(a) => Defense::Mcr(McrConfig {
+                ft: ft_config(&a.common, split)?,
                 endpoint_epochs: a.endpoint_epochs,
                 t: a.t,
                 bn_update: !a.no_bn_update,
             }),
-            &a.common,
-        ),
-    };
+        })
+    }
+}
+
+/// The column label of a planned `defend` command line (as its finished report would have it),
+/// read from its flags alone.
+pub(crate) fn planned_label(cmd: &DefendCommand) -> Option<String> {
+    cmd.defense(None).ok().map(|d| d.label())
+}
+
+pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
+    let common = cmd.common();
+    let split = common.suspect_split()?;
+    let defense = cmd.defense(Some(&split))?;
     defense.validate().map_err(|e| match e {
         cleanse_core::Error::Config { name, reason } => anyhow::anyhow!("--{name}: {reason}"),
         e => e.into(),
@@ -287,7 +311,7 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     Ok(())
 }
 
-fn anp_config(a: &AnpArgs) -> Result<AnpConfig> {
+fn anp_config(a: &AnpArgs, split: Option<&SplitFile>) -> Result<AnpConfig> {
     let c = &a.common;
     if c.epochs.is_some() {
         bail!("--epochs: ANP counts mask updates; use --iterations");
@@ -295,8 +319,7 @@ fn anp_config(a: &AnpArgs) -> Result<AnpConfig> {
     if c.weight_decay.is_some() {
         bail!("--weight-decay: ANP's mask optimiser has no weight decay");
     }
-    let split = c.suspect_split()?;
-    let augment = c.augment(&split);
+    let augment = c.augment(split);
     let paper = AnpConfig::paper(c.model.clone(), augment.flip);
     Ok(AnpConfig {
         iterations: a.iterations,
@@ -326,7 +349,6 @@ fn ibau_config(a: &IbauArgs) -> Result<IbauConfig> {
              (its perturbation is universal over them)"
         );
     }
-    c.suspect_split()?;
     let paper = IbauConfig::paper(c.model.clone());
     Ok(IbauConfig {
         rounds: a.rounds,
@@ -344,7 +366,7 @@ fn ibau_config(a: &IbauArgs) -> Result<IbauConfig> {
     })
 }
 
-fn nad_config(a: &NadArgs) -> Result<NadConfig> {
+fn nad_config(a: &NadArgs, split: Option<&SplitFile>) -> Result<NadConfig> {
     let Ok(betas) = <[f64; 3]>::try_from(&a.betas[..]) else {
         bail!(
             "--betas: expected three weights (stages 2, 3, 4); got {:?}",
@@ -352,7 +374,7 @@ fn nad_config(a: &NadArgs) -> Result<NadConfig> {
         );
     };
     Ok(NadConfig {
-        ft: ft_config(&a.common)?,
+        ft: ft_config(&a.common, split)?,
         teacher_epochs: a.teacher_epochs,
         betas,
         p: a.p,
@@ -360,9 +382,8 @@ fn nad_config(a: &NadArgs) -> Result<NadConfig> {
 }
 
 /// The fine-tuning settings of the common flags (FT itself, and the training of FP and NAD).
-fn ft_config(c: &CommonArgs) -> Result<FtConfig> {
-    let split = c.suspect_split()?;
-    let augment = c.augment(&split);
+fn ft_config(c: &CommonArgs, split: Option<&SplitFile>) -> Result<FtConfig> {
+    let augment = c.augment(split);
     let mut config = FtConfig::paper(c.model.clone(), augment.flip);
     config.epochs = c.epochs.unwrap_or(config.epochs);
     config.batch_size = c.batch_size.unwrap_or(config.batch_size);
@@ -374,7 +395,7 @@ fn ft_config(c: &CommonArgs) -> Result<FtConfig> {
     Ok(config)
 }
 
-fn kd_config(a: &KdArgs) -> Result<KdConfig> {
+fn kd_config(a: &KdArgs, split: Option<&SplitFile>) -> Result<KdConfig> {
     let c = &a.common;
     // Ranges are checked by `KdConfig::validate`; here only the number of values.
     let Ok(ratios) = <[f64; 6]>::try_from(&a.ratios[..]) else {
@@ -392,17 +413,18 @@ fn kd_config(a: &KdArgs) -> Result<KdConfig> {
     };
     let ratios = reinit::scale_ratios(ratios, a.ratio_scale)?;
     let init = InitMode::parse(&a.init, ratios)?;
-    let split = c.suspect_split()?;
     let unlabeled = match (a.unlabeled_dataset, &a.unlabeled_data) {
         (None, None) => UnlabeledSource::Holdout,
         (Some(d), path) => {
             let mut spec = DataSpec::new(d.into(), path.clone());
-            spec.image_size = split.data.image_size;
+            if let Some(split) = split {
+                spec.image_size = split.data.image_size;
+            }
             UnlabeledSource::Data { spec }
         }
         (None, Some(_)) => bail!("--unlabeled-data needs --unlabeled-dataset (its kind)"),
     };
-    let augment = c.augment(&split);
+    let augment = c.augment(split);
     let mut config = KdConfig::paper(c.model.clone(), augment.flip);
     config.unlabeled = unlabeled;
     config.unlabeled_limit = a.unlabeled_limit;

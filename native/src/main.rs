@@ -422,6 +422,25 @@ pub(crate) fn parse_command(
         .try_get_matches_from(std::iter::once("cleanse".to_string()).chain(words))
 }
 
+/// The table label a command line's finished run would report (`BadNets 10%` for an attack,
+/// `I-BAU` or `KD init single:3` for a defense), from its flags alone; `None` for other commands
+/// or lines that do not parse.
+pub(crate) fn planned_label(words: &[String]) -> Option<String> {
+    // A planned line has no --out yet (the runner adds the run's directory).
+    let out = ["--out".to_string(), "planned".to_string()];
+    let matches = parse_command(words.iter().cloned().chain(out)).ok()?;
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).ok()?;
+    match &cli.command {
+        Command::Attack(a) => {
+            let (_, attack) = a.configs(matches.subcommand_matches("attack")?);
+            let json = serde_json::to_value(attack).ok()?;
+            Some(cleanse_core::report::attack_label(&json))
+        }
+        Command::Defend(c) => defend::planned_label(c),
+        _ => None,
+    }
+}
+
 /// Runs a command line (without the program name) in this process.
 pub(crate) fn run_command(words: impl IntoIterator<Item = String>) -> Result<()> {
     dispatch(&parse_command(words)?)

@@ -897,6 +897,21 @@ fn a_protocol_runs_whole_or_in_concurrent_shards_to_the_same_table() {
         sharded.display().to_string(),
     ]);
     assert!(partial.contains("(1/2)"), "{partial}");
+    // A row whose teachers have not finished is labelled from its planned command line.
+    for m in ["t0-s0", "t1-s0"] {
+        std::fs::remove_file(sharded.join(format!("badnets/{m}/attack/report.json"))).expect("rm");
+    }
+    let unfinished = run_ok(&[
+        "protocol".into(),
+        "table".into(),
+        sharded.display().to_string(),
+    ]);
+    assert!(
+        unfinished
+            .lines()
+            .any(|l| l.starts_with("| BadNets 10% | - | - |")),
+        "{unfinished}"
+    );
     // A run that fails is reported and the others go on; the table shows its cells as missing.
     let failing = tmp.path().join("failing.toml");
     let text = std::fs::read_to_string(spec).expect("spec");
@@ -931,6 +946,8 @@ fn a_protocol_runs_whole_or_in_concurrent_shards_to_the_same_table() {
             .any(|l| l.starts_with("| BadNets 10% |") && l.contains("| - | - |")),
         "{t}"
     );
+    // No FT run finished: the column still has the label its flags give.
+    assert!(t.contains("| FT 1 ep ACC % | FT 1 ep ASR % |"), "{t}");
     // Mistakes in a spec name the file, the line and the key before anything runs.
     let bad = tmp.path().join("bad.toml");
     let text = std::fs::read_to_string(spec).expect("spec");

@@ -9,7 +9,8 @@ use cleanse_core::report::{NO_DEFENSE, Report, RunStatus, attack_label};
 use std::path::Path;
 
 /// Each name's label (from its reports, e.g. `BadNets 10%` for a row, `KD init single:3` for a
-/// column) where one finished and no other has the same label, else the spec's name.
+/// column; before any finished, from its planned command line) where no other has the same
+/// label, else the spec's name.
 fn unique_labels(names: &[String], labels: &[Option<String>]) -> Vec<String> {
     names
         .iter()
@@ -76,6 +77,29 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> ProtocolTable {
             });
         }
         cells.push(row);
+    }
+    // Rows and columns with no finished run yet: the label their runs' flags give.
+    let planned = |label: &mut Option<String>,
+                   role: Role,
+                   attack: Option<&String>,
+                   defense: Option<&String>| {
+        if label.is_none() {
+            *label = plan
+                .runs
+                .iter()
+                .find(|r| {
+                    r.role == role
+                        && attack.is_none_or(|a| r.attack.as_ref() == Some(a))
+                        && defense.is_none_or(|d| r.defense.as_ref() == Some(d))
+                })
+                .and_then(|r| crate::planned_label(&r.words));
+        }
+    };
+    for (label, a) in row_labels.iter_mut().zip(&plan.attacks) {
+        planned(label, Role::Attack, Some(a), None);
+    }
+    for (label, d) in labels.iter_mut().zip(&plan.defenses) {
+        planned(label, Role::Defense, None, Some(d));
     }
     columns.extend(unique_labels(&plan.defenses, &labels));
     let attacks = unique_labels(&plan.attacks, &row_labels);
