@@ -652,13 +652,43 @@ fn nad_distils_from_a_fine_tuned_teacher_kept_in_the_run_and_resumes_exactly() {
     );
 }
 
+/// The six baselines on `ft`'s suspect: FT, and FP, NAD and MCR training as `ft` (NAD's teacher
+/// and MCR's endpoint fine-tuned `short` epochs), then `anp` and `ibau`.
+fn baselines(
+    ft: &FtConfig,
+    short: usize,
+    anp: cleanse_core::defend::anp::AnpConfig,
+    ibau: cleanse_core::defend::ibau::IbauConfig,
+) -> Vec<Defense> {
+    use cleanse_core::defend::fp::FpConfig;
+    use cleanse_core::defend::mcr::McrConfig;
+    use cleanse_core::defend::nad::NadConfig;
+    let sus = ft.suspect.clone();
+    vec![
+        Defense::Ft(ft.clone()),
+        Defense::Fp(FpConfig {
+            ft: ft.clone(),
+            ..FpConfig::paper(sus.clone(), false)
+        }),
+        Defense::Nad(NadConfig {
+            ft: ft.clone(),
+            teacher_epochs: short,
+            ..NadConfig::paper(sus.clone(), false)
+        }),
+        Defense::Mcr(McrConfig {
+            ft: ft.clone(),
+            endpoint_epochs: short,
+            ..McrConfig::paper(sus, false)
+        }),
+        Defense::Anp(anp),
+        Defense::Ibau(ibau),
+    ]
+}
+
 #[test]
 fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
     use cleanse_core::defend::anp::AnpConfig;
-    use cleanse_core::defend::fp::FpConfig;
     use cleanse_core::defend::ibau::IbauConfig;
-    use cleanse_core::defend::mcr::McrConfig;
-    use cleanse_core::defend::nad::NadConfig;
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 400,
@@ -697,39 +727,26 @@ fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
     ft.batch_size = 16;
     ft.lr = 0.05;
     ft.augment = Augment::NONE;
-    let defenses = [
-        Defense::Ft(ft.clone()),
-        Defense::Fp(FpConfig {
-            ft: ft.clone(),
-            ..FpConfig::paper(sus.clone(), false)
-        }),
-        Defense::Nad(NadConfig {
-            ft: ft.clone(),
-            teacher_epochs: 3,
-            ..NadConfig::paper(sus.clone(), false)
-        }),
-        Defense::Mcr(McrConfig {
-            ft: ft.clone(),
-            endpoint_epochs: 3,
-            ..McrConfig::paper(sus.clone(), false)
-        }),
-        Defense::Anp(AnpConfig {
+    let defenses = baselines(
+        &ft,
+        3,
+        AnpConfig {
             iterations: 100,
             batch_size: 16,
             augment: Augment::NONE,
             ..AnpConfig::paper(sus.clone(), false)
-        }),
+        },
         // Unbounded (the method), the universal perturbation on this width-4 model's 16x16 images
         // flips every prediction, and unlearning it costs most of the accuracy (an L2 bound of 10
         // gave 1.0 -> 0.48 in 5 rounds). It is bounded here; the method is otherwise the same.
-        Defense::Ibau(IbauConfig {
+        IbauConfig {
             rounds: 8,
             batch_size: 16,
             lr: 1e-3,
             max_norm: Some(1.0),
             ..IbauConfig::paper(sus.clone())
-        }),
-    ];
+        },
+    );
     for d in defenses {
         let out = tmp.path().join(d.method());
         let report = d
@@ -788,34 +805,21 @@ fn evaluating_every_other_epoch_trains_the_same_model_and_keeps_the_last_epochs_
     let mut kd = KdConfig::paper(sus.clone(), false);
     kd.epochs = 3;
     kd.batch_size = 8;
-    let defenses = [
-        Defense::Ft(ft.clone()),
-        Defense::Fp(FpConfig {
-            ft: ft.clone(),
-            ..FpConfig::paper(sus.clone(), false)
-        }),
-        Defense::Nad(NadConfig {
-            ft: ft.clone(),
-            teacher_epochs: 2,
-            ..NadConfig::paper(sus.clone(), false)
-        }),
-        Defense::Mcr(McrConfig {
-            ft: ft.clone(),
-            endpoint_epochs: 2,
-            ..McrConfig::paper(sus.clone(), false)
-        }),
-        Defense::Anp(AnpConfig {
+    let mut defenses = baselines(
+        &ft,
+        2,
+        AnpConfig {
             iterations: 3 * cleanse_core::defend::anp::ROUND,
             batch_size: 8,
             ..AnpConfig::paper(sus.clone(), false)
-        }),
-        Defense::Ibau(IbauConfig {
+        },
+        IbauConfig {
             rounds: 3,
             batch_size: 8,
             ..IbauConfig::paper(sus.clone())
-        }),
-        Defense::Kd(kd),
-    ];
+        },
+    );
+    defenses.push(Defense::Kd(kd));
     for every in defenses {
         let mut sparse = every.clone();
         match &mut sparse {
