@@ -97,10 +97,9 @@ impl CommonArgs {
             .with_context(|| format!("--model {}: not a run directory", self.model.display()))
     }
 
-    /// What the ASR is measured against.
-    fn asr_source(&self) -> Result<AsrSource> {
-        let data = self.suspect_split()?.data;
-        self.asr.source(data.kind, data.image_size)
+    /// What the ASR is measured against, on the data of the suspect's `split`.
+    fn asr_source(&self, split: &SplitFile) -> Result<AsrSource> {
+        self.asr.source(split.data.kind, split.data.image_size)
     }
 
     /// Crop and flip as the flags say (no flip where the suspect's data set forbids it; without
@@ -289,7 +288,7 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
         cleanse_core::Error::Config { name, reason } => anyhow::anyhow!("--{name}: {reason}"),
         e => e.into(),
     })?;
-    let asr = common.asr_source()?;
+    let asr = common.asr_source(&split)?;
     let selected = common.device.select()?;
     eprintln!("device: {}", describe_device(&selected));
     let mut bars = progress::Bars::new();
