@@ -17,6 +17,18 @@
 //! Updated again when the convolution's forward and weight gradient on the CPU moved to the
 //! project's own op (same products, sums in another order: `cpu_kernels.rs` compares it with
 //! Burn's `Conv2d`).
+//!
+//! The bits also depend on the machine (the browser demo's golden test, which shares no code
+//! with the command line's, changed on the same machine), most likely through the vector width:
+//! Burn's CPU backend (`flex`, with its `simd` feature) picks its vector instructions when it
+//! starts (through `macerator`: AVX-512 where the CPU has it, else AVX2, ...), and a reduction
+//! over 16 lanes sums in another order than one over 8. The
+//! same commit gave `EXPECTED[0]` on the development machines until 2026-12-04 (and in CI) and
+//! `EXPECTED[1]` on a development machine whose CPU has AVX2 and FMA but no AVX-512 (the cache
+//! sizes were ruled out: a run under faked L2 sizes gives the same bits). A run must end
+//! with one of the recorded tables, whole; a machine of another kind fails with its table,
+//! which is added only once the recorded ones are seen to hold on their own machines for the
+//! same commit.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,17 +90,32 @@ fn summary(name: &str, dir: &Path) -> String {
 const DATA: &str = "--dataset synthetic --synthetic-train 240 --synthetic-test 60 --width 4 \
                     --epochs 4 --batch-size 16 --lr 0.05 --holdout 0.25 --device cpu --threads 2";
 
-const EXPECTED: &[&str] = &[
-    "train 0.7 None Some(0.9642619477377997) 8e9d6189d4a05c07",
-    "badnets 0.23333333333333334 Some(0.8518518518518519) Some(1.6982678678300647) fdb7be78ae876160",
-    "blended-after 0.4 Some(0.2962962962962963) Some(1.4028070131937662) d7c1067404d36142",
-    "sig 0.2 Some(0.0) Some(1.591292667388916) a3fd8a8f43b797af",
-    "lc 0.4666666666666667 Some(0.14814814814814814) Some(1.2383222765392727) f8a142e712786352",
-    "wanet 0.48333333333333334 Some(0.2222222222222222) Some(1.4336499002244738) cf59173b23467677",
-    "iab 0.5166666666666667 Some(0.0) Some(2.7718754529953005) 644561fea1aa8689",
-    "kd 0.1 Some(1.0) Some(0.026178256049752234) 1ba16e13ba5df877",
-    "kd-options 0.23333333333333334 Some(0.3148148148148148) Some(0.3778233068684737) 4f5d215b31985468",
-    "kd-iab 0.16666666666666666 Some(0.2222222222222222) Some(0.12841834872961044) 43c49eac70c542ee",
+/// One table per kind of machine arithmetic seen (see the module's comment).
+const EXPECTED: &[&[&str]] = &[
+    &[
+        "train 0.7 None Some(0.9642619477377997) 8e9d6189d4a05c07",
+        "badnets 0.23333333333333334 Some(0.8518518518518519) Some(1.6982678678300647) fdb7be78ae876160",
+        "blended-after 0.4 Some(0.2962962962962963) Some(1.4028070131937662) d7c1067404d36142",
+        "sig 0.2 Some(0.0) Some(1.591292667388916) a3fd8a8f43b797af",
+        "lc 0.4666666666666667 Some(0.14814814814814814) Some(1.2383222765392727) f8a142e712786352",
+        "wanet 0.48333333333333334 Some(0.2222222222222222) Some(1.4336499002244738) cf59173b23467677",
+        "iab 0.5166666666666667 Some(0.0) Some(2.7718754529953005) 644561fea1aa8689",
+        "kd 0.1 Some(1.0) Some(0.026178256049752234) 1ba16e13ba5df877",
+        "kd-options 0.23333333333333334 Some(0.3148148148148148) Some(0.3778233068684737) 4f5d215b31985468",
+        "kd-iab 0.16666666666666666 Some(0.2222222222222222) Some(0.12841834872961044) 43c49eac70c542ee",
+    ],
+    &[
+        "train 0.6666666666666666 None Some(0.9683649169074164) 2f283681a3e8abb0",
+        "badnets 0.4 Some(0.25925925925925924) Some(1.572066503100925) 9490ff77b8ac3cf1",
+        "blended-after 0.5166666666666667 Some(0.2777777777777778) Some(1.4591910282770792) 7eae74c574027482",
+        "sig 0.5666666666666667 Some(0.0) Some(1.3228283166885375) ede0fccd67569dcb",
+        "lc 0.8 Some(0.1111111111111111) Some(0.7706373585595025) bf647c0a717855c8",
+        "wanet 0.4666666666666667 Some(0.18518518518518517) Some(1.3463723050223457) f62aa3d28efc8011",
+        "iab 0.65 Some(0.12962962962962962) Some(2.0040862295362682) 8ea64b4a2f345688",
+        "kd 0.3 Some(0.6481481481481481) Some(0.039238917330900826) eb5a7719f071bf0e",
+        "kd-options 0.2 Some(0.5370370370370371) Some(0.05658136929074923) 0c5b910fa735fe78",
+        "kd-iab 0.16666666666666666 Some(0.3333333333333333) Some(0.22332643469174704) 7eef8162e0d79428",
+    ],
 ];
 
 /// One, two and three threads train the same bits: every reduction of the CPU path is split into
@@ -178,9 +205,9 @@ fn tiny_runs_end_with_the_recorded_metrics_and_weights() {
     }
     let table = got.join("\n");
     eprintln!("golden values:\n{table}");
-    assert_eq!(
-        got,
-        EXPECTED.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        "golden values changed; got:\n{table}"
+    let same = |t: &&[&str]| t.iter().copied().eq(got.iter().map(String::as_str));
+    assert!(
+        EXPECTED.iter().any(same),
+        "golden values changed (none of the recorded tables); got:\n{table}"
     );
 }

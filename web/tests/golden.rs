@@ -8,6 +8,11 @@
 //! batch norm on the CPU moved to the project's own kernel (`cleanse_core::cpu`: the same
 //! formulas with sums in another order, which these tiny runs amplify; see
 //! `native/tests/golden.rs`), and again when the convolution's forward and weight gradient did.
+//!
+//! One table per kind of machine arithmetic (most likely the CPU backend's vector width: see
+//! `native/tests/golden.rs`): `EXPECTED[0]` from the development machines until 2026-12-04 and
+//! CI, `EXPECTED[1]` from one with AVX2 but no AVX-512, the same commit. A run must end with one
+//! of them, whole.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
@@ -58,14 +63,25 @@ fn line(name: &str, m: &DemoModel) -> String {
     )
 }
 
-const EXPECTED: &[&str] = &[
-    "clean 0.38333333333333336 None 1.3444992882864817 2f14def481cfa4b5",
-    "badnets 0.2 Some(0.8888888888888888) 1.7963785716465541 7c629d680120fb40",
-    "sig 0.4166666666666667 Some(0.037037037037037035) 1.646251596723284 986bccf45d536383",
-    "lc 0.6833333333333333 Some(0.1111111111111111) 1.2574678455080306 699cbccd81272eec",
-    "wanet 0.5 Some(0.3333333333333333) 1.4210296630859376 ef441e2b18c30cac",
-    "iab 0.36666666666666664 Some(0.1111111111111111) 3.2898427963256838 2ede59721b36935f",
-    "cleanse 0.2 Some(0.8888888888888888) 0.17902057121197382 c53901076b6fd4eb",
+const EXPECTED: &[&[&str]] = &[
+    &[
+        "clean 0.38333333333333336 None 1.3444992882864817 2f14def481cfa4b5",
+        "badnets 0.2 Some(0.8888888888888888) 1.7963785716465541 7c629d680120fb40",
+        "sig 0.4166666666666667 Some(0.037037037037037035) 1.646251596723284 986bccf45d536383",
+        "lc 0.6833333333333333 Some(0.1111111111111111) 1.2574678455080306 699cbccd81272eec",
+        "wanet 0.5 Some(0.3333333333333333) 1.4210296630859376 ef441e2b18c30cac",
+        "iab 0.36666666666666664 Some(0.1111111111111111) 3.2898427963256838 2ede59721b36935f",
+        "cleanse 0.2 Some(0.8888888888888888) 0.17902057121197382 c53901076b6fd4eb",
+    ],
+    &[
+        "clean 0.4166666666666667 None 1.308371002333505 d473a70b92e028c5",
+        "badnets 0.2 Some(0.8888888888888888) 1.7317410060337612 ef7e052b83ddce2e",
+        "sig 0.4666666666666667 Some(0.07407407407407407) 1.78002553326743 6f2aa1cb3d921d76",
+        "lc 0.6666666666666666 Some(0.0) 1.4794045891080583 d8147c39c3069c27",
+        "wanet 0.43333333333333335 Some(0.12962962962962962) 1.3455380541937692 2e24167e07c2a859",
+        "iab 0.35 Some(0.16666666666666666) 3.002778012411935 c4ac8a5065081108",
+        "cleanse 0.2 Some(0.8888888888888888) 0.19292905827363332 e609865ec6eed193",
+    ],
 ];
 
 #[test]
@@ -134,9 +150,9 @@ fn demo_loops_end_with_the_recorded_metrics_and_weights() {
     got.push(line("cleanse", &cleansed));
     let table = got.join("\n");
     eprintln!("golden values:\n{table}");
-    assert_eq!(
-        got,
-        EXPECTED.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        "golden values changed; got:\n{table}"
+    let same = |t: &&[&str]| t.iter().copied().eq(got.iter().map(String::as_str));
+    assert!(
+        EXPECTED.iter().any(same),
+        "golden values changed (none of the recorded tables); got:\n{table}"
     );
 }
