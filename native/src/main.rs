@@ -470,6 +470,6 @@ fn main() {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     if let Err(e) = dispatch(&matches) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(protocol::exit_status(&e));
     }
 }

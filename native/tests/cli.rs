@@ -889,6 +889,46 @@ fn a_protocol_runs_whole_or_in_concurrent_shards_to_the_same_table() {
     );
     let md = |dir: &Path| std::fs::read_to_string(dir.join("tables/tiny.md")).expect("table");
     assert_eq!(md(&sharded), md(&whole));
+    // Three runs at a time, each in a process of its own, while a second `protocol run` (one
+    // after another) works on the same folder: the same table, every run done once.
+    let pooled = tmp.path().join("pooled");
+    let both: Vec<_> = [vec!["--jobs", "3"], vec![]]
+        .into_iter()
+        .map(|extra| {
+            Command::new(env!("CARGO_BIN_EXE_cleanse"))
+                .args(["protocol", "run", spec, "--out"])
+                .arg(&pooled)
+                .args(["--poll-seconds", "1"])
+                .args(extra)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start")
+        })
+        .collect();
+    let mut errs = Vec::new();
+    for c in both {
+        let o = c.wait_with_output().expect("protocol run");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        errs.push(err);
+    }
+    let err = &errs[0];
+    assert!(err.contains("started (") && err.contains("logs/"), "{err}");
+    let log = pooled.join("logs/badnets/t0-s0/attack.log");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.starts_with("== cleanse attack badnets"), "{log}");
+    // Each of the 12 runs was run by one of the two and found complete by the other.
+    let ran: usize = errs
+        .iter()
+        .map(|e| {
+            let tail = e.lines().last().unwrap_or("");
+            let n = tail.split(": ").nth(2).and_then(|t| t.split(' ').next());
+            n.and_then(|n| n.parse::<usize>().ok()).expect(tail)
+        })
+        .sum();
+    assert_eq!(ran, 12, "{errs:?}");
+    assert_eq!(md(&pooled), md(&whole));
     // A missing run is missing from its cell, and counted.
     std::fs::remove_file(sharded.join("blended/t1-s0/kd/report.json")).expect("rm");
     let partial = run_ok(&[
@@ -936,6 +976,26 @@ fn a_protocol_runs_whole_or_in_concurrent_shards_to_the_same_table() {
         err.contains("badnets/t0-s0/ft FAILED") && err.contains("4 failed"),
         "{err}"
     );
+    // The same with two runs at a time: the failure and the end of its log are printed.
+    let pooled_out = tmp.path().join("failing-pooled");
+    let o = cleanse(&[
+        "protocol",
+        "run",
+        failing.to_str().expect("utf8"),
+        "--out",
+        pooled_out.to_str().expect("utf8"),
+        "--jobs",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("badnets/t0-s0/ft FAILED (exit status: 1")
+            && err.contains("    error: ")
+            && err.contains("4 failed"),
+        "{err}"
+    );
+    assert!(pooled_out.join("blended/t1-s0/kd/report.json").is_file());
     assert!(
         out.join("blended/t1-s0/kd/report.json").is_file(),
         "the others ran"

@@ -3,6 +3,7 @@
 //! directory with a stable name.
 
 mod plan;
+mod pool;
 mod runner;
 mod slurm;
 mod spec;
@@ -12,6 +13,16 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The exit status of a command whose run directory another live process holds (`EX_TEMPFAIL`
+/// of sysexits.h: try again later).
+pub(crate) const BUSY_EXIT: i32 = 75;
+
+/// The exit status for the error `e`: [`BUSY_EXIT`] when it says another process holds the run
+/// directory, 1 otherwise.
+pub(crate) fn exit_status(e: &anyhow::Error) -> i32 {
+    if runner::is_busy(e) { BUSY_EXIT } else { 1 }
+}
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum ProtocolCommand {
@@ -36,6 +47,11 @@ pub(crate) struct RunArgs {
     /// Run only shard INDEX of COUNT (e.g. 0/4): every COUNT-th attack model with its defenses.
     #[arg(long, value_parser = runner::parse_shard, default_value = "0/1")]
     shard: (usize, usize),
+    /// Runs at a time, each in a process of its own with its output in OUT/logs/<run>.log (a
+    /// GPU with memory to spare, or one core per run with `threads = 1` in the spec); a run
+    /// starts as soon as the runs it needs are complete. 1: one after another in this process.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// Seconds between looks at a run another process holds.
     #[arg(long, default_value_t = 10)]
     poll_seconds: u64,
@@ -80,6 +96,10 @@ pub(crate) struct SlurmArgs {
     /// A further #SBATCH option, verbatim (repeatable), e.g. --sbatch=--account=lab.
     #[arg(long = "sbatch", allow_hyphen_values = true)]
     extra: Vec<String>,
+    /// Runs at a time in each task, each in a process of its own (`protocol run --jobs`): for
+    /// a node whose GPU has memory for several models.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// Submit at once (runs OUT/slurm/submit.sh).
     #[arg(long)]
     submit: bool,
@@ -91,6 +111,7 @@ pub(crate) fn run(cmd: &ProtocolCommand) -> Result<()> {
             &a.spec,
             &a.out,
             a.shard,
+            a.jobs,
             Duration::from_secs(a.poll_seconds),
             a.dry_run,
             &a.attacks,
@@ -107,6 +128,7 @@ pub(crate) fn run(cmd: &ProtocolCommand) -> Result<()> {
                 cpus_per_task: a.cpus_per_task,
                 mem: a.mem.clone(),
                 extra: a.extra.clone(),
+                jobs: a.jobs,
             },
             a.submit,
         ),

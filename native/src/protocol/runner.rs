@@ -1,5 +1,5 @@
 //! `cleanse protocol run`: a protocol's runs (or one shard's), one after another in this
-//! process. Complete runs are skipped, unfinished ones resume, a failing run is reported and the
+//! process, or several at once in processes of their own (`--jobs`, `pool.rs`). Complete runs are skipped, unfinished ones resume, a failing run is reported and the
 //! rest go on (except the runs that need it); a run another process holds is waited for.
 
 use super::plan::{Plan, Role, Run, model_pairs};
@@ -67,7 +67,7 @@ pub(crate) fn check_commands(spec: &Spec, plan: &Plan, out: &Path) -> Result<()>
 }
 
 /// Whether `e` says another process holds a run directory.
-fn is_busy(e: &anyhow::Error) -> bool {
+pub(crate) fn is_busy(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<cleanse_core::Error>(),
@@ -83,7 +83,44 @@ enum Outcome {
     Failed,
 }
 
-/// Runs `r` to completion unless it is complete already; waits while another process holds it.
+/// What became of a shard's runs.
+#[derive(Default)]
+pub(super) struct Tally<'a> {
+    pub done: usize,
+    pub skipped: usize,
+    pub failed: Vec<&'a str>,
+    /// Not run because a run they need failed (or was itself not run).
+    pub blocked: Vec<&'a str>,
+}
+
+impl<'a> Tally<'a> {
+    /// The run `r` needs that failed or was not run, if any.
+    pub fn failed_need(&self, r: &'a Run) -> Option<&'a str> {
+        r.needs
+            .iter()
+            .map(String::as_str)
+            .find(|n| self.failed.contains(n) || self.blocked.contains(n))
+    }
+}
+
+/// The command line (without the program's name) that brings `r` to completion in `dir`:
+/// `--resume` where it stopped, `--force` for a map drawn but not saved; `None` when it is
+/// complete.
+pub(super) fn command_words(r: &Run, dir: &Path) -> Option<Vec<String>> {
+    let mut words = r.words.clone();
+    match state(dir) {
+        State::Complete => return None,
+        State::Resume => words.push("--resume".into()),
+        // A map whose picture was written but not its JSON (stopped in between) is redrawn.
+        State::Fresh if r.role == Role::Map && dir.exists() => words.push("--force".into()),
+        State::Fresh => {}
+    }
+    words.extend(["--out".to_string(), dir.display().to_string()]);
+    Some(words)
+}
+
+/// Runs `r` to completion in this process unless it is complete already; waits while another
+/// process holds it.
 fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
     let dir = out.join(&r.name);
     let mut announced = false;
@@ -99,21 +136,10 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
             std::thread::sleep(poll);
             continue;
         }
-        let mut words = r.words.clone();
-        match state(&dir) {
-            State::Complete => {
-                return if announced {
-                    Outcome::Done
-                } else {
-                    Outcome::Skipped
-                };
-            }
-            State::Resume => words.push("--resume".into()),
-            // A map whose picture was written but not its JSON (stopped in between) is redrawn.
-            State::Fresh if r.role == Role::Map && dir.exists() => words.push("--force".into()),
-            State::Fresh => {}
-        }
-        words.extend(["--out".to_string(), dir.display().to_string()]);
+        let Some(words) = command_words(r, &dir) else {
+            // Complete already, or completed by the process it waited for.
+            return Outcome::Skipped;
+        };
         eprintln!("protocol: {}: cleanse {}", r.name, words.join(" "));
         match crate::run_command(words) {
             Ok(()) => return Outcome::Done,
@@ -129,15 +155,38 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
     }
 }
 
-/// Runs shard `index` of `count` of the protocol in `spec_path` into `out`.
+/// `runs` one after another in this process.
+fn run_in_turn<'a>(runs: &[&'a Run], out: &Path, poll: Duration) -> Tally<'a> {
+    let mut tally = Tally::default();
+    for &r in runs {
+        if let Some(n) = tally.failed_need(r) {
+            eprintln!("protocol: {}: not run, it needs {n}, which failed", r.name);
+            tally.blocked.push(&r.name);
+            continue;
+        }
+        match run_one(r, out, poll) {
+            Outcome::Done => tally.done += 1,
+            Outcome::Skipped => tally.skipped += 1,
+            Outcome::Failed => tally.failed.push(&r.name),
+        }
+    }
+    tally
+}
+
+/// Runs shard `index` of `count` of the protocol in `spec_path` into `out`, `jobs` runs at a
+/// time (more than one: each in its own process).
 pub(crate) fn run(
     spec_path: &Path,
     out: &Path,
     (index, count): (usize, usize),
+    jobs: usize,
     poll: Duration,
     dry_run: bool,
     only: &[String],
 ) -> Result<()> {
+    if jobs == 0 {
+        bail!("--jobs: expected at least 1");
+    }
     let (_, plan) = checked_plan(spec_path, out)?;
     if let Some(a) = only.iter().find(|a| !plan.attacks.contains(a)) {
         bail!(
@@ -161,25 +210,17 @@ pub(crate) fn run(
         mine.len()
     );
     let t0 = Instant::now();
-    let (mut done, mut skipped) = (0, 0);
-    let mut failed: Vec<&str> = Vec::new();
-    let mut blocked: Vec<&str> = Vec::new();
-    for r in mine {
-        if let Some(n) = r
-            .needs
-            .iter()
-            .find(|n| failed.contains(&n.as_str()) || blocked.contains(&n.as_str()))
-        {
-            eprintln!("protocol: {}: not run, it needs {n}, which failed", r.name);
-            blocked.push(&r.name);
-            continue;
-        }
-        match run_one(r, out, poll) {
-            Outcome::Done => done += 1,
-            Outcome::Skipped => skipped += 1,
-            Outcome::Failed => failed.push(&r.name),
-        }
-    }
+    let tally = if jobs == 1 {
+        run_in_turn(&mine, out, poll)
+    } else {
+        super::pool::run_all(&mine, out, jobs, poll)?
+    };
+    let Tally {
+        done,
+        skipped,
+        failed,
+        blocked,
+    } = tally;
     eprintln!(
         "protocol: shard {index}/{count}: {done} run, {skipped} complete already, {} failed, {} \
          not run for a failed one they need, {:.0} s",

@@ -18,6 +18,8 @@ pub(crate) struct SlurmSettings {
     pub mem: Option<String>,
     /// Further `#SBATCH` lines, verbatim (e.g. `--account=abc`).
     pub extra: Vec<String>,
+    /// Runs at a time in each task (`protocol run --jobs`).
+    pub jobs: usize,
 }
 
 /// `s` quoted for a POSIX shell.
@@ -39,6 +41,9 @@ pub(crate) fn scripts(
 ) -> Result<Vec<(&'static str, String)>> {
     if s.tasks == 0 {
         bail!("--tasks: expected at least 1");
+    }
+    if s.jobs == 0 {
+        bail!("--jobs: expected at least 1");
     }
     let (binary, spec, out) = (absolute(binary)?, absolute(spec)?, absolute(out)?);
     let logs = out.join("slurm").join("logs");
@@ -71,12 +76,17 @@ pub(crate) fn scripts(
     };
     let protocol = format!(
         "{}# Shard K of {n}: the K-th of every {n} attack models with their defenses.\n\
-         exec {} protocol run {} --out {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{n}\"\n",
+         exec {} protocol run {} --out {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{n}\"{jobs}\n",
         head(name.to_string(), true),
         quote(&binary.display().to_string()),
         quote(&spec.display().to_string()),
         quote(&out.display().to_string()),
         n = s.tasks,
+        jobs = if s.jobs > 1 {
+            format!(" --jobs {}", s.jobs)
+        } else {
+            String::new()
+        },
     );
     let table = format!(
         "{}exec {} protocol table {}\n",
@@ -157,6 +167,7 @@ mod tests {
             cpus_per_task: 8,
             mem: None,
             extra: vec!["--account=lab".into()],
+            jobs: 1,
         };
         let files = scripts(
             Path::new("/opt/cleanse"),
@@ -177,6 +188,22 @@ mod tests {
         assert!(table.contains("protocol table '/runs/x'") && !table.contains("--gres"));
         let (_, submit) = &files[2];
         assert!(submit.contains("--dependency=afterok:$array table.sbatch"));
+        let pooled = SlurmSettings {
+            jobs: 3,
+            ..s.clone()
+        };
+        let files = scripts(
+            Path::new("c"),
+            Path::new("s"),
+            Path::new("/o"),
+            "n",
+            &pooled,
+        );
+        let (_, array) = &files.expect("scripts")[0];
+        assert!(
+            array.contains("--shard \"${SLURM_ARRAY_TASK_ID}/4\" --jobs 3\n"),
+            "{array}"
+        );
         let zero = SlurmSettings { tasks: 0, ..s };
         assert!(scripts(Path::new("a"), Path::new("b"), Path::new("c"), "n", &zero).is_err());
     }
