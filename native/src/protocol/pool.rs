@@ -5,7 +5,7 @@
 //! when it failed).
 
 use super::plan::Run;
-use super::runner::{Tally, command_words};
+use super::runner::{Tally, announce_held, command_words};
 use anyhow::{Context, Result};
 use cleanse_core::engine::run_dir::busy;
 use std::collections::{HashMap, HashSet};
@@ -21,10 +21,9 @@ const TICK: Duration = Duration::from_millis(200);
 const LOG_TAIL: usize = 8;
 
 /// A run in its own process.
-struct Running<'a> {
-    /// Its place in the plan.
+struct Running {
+    /// Its place in the list of runs.
     at: usize,
-    run: &'a Run,
     child: Child,
     log: PathBuf,
     started: Instant,
@@ -95,7 +94,7 @@ pub(super) fn run_all<'a>(
     let mut tally = Tally::default();
     // Places in `runs` (plan order) of the runs not started yet.
     let mut waiting: Vec<usize> = (0..runs.len()).collect();
-    let mut running: Vec<Running<'a>> = Vec::new();
+    let mut running: Vec<Running> = Vec::new();
     // Runs another process holds: when this one last looked (it looks again after `poll`).
     let mut held: HashMap<&str, Instant> = HashMap::new();
     loop {
@@ -111,20 +110,18 @@ pub(super) fn run_all<'a>(
                 Err(e) => Err(e),
             };
             let r = running.swap_remove(i);
+            let run = runs[r.at];
             let took = took(r.started.elapsed());
             match status {
                 Ok(s) if s.success() => {
-                    eprintln!("protocol: {}: done ({took})", r.run.name);
+                    eprintln!("protocol: {}: done ({took})", run.name);
                     tally.done += 1;
-                    complete.insert(&r.run.name);
+                    complete.insert(&run.name);
                 }
                 Ok(s) if s.code() == Some(super::BUSY_EXIT) => {
                     // Another process took the folder between the look and the start.
-                    eprintln!(
-                        "protocol: {}: another process is running it; waiting",
-                        r.run.name
-                    );
-                    held.insert(&r.run.name, Instant::now());
+                    announce_held(run);
+                    held.insert(&run.name, Instant::now());
                     waiting.insert(waiting.partition_point(|&w| w < r.at), r.at);
                 }
                 ended => {
@@ -134,13 +131,13 @@ pub(super) fn run_all<'a>(
                     };
                     eprintln!(
                         "protocol: {} FAILED ({how}, {took}); the end of {}:",
-                        r.run.name,
+                        run.name,
                         r.log.display()
                     );
                     for line in tail(&r.log, LOG_TAIL) {
                         eprintln!("    {line}");
                     }
-                    tally.failed.push(&r.run.name);
+                    tally.failed.push(&run.name);
                 }
             }
         }
@@ -148,9 +145,7 @@ pub(super) fn run_all<'a>(
         let mut i = 0;
         while i < waiting.len() && running.len() < jobs {
             let (at, r) = (waiting[i], runs[waiting[i]]);
-            if let Some(n) = tally.failed_need(r) {
-                eprintln!("protocol: {}: not run, it needs {n}, which failed", r.name);
-                tally.blocked.push(&r.name);
+            if tally.blocks(r) {
                 waiting.remove(i);
                 continue;
             }
@@ -172,10 +167,7 @@ pub(super) fn run_all<'a>(
             }
             if busy(&dir) {
                 if !held.contains_key(r.name.as_str()) {
-                    eprintln!(
-                        "protocol: {}: another process is running it; waiting",
-                        r.name
-                    );
+                    announce_held(r);
                 }
                 held.insert(&r.name, Instant::now());
                 i += 1;
@@ -200,7 +192,6 @@ pub(super) fn run_all<'a>(
                     );
                     running.push(Running {
                         at,
-                        run: r,
                         child,
                         log,
                         started: Instant::now(),

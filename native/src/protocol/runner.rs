@@ -1,6 +1,7 @@
 //! `cleanse protocol run`: a protocol's runs (or one shard's), one after another in this
-//! process, or several at once in processes of their own (`--jobs`, `pool.rs`). Complete runs are skipped, unfinished ones resume, a failing run is reported and the
-//! rest go on (except the runs that need it); a run another process holds is waited for.
+//! process, or several at once in processes of their own (`--jobs`, `pool.rs`). Complete runs
+//! are skipped, unfinished ones resume, a failing run is reported and the rest go on (except the
+//! runs that need it); a run another process holds is waited for.
 
 use super::plan::{Plan, Role, Run, model_pairs};
 use super::spec::{Models, Spec};
@@ -94,13 +95,27 @@ pub(super) struct Tally<'a> {
 }
 
 impl<'a> Tally<'a> {
-    /// The run `r` needs that failed or was not run, if any.
-    pub fn failed_need(&self, r: &'a Run) -> Option<&'a str> {
-        r.needs
+    /// Whether `r` needs a run that failed or was not run; if so, `r` is counted (and reported)
+    /// as not run.
+    pub fn blocks(&mut self, r: &'a Run) -> bool {
+        let need = r
+            .needs
             .iter()
-            .map(String::as_str)
-            .find(|n| self.failed.contains(n) || self.blocked.contains(n))
+            .find(|n| self.failed.contains(&n.as_str()) || self.blocked.contains(&n.as_str()));
+        if let Some(n) = need {
+            eprintln!("protocol: {}: not run, it needs {n}, which failed", r.name);
+            self.blocked.push(&r.name);
+        }
+        need.is_some()
     }
+}
+
+/// Says that another process holds `r`'s folder and this one waits for it.
+pub(super) fn announce_held(r: &Run) {
+    eprintln!(
+        "protocol: {}: another process is running it; waiting",
+        r.name
+    );
 }
 
 /// The command line (without the program's name) that brings `r` to completion in `dir`:
@@ -127,10 +142,7 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
     loop {
         if cleanse_core::engine::run_dir::busy(&dir) {
             if !announced {
-                eprintln!(
-                    "protocol: {}: another process is running it; waiting",
-                    r.name
-                );
+                announce_held(r);
                 announced = true;
             }
             std::thread::sleep(poll);
@@ -159,9 +171,7 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
 fn run_in_turn<'a>(runs: &[&'a Run], out: &Path, poll: Duration) -> Tally<'a> {
     let mut tally = Tally::default();
     for &r in runs {
-        if let Some(n) = tally.failed_need(r) {
-            eprintln!("protocol: {}: not run, it needs {n}, which failed", r.name);
-            tally.blocked.push(&r.name);
+        if tally.blocks(r) {
             continue;
         }
         match run_one(r, out, poll) {
