@@ -159,7 +159,7 @@ impl AttackArgs {
                 }
                 // A quarter held out: 1,000 unlabeled CIFAR-10 subset images for the defender,
                 // 3,000 for the attacker.
-                if !given(m, "holdout") && train.data.defender_per_class.is_none() {
+                if !given(m, "holdout") && !train.data.defender_from_test() {
                     train.holdout = SUBSET_HOLDOUT;
                 }
                 if !given(m, "batch_size") {

@@ -60,6 +60,11 @@ pub(crate) struct CommonArgs {
     /// Learning rate [default: 0.01; ANP's mask: 0.2; I-BAU's Adam: 1e-4]
     #[arg(long)]
     lr: Option<f64>,
+    /// The cosine schedule's horizon in epochs (FT, FP, NAD, MCR's endpoint, KD) [default: 100,
+    /// the authors' whatever --epochs is: a shorter run stops part of the way down; give
+    /// --epochs' value to anneal to zero over the run].
+    #[arg(long, value_name = "EPOCHS")]
+    cosine_t_max: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Evaluate after every Nth epoch (ANP: group of mask updates, I-BAU: round) and after the
@@ -315,6 +320,9 @@ fn anp_config(a: &AnpArgs, split: Option<&SplitFile>) -> Result<AnpConfig> {
     if c.epochs.is_some() {
         bail!("--epochs: ANP counts mask updates; use --iterations");
     }
+    if c.cosine_t_max.is_some() {
+        bail!("--cosine-t-max: ANP's mask optimiser has no cosine schedule");
+    }
     if c.weight_decay.is_some() {
         bail!("--weight-decay: ANP's mask optimiser has no weight decay");
     }
@@ -338,6 +346,9 @@ fn ibau_config(a: &IbauArgs) -> Result<IbauConfig> {
     let c = &a.common;
     if c.epochs.is_some() {
         bail!("--epochs: I-BAU counts --rounds");
+    }
+    if c.cosine_t_max.is_some() {
+        bail!("--cosine-t-max: I-BAU's Adam has no cosine schedule");
     }
     if c.weight_decay.is_some() {
         bail!("--weight-decay: I-BAU's Adam has no weight decay");
@@ -387,6 +398,7 @@ fn ft_config(c: &CommonArgs, split: Option<&SplitFile>) -> Result<FtConfig> {
     config.epochs = c.epochs.unwrap_or(config.epochs);
     config.batch_size = c.batch_size.unwrap_or(config.batch_size);
     config.lr = c.lr.unwrap_or(config.lr);
+    config.cosine_t_max = c.cosine_t_max.or(config.cosine_t_max);
     config.seed = c.seed;
     config.augment = augment;
     config.sgd.weight_decay = c.weight_decay.unwrap_or(config.sgd.weight_decay);
@@ -430,6 +442,7 @@ fn kd_config(a: &KdArgs, split: Option<&SplitFile>) -> Result<KdConfig> {
     config.epochs = c.epochs.unwrap_or(config.epochs);
     config.batch_size = c.batch_size.unwrap_or(config.batch_size);
     config.lr = c.lr.unwrap_or(config.lr);
+    config.cosine_t_max = c.cosine_t_max.or(config.cosine_t_max);
     config.temperature = temperature;
     config.init = init;
     config.seed = c.seed;

@@ -54,6 +54,9 @@ pub(crate) struct ImportArgs {
     /// Take the defender's data from the test set instead: N images per class.
     #[arg(long, value_name = "N", conflicts_with = "holdout")]
     defender_per_class: Option<usize>,
+    /// Take the defender's data from the test set as this fraction of every class instead.
+    #[arg(long, value_name = "F", conflicts_with_all = ["holdout", "defender_per_class"])]
+    defender_fraction: Option<f64>,
     /// Seed of the defender's selection.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -87,6 +90,7 @@ pub(crate) fn run(a: &ImportArgs) -> Result<()> {
     let mut data = DataSpec::new(a.dataset.into(), a.data.clone());
     data.image_size = a.image_size;
     data.defender_per_class = a.defender_per_class;
+    data.defender_fraction = a.defender_fraction;
     let default = data.normalization();
     let normalization = Normalization {
         mean: three(&a.mean, default.mean),

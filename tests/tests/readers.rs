@@ -141,3 +141,36 @@ fn per_class_slice_takes_exactly_n_per_class() {
         .to_string();
     assert!(err.contains("fewer than the 101"), "{err}");
 }
+
+/// The authors' GTSRB split: a fraction of every class of the test set, in proportion to class
+/// size, a fixed choice per seed; the rest evaluates.
+#[test]
+fn fraction_per_class_takes_a_share_of_every_class() {
+    let data = gtsrb::load_dir(&shared_data().join("gtsrb32-subset"), 32).expect("read");
+    let test = &data.test;
+    let s = split::fraction_per_class(test, 0.398, 0).expect("split");
+    let counts = test.class_counts();
+    let taken = test.subset(&s.held_out).class_counts();
+    for (c, (&n, &t)) in counts.iter().zip(&taken).enumerate() {
+        assert_eq!(t, (0.398 * n as f64).round() as usize, "class {c} of {n}");
+        assert!(t < n, "class {c} keeps an evaluation image");
+    }
+    assert_eq!(s.keep.len() + s.held_out.len(), test.len());
+    assert!(s.keep.iter().all(|i| s.held_out.binary_search(i).is_err()));
+    // One fixed choice per seed; another seed draws other images of the same counts.
+    assert_eq!(s, split::fraction_per_class(test, 0.398, 0).expect("again"));
+    let other = split::fraction_per_class(test, 0.398, 1).expect("seed 1");
+    assert_ne!(other.held_out, s.held_out);
+    assert_eq!(test.subset(&other.held_out).class_counts(), taken);
+    for bad in [0.0, 1.0, -0.2, 1.5, f64::NAN] {
+        let e = split::fraction_per_class(test, bad, 0)
+            .expect_err("out of range")
+            .to_string();
+        assert!(e.contains("strictly between 0 and 1"), "{bad}: {e}");
+    }
+    // A fraction that takes a whole class leaves it nothing to evaluate on.
+    let e = split::fraction_per_class(test, 0.999, 0)
+        .expect_err("a whole class")
+        .to_string();
+    assert!(e.contains("leaves none to evaluate"), "{e}");
+}

@@ -386,6 +386,7 @@ pub async fn train<H: Host>(
         max_batches: plan.max_batches,
         ..LoopPlan::cosine(
             (plan.epochs, plan.batch_size, plan.lr),
+            None,
             plan.seed,
             Augment::NONE,
             "training",
@@ -444,8 +445,11 @@ pub async fn cleanse<H: Host>(
     let meter = teacher.asr_meter(&data.test, device)?;
     let loop_plan = LoopPlan {
         max_batches: plan.max_batches,
+        // The demo's few epochs anneal over the run (the command line's default horizon is the
+        // authors' 100 epochs, which a run this short would hardly go down).
         ..LoopPlan::cosine(
             (plan.epochs, plan.batch_size, plan.lr),
+            None,
             plan.seed,
             Augment::standard(data.kind.allows_flip()),
             "cleansing",

@@ -164,6 +164,11 @@ pub struct DataSpec {
     /// (the supplement's GTSRB protocol). `None`: the whole test set evaluates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defender_per_class: Option<usize>,
+    /// The defender's data taken from the test set as this fraction of every class (rounded per
+    /// class, a fixed seeded choice), the rest of the test set evaluates: the authors' GTSRB split
+    /// (`val_frac: 0.398`). Exclusive with `defender_per_class`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defender_fraction: Option<f64>,
 }
 
 impl DataSpec {
@@ -175,7 +180,14 @@ impl DataSpec {
             image_size: 32,
             synthetic: synthetic::SyntheticConfig::default(),
             defender_per_class: None,
+            defender_fraction: None,
         }
+    }
+
+    /// Whether the defender's data comes from the test set (a per-class count or a fraction of
+    /// each class) instead of being held out of the training set.
+    pub fn defender_from_test(&self) -> bool {
+        self.defender_per_class.is_some() || self.defender_fraction.is_some()
     }
 
     fn require_path(&self) -> Result<&Path> {
@@ -194,6 +206,20 @@ impl DataSpec {
                 "defender-per-class",
                 "expected at least 1 image per class",
             ));
+        }
+        if let Some(f) = self.defender_fraction {
+            if self.defender_per_class.is_some() {
+                return Err(Error::config(
+                    "defender-fraction",
+                    "give either a count per class (defender-per-class) or a fraction, not both",
+                ));
+            }
+            if !(f > 0.0 && f < 1.0) {
+                return Err(Error::config(
+                    "defender-fraction",
+                    format!("expected a number strictly between 0 and 1, got {f}"),
+                ));
+            }
         }
         match self.kind {
             DatasetKind::Cifar10 => Ok(()),
@@ -222,14 +248,24 @@ impl DataSpec {
                 });
             }
         }
-        if let Some(n) = self.defender_per_class {
-            // One fixed choice for every model trained on this data, so that the defenders of a
-            // protocol's models all see the same images and the same evaluation set.
-            let s = split::per_class_slice(&data.test, n, 0)
-                .map_err(|e| Error::config("defender-per-class", e.to_string()))?;
+        // One fixed choice for every model trained on this data, so that the defenders of a
+        // protocol's models all see the same images and the same evaluation set.
+        let slice = match (self.defender_per_class, self.defender_fraction) {
+            (Some(n), _) => Some((
+                "defender-per-class",
+                split::per_class_slice(&data.test, n, 0),
+            )),
+            (None, Some(f)) => Some((
+                "defender-fraction",
+                split::fraction_per_class(&data.test, f, 0),
+            )),
+            (None, None) => None,
+        };
+        if let Some((flag, s)) = slice {
+            let s = s.map_err(|e| Error::config(flag, e.to_string()))?;
             if s.keep.is_empty() {
                 return Err(Error::config(
-                    "defender-per-class",
+                    flag,
                     "the defender's slice takes the whole test set",
                 ));
             }
@@ -255,6 +291,7 @@ impl DataSpec {
 pub struct TrainTest {
     pub train: ImageSet,
     pub test: ImageSet,
-    /// The defender's images taken from the test set ([`DataSpec::defender_per_class`]).
+    /// The defender's images taken from the test set ([`DataSpec::defender_per_class`],
+    /// [`DataSpec::defender_fraction`]).
     pub defender: Option<ImageSet>,
 }

@@ -4,6 +4,8 @@
 //!   sees it, and it later becomes the defender's clean, unlabeled data.
 //! - [`per_class_slice`]: the first `n` images of each class (in a seeded order) of a test set, the
 //!   rest being used for evaluation (the GTSRB protocol for the defender's data).
+//! - [`fraction_per_class`]: a fraction of each class of a test set (in a seeded order), the rest
+//!   evaluating (the authors' GTSRB split: `val_frac` of every class).
 
 use super::ImageSet;
 use crate::rng::Rng;
@@ -107,6 +109,42 @@ pub fn per_class_slice(set: &ImageSet, per_class: usize, seed: u64) -> Result<Sp
         }
         rng.shuffle(members);
         held_out.extend_from_slice(&members[..per_class]);
+    }
+    Ok(complement(set.len(), held_out))
+}
+
+/// Takes `round(fraction * n_c)` images of each class `c` (seeded choice) as `held_out`, so the
+/// held-out part follows the class sizes; the rest is `keep`. Every class must keep at least one
+/// image and the held-out part must not be empty.
+pub fn fraction_per_class(set: &ImageSet, fraction: f64, seed: u64) -> Result<Split> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::config(
+            "fraction",
+            format!("expected a number strictly between 0 and 1, got {fraction}"),
+        ));
+    }
+    let mut by_class = by_class(set);
+    let mut rng = Rng::from_parts(&[seed, 0xF4AC_7105]);
+    let mut held_out = Vec::new();
+    for (c, members) in by_class.iter_mut().enumerate() {
+        let take = (fraction * members.len() as f64).round() as usize;
+        if !members.is_empty() && take >= members.len() {
+            return Err(Error::config(
+                "fraction",
+                format!(
+                    "class {c} has {} images; taking {take} of them leaves none to evaluate on",
+                    members.len()
+                ),
+            ));
+        }
+        rng.shuffle(members);
+        held_out.extend_from_slice(&members[..take]);
+    }
+    if held_out.is_empty() {
+        return Err(Error::config(
+            "fraction",
+            format!("{fraction} of every class rounds to no image at all"),
+        ));
     }
     Ok(complement(set.len(), held_out))
 }

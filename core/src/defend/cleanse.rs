@@ -16,6 +16,7 @@ use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches
 use crate::model::Classifier;
 use crate::train::checkpoint::CheckpointState;
 use crate::train::eval::images_tensor;
+use crate::train::schedule::AUTHORS_COSINE_T_MAX;
 use crate::train::sgd::{Sgd, SgdConfig};
 use crate::{Error, Result};
 use burn::module::Module;
@@ -50,6 +51,10 @@ pub struct KdConfig {
     pub batch_size: usize,
     /// Method spec: 0.01 with cosine annealing.
     pub lr: f64,
+    /// The cosine schedule's horizon in epochs: the authors' 100 whatever `epochs` is
+    /// ([`AUTHORS_COSINE_T_MAX`]); `None` (runs made before the setting): over the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine_t_max: Option<usize>,
     /// Method spec: `T = 1 + 3 (e + 1) / E`, rising to 4 (not written when it is that).
     #[serde(default, skip_serializing_if = "TemperatureRange::is_paper")]
     pub temperature: TemperatureRange,
@@ -79,6 +84,7 @@ impl KdConfig {
             epochs: 100,
             batch_size: 256,
             lr: 0.01,
+            cosine_t_max: Some(AUTHORS_COSINE_T_MAX),
             temperature: TemperatureRange::default(),
             sgd: SgdConfig::default(),
             init: InitMode::Adaptive {
@@ -143,6 +149,7 @@ impl KdConfig {
             return Err(Error::config("temperature", reason));
         }
         crate::train::sgd::check_lr(self.lr)?;
+        crate::train::schedule::check_cosine_t_max(self.cosine_t_max)?;
         self.sgd.validate()?;
         self.init.validate()?;
         self.augment.validate()
@@ -164,6 +171,7 @@ impl KdConfig {
         if self.epochs != 100 {
             v.push(format!("{} ep", self.epochs));
         }
+        v.extend(super::ft::cosine_label(self.epochs, self.cosine_t_max));
         v
     }
 }
@@ -262,6 +270,7 @@ pub(crate) fn prepare(
         data: images,
         plan: LoopPlan::cosine(
             (config.epochs, config.batch_size, config.lr),
+            config.cosine_t_max,
             config.seed,
             config.augment,
             "cleansing",

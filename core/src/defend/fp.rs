@@ -374,6 +374,7 @@ pub(crate) fn prepare(
         data: holdout,
         plan: LoopPlan::cosine(
             (ft.epochs, ft.batch_size, ft.lr),
+            ft.cosine_t_max,
             ft.seed,
             ft.augment,
             "fine-pruning",

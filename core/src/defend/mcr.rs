@@ -341,6 +341,7 @@ pub(crate) fn prepare(
             schedule: Schedule::CurveTraining { epochs: ft.epochs },
             ..LoopPlan::cosine(
                 (ft.epochs, ft.batch_size, ft.lr),
+                ft.cosine_t_max,
                 ft.seed,
                 ft.augment,
                 "MCR",

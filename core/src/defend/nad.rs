@@ -217,6 +217,7 @@ pub(crate) fn prepare(
         data: Arc::new(holdout),
         plan: LoopPlan::cosine(
             (ft.epochs, ft.batch_size, ft.lr),
+            ft.cosine_t_max,
             ft.seed,
             ft.augment,
             "NAD",

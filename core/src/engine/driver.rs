@@ -67,10 +67,11 @@ pub struct LoopPlan {
 }
 
 impl LoopPlan {
-    /// A plan of `epochs` with the learning rate annealed by a cosine over the run, the
-    /// schedule of the cleanser and of the fine-tuning defenses.
+    /// A plan of `epochs` with the learning rate annealed by a cosine over `t_max` epochs (over
+    /// the run when `None`), the schedule of the cleanser and of the fine-tuning defenses.
     pub fn cosine(
         (epochs, batch_size, lr): (usize, usize, f64),
+        t_max: Option<usize>,
         seed: u64,
         augment: Augment,
         what: &'static str,
@@ -79,7 +80,7 @@ impl LoopPlan {
             epochs,
             batch_size,
             lr,
-            schedule: Schedule::cosine(epochs),
+            schedule: Schedule::cosine_horizon(epochs, t_max),
             seed,
             augment,
             max_batches: None,

@@ -46,8 +46,8 @@ pub struct RunSetup {
 
 /// Writes `imported` with the data it will be evaluated and defended on (`setup`) into `out`
 /// (new, or an empty directory): the defender's images are `holdout` of the training set (seeded
-/// by `seed`) or, with the spec's `defender_per_class`, a slice of the test set, as for a trained
-/// run. With `asr`, a trigger drawn from settings or a folder of triggered images (checked to load
+/// by `seed`) or, with the spec's `defender_per_class` or `defender_fraction`, a slice of the test
+/// set, as for a trained run. With `asr`, a trigger drawn from settings or a folder of triggered images (checked to load
 /// here) is saved too, so that `eval`, every defense and `tsne` measure the ASR against it. The files are written into a temporary sibling first and moved into place
 /// at the end, so a failed import leaves nothing behind.
 pub fn write_run(
@@ -94,7 +94,7 @@ pub fn write_run(
             ),
         ));
     }
-    let holdout = if data.defender_per_class.is_some() {
+    let holdout = if data.defender_from_test() {
         0.0
     } else {
         holdout

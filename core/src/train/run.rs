@@ -117,11 +117,11 @@ impl TrainConfig {
             ));
         }
         self.data.validate()?;
-        if self.data.defender_per_class.is_some() && self.holdout > 0.0 {
+        if self.data.defender_from_test() && self.holdout > 0.0 {
             return Err(Error::config(
                 "holdout",
-                "the defender's data comes from the test set (defender-per-class); hold out \
-                 nothing from the training set (--holdout 0)",
+                "the defender's data comes from the test set (defender-per-class or \
+                 defender-fraction); hold out nothing from the training set (--holdout 0)",
             ));
         }
         self.augment.validate()

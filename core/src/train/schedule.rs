@@ -3,6 +3,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The horizon of the defenses' cosine schedules in the authors' code (FT, FP, NAD, MCR's
+/// endpoint and the cleanser: `CosineAnnealingLR(optimizer, T_max=100)` whatever the number of
+/// epochs), the default here.
+pub const AUTHORS_COSINE_T_MAX: usize = 100;
+
+/// Checks a cosine horizon setting (`cosine-t-max`): at least one epoch.
+pub fn check_cosine_t_max(t_max: Option<usize>) -> crate::Result<()> {
+    match t_max {
+        Some(0) => Err(crate::Error::config(
+            "cosine-t-max",
+            "expected at least 1 epoch",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A per-epoch learning-rate schedule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -46,6 +62,13 @@ impl Schedule {
             t_max: epochs,
             eta_min: 0.0,
         }
+    }
+
+    /// Cosine annealing to 0 over `t_max` epochs, or over the run's `epochs` when `None`: a
+    /// shorter run stops part of the way down, a longer one comes back up (as PyTorch's
+    /// `CosineAnnealingLR` does).
+    pub fn cosine_horizon(epochs: usize, t_max: Option<usize>) -> Self {
+        Self::cosine(t_max.unwrap_or(epochs))
     }
 
     /// Learning rate of epoch `epoch` (0-based) for base rate `base`.
