@@ -2,6 +2,7 @@
 //! data set, attacks, defenses and the models per attack; every (model, defense) pair one run
 //! directory with a stable name.
 
+mod archive;
 mod plan;
 mod pool;
 mod runner;
@@ -35,6 +36,9 @@ pub(crate) enum ProtocolCommand {
     /// Write (and with --submit, submit) a Slurm job array running the protocol's shards, and the
     /// table as a job that waits for it.
     Slurm(SlurmArgs),
+    /// Write the protocol's runs that are complete in --out into a results archive (and, with
+    /// --unfinished, the checkpoints of those still going, so another machine continues them).
+    Archive(ArchiveArgs),
 }
 
 #[derive(Args, Debug)]
@@ -62,12 +66,41 @@ pub(crate) struct RunArgs {
     /// split into shards.
     #[arg(long, value_delimiter = ',')]
     attacks: Vec<String>,
+    /// Only these columns (defense names, comma-separated), with the teachers they need, in the
+    /// order of the spec: e.g. the cleanser's column before the others.
+    #[arg(long, value_delimiter = ',')]
+    defenses: Vec<String>,
+    /// A results archive (e.g. results/<spec name>): its runs are restored into --out before
+    /// anything runs (a complete run is not run again; an unfinished one resumes), and every run
+    /// that finishes is written into it. Created when missing.
+    #[arg(long)]
+    archive: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub(crate) struct TableArgs {
-    /// The output folder of `cleanse protocol run`.
+    /// The output folder of `cleanse protocol run`, or a results archive (every file is checked
+    /// against its manifest first).
     out: PathBuf,
+    /// After each table, the machine kind (arithmetic), commit, epochs and hours of every run.
+    #[arg(long)]
+    provenance: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ArchiveArgs {
+    /// The protocol spec (TOML).
+    spec: PathBuf,
+    /// The output folder the protocol runs in.
+    #[arg(long)]
+    out: PathBuf,
+    /// The results archive to write into (created when missing).
+    #[arg(long)]
+    archive: PathBuf,
+    /// Also the checkpoints of unfinished runs (a snapshot of a live run's last finished epoch),
+    /// replacing an older unfinished entry: the next `protocol run --archive` resumes them.
+    #[arg(long)]
+    unfinished: bool,
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +133,9 @@ pub(crate) struct SlurmArgs {
     /// a node whose GPU has memory for several models.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// A results archive every task restores from and writes into (`protocol run --archive`).
+    #[arg(long)]
+    archive: Option<PathBuf>,
     /// Submit at once (runs OUT/slurm/submit.sh).
     #[arg(long)]
     submit: bool,
@@ -115,8 +151,13 @@ pub(crate) fn run(cmd: &ProtocolCommand) -> Result<()> {
             Duration::from_secs(a.poll_seconds),
             a.dry_run,
             &a.attacks,
+            &a.defenses,
+            a.archive.as_deref(),
         ),
-        ProtocolCommand::Table(a) => table::run(&a.out),
+        ProtocolCommand::Table(a) => table::run(&a.out, a.provenance),
+        ProtocolCommand::Archive(a) => {
+            runner::archive_existing(&a.spec, &a.out, &a.archive, a.unfinished)
+        }
         ProtocolCommand::Slurm(a) => slurm::run(
             &a.spec,
             &a.out,
@@ -129,6 +170,7 @@ pub(crate) fn run(cmd: &ProtocolCommand) -> Result<()> {
                 mem: a.mem.clone(),
                 extra: a.extra.clone(),
                 jobs: a.jobs,
+                archive: a.archive.clone(),
             },
             a.submit,
         ),

@@ -4,8 +4,9 @@
 //! process prints one line when a run starts and one when it ends (the end of the log with it
 //! when it failed).
 
+use super::archive::Archive;
 use super::plan::Run;
-use super::runner::{Tally, announce_held, command_words};
+use super::runner::{Tally, announce_held, archive_run, command_words};
 use anyhow::{Context, Result};
 use cleanse_core::engine::run_dir::busy;
 use std::collections::{HashMap, HashSet};
@@ -79,13 +80,14 @@ fn tail(path: &Path, n: usize) -> Vec<String> {
 }
 
 /// Runs `runs` (in plan order: every run after those it needs) into `out`, at most `jobs` at a
-/// time. A run waits for the runs it needs among `runs`, and for another process that holds its
+/// time, each written into `archive` (if any) as it finishes. A run waits for the runs it needs among `runs`, and for another process that holds its
 /// folder; a run whose needed run failed is not run.
 pub(super) fn run_all<'a>(
     runs: &[&'a Run],
     out: &Path,
     jobs: usize,
     poll: Duration,
+    archive: Option<&Archive>,
 ) -> Result<Tally<'a>> {
     let exe = std::env::current_exe().context("finding the cleanse program to start runs with")?;
     let planned: HashSet<&str> = runs.iter().map(|r| r.name.as_str()).collect();
@@ -111,12 +113,14 @@ pub(super) fn run_all<'a>(
             };
             let r = running.swap_remove(i);
             let run = runs[r.at];
-            let took = took(r.started.elapsed());
+            let elapsed = r.started.elapsed();
+            let took = took(elapsed);
             match status {
                 Ok(s) if s.success() => {
                     eprintln!("protocol: {}: done ({took})", run.name);
                     tally.done += 1;
                     complete.insert(&run.name);
+                    archive_run(archive, run, out, Some(elapsed), &mut tally);
                 }
                 Ok(s) if s.code() == Some(super::BUSY_EXIT) => {
                     // Another process took the folder between the look and the start.

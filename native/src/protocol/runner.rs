@@ -3,6 +3,7 @@
 //! are skipped, unfinished ones resume, a failing run is reported and the rest go on (except the
 //! runs that need it); a run another process holds is waited for.
 
+use super::archive::{Archive, EntryStatus, Restored};
 use super::plan::{Plan, Role, Run, model_pairs};
 use super::spec::{Models, Spec};
 use crate::batch::{State, state};
@@ -79,7 +80,8 @@ pub(crate) fn is_busy(e: &anyhow::Error) -> bool {
 
 /// What became of one run.
 enum Outcome {
-    Done,
+    /// Run here, in this long.
+    Done(Duration),
     Skipped,
     Failed,
 }
@@ -92,6 +94,8 @@ pub(super) struct Tally<'a> {
     pub failed: Vec<&'a str>,
     /// Not run because a run they need failed (or was itself not run).
     pub blocked: Vec<&'a str>,
+    /// Finished, but could not be written into the results archive.
+    pub unarchived: Vec<&'a str>,
 }
 
 impl<'a> Tally<'a> {
@@ -107,6 +111,32 @@ impl<'a> Tally<'a> {
             self.blocked.push(&r.name);
         }
         need.is_some()
+    }
+}
+
+/// Writes the finished run `r` into `archive` (if any), saying so; a failure is reported and
+/// counted, and the other runs go on.
+pub(super) fn archive_run<'a>(
+    archive: Option<&Archive>,
+    r: &'a Run,
+    out: &Path,
+    took: Option<Duration>,
+    tally: &mut Tally<'a>,
+) {
+    let Some(archive) = archive else {
+        return;
+    };
+    match archive.add(r, out, took) {
+        Ok(m) => eprintln!(
+            "protocol: {}: archived into {} ({} files)",
+            r.name,
+            archive.root().join(&r.name).display(),
+            m.files.len()
+        ),
+        Err(e) => {
+            eprintln!("protocol: {}: NOT ARCHIVED: {e:#}", r.name);
+            tally.unarchived.push(&r.name);
+        }
     }
 }
 
@@ -137,6 +167,7 @@ pub(super) fn command_words(r: &Run, dir: &Path) -> Option<Vec<String>> {
 /// Runs `r` to completion in this process unless it is complete already; waits while another
 /// process holds it.
 fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
+    let started = Instant::now();
     let dir = out.join(&r.name);
     let mut announced = false;
     loop {
@@ -154,7 +185,7 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
         };
         eprintln!("protocol: {}: cleanse {}", r.name, words.join(" "));
         match crate::run_command(words) {
-            Ok(()) => return Outcome::Done,
+            Ok(()) => return Outcome::Done(started.elapsed()),
             Err(e) if is_busy(&e) => {
                 announced = true;
                 std::thread::sleep(poll);
@@ -167,15 +198,23 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
     }
 }
 
-/// `runs` one after another in this process.
-fn run_in_turn<'a>(runs: &[&'a Run], out: &Path, poll: Duration) -> Tally<'a> {
+/// `runs` one after another in this process, each archived as it finishes.
+fn run_in_turn<'a>(
+    runs: &[&'a Run],
+    out: &Path,
+    poll: Duration,
+    archive: Option<&Archive>,
+) -> Tally<'a> {
     let mut tally = Tally::default();
     for &r in runs {
         if tally.blocks(r) {
             continue;
         }
         match run_one(r, out, poll) {
-            Outcome::Done => tally.done += 1,
+            Outcome::Done(took) => {
+                tally.done += 1;
+                archive_run(archive, r, out, Some(took), &mut tally);
+            }
             Outcome::Skipped => tally.skipped += 1,
             Outcome::Failed => tally.failed.push(&r.name),
         }
@@ -193,6 +232,8 @@ pub(crate) fn run(
     poll: Duration,
     dry_run: bool,
     only: &[String],
+    columns: &[String],
+    archive: Option<&Path>,
 ) -> Result<()> {
     if jobs == 0 {
         bail!("--jobs: expected at least 1");
@@ -205,31 +246,83 @@ pub(crate) fn run(
             plan.attacks.join(", ")
         );
     }
+    if let Some(d) = columns.iter().find(|d| !plan.defenses.contains(d)) {
+        bail!(
+            "--defenses: `{d}` is not a column of {} (its columns: {})",
+            spec_path.display(),
+            plan.defenses.join(", ")
+        );
+    }
+    // Only the columns asked for (with the teachers they need), when any are named.
+    let in_columns = |r: &&Run| {
+        let dropped = |name: &str| {
+            plan.run(name).is_some_and(|n| {
+                n.role == Role::Defense && n.defense.as_ref().is_some_and(|d| !columns.contains(d))
+            })
+        };
+        columns.is_empty()
+            || match r.role {
+                Role::Defense => !dropped(&r.name),
+                Role::Map => !r.needs.iter().any(|n| dropped(n)),
+                Role::Clean | Role::Attack => true,
+            }
+    };
     if dry_run {
-        for r in plan.shard(index, count, only) {
+        let mine: Vec<&Run> = plan
+            .shard(index, count, only)
+            .into_iter()
+            .filter(in_columns)
+            .collect();
+        for r in &mine {
             let dir = out.join(&r.name);
             println!("cleanse {} --out {}", r.words.join(" "), dir.display());
+        }
+        if let Some(root) = archive {
+            dry_run_archive(root, &plan, &mine, out)?;
         }
         return Ok(());
     }
     plan.save(out)?;
-    let mine = plan.shard(index, count, only);
+    let mine: Vec<&Run> = plan
+        .shard(index, count, only)
+        .into_iter()
+        .filter(in_columns)
+        .collect();
     eprintln!(
         "protocol: {} runs in all; shard {index}/{count} has {} of them",
         plan.runs.len(),
         mine.len()
     );
-    let t0 = Instant::now();
-    let tally = if jobs == 1 {
-        run_in_turn(&mine, out, poll)
-    } else {
-        super::pool::run_all(&mine, out, jobs, poll)?
+    let archive = match archive {
+        Some(root) => {
+            let a = Archive::open(root)?;
+            a.save_plan(&plan)?;
+            restore_all(&a, &mine, out)?;
+            Some(a)
+        }
+        None => None,
     };
+    let t0 = Instant::now();
+    let mut tally = if jobs == 1 {
+        run_in_turn(&mine, out, poll, archive.as_ref())
+    } else {
+        super::pool::run_all(&mine, out, jobs, poll, archive.as_ref())?
+    };
+    if let Some(a) = &archive {
+        // Runs complete here that the archive lacks (made before --archive was given, or by
+        // another process).
+        for &r in &mine {
+            if !tally.unarchived.contains(&r.name.as_str()) && a.wants(r, out, false)? {
+                archive_run(Some(a), r, out, None, &mut tally);
+            }
+        }
+    }
     let Tally {
         done,
         skipped,
         failed,
         blocked,
+        unarchived,
     } = tally;
     eprintln!(
         "protocol: shard {index}/{count}: {done} run, {skipped} complete already, {} failed, {} \
@@ -238,15 +331,149 @@ pub(crate) fn run(
         blocked.len(),
         t0.elapsed().as_secs_f64()
     );
-    if !failed.is_empty() || !blocked.is_empty() {
+    if let Some(a) = &archive {
+        super::table::save(&plan, a.root())?;
+    }
+    if !failed.is_empty() || !blocked.is_empty() || !unarchived.is_empty() {
         return Err(anyhow!(
-            "{}: failed: {failed:?}; not run: {blocked:?}",
+            "{}: failed: {failed:?}; not run: {blocked:?}; not archived: {unarchived:?}",
             spec_path.display()
         ));
     }
-    if count == 1 && only.is_empty() {
+    if count == 1 && only.is_empty() && columns.is_empty() {
         // The whole protocol ran here: its table.
         super::table::write(&plan, out)?;
+    }
+    Ok(())
+}
+
+/// Restores the archived runs of `runs` into `out`, saying what became of each.
+fn restore_all(archive: &Archive, runs: &[&Run], out: &Path) -> Result<()> {
+    let (mut complete, mut unfinished) = (0, 0);
+    for &r in runs {
+        match archive.restore(r, out)? {
+            Restored::Complete => complete += 1,
+            Restored::InProgress { epochs } => {
+                eprintln!(
+                    "protocol: {}: restored unfinished from the archive ({epochs} epochs done); \
+                     it resumes",
+                    r.name
+                );
+                unfinished += 1;
+            }
+            Restored::Absent => {}
+            Restored::Kept(why) => eprintln!("protocol: {}: not restored: {why}", r.name),
+        }
+    }
+    eprintln!(
+        "protocol: restored from {}: {complete} complete runs, {unfinished} unfinished",
+        archive.root().display()
+    );
+    Ok(())
+}
+
+/// `--dry-run --archive`: what the archive holds of the shard's runs, what would be restored,
+/// what remains to run, and an estimate of its cost from the archived runs of the same column.
+fn dry_run_archive(root: &Path, plan: &Plan, mine: &[&Run], out: &Path) -> Result<()> {
+    let Some(archive) = Archive::at(root)? else {
+        println!(
+            "# archive {}: none yet; all {} runs remain",
+            root.display(),
+            mine.len()
+        );
+        return Ok(());
+    };
+    let entries = archive.entries()?;
+    // Seconds of an archived complete run of the same role and column, for the estimate.
+    let column = |r: &Run| (r.role, r.defense.clone(), r.attack.clone());
+    let cost = |r: &Run| -> Option<f64> {
+        let same: Vec<f64> = entries
+            .iter()
+            .filter(|m| m.status == EntryStatus::Complete)
+            .filter_map(|m| plan.run(&m.run))
+            .filter(|x| column(x) == column(r) || (x.role, &x.defense) == (r.role, &r.defense))
+            .filter_map(|x| entries.iter().find(|m| m.run == x.name))
+            .map(|m| m.wall_seconds.unwrap_or(m.epoch_seconds))
+            .collect();
+        (!same.is_empty()).then(|| same.iter().sum::<f64>() / same.len() as f64)
+    };
+    let (mut archived, mut remaining, mut known, mut unknown) = (0, 0, 0.0, 0);
+    for &r in mine {
+        let entry = entries.iter().find(|m| m.run == r.name);
+        let here = state(&out.join(&r.name));
+        let what = match (entry.map(|m| m.status), &here) {
+            (_, crate::batch::State::Complete) => "complete here".to_string(),
+            (Some(EntryStatus::Complete), _) => {
+                archived += 1;
+                "archived: restored, not run".to_string()
+            }
+            (Some(EntryStatus::InProgress), _) => {
+                remaining += 1;
+                let m = entry.expect("an entry");
+                format!(
+                    "archived unfinished ({} epochs): restored, resumes",
+                    m.epochs_done
+                )
+            }
+            (None, _) => {
+                remaining += 1;
+                match cost(r) {
+                    Some(s) => {
+                        known += s;
+                        format!("to run (about {:.0} min)", s / 60.0)
+                    }
+                    None => {
+                        unknown += 1;
+                        "to run (no archived run of its kind to estimate from)".to_string()
+                    }
+                }
+            }
+        };
+        println!("# {}: {what}", r.name);
+    }
+    println!(
+        "# archive {}: {archived} of {} runs archived complete; {remaining} remain, about {:.1} \
+         hours for the {} with an archived run of their kind{}",
+        root.display(),
+        mine.len(),
+        known / 3600.0,
+        remaining - unknown,
+        match unknown {
+            0 => String::new(),
+            n => format!(", {n} without an estimate"),
+        }
+    );
+    Ok(())
+}
+
+/// `cleanse protocol archive`: writes the runs of the protocol in `spec_path` that are complete
+/// in `out` into the archive at `root` (and, with `unfinished`, the checkpoints of those still
+/// running or stopped, so the next machine continues them).
+pub(crate) fn archive_existing(
+    spec_path: &Path,
+    out: &Path,
+    root: &Path,
+    unfinished: bool,
+) -> Result<()> {
+    let (_, plan) = checked_plan(spec_path, out)?;
+    let archive = Archive::open(root)?;
+    archive.save_plan(&plan)?;
+    let mut tally = Tally::default();
+    let mut n = 0;
+    for r in &plan.runs {
+        if archive.wants(r, out, unfinished)? {
+            archive_run(Some(&archive), r, out, None, &mut tally);
+            n += 1;
+        }
+    }
+    super::table::save(&plan, archive.root())?;
+    eprintln!(
+        "protocol: {n} runs written into {}, {} failed",
+        root.display(),
+        tally.unarchived.len()
+    );
+    if !tally.unarchived.is_empty() {
+        bail!("not archived: {:?}", tally.unarchived);
     }
     Ok(())
 }

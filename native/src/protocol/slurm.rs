@@ -20,6 +20,8 @@ pub(crate) struct SlurmSettings {
     pub extra: Vec<String>,
     /// Runs at a time in each task (`protocol run --jobs`).
     pub jobs: usize,
+    /// The results archive every task restores from and writes into (`protocol run --archive`).
+    pub archive: Option<PathBuf>,
 }
 
 /// `s` quoted for a POSIX shell.
@@ -46,6 +48,10 @@ pub(crate) fn scripts(
         bail!("--jobs: expected at least 1");
     }
     let (binary, spec, out) = (absolute(binary)?, absolute(spec)?, absolute(out)?);
+    let archive = match &s.archive {
+        Some(a) => format!(" --archive {}", quote(&absolute(a)?.display().to_string())),
+        None => String::new(),
+    };
     let logs = out.join("slurm").join("logs");
     let head = |job: String, array: bool| {
         let mut h = format!("#!/bin/bash\n#SBATCH --job-name={job}\n");
@@ -76,7 +82,7 @@ pub(crate) fn scripts(
     };
     let protocol = format!(
         "{}# Shard K of {n}: the K-th of every {n} attack models with their defenses.\n\
-         exec {} protocol run {} --out {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{n}\"{jobs}\n",
+         exec {} protocol run {} --out {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{n}\"{jobs}{archive}\n",
         head(name.to_string(), true),
         quote(&binary.display().to_string()),
         quote(&spec.display().to_string()),
@@ -168,6 +174,7 @@ mod tests {
             mem: None,
             extra: vec!["--account=lab".into()],
             jobs: 1,
+            archive: None,
         };
         let files = scripts(
             Path::new("/opt/cleanse"),
@@ -190,6 +197,7 @@ mod tests {
         assert!(submit.contains("--dependency=afterok:$array table.sbatch"));
         let pooled = SlurmSettings {
             jobs: 3,
+            archive: Some("/repo/results/x".into()),
             ..s.clone()
         };
         let files = scripts(
@@ -201,7 +209,9 @@ mod tests {
         );
         let (_, array) = &files.expect("scripts")[0];
         assert!(
-            array.contains("--shard \"${SLURM_ARRAY_TASK_ID}/4\" --jobs 3\n"),
+            array.contains(
+                "--shard \"${SLURM_ARRAY_TASK_ID}/4\" --jobs 3 --archive '/repo/results/x'\n"
+            ),
             "{array}"
         );
         let zero = SlurmSettings { tasks: 0, ..s };

@@ -2,6 +2,7 @@
 //! runs. Missing or unfinished runs are left out of a cell and counted; a cell with none is
 //! missing, never zero.
 
+use super::archive::{Archive, EntryStatus, Manifest};
 use super::plan::{Plan, Role};
 use anyhow::Result;
 use cleanse_core::protocol_table::{ProtocolTable, Stat};
@@ -122,20 +123,74 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> ProtocolTable {
     }
 }
 
-/// `cleanse protocol table DIR`: the table of every protocol run into `DIR`.
-pub(crate) fn run(out: &Path) -> Result<()> {
+/// `cleanse protocol table DIR`: the table of every protocol run into `DIR` (an output folder
+/// of `protocol run`, or a results archive, whose every file is checked against its manifest
+/// first); with `provenance`, which machine kind and commit made each run.
+pub(crate) fn run(out: &Path, provenance: bool) -> Result<()> {
+    let entries = match out.join(super::archive::INDEX).is_file() {
+        // `open` first finishes or undoes a replacement a killed process left.
+        true => Archive::open(out)?.entries()?,
+        false => Vec::new(),
+    };
     for plan in Plan::read_all(out)? {
         write(&plan, out)?;
+        if provenance {
+            print!("{}", provenance_table(&plan, out, &entries));
+        }
     }
     Ok(())
 }
 
-/// The table of `plan` as `out/tables/<name>.{md,csv,json}`, and its Markdown on stdout.
-pub(crate) fn write(plan: &Plan, out: &Path) -> Result<()> {
+/// Who made each run of `plan`'s table: from the archive's manifests where there are any,
+/// else from the run's report (its device only).
+fn provenance_table(plan: &Plan, out: &Path, entries: &[Manifest]) -> String {
+    let mut s = String::from(
+        "\n| run | status | arithmetic | commit | epochs | hours |\n|---|---|---|---|---|---|\n",
+    );
+    for r in plan.runs.iter().filter(|r| r.role != Role::Map) {
+        let line = match entries.iter().find(|m| m.run == r.name) {
+            Some(m) => format!(
+                "| {} | {} | {} | {} | {} | {:.2} |",
+                r.name,
+                match m.status {
+                    EntryStatus::Complete => "archived",
+                    EntryStatus::InProgress => "archived unfinished",
+                },
+                m.arithmetic.join(", then "),
+                m.commit.get(..12).unwrap_or(&m.commit),
+                m.epochs_done,
+                m.wall_seconds.unwrap_or(m.epoch_seconds) / 3600.0
+            ),
+            None => match finished(&out.join(&r.name)) {
+                Some(rep) => format!(
+                    "| {} | complete | {} | | {} | {:.2} |",
+                    r.name,
+                    crate::describe_device_info(&rep.device),
+                    rep.epochs.len(),
+                    rep.epochs.iter().map(|e| e.seconds).sum::<f64>() / 3600.0
+                ),
+                None => format!("| {} | missing | | | | |", r.name),
+            },
+        };
+        s.push_str(&line);
+        s.push('\n');
+    }
+    s
+}
+
+/// The table of `plan` as `out/tables/<name>.{md,csv,json}`.
+pub(crate) fn save(plan: &Plan, out: &Path) -> Result<ProtocolTable> {
     let t = build(plan, out);
     let dir = out.join("tables");
     cleanse_core::io::create_dir_all(&dir)?;
     t.write(&dir, &plan.name())?;
+    Ok(t)
+}
+
+/// The table of `plan` as `out/tables/<name>.{md,csv,json}`, and its Markdown on stdout.
+pub(crate) fn write(plan: &Plan, out: &Path) -> Result<()> {
+    let t = save(plan, out)?;
+    let dir = out.join("tables");
     println!(
         "{} ({}):\n",
         plan.name(),
