@@ -1,5 +1,5 @@
 """The two CIFAR classifiers cleanse imports and exports, written in PyTorch with the parameter
-names of each layout cleanse knows (see README, "Import your own model"):
+names of each layout cleanse knows (see docs/cli.md, "Import your own model"):
 
 - `backdoorbench`: BackdoorBench's PreActResNet18 and the kuangliu ResNet-18 (`conv1`, `bn1`,
   `layerS.B.shortcut.{0,1}`, `linear`);

@@ -49,7 +49,7 @@ pub(crate) enum Preset {
     Faithful,
     /// The authors' code where it differs: lr 0.01; LC eps 8/255 poisoning 50% on CIFAR-10.
     AuthorsCode,
-    /// Backdoors learnable on a few thousand images (see the README): width 16, batch 32,
+    /// Backdoors learnable on a few thousand images (see docs/cli.md): width 16, batch 32,
     /// lr 0.05, 24 epochs, no crop or flip augmentation, every target-class image poisoned by
     /// the clean-label attacks, IAB networks of width 16 with 10 mask pre-training epochs.
     Subset,

@@ -304,8 +304,8 @@ fn runs_carry_through_the_archive_and_a_new_defense_runs_on_a_restored_teacher()
     assert!(grown.contains("NAD 1 ep"), "{grown}");
 }
 
-/// A byte changed, a file missing, a manifest naming a path outside its entry: each is refused
-/// with an error naming the file, by `protocol table` and by `protocol run --archive`.
+/// A byte changed, a file missing, a manifest naming a path outside its entry, a symbolic link
+/// inside an entry: each is refused with an error naming the file, by `protocol table` and by `protocol run --archive`.
 #[test]
 fn a_damaged_or_hostile_archive_is_refused_naming_the_file() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -479,4 +479,129 @@ fn a_run_killed_while_it_archives_leaves_a_valid_archive() {
     kill_while_archiving(&spec2, &other, &archive, "replace", ".old-");
     assert_eq!(table(&archive), whole);
     assert!(leftovers(&archive).is_empty(), "{:?}", leftovers(&archive));
+}
+
+/// A run stopped part of the way (a machine's session ends) is archived with its checkpoint
+/// (`protocol archive --unfinished`), restored into a fresh output folder of the same path, and
+/// resumed there to the uninterrupted run's result; its entry then holds the finished run.
+#[test]
+fn an_unfinished_run_archived_with_its_checkpoint_resumes_elsewhere_to_the_same_result() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("s");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let spec1 = dir.join("arch.toml");
+    std::fs::write(
+        &spec1,
+        r#"
+[protocol]
+dataset = "synthetic"
+models = [{ target = 0, seed = 0 }]
+flags = { device = "cpu", threads = 1 }
+
+[[attack]]
+kind = "badnets"
+flags = { synthetic-train = 600, synthetic-test = 64, width = 8, epochs = 6, batch-size = 16, holdout = 0.25 }
+"#,
+    )
+    .expect("spec");
+    // The uninterrupted run.
+    let whole = tmp.path().join("whole");
+    ok(&[
+        "protocol",
+        "run",
+        s(&spec1),
+        "--out",
+        s(&whole),
+        "--archive",
+        s(&tmp.path().join("whole-archive")),
+    ]);
+    // Stopped after an epoch or more, archived unfinished.
+    let (out, archive) = (tmp.path().join("runs"), tmp.path().join("arch"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cleanse"))
+        .args(["protocol", "run"])
+        .arg(&spec1)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let state = out.join("badnets/t0-s0/attack/checkpoint/state.json");
+    let t0 = Instant::now();
+    while !state.is_file() {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "finished too soon"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let o = ok(&[
+        "protocol",
+        "archive",
+        s(&spec1),
+        "--out",
+        s(&out),
+        "--archive",
+        s(&archive),
+        "--unfinished",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("1 runs written"), "{err}");
+    let entry = archive.join("badnets/t0-s0/attack");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(entry.join("manifest.json")).expect("m"))
+            .expect("json");
+    assert_eq!(manifest["status"], "in_progress");
+    let done = manifest["epochs_done"].as_u64().expect("epochs");
+    assert!((1..6).contains(&done), "{done}");
+    let files: Vec<&String> = manifest["files"]
+        .as_object()
+        .expect("files")
+        .keys()
+        .collect();
+    assert!(
+        files.iter().any(|f| f.starts_with("checkpoint/model-e")),
+        "{files:?}"
+    );
+    assert!(
+        files.contains(&&"checkpoint/state.json".to_string()),
+        "{files:?}"
+    );
+    // Without --unfinished the unfinished run is not written; the table shows its cell missing.
+    assert!(table(&archive).contains("| BadNets 10% | - |"));
+    // The next machine: the output folder is gone; the run is restored and resumes.
+    std::fs::remove_dir_all(&out).expect("rm");
+    let o = ok(&[
+        "protocol",
+        "run",
+        s(&spec1),
+        "--out",
+        s(&out),
+        "--archive",
+        s(&archive),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("restored unfinished from the archive"),
+        "{err}"
+    );
+    assert!(err.contains("1 run, 0 complete already"), "{err}");
+    let teacher = |d: &Path| d.join("badnets/t0-s0/attack");
+    assert_eq!(outcome(&teacher(&out)), outcome(&teacher(&whole)));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(entry.join("manifest.json")).expect("m"))
+            .expect("json");
+    assert_eq!(manifest["status"], "complete");
+    assert_eq!(manifest["epochs_done"], 6);
+    assert!(entry.join("model.safetensors").is_file());
+    assert!(
+        !entry.join("checkpoint/state.json").exists(),
+        "the checkpoint is replaced"
+    );
+    // Restored into another output folder, an unfinished run would not resume (its checkpoint
+    // records its paths); a complete one is restored anywhere.
+    assert_eq!(table(&archive), table(&whole));
 }

@@ -171,7 +171,7 @@ impl KdConfig {
         if self.epochs != 100 {
             v.push(format!("{} ep", self.epochs));
         }
-        v.extend(super::ft::cosine_label(self.epochs, self.cosine_t_max));
+        v.extend(super::ft::cosine_label(self.cosine_t_max));
         v
     }
 }

@@ -77,17 +77,17 @@ impl FtConfig {
             100 => Vec::new(),
             e => vec![format!("{e} ep")],
         };
-        d.extend(cosine_label(self.epochs, self.cosine_t_max));
+        d.extend(cosine_label(self.cosine_t_max));
         d
     }
 }
 
-/// A table label's note on a cosine horizon other than the authors' (`None`, before the
-/// setting existed, annealed over the run).
-pub(crate) fn cosine_label(epochs: usize, t_max: Option<usize>) -> Option<String> {
-    match t_max.unwrap_or(epochs) {
-        AUTHORS_COSINE_T_MAX => None,
-        t => Some(format!("T_max {t}")),
+/// A table label's note on a cosine horizon other than the authors' (none for runs made before
+/// the setting existed, which annealed over each fine-tuning's own length).
+pub(crate) fn cosine_label(t_max: Option<usize>) -> Option<String> {
+    match t_max {
+        Some(t) if t != AUTHORS_COSINE_T_MAX => Some(format!("T_max {t}")),
+        _ => None,
     }
 }
 

@@ -220,7 +220,7 @@ pub fn import(dict: &StateDict, options: &ImportOptions, source: &Path) -> Resul
             source,
             format!(
                 "its tensors do not name a {} with {} names (the closest fit, {} of {} names \
-                 found): {}; give --arch, --names or --rename FROM=TO (see README, \"Import \
+                 found): {}; give --arch, --names or --rename FROM=TO (see docs/cli.md, \"Import \
                  your own model\")",
                 best.architecture.name(),
                 best.naming.name(),

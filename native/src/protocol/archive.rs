@@ -365,7 +365,20 @@ impl Archive {
             );
         }
         for (rel, hash) in &m.files {
-            let file = dir.join(inside(&path, rel)?);
+            let rel_path = inside(&path, rel)?;
+            // A symbolic link on the way would lead out of the entry.
+            let mut at = dir.clone();
+            for c in rel_path.components() {
+                at.push(c);
+                if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                    bail!(
+                        "{}: a symbolic link (named by {}); an archive holds plain files only",
+                        at.display(),
+                        path.display()
+                    );
+                }
+            }
+            let file = dir.join(rel_path);
             let bytes = std::fs::read(&file).map_err(|e| {
                 anyhow!(
                     "{}: {e} (named by {}; the archive entry is incomplete)",
@@ -396,7 +409,9 @@ impl Archive {
             for e in entries.filter_map(|e| e.ok()) {
                 let path = e.path();
                 let name = e.file_name();
-                if !path.is_dir() || name.to_string_lossy().starts_with('.') {
+                // Not followed: a link could lead out of the archive or round in a circle.
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                if !is_dir || name.to_string_lossy().starts_with('.') {
                     continue;
                 }
                 if path.join(MANIFEST).is_file() {
@@ -537,9 +552,17 @@ impl Archive {
     /// took, when known.
     pub fn add(&self, run: &Run, out: &Path, wall: Option<Duration>) -> Result<Manifest> {
         let dir = out.join(&run.name);
-        let report: Report = cleanse_core::io::read_json(&dir.join(files::REPORT))
-            .with_context(|| format!("archiving {}", run.name))?;
-        let complete = report.status == RunStatus::Complete;
+        // An unfinished run killed between its first checkpoint and its first report has none.
+        let report: Option<Report> = match dir.join(files::REPORT).is_file() {
+            true => Some(
+                cleanse_core::io::read_json(&dir.join(files::REPORT))
+                    .with_context(|| format!("archiving {}", run.name))?,
+            ),
+            false => None,
+        };
+        let complete = report
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Complete);
         let _held = self.lock()?;
         let dest = self.root.join(&run.name);
         let parent = cleanse_core::io::parent_dir(&dest);
@@ -565,24 +588,34 @@ impl Archive {
             hashes.insert(rel.to_string(), sha256_hex(bytes));
             Ok(())
         };
-        let mut names: Vec<String> = RUN_FILES.iter().map(|s| s.to_string()).collect();
-        if complete && keeps_weights(run) {
-            names.extend(TRIGGER_FILES.iter().map(|s| s.to_string()));
-            let (bytes, _, _) = crate::export::safetensors_of(&dir, WEIGHT_NAMES)
-                .with_context(|| format!("archiving the weights of {}", run.name))?;
-            put(WEIGHTS, &bytes)?;
-        }
-        if !complete {
-            names = unfinished_files(&dir)?;
-        }
-        for rel in &names {
-            match std::fs::read(dir.join(rel)) {
-                Ok(bytes) => put(rel, &bytes)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(anyhow!("{}: {e}", dir.join(rel).display())),
+        let (mut epochs_done, mut epoch_seconds) = match &report {
+            Some(r) => (r.epochs.len(), r.epochs.iter().map(|e| e.seconds).sum()),
+            None => (0, 0.0),
+        };
+        if complete {
+            let mut names: Vec<&str> = RUN_FILES.to_vec();
+            if keeps_weights(run) {
+                names.extend(TRIGGER_FILES);
+                let (bytes, _, _) = crate::export::safetensors_of(&dir, WEIGHT_NAMES)
+                    .with_context(|| format!("archiving the weights of {}", run.name))?;
+                put(WEIGHTS, &bytes)?;
             }
+            for rel in names {
+                if let Some(bytes) = read_if_there(&dir.join(rel))? {
+                    put(rel, &bytes)?;
+                }
+            }
+        } else {
+            let (snapshot, state) = unfinished_snapshot(&dir)?;
+            for (rel, bytes) in &snapshot {
+                put(rel, bytes)?;
+            }
+            epochs_done = state.epochs_done;
+            epoch_seconds = state.history.iter().map(|e| e.seconds).sum();
         }
-        let arithmetic_now = arithmetic_of(&report);
+        let arithmetic_now = report
+            .as_ref()
+            .map_or_else(|| "unknown (no report yet)".to_string(), arithmetic_of);
         let previous = self.entry(&run.name).ok().flatten();
         let mut arithmetic = previous
             .as_ref()
@@ -603,9 +636,9 @@ impl Archive {
             out: out.display().to_string(),
             commit: commit().to_string(),
             arithmetic,
-            epoch_seconds: report.epochs.iter().map(|e| e.seconds).sum(),
+            epoch_seconds,
             wall_seconds: wall.map(|w| w.as_secs_f64()),
-            epochs_done: report.epochs.len(),
+            epochs_done,
             archived_unix: cleanse_core::report::now_unix(),
             files: hashes,
         };
@@ -661,43 +694,88 @@ fn check_index(index: &Path) -> Result<()> {
     }
 }
 
-/// The files an unfinished run resumes from: everything in its folder but the lock, leftovers
-/// of interrupted writes, and checkpoint files of earlier epochs its state no longer names.
-fn unfinished_files(dir: &Path) -> Result<Vec<String>> {
+/// An unfinished run's files (relative path, bytes) and the checkpoint state they belong to.
+type Snapshot = (
+    Vec<(String, Vec<u8>)>,
+    cleanse_core::train::checkpoint::CheckpointState,
+);
+
+/// The bytes of the file at `path`; `None` when there is none.
+fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow!("{}: {e}", path.display())),
+    }
+}
+
+/// The files an unfinished run resumes from, read as one consistent snapshot (the run may be
+/// going on): its checkpoint's state first, then the epoch files that state names and
+/// everything else in its folder but the lock, leftovers of interrupted writes and earlier
+/// epochs' files. A run that moves on to the next epoch while it is read (its previous epoch's
+/// files removed) is read again. Returns the files by relative path, and the state.
+fn unfinished_snapshot(dir: &Path) -> Result<Snapshot> {
     let ckpt = dir.join(files::CHECKPOINT_DIR);
-    let state = cleanse_core::train::checkpoint::load_state(&ckpt)
-        .with_context(|| format!("{}: no checkpoint to archive", dir.display()))?;
-    let current = [state.model_file.as_str(), state.optimizer_file.as_str()];
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)
-            .with_context(|| format!("reading {}", d.display()))?
-            .filter_map(|e| e.ok())
-        {
-            let path = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name == files::LOCK || name.starts_with(".tmp") {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let stale_epoch = d == ckpt
-                && (name.starts_with("model-e") || name.starts_with("sgd-e"))
-                && !current.contains(&name.as_str());
-            if !stale_epoch {
+    let state_path = cleanse_core::train::checkpoint::state_path(&ckpt);
+    let state_rel = state_path
+        .strip_prefix(dir)
+        .expect("inside the run")
+        .to_string_lossy()
+        .into_owned();
+    for _attempt in 0..5 {
+        let state_bytes = std::fs::read(&state_path)
+            .with_context(|| format!("{}: no checkpoint to archive", dir.display()))?;
+        let state: cleanse_core::train::checkpoint::CheckpointState =
+            serde_json::from_slice(&state_bytes)
+                .with_context(|| format!("{}: not a checkpoint state", state_path.display()))?;
+        let current = [state.model_file.as_str(), state.optimizer_file.as_str()];
+        let mut out = vec![(state_rel.clone(), state_bytes.clone())];
+        let mut moved_on = false;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)
+                .with_context(|| format!("reading {}", d.display()))?
+                .filter_map(|e| e.ok())
+            {
+                let path = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name == files::LOCK || name.starts_with(".tmp") {
+                    continue;
+                }
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path);
+                    continue;
+                }
                 let rel = path
                     .strip_prefix(dir)
                     .expect("under the run")
-                    .to_string_lossy();
-                out.push(rel.into_owned());
+                    .to_string_lossy()
+                    .into_owned();
+                let epoch_file =
+                    d == ckpt && (name.starts_with("model-e") || name.starts_with("sgd-e"));
+                if rel == state_rel || (epoch_file && !current.contains(&name.as_str())) {
+                    continue;
+                }
+                match read_if_there(&path)? {
+                    Some(bytes) => out.push((rel, bytes)),
+                    None if epoch_file => moved_on = true,
+                    None => {}
+                }
             }
         }
+        let named_there = current.iter().all(|f| {
+            out.iter()
+                .any(|(rel, _)| Path::new(rel) == Path::new(files::CHECKPOINT_DIR).join(f))
+        });
+        if !moved_on && named_there {
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            return Ok((out, state));
+        }
     }
-    out.sort();
-    Ok(out)
+    bail!(
+        "{}: the run kept moving on to its next epoch while it was read; archive it again",
+        dir.display()
+    )
 }
 
 /// Flushes every file under `dir` to disk (before the rename that publishes it).

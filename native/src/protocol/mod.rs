@@ -146,13 +146,15 @@ pub(crate) fn run(cmd: &ProtocolCommand) -> Result<()> {
         ProtocolCommand::Run(a) => runner::run(
             &a.spec,
             &a.out,
-            a.shard,
-            a.jobs,
-            Duration::from_secs(a.poll_seconds),
-            a.dry_run,
-            &a.attacks,
-            &a.defenses,
-            a.archive.as_deref(),
+            &runner::RunOptions {
+                shard: a.shard,
+                jobs: a.jobs,
+                poll: Duration::from_secs(a.poll_seconds),
+                dry_run: a.dry_run,
+                attacks: &a.attacks,
+                defenses: &a.defenses,
+                archive: a.archive.as_deref(),
+            },
         ),
         ProtocolCommand::Table(a) => table::run(&a.out, a.provenance),
         ProtocolCommand::Archive(a) => {

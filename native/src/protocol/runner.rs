@@ -222,19 +222,35 @@ fn run_in_turn<'a>(
     tally
 }
 
-/// Runs shard `index` of `count` of the protocol in `spec_path` into `out`, `jobs` runs at a
-/// time (more than one: each in its own process).
-pub(crate) fn run(
-    spec_path: &Path,
-    out: &Path,
-    (index, count): (usize, usize),
-    jobs: usize,
-    poll: Duration,
-    dry_run: bool,
-    only: &[String],
-    columns: &[String],
-    archive: Option<&Path>,
-) -> Result<()> {
+/// How `protocol run` goes about a protocol (its flags).
+pub(crate) struct RunOptions<'a> {
+    /// Shard `index` of `count`.
+    pub shard: (usize, usize),
+    /// Runs at a time (more than one: each in its own process).
+    pub jobs: usize,
+    /// How often a run another process holds is looked at.
+    pub poll: Duration,
+    /// Only print the command lines (and what the archive holds).
+    pub dry_run: bool,
+    /// Only these rows (all when empty).
+    pub attacks: &'a [String],
+    /// Only these columns, with the teachers they need (all when empty).
+    pub defenses: &'a [String],
+    /// The results archive to restore from and write into.
+    pub archive: Option<&'a Path>,
+}
+
+/// Runs the protocol in `spec_path` into `out` as `options` say.
+pub(crate) fn run(spec_path: &Path, out: &Path, options: &RunOptions<'_>) -> Result<()> {
+    let RunOptions {
+        shard: (index, count),
+        jobs,
+        poll,
+        dry_run,
+        attacks: only,
+        defenses: columns,
+        archive,
+    } = *options;
     if jobs == 0 {
         bail!("--jobs: expected at least 1");
     }
