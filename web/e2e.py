@@ -9,7 +9,9 @@ picks the backend, the trigger gallery of all six attacks is stamped (by the WGS
 WebGPU), a tiny training run (a few batches) shows clean accuracy and ASR, and a tiny cleanse shows
 the after numbers (E2E_WEBGPU_TRAIN=0 skips training on WebGPU); the browser console must show no
 rejected kernel, wgpu error or panic. Then the viewer: sample reports
-give the attack x defense table, and a malformed report gives an error naming the file.
+give the attack x defense table, a malformed report gives an error naming the file, and the
+results archive of the quick protocol (results/quick), opened as a folder, gives its table and
+every run's curves.
 Saves screenshots into OUT_DIR. E2E_QUERY adds URL settings (e.g. batches=1); E2E_BACKENDS picks backends ("webgpu cpu"). With --bench, trains two whole epochs of the demo setting on each
 backend instead (BadNets, width 8, 1,500 images, batch 32), and prints the epoch times.
 """
@@ -235,6 +237,25 @@ def viewer(b, base, out):
         raise Fail(f"the error does not name the file: {err!r}")
     print(f"[viewer] malformed: {err.strip()}")
     b.screenshot(os.path.join(out, "viewer-error.png"), "#drop-zone")
+    # A whole results archive, as a folder: its table and every run's report; its weights,
+    # manifests and splits are left unread.
+    b.click("#clear-reports")
+    archive = os.path.join(HERE, "..", "results", "quick")
+    with open(os.path.join(archive, "tables", "quick.json")) as f:
+        archived = json.load(f)
+    b.send_files("#archive-folder", [os.path.abspath(archive)])
+    atable = b.wait("the archive's table", lambda: b.text(".protocol-table"), 60)
+    kd = archived["cells"][0][-1]
+    want = f"{100 * kd['acc_mean']:.1f}"
+    if "quick" not in (b.text("#viewer h3") or "") or want not in atable:
+        raise Fail(f"the archive's table lacks its name or the KD cell {want}: {atable!r}")
+    runs = b.wait("the archive's runs", lambda: b.js(
+        "const n = document.querySelectorAll('#viewer section.run').length; return n >= 8 ? n : 0;"), 60)
+    notes = b.text("#viewer-notes") or ""
+    if "left unread" not in notes:
+        raise Fail(f"expected a note on the files left unread: {notes!r}")
+    print(f"[viewer] archive folder: {runs} runs, {notes.strip()}")
+    b.screenshot(os.path.join(out, "viewer-archive.png"))
 
 
 def showcase(b, base, out):

@@ -128,7 +128,7 @@ pub fn demo_attack_config(kind: AttackKind, dataset: DatasetKind, seed: u64) -> 
         c.poison_rate = 1.0;
     } else if !kind.is_training_control() {
         // At 10% of the demo's (then) 400 images BadNets reached ASR 15% in 20 epochs; a fifth
-        // of the 1,500 training images gives 98.0% (README).
+        // of the 1,500 training images gives 98.0% (docs/browser.md).
         c.poison_rate = 0.2;
     }
     c.lc_steps = 10;
@@ -185,7 +185,7 @@ impl CleansePlan {
     /// The browser demo's default: 20 epochs at twice the adaptive ratios. On the demo's 500
     /// unlabeled images the method's own ratios leave most of the backdoor (BadNets ASR 98.0% to
     /// 71.0% in 10 epochs); twice the ratios for 20 epochs bring it to 29.3%, at 5.4 points of
-    /// clean accuracy (`demo_run` example, README).
+    /// clean accuracy (`demo_run` example, docs/browser.md).
     pub fn demo() -> CleansePlan {
         CleansePlan {
             epochs: 20,

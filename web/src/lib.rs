@@ -225,10 +225,49 @@ pub fn polyline(series: &Series, x: &Axis, y: &Axis, width: f64, height: f64) ->
         .join(" ")
 }
 
+/// The name a file of a picked folder (a protocol's output folder or a results archive) is
+/// shown under, from its path in the folder: a run's `report.json` by its run's folder (e.g.
+/// `quick/badnets/t0-s0/kd`), a table of `tables/` by its path; `None` for the other files
+/// (weights, manifests, splits, checkpoints), which the viewer does not read.
+pub fn archive_name(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        [dirs @ .., "report.json"] if !dirs.contains(&"checkpoint") => Some(if dirs.is_empty() {
+            "report.json".to_string()
+        } else {
+            dirs.join("/")
+        }),
+        [.., "tables", file] if file.ends_with(".json") => Some(path.to_string()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use cleanse_core::report::AttackDefenseTable;
+
+    #[test]
+    fn a_folders_reports_and_tables_are_read_and_named_by_their_run() {
+        assert_eq!(
+            archive_name("quick/badnets/t0-s0/kd/report.json").as_deref(),
+            Some("quick/badnets/t0-s0/kd")
+        );
+        assert_eq!(
+            archive_name("quick/tables/quick.json").as_deref(),
+            Some("quick/tables/quick.json")
+        );
+        for other in [
+            "quick/badnets/t0-s0/attack/model.safetensors",
+            "quick/badnets/t0-s0/kd/manifest.json",
+            "quick/badnets/t0-s0/kd/split.json",
+            "quick/badnets/t0-s0/kd/checkpoint/report.json",
+            "quick/protocols/quick.json",
+            "quick/archive.json",
+        ] {
+            assert_eq!(archive_name(other), None, "{other}");
+        }
+    }
 
     /// The browser test's sample reports (real CLI reports) and its malformed file.
     #[test]

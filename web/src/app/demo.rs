@@ -13,7 +13,7 @@ use leptos::prelude::*;
 /// Training and unlabeled images the demo uses (of the 2,000 training images shipped; the 500 test
 /// images are all used). Fewer do not show the cleanser at work: with 400 training and 200
 /// unlabeled images the teacher reaches 18.5% clean accuracy and the cleanser cannot remove
-/// its backdoor (README).
+/// its backdoor (docs/browser.md).
 const TRAIN_IMAGES: usize = 1500;
 const UNLABELED: usize = 500;
 /// Residual magnification of the gallery.

@@ -132,9 +132,15 @@ pub(crate) fn files_of(list: Option<web_sys::FileList>) -> Vec<web_sys::File> {
 pub(crate) async fn read_files(
     files: Vec<web_sys::File>,
 ) -> Vec<(String, Result<Vec<u8>, String>)> {
+    read_named(files.into_iter().map(|f| (f.name(), f)).collect()).await
+}
+
+/// The contents of files, each under the name given with it.
+pub(crate) async fn read_named(
+    files: Vec<(String, web_sys::File)>,
+) -> Vec<(String, Result<Vec<u8>, String>)> {
     let mut out = Vec::new();
-    for f in files {
-        let name = f.name();
+    for (name, f) in files {
         let bytes = match JsFuture::from(f.array_buffer()).await {
             Ok(buf) => Ok(js_sys::Uint8Array::new(&buf).to_vec()),
             Err(e) => Err(format!("{name}: cannot read the file: {}", js_error(e))),

@@ -1,8 +1,8 @@
 //! The report viewer: `report.json` files from the CLI, by file picker or drag and drop.
 
 use super::chart::chart;
-use super::{files_of, read_files};
-use crate::{curves, defense_curves, load_reports, protocol_cell, summary};
+use super::{files_of, read_named};
+use crate::{archive_name, curves, defense_curves, load_reports, protocol_cell, summary};
 use cleanse_core::protocol_table::ProtocolTable;
 use cleanse_core::report::{AttackDefenseTable, Report};
 use leptos::prelude::*;
@@ -51,17 +51,31 @@ fn acc_asr_table(
     }
 }
 
+/// A file's path inside the folder it was picked with (`webkitRelativePath`; empty when picked
+/// alone).
+fn relative_path(f: &web_sys::File) -> String {
+    js_sys::Reflect::get(f.as_ref(), &"webkitRelativePath".into())
+        .ok()
+        .and_then(|v| v.as_string())
+        .unwrap_or_default()
+}
+
 #[component]
 pub fn Viewer() -> impl IntoView {
     let reports: RwSignal<Vec<(String, Report)>> = RwSignal::new(Vec::new());
     let tables: RwSignal<Vec<(String, ProtocolTable)>> = RwSignal::new(Vec::new());
     let errors: RwSignal<Vec<String>> = RwSignal::new(Vec::new());
+    let notes: RwSignal<Vec<String>> = RwSignal::new(Vec::new());
     let dragging = RwSignal::new(false);
-    let open = move |list: Option<web_sys::FileList>| {
-        let list = files_of(list);
+    let open = move |list: Vec<(String, web_sys::File)>, skipped: usize| {
         leptos::task::spawn_local(async move {
-            let files = read_files(list).await;
+            let files = read_named(list).await;
             let mut errs = Vec::new();
+            if skipped > 0 {
+                notes.set(vec![format!(
+                    "{skipped} other files of the folder (weights, manifests, splits) left unread"
+                )]);
+            }
             let mut texts = Vec::new();
             for (name, bytes) in files {
                 match bytes.and_then(|b| {
@@ -108,15 +122,33 @@ pub fn Viewer() -> impl IntoView {
             });
         });
     };
+    let by_name = |list: Option<web_sys::FileList>| {
+        files_of(list)
+            .into_iter()
+            .map(|f| (f.name(), f))
+            .collect::<Vec<_>>()
+    };
     let on_pick = move |ev: leptos::ev::Event| {
         let input: web_sys::HtmlInputElement = event_target(&ev);
-        open(input.files());
+        open(by_name(input.files()), 0);
+        input.set_value("");
+    };
+    let on_folder = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = event_target(&ev);
+        let all = files_of(input.files());
+        let total = all.len();
+        let picked: Vec<(String, web_sys::File)> = all
+            .into_iter()
+            .filter_map(|f| archive_name(&relative_path(&f)).map(|n| (n, f)))
+            .collect();
+        let skipped = total - picked.len();
+        open(picked, skipped);
         input.set_value("");
     };
     let on_drop = move |ev: leptos::ev::DragEvent| {
         ev.prevent_default();
         dragging.set(false);
-        open(ev.data_transfer().and_then(|d| d.files()));
+        open(by_name(ev.data_transfer().and_then(|d| d.files())), 0);
     };
     let table = move || {
         let rs = reports.get();
@@ -223,15 +255,21 @@ pub fn Viewer() -> impl IntoView {
             <h2>"Report viewer"</h2>
             <p>"Open the " <code>"report.json"</code> " files the " <code>"cleanse"</code>
                " command line writes (several at once): a summary and per-epoch curves of each run, and the attack × defense table in the layout of the paper's supplement; or the "
-               <code>"table.json"</code> " of " <code>"cleanse protocol table"</code> "."</p>
+               <code>"table.json"</code> " of " <code>"cleanse protocol table"</code> "; or a whole folder: a results archive ("
+               <code>"results/<protocol>/"</code> ") or a protocol's output folder, whose table and every run's curves it shows."</p>
             <div id="drop-zone" class="drop" class:over=move || dragging.get()
                 on:dragover=move |ev: leptos::ev::DragEvent| { ev.prevent_default(); dragging.set(true); }
                 on:dragleave=move |_| dragging.set(false)
                 on:drop=on_drop>
                 "Drop report files here, or "
                 <input id="report-files" type="file" multiple accept=".json,application/json" on:change=on_pick/>
-                <button id="clear-reports" on:click=move |_| { reports.set(Vec::new()); tables.set(Vec::new()); errors.set(Vec::new()); }>"Clear"</button>
+                " or a folder "
+                <input id="archive-folder" type="file" prop:webkitdirectory=true multiple on:change=on_folder/>
+                <button id="clear-reports" on:click=move |_| { reports.set(Vec::new()); tables.set(Vec::new()); errors.set(Vec::new()); notes.set(Vec::new()); }>"Clear"</button>
             </div>
+            <ul id="viewer-notes" class="note">
+                {move || notes.get().into_iter().map(|e| view! { <li>{e}</li> }).collect::<Vec<_>>()}
+            </ul>
             <ul id="viewer-errors" class="errors">
                 {move || errors.get().into_iter().map(|e| view! { <li>{e}</li> }).collect::<Vec<_>>()}
             </ul>
