@@ -92,8 +92,9 @@ impl ProtocolTable {
         })
     }
 
-    /// Markdown: the means (with the Mean row), then the standard deviations. A cell with fewer
-    /// finished runs than planned shows the count, e.g. `(3/14)`.
+    /// Markdown: the means (with the Mean row), then the standard deviations where a cell has
+    /// more than one finished model. A cell with fewer finished runs than planned shows the
+    /// count, e.g. `(3/14)`.
     pub fn markdown(&self) -> String {
         let pct = |v: f64| format!("{:.1}", v * 100.0);
         let count = |s: &Stat| match s.n < s.expected {
@@ -124,18 +125,22 @@ impl ProtocolTable {
             }
             s.push('\n');
         }
+        // Spreads only where a cell has more than one finished model (one model has none).
+        if !self.cells.iter().flatten().flatten().any(|c| c.n > 1) {
+            return s;
+        }
         s.push_str("\nStandard deviation over the models, ACC / ASR %:\n\n");
         s.push_str(&crate::report::attack_defense_header(&self.columns));
         for (name, cells) in self.attacks.iter().zip(&self.cells) {
             s.push_str(&format!("| {name} |"));
             for c in cells {
                 match c {
-                    Some(c) => s.push_str(&format!(
+                    Some(c) if c.n > 1 => s.push_str(&format!(
                         " ± {} | ± {} |",
                         pct(c.acc_std),
                         c.asr_std.map_or("-".into(), pct)
                     )),
-                    None => s.push_str(" - | - |"),
+                    _ => s.push_str(" - | - |"),
                 }
             }
             s.push('\n');

@@ -195,6 +195,33 @@ impl Report {
     }
 }
 
+impl Report {
+    /// Why the report's metrics are impossible, if they are: a clean accuracy, ASR or training
+    /// accuracy outside `[0, 1]` (or not a number), in an epoch or the final metrics.
+    pub fn check_metrics(&self) -> Result<(), String> {
+        let fraction = |what: String, v: f64| match (0.0..=1.0).contains(&v) {
+            true => Ok(()),
+            false => Err(format!("{what} is {v}; expected a fraction in [0, 1]")),
+        };
+        for e in &self.epochs {
+            fraction(format!("epoch {}: train_acc", e.epoch), e.train_acc)?;
+            if let Some(v) = e.clean_acc {
+                fraction(format!("epoch {}: clean_acc", e.epoch), v)?;
+            }
+            if let Some(v) = e.asr {
+                fraction(format!("epoch {}: asr", e.epoch), v)?;
+            }
+        }
+        if let Some(f) = &self.final_metrics {
+            fraction("final clean_acc".into(), f.clean_acc)?;
+            if let Some(v) = f.asr {
+                fraction("final asr".into(), v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()

@@ -243,7 +243,7 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
     train.validate()?;
     attack_config.validate(cleanse_core::model::MAX_CLASSES)?;
     let selected = args.train.device.select()?;
-    eprintln!("device: {}", describe_device(&selected));
+    errln!("device: {}", describe_device(&selected));
     let out = &args.train.out;
 
     let clean_model = match (&args.clean_model, attack_config.kind) {
@@ -264,12 +264,13 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
         match args.target {
             None => {
                 attack_config.target = order[0];
-                eprintln!(
+                errln!(
                     "GTSRB: target class {} (the most frequent, {} training images)",
-                    order[0], counts[order[0]]
+                    order[0],
+                    counts[order[0]]
                 );
             }
-            Some(t) if !order[..10.min(order.len())].contains(&t) => eprintln!(
+            Some(t) if !order[..10.min(order.len())].contains(&t) => errln!(
                 "warning: GTSRB target {t} is not among the 10 most frequent classes {:?}",
                 &order[..10.min(order.len())]
             ),
@@ -284,7 +285,7 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
         AttackKind::Iab => {
             let mut h = IabHooks::new(attack, train.batch_size, train.augment, train.seed);
             h.on_mask_epoch = Some(Box::new(|e, total, loss| {
-                eprintln!(
+                errln!(
                     "IAB mask pre-training epoch {:>3}/{total} loss {loss:.4}",
                     e + 1
                 )
@@ -297,9 +298,9 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
             // OUT/clean-model, and a resumed run continues or reuses it.
             let dir = out.join(files::LC_CLEAN_MODEL);
             if OwnCleanModel::is_done(out) {
-                eprintln!("LC: using the clean model in {}", dir.display());
+                errln!("LC: using the clean model in {}", dir.display());
             } else {
-                eprintln!("LC: training a clean model into {} first", dir.display());
+                errln!("LC: training a clean model into {} first", dir.display());
             }
             let own = OwnCleanModel {
                 config: train.clone(),
@@ -319,7 +320,7 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
         .with_context(|| format!("attack run into {}", out.display()))?;
     bars.finish();
     let f = report.final_metrics.clone().context("run did not finish")?;
-    println!(
+    outln!(
         "{}: clean_acc {:.4} asr {:.4} after {} epochs; report: {}",
         args.kind_name(),
         f.clean_acc,
@@ -422,7 +423,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
         check_output(out, "out", args.force)?;
     }
     let selected = args.device.select()?;
-    eprintln!("device: {}", describe_device(&selected));
+    errln!("device: {}", describe_device(&selected));
     let suspect = load_suspect(&args.model, args.attack.as_deref(), &selected.device)?;
     let source = args.asr.source(suspect.dataset, suspect.test.height)?;
     let suspect = suspect.measured_by(&source)?;
@@ -453,11 +454,11 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
         asr,
     };
     match result.asr {
-        Some(a) => println!("clean_acc {:.4} asr {:.4}", result.clean_acc, a),
-        None => println!("clean_acc {:.4}", result.clean_acc),
+        Some(a) => outln!("clean_acc {:.4} asr {:.4}", result.clean_acc, a),
+        None => outln!("clean_acc {:.4}", result.clean_acc),
     }
     let pct = |v: f64| format!("{:.1}", 100.0 * v);
-    println!(
+    outln!(
         "per-class clean acc %: {}",
         result
             .per_class
@@ -467,7 +468,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!(
+    outln!(
         "predicted as class %:  {}",
         result
             .per_class

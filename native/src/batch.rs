@@ -111,7 +111,7 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         let mut words = line.words.clone();
         match state(&line.out) {
             State::Complete => {
-                eprintln!(
+                errln!(
                     "batch: line {}: complete already ({})",
                     line.number,
                     line.out.display()
@@ -127,14 +127,14 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         if let Some(limit) = a.stop_after
             && t0.elapsed().as_secs() >= limit
         {
-            eprintln!(
+            errln!(
                 "batch: stopping after {} s; lines from {} on are left (they resume on the next call)",
                 t0.elapsed().as_secs(),
                 line.number
             );
             break;
         }
-        eprintln!("batch: line {}: cleanse {}", line.number, words.join(" "));
+        errln!("batch: line {}: cleanse {}", line.number, words.join(" "));
         if a.dry_run {
             continue;
         }
@@ -142,19 +142,19 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         match crate::run_command(words) {
             Ok(()) => {
                 done += 1;
-                eprintln!(
+                errln!(
                     "batch: line {} finished in {:.0} s",
                     line.number,
                     started.elapsed().as_secs_f64()
                 );
             }
             Err(e) => {
-                eprintln!("batch: line {} FAILED: {e:#}", line.number);
+                errln!("batch: line {} FAILED: {e:#}", line.number);
                 failed.push(line.number);
             }
         }
     }
-    eprintln!(
+    errln!(
         "batch: {done} run, {skipped} complete already, {} failed, {:.0} s",
         failed.len(),
         t0.elapsed().as_secs_f64()

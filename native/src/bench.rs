@@ -111,7 +111,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         model = step(model, &mut rng);
         let _ = device.sync();
         let s = t.elapsed().as_secs_f64();
-        eprintln!("warm-up training step {}: {s:.2}s", i + 1);
+        errln!("warm-up training step {}: {s:.2}s", i + 1);
         warmup_step_seconds.push(s);
     }
     let first_step_seconds = warmup_step_seconds[0];
@@ -121,7 +121,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let _ = device.sync();
     let train_ips = (a.steps * a.batch_size) as f64 / t.elapsed().as_secs_f64();
-    eprintln!("training: {train_ips:.1} images/s");
+    errln!("training: {train_ips:.1} images/s");
 
     let eval = model.valid();
     let infer = |rng: &mut Rng| {
@@ -137,7 +137,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         infer(&mut rng);
     }
     let infer_ips = (a.steps * a.batch_size) as f64 / t.elapsed().as_secs_f64();
-    eprintln!("inference: {infer_ips:.1} images/s");
+    errln!("inference: {infer_ips:.1} images/s");
     let result = BenchResult {
         model: config.architecture.name().into(),
         width: a.width,
@@ -149,7 +149,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         first_step_seconds,
         warmup_step_seconds,
     };
-    println!("{}", serde_json::to_string_pretty(&result)?);
+    outln!("{}", serde_json::to_string_pretty(&result)?);
     if let Some(p) = &a.json {
         write_output_json(p, &result, "json", a.force)?;
     }
@@ -225,7 +225,7 @@ pub fn run_kernels(a: &KernelBenchArgs) -> Result<()> {
         let t = attack.trigger.clone().expect("static trigger");
         let twin = time(&|x| t.apply_tensor(x));
         let kernel = on_wgpu.then(|| time(&|x| t.apply_kernel(x)));
-        println!(
+        outln!(
             "{:<8} kernel {:>12} img/s   tensor twin {:>12.0} img/s",
             kind.name(),
             kernel
@@ -277,7 +277,7 @@ pub fn run_kernels(a: &KernelBenchArgs) -> Result<()> {
         };
         let twin = time_kd(false);
         let kernel = on_wgpu.then(|| time_kd(true));
-        println!(
+        outln!(
             "kd-kl {rows_n:>6} rows: kernel {:>12} rows/s   tensor twin {:>12.0} rows/s (loss + gradient)",
             kernel
                 .map(|k| format!("{k:.0}"))

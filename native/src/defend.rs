@@ -295,14 +295,14 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     })?;
     let asr = common.asr_source(&split)?;
     let selected = common.device.select()?;
-    eprintln!("device: {}", describe_device(&selected));
+    errln!("device: {}", describe_device(&selected));
     let mut bars = progress::Bars::new();
     let report = defense
         .run_measured(&asr, &common.out, common.resume, &selected, &mut bars)
         .with_context(|| format!("{} into {}", defense.method(), common.out.display()))?;
     bars.finish();
     let f = report.final_metrics.clone().context("run did not finish")?;
-    println!(
+    outln!(
         "{}: clean_acc {:.4} asr {} after {} epochs; report: {}",
         defense.method(),
         f.clean_acc,

@@ -48,7 +48,7 @@ pub(crate) fn run(a: &ExportArgs) -> Result<()> {
     let (bytes, dict, config) = safetensors_of(&a.model, a.names)?;
     write_output(&a.to, &bytes, "to", a.force)?;
     let n = &config.normalization;
-    println!(
+    outln!(
         "wrote {} ({} tensors, {} names); in PyTorch: model.load_state_dict(safetensors.torch.load_file(...)); \
          inputs in [0,1] normalised with mean {:?}, std {:?}",
         a.to.display(),

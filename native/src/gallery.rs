@@ -61,7 +61,7 @@ pub(crate) fn run(args: &TriggersArgs) -> Result<()> {
     }
     check_output(&args.out, "out", args.force)?;
     let selected = args.device.select()?;
-    eprintln!("device: {}", describe_device(&selected));
+    errln!("device: {}", describe_device(&selected));
     let device = selected.device.clone();
     let kind = DatasetKind::from(args.dataset);
     let data = DataSpec::new(kind, args.data.clone()).load()?;
@@ -139,7 +139,7 @@ pub(crate) fn run(args: &TriggersArgs) -> Result<()> {
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .context("encoding the PNG")?;
     write_output(&args.out, &png, "out", args.force)?;
-    println!(
+    outln!(
         "wrote {} (top: clean, then {}; bottom: residuals x{})",
         args.out.display(),
         panels.iter().map(|p| p.0).collect::<Vec<_>>().join(", "),

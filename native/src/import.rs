@@ -127,7 +127,7 @@ pub(crate) fn run(a: &ImportArgs) -> Result<()> {
     write_run(&imported, setup, &provenance, &a.out)
         .with_context(|| format!("importing into {}", a.out.display()))?;
     let c = &imported.config;
-    println!(
+    outln!(
         "imported {} ({} names, width {}, {} classes, {} parameters) into {}",
         c.architecture.name(),
         imported.naming.name(),
@@ -137,15 +137,15 @@ pub(crate) fn run(a: &ImportArgs) -> Result<()> {
         a.out.display()
     );
     match (&a.asr.attack_spec, &a.asr.triggered_data) {
-        (Some(s), _) => println!(
+        (Some(s), _) => outln!(
             "measure it: cleanse eval --model {} (ASR against {s})",
             a.out.display()
         ),
-        (None, Some(_)) => println!(
+        (None, Some(_)) => outln!(
             "measure it: cleanse eval --model {} (ASR on the triggered images)",
             a.out.display()
         ),
-        (None, None) => println!(
+        (None, None) => outln!(
             "measure it: cleanse eval --model {} [--attack RUN | --attack-spec KIND:key=value,...]",
             a.out.display()
         ),

@@ -1,5 +1,30 @@
 //! `cleanse`: train, attack, defend and evaluate backdoored image classifiers.
 
+/// `println!` that ignores a closed standard output (its reader, e.g. `head`, went away): the
+/// run goes on and finishes instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that ignores a closed standard output.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed standard error.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod attack;
 mod batch;
 mod bench;
@@ -312,13 +337,13 @@ pub(crate) fn describe_device_info(info: &device::DeviceInfo) -> String {
 fn run_train(args: &TrainArgs) -> Result<()> {
     let config = args.config();
     let selected = args.device.select()?;
-    eprintln!("device: {}", describe_device(&selected));
+    errln!("device: {}", describe_device(&selected));
     let mut bars = progress::Bars::new();
     let report = cleanse_core::train::train(&config, &args.out, args.resume, &selected, &mut bars)
         .with_context(|| format!("training into {}", args.out.display()))?;
     bars.finish();
     let acc = report.final_metrics.map(|f| f.clean_acc).unwrap_or(0.0);
-    println!(
+    outln!(
         "clean_acc {:.4} after {} epochs; report: {}",
         acc,
         report.epochs.len(),
@@ -329,7 +354,8 @@ fn run_train(args: &TrainArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 struct SummarizeArgs {
-    /// Run directories, or directories holding run directories (searched two levels deep).
+    /// Run directories, or directories holding run directories at any depth (up to 8 levels,
+    /// e.g. a protocol's output folder or a results archive).
     #[arg(required = true)]
     runs: Vec<PathBuf>,
     /// Print the supplement's layout instead: one row per attack, clean accuracy and ASR with no
@@ -350,10 +376,11 @@ fn find_reports(dir: &std::path::Path, depth: usize, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    // Links are not followed (they could lead round in a circle); checkpoints hold no reports.
     let mut dirs: Vec<PathBuf> = entries
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "checkpoint")
         .map(|e| e.path())
-        .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
     for d in dirs {
@@ -368,7 +395,7 @@ fn run_summarize(a: &SummarizeArgs) -> Result<()> {
         if !r.exists() {
             anyhow::bail!("{}: no such file or directory", r.display());
         }
-        find_reports(r, 2, &mut files);
+        find_reports(r, 8, &mut files);
     }
     if files.is_empty() {
         anyhow::bail!("no report.json under {:?}", a.runs);
@@ -386,13 +413,13 @@ fn run_summarize(a: &SummarizeArgs) -> Result<()> {
     }
     if a.by_defense {
         let table = AttackDefenseTable::build(reports.iter().map(|(n, r)| (n.as_str(), r)));
-        print!("{}", table.markdown());
+        out!("{}", table.markdown());
         for note in &table.notes {
-            eprintln!("note: {note}");
+            errln!("note: {note}");
         }
     } else {
         let rows: Vec<SummaryRow> = reports.iter().map(|(n, r)| SummaryRow::of(n, r)).collect();
-        print!("{}", markdown_table(&rows));
+        out!("{}", markdown_table(&rows));
     }
     Ok(())
 }
@@ -400,12 +427,12 @@ fn run_summarize(a: &SummarizeArgs) -> Result<()> {
 fn run_devices() -> Result<()> {
     let adapters = device::list_adapters();
     if adapters.is_empty() {
-        println!(
+        outln!(
             "wgpu adapters: none (install a Vulkan driver, e.g. mesa-vulkan-drivers, to use --device wgpu)"
         );
     }
     for a in &adapters {
-        println!(
+        outln!(
             "wgpu adapter: {} [{}] via {} {}{}",
             a.name,
             a.device_type,
@@ -415,7 +442,7 @@ fn run_devices() -> Result<()> {
         );
     }
     let auto = device::select(DeviceChoice::Auto)?;
-    println!(
+    outln!(
         "--device auto -> {}",
         match auto.info.adapter {
             Some(a) => format!("wgpu ({})", a.name),
@@ -481,7 +508,7 @@ pub(crate) fn dispatch(matches: &clap::ArgMatches) -> Result<()> {
 fn main() {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     if let Err(e) = dispatch(&matches) {
-        eprintln!("error: {e:#}");
+        errln!("error: {e:#}");
         std::process::exit(protocol::exit_status(&e));
     }
 }

@@ -86,7 +86,7 @@ impl Observer for Bars {
             e.set_message(measured);
         }
         if self.multi.is_hidden() {
-            eprintln!("{line}");
+            errln!("{line}");
         } else {
             let _ = self.multi.println(line);
         }

@@ -154,7 +154,7 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
     check_output(&args.out, "out", args.force)?;
     check_output(&json_out, "out", args.force)?;
     let selected = args.device.select()?;
-    eprintln!("device: {}", describe_device(&selected));
+    errln!("device: {}", describe_device(&selected));
     let device = selected.device.clone();
     let suspect = load_suspect(&args.model, args.attack.as_deref(), &device)?;
     let test = suspect.test.as_ref();
@@ -198,7 +198,7 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
             args.perplexity
         );
     }
-    eprintln!(
+    errln!(
         "t-SNE of {n} points ({n_clean} clean, {} triggered), {} dimensions",
         n - n_clean,
         feats[0].len()
@@ -268,7 +268,7 @@ pub(crate) fn run(args: &TsneArgs) -> Result<()> {
         "out",
         args.force,
     )?;
-    eprintln!("wrote {}", args.out.display());
+    errln!("wrote {}", args.out.display());
     Ok(())
 }
 

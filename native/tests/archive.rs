@@ -180,6 +180,13 @@ fn runs_carry_through_the_archive_and_a_new_defense_runs_on_a_restored_teacher()
         "{prov}"
     );
 
+    // `summarize` finds every report of the archive (three levels down).
+    let o = ok(&["summarize", s(&archive)]);
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listed.contains("badnets/t0-s0/kd") && listed.contains("wanet/t0-s0/ft"),
+        "{listed}"
+    );
     // Another output folder, from the archive: nothing runs, the same table.
     let second = tmp.path().join("second");
     let o = ok(&[

@@ -121,6 +121,11 @@ fn bad_training_and_attack_settings_are_refused_before_any_work() {
             &["blend-alpha"],
         ),
         (
+            &["attack", "blended"],
+            &["--blend-alpha", "0"],
+            &["blend-alpha", "(0, 1]"],
+        ),
+        (
             &["attack", "badnets"],
             &["--width", "100000"],
             &["width", "1..=512"],
@@ -283,4 +288,112 @@ fn bad_defense_settings_are_refused_before_any_work() {
         assert_refused(&run(&args), needles, &what);
         assert!(!out.exists(), "{what}: left {}", out.display());
     }
+}
+
+/// `protocol` given hostile folders, damaged reports and careless flags: dry-run lines a shell
+/// reads back as the same words, a damaged or impossible report named instead of counted as
+/// unfinished, a second spec of the same name refused instead of replacing the first's table,
+/// a zero poll interval refused.
+#[test]
+fn protocol_commands_quote_name_and_refuse() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocols/tiny.toml");
+    let spec = spec.to_str().expect("utf8");
+    let odd = tmp.path().join("out $(touch PWNED) 'q'");
+    let o = cleanse(&[
+        "protocol",
+        "run",
+        spec,
+        "--out",
+        odd.to_str().expect("utf8"),
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = String::from_utf8_lossy(&o.stdout).into_owned();
+    let first = lines.lines().next().expect("a line");
+    // The shell reads the printed line back as the planned words (echoing, not running them).
+    let echoed = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "printf '%s\\n' {}",
+            first.trim_start_matches("cleanse ")
+        ))
+        .current_dir(tmp.path())
+        .output()
+        .expect("bash");
+    let words: Vec<String> = String::from_utf8_lossy(&echoed.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let out_at = words.iter().position(|w| w == "--out").expect("--out");
+    assert_eq!(
+        words[out_at + 1],
+        odd.join("badnets/t0-s0/attack").display().to_string(),
+        "{first}"
+    );
+    assert!(!tmp.path().join("PWNED").exists());
+
+    let o = cleanse(&["protocol", "run", spec, "--out", "x", "--poll-seconds", "0"]);
+    assert_refused(&o, &["--poll-seconds"], "poll 0");
+
+    let out = tmp.path().join("runs");
+    let o = cleanse(&[
+        "protocol",
+        "run",
+        spec,
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A second spec named tiny.toml into the same folder.
+    let other = tmp.path().join("tiny.toml");
+    std::fs::copy(spec, &other).expect("copy");
+    let o = cleanse(&[
+        "protocol",
+        "run",
+        other.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_refused(
+        &o,
+        &["of the same name already ran into this folder"],
+        "same name",
+    );
+    // An impossible metric, then a truncated report: named, not counted as unfinished.
+    let report = out.join("badnets/t0-s0/ft/report.json");
+    let text = std::fs::read_to_string(&report).expect("report");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["final"]["clean_acc"] = 7.5.into();
+    std::fs::write(&report, serde_json::to_string(&v).expect("json")).expect("write");
+    let table = |_: ()| cleanse(&["protocol", "table", out.to_str().expect("utf8")]);
+    assert_refused(
+        &table(()),
+        &["badnets/t0-s0/ft/report.json", "clean_acc is 7.5"],
+        "7.5",
+    );
+    std::fs::write(&report, &text[..text.len() / 2]).expect("truncate");
+    assert_refused(&table(()), &["badnets/t0-s0/ft/report.json"], "truncated");
+}
+
+/// Standard output and error closed by their reader (`cleanse train ... 2>&1 | head -1`): the run
+/// goes on to its end, as complete as with a reader, instead of panicking.
+#[test]
+fn a_closed_pipe_does_not_stop_a_run() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("run");
+    let args = tiny(&["train"], &out, &["--epochs", "3"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cleanse"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    // The reader goes away at once.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let report = std::fs::read_to_string(out.join("report.json")).expect("report");
+    assert!(report.contains("\"status\": \"complete\""), "{report}");
 }

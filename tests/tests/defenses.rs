@@ -858,6 +858,18 @@ fn evaluating_every_other_epoch_trains_the_same_model_and_keeps_the_last_epochs_
         let part = sparse.run(&b, false, &cpu(), &mut SilentObserver).expect(m);
         assert_eq!(full.epochs.len(), 3, "{m}");
         assert_eq!(part.epochs.len(), 3, "{m}");
+        // After three epochs the checkpoint holds the last epoch's files only, for every
+        // optimiser (I-BAU's Adam state once kept a file per round).
+        let epoch_files: Vec<String> = std::fs::read_dir(a.join("checkpoint"))
+            .expect("checkpoint")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| cleanse_core::train::checkpoint::epoch_prefix(n).is_some())
+            .collect();
+        assert_eq!(epoch_files.len(), 2, "{m}: {epoch_files:?}");
+        assert!(
+            epoch_files.iter().all(|n| n.contains("-e3.")),
+            "{m}: {epoch_files:?}"
+        );
         // Epoch 1 is not measured, 2 (every other) and 3 (the last) are, with the same numbers.
         assert!(full.epochs.iter().all(|e| e.clean_acc.is_some()), "{m}");
         assert_eq!(part.epochs[0].clean_acc, None, "{m}");

@@ -213,6 +213,20 @@ fn wrong_tensors_and_bad_files_are_clear_errors() {
             && e.contains("needs [4, 4, 3, 3]"),
         "{e}"
     );
+    // A negative running variance (NaN logits for every image) is refused, naming the tensor.
+    let mut negative = dict.clone();
+    if let Some(t) = negative.get_mut("layer3.0.shortcut.1.running_var")
+        && let Values::F32(v) = &mut t.values
+    {
+        v[1] = -0.5;
+    }
+    let e = import(&negative, &options(), &path)
+        .expect_err("negative variance")
+        .to_string();
+    assert!(
+        e.contains("`layer3.0.shortcut.1.running_var` holds the negative variance -0.5"),
+        "{e}"
+    );
     // Truncated and foreign files: an error naming the file, never a panic.
     let dir = tempfile::tempdir().expect("tmp");
     let bytes = std::fs::read(&path).expect("fixture");

@@ -218,8 +218,12 @@ impl AttackConfig {
                 ));
             }
         }
-        if !(0.0..=1.0).contains(&self.blend_alpha) {
-            return Err(Error::config("blend-alpha", "must be in [0, 1]"));
+        // 0 would be an invisible trigger: no attack at all.
+        if !(self.blend_alpha > 0.0 && self.blend_alpha <= 1.0) {
+            return Err(Error::config(
+                "blend-alpha",
+                format!("must be in (0, 1]; got {}", self.blend_alpha),
+            ));
         }
         if !(self.wanet_cross_ratio.is_finite() && self.wanet_cross_ratio >= 0.0) {
             return Err(Error::config(

@@ -46,11 +46,19 @@ pub fn parse(spec: &str, dataset: DatasetKind) -> Result<AttackConfig> {
         ));
     }
     let mut c = AttackConfig::supplement(kind, dataset);
+    let mut seen: Vec<&str> = Vec::new();
     for pair in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = pair
             .split_once('=')
             .ok_or_else(|| Error::config(flag, format!("`{pair}`: expected key=value")))?;
         let (key, value) = (key.trim(), value.trim());
+        if seen.contains(&key) {
+            return Err(Error::config(
+                flag,
+                format!("`{spec}`: `{key}` is given twice; give each key once"),
+            ));
+        }
+        seen.push(key);
         let expect = KEYS
             .iter()
             .find(|(k, _)| *k == key)
@@ -101,6 +109,10 @@ mod tests {
         );
         let c = parse("blended: target=3, alpha=0.1,seed=9", DatasetKind::Cifar10).expect("set");
         assert_eq!((c.target, c.blend_alpha, c.seed), (3, 0.1, 9));
+        let e = parse("blended:alpha=0.1,alpha=0.3", DatasetKind::Cifar10)
+            .expect_err("twice")
+            .to_string();
+        assert!(e.contains("`alpha` is given twice"), "{e}");
         let c = parse("sig:sig-delta=60", DatasetKind::Cifar10).expect("sig");
         assert!((c.sig_delta - 60.0 / 255.0).abs() < 1e-7);
         assert!(

@@ -308,12 +308,14 @@ impl RunDir {
             history: self.history.clone(),
         };
         write_json_atomic(&checkpoint::state_path(&dir), &state)?;
-        // Only now are older epochs' files unreferenced.
-        checkpoint::remove_stale(
-            &dir,
-            &["model-e", "sgd-e"],
-            &[&state.model_file, &state.optimizer_file],
-        );
+        // Only now are older epochs' files unreferenced: every optimiser's (SGD's, ANP's, I-BAU's
+        // Adam), by the prefix of the files this epoch wrote.
+        let current = [state.model_file.as_str(), state.optimizer_file.as_str()];
+        let prefixes: Vec<&str> = current
+            .iter()
+            .filter_map(|f| checkpoint::epoch_prefix(f))
+            .collect();
+        checkpoint::remove_stale(&dir, &prefixes, &current);
         Ok(())
     }
 

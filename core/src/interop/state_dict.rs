@@ -284,6 +284,18 @@ pub fn import(dict: &StateDict, options: &ImportOptions, source: &Path) -> Resul
                 format!("tensor `{name}` holds a non-finite value at element {bad}"),
             ));
         }
+        // A variance below zero makes batch norm's square root NaN: every logit, every class.
+        if canonical.ends_with("running_var")
+            && let Some(bad) = v.iter().position(|x| *x < 0.0)
+        {
+            return Err(Error::artifact(
+                source,
+                format!(
+                    "tensor `{name}` holds the negative variance {} at element {bad}",
+                    v[bad]
+                ),
+            ));
+        }
         let v = match shape.as_slice() {
             // PyTorch's linear weight is [out, in]; Burn's is [in, out].
             [o, i] => transpose(v, *o, *i),

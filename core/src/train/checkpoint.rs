@@ -251,6 +251,15 @@ pub(crate) fn check_buffer_sizes<'a>(
     None
 }
 
+/// The part of an epoch file's name before its epoch number (`model-e` of `model-e12.bpk`,
+/// `adam-e` of `adam-e3.bin`): what every epoch's file of that kind starts with.
+pub fn epoch_prefix(name: &str) -> Option<&str> {
+    let at = name.rfind("-e")?;
+    let rest = &name[at + 2..];
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    (digits > 0 && rest[digits..].starts_with('.')).then(|| &name[..at + 2])
+}
+
 /// Removes the files of `dir` whose names start with one of `prefixes`, except those named in
 /// `keep`: older epochs' checkpoint files, once a newer checkpoint no longer needs them. A file
 /// that cannot be removed is left (it costs disk space, not correctness).
@@ -315,6 +324,25 @@ pub fn load_state(dir: &Path) -> Result<CheckpointState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_files_are_known_by_their_prefix() {
+        assert_eq!(epoch_prefix("model-e12.bpk"), Some("model-e"));
+        assert_eq!(epoch_prefix("adam-e3.bin"), Some("adam-e"));
+        assert_eq!(
+            epoch_prefix("iab-mask-adam-e7.bin"),
+            Some("iab-mask-adam-e")
+        );
+        for other in [
+            "state.json",
+            "started.json",
+            "model-e.bpk",
+            "model-ex.bpk",
+            "e1.bin",
+        ] {
+            assert_eq!(epoch_prefix(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn record_errors_become_one_line_naming_the_first_tensor() {

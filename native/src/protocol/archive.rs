@@ -751,8 +751,11 @@ fn unfinished_snapshot(dir: &Path) -> Result<Snapshot> {
                     .expect("under the run")
                     .to_string_lossy()
                     .into_owned();
-                let epoch_file =
-                    d == ckpt && (name.starts_with("model-e") || name.starts_with("sgd-e"));
+                let epoch_file = d == ckpt
+                    && current
+                        .iter()
+                        .filter_map(|f| cleanse_core::train::checkpoint::epoch_prefix(f))
+                        .any(|p| name.starts_with(p));
                 if rel == state_rel || (epoch_file && !current.contains(&name.as_str())) {
                     continue;
                 }

@@ -15,6 +15,20 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `s` quoted for a POSIX shell (single quotes; a quote inside becomes `'\''`).
+pub(crate) fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `s` as one shell word: as it is when it holds only characters no shell gives a meaning to,
+/// else quoted ([`shell_quote`]).
+pub(crate) fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+    if plain { s.to_string() } else { shell_quote(s) }
+}
+
 /// The exit status of a command whose run directory another live process holds (`EX_TEMPFAIL`
 /// of sysexits.h: try again later).
 pub(crate) const BUSY_EXIT: i32 = 75;
@@ -56,8 +70,8 @@ pub(crate) struct RunArgs {
     /// starts as soon as the runs it needs are complete. 1: one after another in this process.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// Seconds between looks at a run another process holds.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds between looks at a run another process holds (at least 1).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     poll_seconds: u64,
     /// Only check the spec and print the shard's command lines.
     #[arg(long)]

@@ -117,7 +117,7 @@ pub(super) fn run_all<'a>(
             let took = took(elapsed);
             match status {
                 Ok(s) if s.success() => {
-                    eprintln!("protocol: {}: done ({took})", run.name);
+                    errln!("protocol: {}: done ({took})", run.name);
                     tally.done += 1;
                     complete.insert(&run.name);
                     archive_run(archive, run, out, Some(elapsed), &mut tally);
@@ -133,13 +133,13 @@ pub(super) fn run_all<'a>(
                         Ok(s) => s.to_string(),
                         Err(e) => format!("lost: {e}"),
                     };
-                    eprintln!(
+                    errln!(
                         "protocol: {} FAILED ({how}, {took}); the end of {}:",
                         run.name,
                         r.log.display()
                     );
                     for line in tail(&r.log, LOG_TAIL) {
-                        eprintln!("    {line}");
+                        errln!("    {line}");
                     }
                     tally.failed.push(&run.name);
                 }
@@ -187,7 +187,7 @@ pub(super) fn run_all<'a>(
             let log = log_path(out, r);
             match start(&exe, &words, &log) {
                 Ok(child) => {
-                    eprintln!(
+                    errln!(
                         "protocol: {}: started ({} running, {} waiting; log {})",
                         r.name,
                         running.len() + 1,
@@ -202,7 +202,7 @@ pub(super) fn run_all<'a>(
                     });
                 }
                 Err(e) => {
-                    eprintln!("protocol: {} FAILED: {e:#}", r.name);
+                    errln!("protocol: {} FAILED: {e:#}", r.name);
                     tally.failed.push(&r.name);
                 }
             }

@@ -107,7 +107,7 @@ impl<'a> Tally<'a> {
             .iter()
             .find(|n| self.failed.contains(&n.as_str()) || self.blocked.contains(&n.as_str()));
         if let Some(n) = need {
-            eprintln!("protocol: {}: not run, it needs {n}, which failed", r.name);
+            errln!("protocol: {}: not run, it needs {n}, which failed", r.name);
             self.blocked.push(&r.name);
         }
         need.is_some()
@@ -127,14 +127,14 @@ pub(super) fn archive_run<'a>(
         return;
     };
     match archive.add(r, out, took) {
-        Ok(m) => eprintln!(
+        Ok(m) => errln!(
             "protocol: {}: archived into {} ({} files)",
             r.name,
             archive.root().join(&r.name).display(),
             m.files.len()
         ),
         Err(e) => {
-            eprintln!("protocol: {}: NOT ARCHIVED: {e:#}", r.name);
+            errln!("protocol: {}: NOT ARCHIVED: {e:#}", r.name);
             tally.unarchived.push(&r.name);
         }
     }
@@ -142,7 +142,7 @@ pub(super) fn archive_run<'a>(
 
 /// Says that another process holds `r`'s folder and this one waits for it.
 pub(super) fn announce_held(r: &Run) {
-    eprintln!(
+    errln!(
         "protocol: {}: another process is running it; waiting",
         r.name
     );
@@ -183,7 +183,7 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
             // Complete already, or completed by the process it waited for.
             return Outcome::Skipped;
         };
-        eprintln!("protocol: {}: cleanse {}", r.name, words.join(" "));
+        errln!("protocol: {}: cleanse {}", r.name, words.join(" "));
         match crate::run_command(words) {
             Ok(()) => return Outcome::Done(started.elapsed()),
             Err(e) if is_busy(&e) => {
@@ -191,7 +191,7 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
                 std::thread::sleep(poll);
             }
             Err(e) => {
-                eprintln!("protocol: {} FAILED: {e:#}", r.name);
+                errln!("protocol: {} FAILED: {e:#}", r.name);
                 return Outcome::Failed;
             }
         }
@@ -290,21 +290,29 @@ pub(crate) fn run(spec_path: &Path, out: &Path, options: &RunOptions<'_>) -> Res
             .filter(in_columns)
             .collect();
         for r in &mine {
-            let dir = out.join(&r.name);
-            println!("cleanse {} --out {}", r.words.join(" "), dir.display());
+            // Quoted where a shell would read a word otherwise, so that a line can be pasted.
+            let dir = out.join(&r.name).display().to_string();
+            let words: Vec<String> = r
+                .words
+                .iter()
+                .chain([&"--out".to_string(), &dir])
+                .map(|w| super::shell_word(w))
+                .collect();
+            outln!("cleanse {}", words.join(" "));
         }
         if let Some(root) = archive {
             dry_run_archive(root, &plan, &mine, out)?;
         }
         return Ok(());
     }
+    refuse_another_spec_of_the_same_name(&plan, out)?;
     plan.save(out)?;
     let mine: Vec<&Run> = plan
         .shard(index, count, only)
         .into_iter()
         .filter(in_columns)
         .collect();
-    eprintln!(
+    errln!(
         "protocol: {} runs in all; shard {index}/{count} has {} of them",
         plan.runs.len(),
         mine.len()
@@ -340,7 +348,7 @@ pub(crate) fn run(spec_path: &Path, out: &Path, options: &RunOptions<'_>) -> Res
         blocked,
         unarchived,
     } = tally;
-    eprintln!(
+    errln!(
         "protocol: shard {index}/{count}: {done} run, {skipped} complete already, {} failed, {} \
          not run for a failed one they need, {:.0} s",
         failed.len(),
@@ -363,6 +371,29 @@ pub(crate) fn run(spec_path: &Path, out: &Path, options: &RunOptions<'_>) -> Res
     Ok(())
 }
 
+/// Refuses to run `plan` into `out` when another spec file of the same name ran there: its plan
+/// and tables (`protocols/<name>.json`, `tables/<name>.*`) would be replaced.
+fn refuse_another_spec_of_the_same_name(plan: &Plan, out: &Path) -> Result<()> {
+    let saved = out
+        .join(super::plan::PLANS_DIR)
+        .join(format!("{}.json", plan.name()));
+    if !saved.is_file() {
+        return Ok(());
+    }
+    let old: Plan = cleanse_core::io::read_json(&saved)?;
+    let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if same(&old.spec) != same(&plan.spec) {
+        bail!(
+            "{}: the spec {} of the same name already ran into this folder ({}); give this one \
+             another --out, or rename it",
+            plan.spec.display(),
+            old.spec.display(),
+            saved.display()
+        );
+    }
+    Ok(())
+}
+
 /// Restores the archived runs of `runs` into `out`, saying what became of each.
 fn restore_all(archive: &Archive, runs: &[&Run], out: &Path) -> Result<()> {
     let (mut complete, mut unfinished) = (0, 0);
@@ -370,7 +401,7 @@ fn restore_all(archive: &Archive, runs: &[&Run], out: &Path) -> Result<()> {
         match archive.restore(r, out)? {
             Restored::Complete => complete += 1,
             Restored::InProgress { epochs } => {
-                eprintln!(
+                errln!(
                     "protocol: {}: restored unfinished from the archive ({epochs} epochs done); \
                      it resumes",
                     r.name
@@ -378,10 +409,10 @@ fn restore_all(archive: &Archive, runs: &[&Run], out: &Path) -> Result<()> {
                 unfinished += 1;
             }
             Restored::Absent => {}
-            Restored::Kept(why) => eprintln!("protocol: {}: not restored: {why}", r.name),
+            Restored::Kept(why) => errln!("protocol: {}: not restored: {why}", r.name),
         }
     }
-    eprintln!(
+    errln!(
         "protocol: restored from {}: {complete} complete runs, {unfinished} unfinished",
         archive.root().display()
     );
@@ -392,7 +423,7 @@ fn restore_all(archive: &Archive, runs: &[&Run], out: &Path) -> Result<()> {
 /// what remains to run, and an estimate of its cost from the archived runs of the same column.
 fn dry_run_archive(root: &Path, plan: &Plan, mine: &[&Run], out: &Path) -> Result<()> {
     let Some(archive) = Archive::at(root)? else {
-        println!(
+        outln!(
             "# archive {}: none yet; all {} runs remain",
             root.display(),
             mine.len()
@@ -445,9 +476,9 @@ fn dry_run_archive(root: &Path, plan: &Plan, mine: &[&Run], out: &Path) -> Resul
                 }
             }
         };
-        println!("# {}: {what}", r.name);
+        outln!("# {}: {what}", r.name);
     }
-    println!(
+    outln!(
         "# archive {}: {archived} of {} runs archived complete; {remaining} remain, about {:.1} \
          hours for the {} with an archived run of their kind{}",
         root.display(),
@@ -483,7 +514,7 @@ pub(crate) fn archive_existing(
         }
     }
     super::table::save(&plan, archive.root())?;
-    eprintln!(
+    errln!(
         "protocol: {n} runs written into {}, {} failed",
         root.display(),
         tally.unarchived.len()

@@ -108,9 +108,13 @@ pub(crate) struct Flag {
 impl Flag {
     /// `--key [value]`.
     pub fn words(&self) -> Vec<String> {
-        std::iter::once(format!("--{}", self.key))
-            .chain(self.value.clone())
-            .collect()
+        match &self.value {
+            // `--lr=-1`: a value that starts with a dash is not read as a flag of its own.
+            Some(v) if v.starts_with('-') => vec![format!("--{}={v}", self.key)],
+            v => std::iter::once(format!("--{}", self.key))
+                .chain(v.clone())
+                .collect(),
+        }
     }
 }
 
@@ -338,6 +342,13 @@ impl Spec {
                             file.display()
                         );
                     }
+                    if rates.get_ref().is_empty() {
+                        bail!(
+                            "{}:{rates_line}: `poison_rates` is empty; give at least one rate, or \
+                             leave the key out for the attack's own rate",
+                            file.display()
+                        );
+                    }
                     for r in rates.into_inner() {
                         if !(r > 0.0 && r <= 1.0) {
                             bail!(
@@ -545,6 +556,7 @@ flags = { init = "single:3", ratios = [0.1, 0.2] }
             ("seed = 3 }]", "seed = -3 }]", "p.toml:4: `models`"),
             ("name = \"blend\"", "name = \"../x\"", "attack name `../x`"),
             ("[0.05, 0.2]", "[0.05, 2.0]", "p.toml:10: poison rate 2"),
+            ("[0.05, 0.2]", "[]", "p.toml:10: `poison_rates` is empty"),
         ] {
             assert!(SPEC.contains(from), "{from}");
             let text = SPEC.replacen(from, to, 1);
@@ -554,5 +566,22 @@ flags = { init = "single:3", ratios = [0.1, 0.2] }
             assert!(e.contains(needle), "{needle}: {e}");
             assert!(e.starts_with("p.toml"), "{e}");
         }
+    }
+
+    /// A negative value is passed as `--key=value`, so that it is not read as a flag.
+    #[test]
+    fn negative_values_stay_values() {
+        let f = Flag {
+            key: "lr".into(),
+            value: Some("-1".into()),
+            line: 1,
+        };
+        assert_eq!(f.words(), ["--lr=-1"]);
+        let g = Flag {
+            key: "epochs".into(),
+            value: Some("3".into()),
+            line: 1,
+        };
+        assert_eq!(g.words(), ["--epochs", "3"]);
     }
 }

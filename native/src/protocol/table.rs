@@ -31,14 +31,24 @@ fn unique_labels(names: &[String], labels: &[Option<String>]) -> Vec<String> {
         .collect()
 }
 
-fn finished(path: &Path) -> Option<Report> {
-    let text = std::fs::read_to_string(path.join("report.json")).ok()?;
-    let r = Report::from_json(&path.display().to_string(), &text).ok()?;
-    (r.status == RunStatus::Complete).then_some(r)
+/// The report of the run in `path` when it is complete; `None` when it has none or is not
+/// complete. A report that cannot be read or holds impossible metrics is an error naming it.
+fn finished(path: &Path) -> Result<Option<Report>> {
+    let file = path.join("report.json");
+    let text = match std::fs::read(&file) {
+        Ok(b) => String::from_utf8(b)
+            .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", file.display())),
+    };
+    let r = Report::from_json(&file.display().to_string(), &text).map_err(anyhow::Error::msg)?;
+    r.check_metrics()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok((r.status == RunStatus::Complete).then_some(r))
 }
 
 /// The table of the runs of `plan` under `out`.
-pub(crate) fn build(plan: &Plan, out: &Path) -> ProtocolTable {
+pub(crate) fn build(plan: &Plan, out: &Path) -> Result<ProtocolTable> {
     let mut columns = vec![NO_DEFENSE.to_string()];
     let mut labels: Vec<Option<String>> = vec![None; plan.defenses.len()];
     let mut row_labels: Vec<Option<String>> = vec![None; plan.attacks.len()];
@@ -57,7 +67,7 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> ProtocolTable {
                 .collect();
             let mut metrics = Vec::new();
             for r in &runs {
-                let Some(report) = finished(&out.join(&r.name)) else {
+                let Some(report) = finished(&out.join(&r.name))? else {
                     continue;
                 };
                 if let Some(f) = report.final_metrics {
@@ -113,14 +123,14 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> ProtocolTable {
         s.expected = means.iter().map(|m| m.expected).sum();
         Some(s)
     });
-    ProtocolTable {
+    Ok(ProtocolTable {
         kind: cleanse_core::protocol_table::KIND.into(),
         attacks,
         columns,
         models: plan.models.clone(),
         cells,
         mean,
-    }
+    })
 }
 
 /// `cleanse protocol table DIR`: the table of every protocol run into `DIR` (an output folder
@@ -135,7 +145,7 @@ pub(crate) fn run(out: &Path, provenance: bool) -> Result<()> {
     for plan in Plan::read_all(out)? {
         write(&plan, out)?;
         if provenance {
-            print!("{}", provenance_table(&plan, out, &entries));
+            out!("{}", provenance_table(&plan, out, &entries)?);
         }
     }
     Ok(())
@@ -143,7 +153,7 @@ pub(crate) fn run(out: &Path, provenance: bool) -> Result<()> {
 
 /// Who made each run of `plan`'s table: from the archive's manifests where there are any,
 /// else from the run's report (its device only).
-fn provenance_table(plan: &Plan, out: &Path, entries: &[Manifest]) -> String {
+fn provenance_table(plan: &Plan, out: &Path, entries: &[Manifest]) -> Result<String> {
     let mut s = String::from(
         "\n| run | status | arithmetic | commit | epochs | hours |\n|---|---|---|---|---|---|\n",
     );
@@ -161,7 +171,7 @@ fn provenance_table(plan: &Plan, out: &Path, entries: &[Manifest]) -> String {
                 m.epochs_done,
                 m.wall_seconds.unwrap_or(m.epoch_seconds) / 3600.0
             ),
-            None => match finished(&out.join(&r.name)) {
+            None => match finished(&out.join(&r.name))? {
                 Some(rep) => format!(
                     "| {} | complete | {} | | {} | {:.2} |",
                     r.name,
@@ -175,12 +185,12 @@ fn provenance_table(plan: &Plan, out: &Path, entries: &[Manifest]) -> String {
         s.push_str(&line);
         s.push('\n');
     }
-    s
+    Ok(s)
 }
 
 /// The table of `plan` as `out/tables/<name>.{md,csv,json}`.
 pub(crate) fn save(plan: &Plan, out: &Path) -> Result<ProtocolTable> {
-    let t = build(plan, out);
+    let t = build(plan, out)?;
     let dir = out.join("tables");
     cleanse_core::io::create_dir_all(&dir)?;
     t.write(&dir, &plan.name())?;
@@ -191,11 +201,11 @@ pub(crate) fn save(plan: &Plan, out: &Path) -> Result<ProtocolTable> {
 pub(crate) fn write(plan: &Plan, out: &Path) -> Result<()> {
     let t = save(plan, out)?;
     let dir = out.join("tables");
-    println!(
+    outln!(
         "{} ({}):\n",
         plan.name(),
         dir.join(format!("{}.md", plan.name())).display()
     );
-    print!("{}", t.markdown());
+    out!("{}", t.markdown());
     Ok(())
 }
