@@ -22,20 +22,21 @@ pub fn load_reports<'a>(
         .collect()
 }
 
-/// A protocol table's cell as two texts, ACC and ASR in percent: `mean ± std`, with `(n/N)` when
-/// fewer runs finished than the protocol plans.
+/// A protocol table's cell as two texts, ACC and ASR in percent: `mean ± std` (the mean alone
+/// where one model finished: one model has no spread), with `(n/N)` when fewer runs finished
+/// than the protocol plans.
 pub fn protocol_cell(c: &cleanse_core::protocol_table::Stat) -> (String, String) {
     let count = match c.n < c.expected {
         true => format!(" ({}/{})", c.n, c.expected),
         false => String::new(),
     };
-    let acc = format!(
-        "{:.1} ± {:.1}{count}",
-        100.0 * c.acc_mean,
-        100.0 * c.acc_std
-    );
+    let text = |mean: f64, std: f64| match c.n > 1 {
+        true => format!("{:.1} ± {:.1}{count}", 100.0 * mean, 100.0 * std),
+        false => format!("{:.1}{count}", 100.0 * mean),
+    };
+    let acc = text(c.acc_mean, c.acc_std);
     let asr = match (c.asr_mean, c.asr_std) {
-        (Some(m), Some(s)) => format!("{:.1} ± {:.1}{count}", 100.0 * m, 100.0 * s),
+        (Some(m), Some(s)) => text(m, s),
         _ => "-".to_string(),
     };
     (acc, asr)
@@ -343,7 +344,9 @@ mod tests {
         assert!(acc.contains(" ± ") && asr.contains(" ± "), "{acc} {asr}");
         let mut partial = t.cells[0][1].expect("cell");
         partial.n = 1;
-        assert!(protocol_cell(&partial).0.ends_with("(1/2)"));
+        // One finished model: its value and the count, no spread.
+        let (acc, _) = protocol_cell(&partial);
+        assert!(acc.ends_with("(1/2)") && !acc.contains('±'), "{acc}");
         let report = std::fs::read_to_string(dir.join("badnets-report.json")).unwrap();
         assert!(ProtocolTable::from_json("r.json", &report).is_none());
         let broken = text.replacen("\"No defense\",", "", 1);
