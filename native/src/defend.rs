@@ -282,7 +282,13 @@ impl DefendCommand {
 /// The column label of a planned `defend` command line (as its finished report would have it),
 /// read from its flags alone.
 pub(crate) fn planned_label(cmd: &DefendCommand) -> Option<String> {
-    cmd.defense(None).ok().map(|d| d.label())
+    planned_defense(cmd).ok().map(|d| d.label())
+}
+
+/// The defense a command line would run, from its flags alone (its suspect may not be trained
+/// yet).
+pub(crate) fn planned_defense(cmd: &DefendCommand) -> Result<Defense> {
+    cmd.defense(None)
 }
 
 pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {

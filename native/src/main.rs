@@ -461,6 +461,39 @@ pub(crate) fn parse_command(
         .try_get_matches_from(std::iter::once("cleanse".to_string()).chain(words))
 }
 
+/// Checks the settings of a planned command line (parsed into `matches`) as its run would before
+/// any work, the target class against the data set's `classes` where they are known (`None`:
+/// an image folder, counted when read): the reason it would be refused, as `--flag: reason`.
+pub(crate) fn check_planned(
+    matches: &clap::ArgMatches,
+    classes: Option<usize>,
+) -> std::result::Result<(), String> {
+    let named = |e: cleanse_core::Error| match e {
+        cleanse_core::Error::Config { name, reason } => format!("--{name}: {reason}"),
+        e => e.to_string(),
+    };
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(matches).map_err(|e| e.to_string())?;
+    match &cli.command {
+        Command::Train(a) => a.config().validate().map_err(named),
+        Command::Attack(a) => {
+            let sub = matches
+                .subcommand_matches("attack")
+                .ok_or("attack arguments")?;
+            let (train, attack) = a.configs(sub);
+            train.validate().map_err(named)?;
+            attack
+                .validate(classes.unwrap_or(cleanse_core::model::MAX_CLASSES))
+                .map_err(named)
+        }
+        Command::Defend(c) => defend::planned_defense(c)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(named),
+        _ => Ok(()),
+    }
+}
+
 /// The table label a command line's finished run would report (`BadNets 10%` for an attack,
 /// `I-BAU` or `KD init single:3` for a defense), from its flags alone; `None` for other commands
 /// or lines that do not parse.

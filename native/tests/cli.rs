@@ -953,11 +953,13 @@ fn a_protocol_runs_whole_or_in_concurrent_shards_to_the_same_table() {
         "{unfinished}"
     );
     // A run that fails is reported and the others go on; the table shows its cells as missing.
+    // (A folder of triggered images that is not there passes the plan's checks and fails when
+    // the run reads it.)
     let failing = tmp.path().join("failing.toml");
     let text = std::fs::read_to_string(spec).expect("spec");
     let broken = text.replacen(
         "method = \"ft\"\nflags = { epochs = 1, batch-size = 8 }",
-        "method = \"ft\"\nflags = { epochs = 1, batch-size = 1 }",
+        "method = \"ft\"\nflags = { epochs = 1, batch-size = 8, triggered-data = \"/nonexistent-triggered\" }",
         1,
     );
     assert_ne!(broken, text);

@@ -335,6 +335,35 @@ fn protocol_commands_quote_name_and_refuse() {
 
     let o = cleanse(&["protocol", "run", spec, "--out", "x", "--poll-seconds", "0"]);
     assert_refused(&o, &["--poll-seconds"], "poll 0");
+    // Settings a run would refuse are refused when the plan is checked, before anything runs:
+    // a target the data set does not have, a negative learning rate (read as a value, not a flag).
+    let text = std::fs::read_to_string(spec).expect("spec");
+    for (from, to, needles) in [
+        (
+            "target = 1,",
+            "target = 99,",
+            ["bad.toml:", "--target: class 99"],
+        ),
+        (
+            "epochs = 1, batch-size = 8 }",
+            "epochs = 1, lr = -1 }",
+            ["bad.toml:", "--lr"],
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let bad = tmp.path().join("bad.toml");
+        std::fs::write(&bad, text.replacen(from, to, 1)).expect("write");
+        let o = cleanse(&[
+            "protocol",
+            "run",
+            bad.to_str().expect("utf8"),
+            "--out",
+            tmp.path().join("never").to_str().expect("utf8"),
+            "--dry-run",
+        ]);
+        assert_refused(&o, &needles, to);
+        assert!(!tmp.path().join("never").exists());
+    }
 
     let out = tmp.path().join("runs");
     let o = cleanse(&[

@@ -43,8 +43,18 @@ pub(crate) fn checked_plan(spec_path: &Path, out: &Path) -> Result<(Spec, Plan)>
     Ok((spec, plan))
 }
 
-/// Parses every run's command line as the command line would, naming the spec's file, line and
-/// key of the first that fails.
+/// The classes of the spec's data set where they are known without reading it (an image
+/// folder's are counted when read).
+fn classes_of(spec: &Spec) -> Option<usize> {
+    match spec.dataset.as_str() {
+        "cifar10" | "synthetic" => Some(10),
+        "gtsrb" => Some(cleanse_core::data::gtsrb::NUM_CLASSES),
+        _ => None,
+    }
+}
+
+/// Parses every run's command line as the command line would and checks its settings as its run
+/// would before any work, naming the spec's file, line and key of the first that fails.
 pub(crate) fn check_commands(spec: &Spec, plan: &Plan, out: &Path) -> Result<()> {
     for r in &plan.runs {
         let words = r
@@ -52,10 +62,16 @@ pub(crate) fn check_commands(spec: &Spec, plan: &Plan, out: &Path) -> Result<()>
             .iter()
             .cloned()
             .chain(["--out".to_string(), out.join(&r.name).display().to_string()]);
-        if let Err(e) = crate::parse_command(words) {
-            let msg = e.render().to_string();
-            let msg = msg.lines().next().unwrap_or("").trim();
-            let msg = msg.strip_prefix("error: ").unwrap_or(msg).to_string();
+        // The command line's own parser first, then the settings its run would check before
+        // any work (the target class against the data set's classes).
+        let checked = crate::parse_command(words)
+            .map_err(|e| {
+                let msg = e.render().to_string();
+                let msg = msg.lines().next().unwrap_or("").trim();
+                msg.strip_prefix("error: ").unwrap_or(msg).to_string()
+            })
+            .and_then(|m| crate::check_planned(&m, classes_of(spec)));
+        if let Err(msg) = checked {
             let at = r
                 .lines
                 .iter()
