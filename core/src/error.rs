@@ -44,6 +44,9 @@ pub enum Error {
          another --out"
     )]
     Busy { path: PathBuf },
+    /// The run directory holds a finished run of the same configuration: nothing to do.
+    #[error("{path}: complete already (a finished run of the same settings); nothing to do")]
+    Complete { path: PathBuf },
 }
 
 impl Error {

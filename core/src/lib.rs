@@ -13,6 +13,7 @@ pub mod error;
 pub mod interop;
 pub mod io;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod output;
 pub mod protocol_table;

@@ -242,9 +242,15 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
     // the data's classes are known).
     train.validate()?;
     attack_config.validate(cleanse_core::model::MAX_CLASSES)?;
+    let out = &args.train.out;
+    if args.target.is_some() || train.data.kind != DatasetKind::Gtsrb || attack_config.all_to_all {
+        // The settings are known without the data (GTSRB's default target is its most frequent
+        // class): a finished run of them is done, or of others refused, before anything loads.
+        let attack_json = serde_json::to_value(&attack_config).context("attack settings")?;
+        cleanse_core::train::run::check_finished(out, &train, Some(attack_json))?;
+    }
     let selected = args.train.device.select()?;
     errln!("device: {}", describe_device(&selected));
-    let out = &args.train.out;
 
     let clean_model = match (&args.clean_model, attack_config.kind) {
         (Some(dir), AttackKind::Lc) => Some(
@@ -256,6 +262,8 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
     };
 
     let data = train.data.load()?;
+    // A class the data does not have is an error before any remark about the class.
+    attack_config.validate(data.train.num_classes)?;
     let mut attack_config = attack_config;
     if train.data.kind == DatasetKind::Gtsrb && !attack_config.all_to_all {
         // The supplement attacks GTSRB with targets among its 10 most frequent classes.

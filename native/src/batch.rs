@@ -10,7 +10,8 @@ use std::time::Instant;
 pub(crate) struct BatchArgs {
     /// A file of cleanse command lines, one per line, without the program name (blank lines and
     /// lines starting with `#` are skipped; words are separated by spaces, no quoting). Each
-    /// line needs `--out`. Runs whose output is complete are skipped; unfinished ones resume.
+    /// line needs `--out`. Runs whose output is complete with the line's settings are skipped (a
+    /// finished run of other settings is an error, and kept); unfinished ones resume.
     file: PathBuf,
     /// Start no new run after this many seconds.
     #[arg(long)]
@@ -100,6 +101,17 @@ pub(crate) fn state(out: &Path) -> State {
     }
 }
 
+/// Whether the command of `words` compares the settings of a finished run in its `--out` with
+/// its own (`train`, `attack`, `defend`: their run folder records the configuration): it does
+/// nothing for the same settings and refuses other ones. For the other commands a complete
+/// output is taken as done.
+pub(crate) fn runs_check_their_folder(words: &[String]) -> bool {
+    matches!(
+        words.first().map(String::as_str),
+        Some("train" | "attack" | "defend")
+    )
+}
+
 pub(crate) fn run(a: &BatchArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading batch file {}", a.file.display()))?;
@@ -109,8 +121,9 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
     let (mut done, mut skipped) = (0, 0);
     for line in &lines {
         let mut words = line.words.clone();
+        let complete = state(&line.out) == State::Complete;
         match state(&line.out) {
-            State::Complete => {
+            State::Complete if !runs_check_their_folder(&words) => {
                 errln!(
                     "batch: line {}: complete already ({})",
                     line.number,
@@ -134,7 +147,15 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
             );
             break;
         }
-        errln!("batch: line {}: cleanse {}", line.number, words.join(" "));
+        if complete {
+            errln!(
+                "batch: line {}: finished in {}; compared with its settings when the batch runs",
+                line.number,
+                line.out.display()
+            );
+        } else {
+            errln!("batch: line {}: cleanse {}", line.number, words.join(" "));
+        }
         if a.dry_run {
             continue;
         }
@@ -147,6 +168,14 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
                     line.number,
                     started.elapsed().as_secs_f64()
                 );
+            }
+            Err(e) if crate::protocol::is_complete(&e) => {
+                errln!(
+                    "batch: line {}: complete already ({}, the same settings)",
+                    line.number,
+                    line.out.display()
+                );
+                skipped += 1;
             }
             Err(e) => {
                 errln!("batch: line {} FAILED: {e:#}", line.number);

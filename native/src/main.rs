@@ -541,6 +541,14 @@ pub(crate) fn dispatch(matches: &clap::ArgMatches) -> Result<()> {
 fn main() {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     if let Err(e) = dispatch(&matches) {
+        if protocol::is_complete(&e) {
+            // A finished run of these very settings: nothing to do is a success.
+            errln!("{}", e.root_cause());
+            if std::env::var_os(protocol::POOL_CHILD).is_some() {
+                std::process::exit(protocol::COMPLETE_EXIT);
+            }
+            return;
+        }
         errln!("error: {e:#}");
         std::process::exit(protocol::exit_status(&e));
     }

@@ -309,6 +309,32 @@ fn runs_carry_through_the_archive_and_a_new_defense_runs_on_a_restored_teacher()
     }
     let grown = table(&archive);
     assert!(grown.contains("NAD 1 ep"), "{grown}");
+
+    // The spec edited (FT for two epochs): the finished FT runs are kept and refused by name,
+    // in this process and with a pool of processes; the runs of unchanged settings are done.
+    let edited = spec(
+        &tmp.path().join("s1"),
+        &[("ft", "epochs = 2, batch-size = 8"), KD],
+    );
+    assert_eq!(edited, spec1);
+    let before = report(&first.join("badnets/t0-s0/ft"));
+    for jobs in ["1", "2"] {
+        let o = cleanse(&[
+            "protocol",
+            "run",
+            s(&spec1),
+            "--out",
+            s(&first),
+            "--jobs",
+            jobs,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "--jobs {jobs}: {err}");
+        assert!(err.contains("badnets/t0-s0/ft FAILED"), "{err}");
+        assert!(err.contains("epochs: 1 -> 2"), "{err}");
+        assert!(err.contains("0 run, 4 complete already, 2 failed"), "{err}");
+    }
+    assert_eq!(report(&first.join("badnets/t0-s0/ft")), before);
 }
 
 /// A byte changed, a file missing, a manifest naming a path outside its entry, a symbolic link

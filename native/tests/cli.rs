@@ -61,13 +61,21 @@ fn train_writes_report_and_refuses_to_overwrite() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    // A second run into the same directory fails and leaves the first run's files alone.
+    // The same run again finds it finished: nothing to do; other settings are refused by
+    // name. Either way the first run's files are left alone.
     let before = std::fs::read(out.join("model.bpk")).expect("model");
     let o = cleanse(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("complete already"), "{err}");
+    let mut other = args.clone();
+    let at = other.iter().position(|a| *a == "--epochs").expect("epochs") + 1;
+    other[at] = "3";
+    let o = cleanse(&other);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("not empty") && err.contains("--resume"),
+        err.contains("finished run of another configuration") && err.contains("epochs: 2 -> 3"),
         "{err}"
     );
     assert_eq!(before, std::fs::read(out.join("model.bpk")).expect("model"));
@@ -783,6 +791,52 @@ fn batch_runs_lines_in_order_skips_complete_ones_and_names_failures() {
     let o = cleanse(&["batch", file.to_str().expect("utf8")]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("batch: 0 run, 2 complete already"), "{err}");
+    // A finished run is done only for the settings it ran with: other settings, or `train`
+    // where it was an attack, are refused by name and the run is kept as it is.
+    let report = std::fs::read(teacher.join("report.json")).expect("report");
+    let other_rate = attack_args(
+        "badnets",
+        &teacher,
+        &["--poison-rate", "0.2", "--threads", "1"],
+    )
+    .join(" ");
+    let as_train = format!("{} --threads 1", train_args(&teacher).join(" "));
+    std::fs::write(
+        &file,
+        format!(
+            "{other_rate}
+{as_train}
+{kd}
+"
+        ),
+    )
+    .expect("write");
+    let o = cleanse(&["batch", file.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("lines [1, 2] failed"), "{err}");
+    assert!(
+        err.contains("finished run of another configuration"),
+        "{err}"
+    );
+    assert!(err.contains("attack.poison_rate: 0.3"), "{err}");
+    assert!(
+        err.contains("batch: 0 run, 1 complete already, 2 failed"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(teacher.join("report.json")).expect("report"),
+        report
+    );
+    // The command alone says the same: nothing to do (a success), or the other settings.
+    let argv: Vec<String> = kd.split(' ').map(str::to_string).collect();
+    let o = cleanse(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("complete already"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // A failing line is named, the others still run, and the exit status says so.
     let missing = tmp.path().join("missing");
     let other = tmp.path().join("other");

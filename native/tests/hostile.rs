@@ -426,3 +426,87 @@ fn a_closed_pipe_does_not_stop_a_run() {
     let report = std::fs::read_to_string(out.join("report.json")).expect("report");
     assert!(report.contains("\"status\": \"complete\""), "{report}");
 }
+
+/// A class GTSRB lacks is one error about the class, with no remark about frequent classes
+/// before it.
+#[test]
+fn a_gtsrb_target_it_lacks_is_the_one_message() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("gtsrb");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    // Record files: one 32x32 image of every class in each split.
+    let records: Vec<u8> = (0..43u8)
+        .flat_map(|c| std::iter::once(c).chain(std::iter::repeat_n(c * 5, 3072)))
+        .collect();
+    std::fs::write(data.join("train.bin"), &records).expect("train");
+    std::fs::write(data.join("test.bin"), &records).expect("test");
+    let out = tmp.path().join("run");
+    let data = data.display().to_string();
+    let o = run(&tiny(
+        &["attack", "badnets"],
+        &out,
+        &["--dataset", "gtsrb", "--data", &data, "--target", "43"],
+    ));
+    let err = assert_refused(&o, &["target", "class 43 does not exist", "0..42"], "43");
+    let all = stderr(&o);
+    assert!(!all.contains("warning"), "{all}");
+    assert!(!out.exists(), "{err}");
+}
+
+/// A run that needs more memory than the process can get is refused with the setting to lower,
+/// before it trains, instead of aborting on an allocation (a batch far beyond the machine; an
+/// address-space limit too small for a normal run).
+#[test]
+fn a_run_beyond_the_memory_it_can_get_is_refused_not_aborted() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("huge");
+    // Batches of 20,000 images at width 512: a terabyte of activations.
+    let o = run(&tiny(
+        &["train"],
+        &out,
+        &[
+            "--synthetic-train",
+            "20000",
+            "--batch-size",
+            "20000",
+            "--width",
+            "512",
+        ],
+    ));
+    assert_refused(
+        &o,
+        &[
+            "memory",
+            "a training batch of",
+            "lower --batch-size or --width",
+        ],
+        "huge",
+    );
+    assert!(!out.exists());
+    // Width 16, batch 128 needs about 200 MB beyond the program (which maps about 150 MB of
+    // address space): under `ulimit -v` 250 MB it is refused by name, not aborted.
+    let out = tmp.path().join("limited");
+    let args = tiny(
+        &["train"],
+        &out,
+        &[
+            "--synthetic-train",
+            "256",
+            "--width",
+            "16",
+            "--batch-size",
+            "128",
+        ],
+    );
+    let line = format!(
+        "ulimit -v 250000 && exec {} {}",
+        env!("CARGO_BIN_EXE_cleanse"),
+        args.join(" ")
+    );
+    let o = Command::new("bash")
+        .args(["-c", &line])
+        .output()
+        .expect("bash");
+    assert_refused(&o, &["memory", "ulimit -v", "lower --batch-size"], "ulimit");
+    assert!(!out.exists());
+}

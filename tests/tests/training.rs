@@ -92,11 +92,16 @@ fn cpu_training_lowers_the_loss_and_writes_a_complete_report() {
         assert!((a.loss - b.loss).abs() < 1e-12 && (x - y).abs() < 1e-12);
     }
     assert!(text.contains("\"clean_acc\""));
-    // Never silently overwritten.
-    let err = train(&tiny_config(6), &dir, false, &selected, &mut SilentObserver)
+    // Never silently overwritten: the same settings find it finished, others are refused.
+    let e = train(&tiny_config(6), &dir, false, &selected, &mut SilentObserver).unwrap_err();
+    assert!(matches!(e, cleanse_core::Error::Complete { .. }), "{e}");
+    let err = train(&tiny_config(7), &dir, false, &selected, &mut SilentObserver)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("not empty"), "{err}");
+    assert!(
+        err.contains("finished run of another configuration"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -197,13 +202,17 @@ fn resumed_run_ends_where_an_uninterrupted_run_does() {
     );
     assert!((x - y).abs() < 1e-9);
 
-    // Resuming with other settings is refused.
+    // Resuming with other settings is refused (here the run finished: as another
+    // configuration's finished run).
     let mut other = tiny_config(3);
     other.lr = 0.2;
     let err = train(&other, &killed, true, &selected, &mut SilentObserver)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("different configuration"), "{err}");
+    assert!(
+        err.contains("another configuration") && err.contains("lr: 0.05 -> 0.2"),
+        "{err}"
+    );
     // Resuming where there is no checkpoint is refused.
     let err = train(
         &tiny_config(3),

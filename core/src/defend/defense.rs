@@ -252,6 +252,19 @@ impl Defense {
         }
     }
 
+    /// The batch size of training (ANP: of its mask updates; I-BAU: of its rounds).
+    pub fn batch_size(&self) -> usize {
+        match self {
+            Defense::Kd(c) => c.batch_size,
+            Defense::Ft(c) => c.batch_size,
+            Defense::Fp(FpConfig { ft, .. })
+            | Defense::Nad(NadConfig { ft, .. })
+            | Defense::Mcr(McrConfig { ft, .. }) => ft.batch_size,
+            Defense::Anp(c) => c.batch_size,
+            Defense::Ibau(c) => c.batch_size,
+        }
+    }
+
     /// The batch size of the per-epoch evaluation.
     pub fn eval_batch_size(&self) -> usize {
         match self {

@@ -85,6 +85,13 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     let asr_of = |m: &Classifier| eval.meter.as_ref().map(|a| a.asr(m));
     let holdout = suspect.holdout()?;
     let holdout_images = holdout.len();
+    if selected.info.backend == crate::device::Backend::Flex {
+        // The suspect (a teacher or reference), the trained model, its gradients, the
+        // optimiser's state and a method's masks or perturbations: refused before any work.
+        let batch = defense.batch_size().min(holdout_images);
+        crate::memory::Need::training(&suspect.config, suspect.test.height, batch, 5)
+            .check(selected.info.cpu_threads, "--batch-size")?;
+    }
     let defender = match defense.access() {
         DefenderAccess::Images => DefenderData::Images(UnlabeledImages::from_set(holdout)),
         DefenderAccess::Labelled => DefenderData::Labelled(holdout),

@@ -1,6 +1,7 @@
 //! The life of a run directory, shared by every command that trains something: a new run only
 //! in a missing or empty directory, `--resume` only of a run with the same configuration (the
-//! settings that differ are named), `checkpoint/started.json` before any preparation, one
+//! settings that differ are named), a finished run of the same configuration left as it is
+//! ([`Error::Complete`]) and one of another configuration refused (the same comparison), `checkpoint/started.json` before any preparation, one
 //! checkpoint per epoch, the report written atomically, and one live run per directory (an OS
 //! file lock that dies with its process).
 //!
@@ -46,6 +47,16 @@ pub fn canonical_as<T: Serialize + DeserializeOwned>(v: &Value) -> Value {
         .unwrap_or_else(|| v.clone())
 }
 
+/// `v` as JSON, a group of settings longer than a few words as `{...}` or `[...]`.
+fn brief(v: &Value) -> String {
+    let text = v.to_string();
+    match v {
+        Value::Object(_) if text.len() > 40 => "{...}".into(),
+        Value::Array(_) if text.len() > 40 => "[...]".into(),
+        _ => text,
+    }
+}
+
 /// The settings whose values differ between two configurations, as `path: old -> new` (at most
 /// a handful, then a count).
 pub fn differences(old: &Value, new: &Value) -> Vec<String> {
@@ -69,7 +80,7 @@ pub fn differences(old: &Value, new: &Value) -> Vec<String> {
                     );
                 }
             }
-            _ if a != b => out.push(format!("{path}: {a} -> {b}")),
+            _ if a != b => out.push(format!("{path}: {} -> {}", brief(a), brief(b))),
             _ => {}
         }
     }
@@ -93,6 +104,109 @@ fn different_configuration(path: &Path, old: &Value, new: &Value) -> Error {
             shown.join(", ")
         ),
     )
+}
+
+fn finished_differently(path: &Path, old: &Value, new: &Value) -> Error {
+    let diff = differences(old, new);
+    let shown: Vec<&str> = diff.iter().take(6).map(String::as_str).collect();
+    let more = match diff.len().saturating_sub(shown.len()) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    Error::artifact(
+        path,
+        format!(
+            "this folder holds a finished run of another configuration ({}{more}); it is kept: \
+             choose another --out, or remove the folder to run these settings in it",
+            shown.join(", ")
+        ),
+    )
+}
+
+/// What a run directory says about a finished run in it.
+#[derive(Debug)]
+pub enum Finished {
+    /// No run finished here (its report is missing, unreadable or not complete).
+    No,
+    /// A run finished here with the configuration `config`, recorded in `file` (the last
+    /// checkpoint's state, else the configuration it started with).
+    With { file: PathBuf, config: Value },
+    /// A run finished here but kept no record of its configuration (its checkpoint folder was
+    /// removed).
+    Unrecorded,
+}
+
+/// `config` made comparable: [`Canonical`], then every string that names an existing file or
+/// folder written as its absolute, resolved path, so that a path typed relative and one typed
+/// absolute (a protocol run here and under Slurm) compare equal.
+fn comparable(canonical: Canonical, config: &Value) -> Value {
+    fn resolve(v: Value) -> Value {
+        match v {
+            Value::String(s) => match std::fs::canonicalize(&s) {
+                Ok(p) if !s.is_empty() => Value::String(p.display().to_string()),
+                _ => Value::String(s),
+            },
+            Value::Array(items) => Value::Array(items.into_iter().map(resolve).collect()),
+            Value::Object(fields) => {
+                Value::Object(fields.into_iter().map(|(k, v)| (k, resolve(v))).collect())
+            }
+            other => other,
+        }
+    }
+    resolve(canonical(config))
+}
+
+/// Whether a run of `config` may go on in `out`: yes (`Ok`) unless `out` holds a finished run.
+/// A finished run of the same configuration (compared as `--resume` compares) is
+/// [`Error::Complete`]: nothing to do; of another, an error naming the settings that differ; one
+/// that kept no record of its configuration, an error too. Nothing in `out` is touched.
+pub fn check_finished(out: &Path, config: &Value, canonical: Canonical) -> Result<()> {
+    match finished(out)? {
+        Finished::No => Ok(()),
+        Finished::With { file, config: old } => {
+            let (old, new) = (comparable(canonical, &old), comparable(canonical, config));
+            if old == new {
+                return Err(Error::Complete {
+                    path: out.to_path_buf(),
+                });
+            }
+            Err(finished_differently(&file, &old, &new))
+        }
+        Finished::Unrecorded => Err(Error::artifact(
+            out,
+            "this folder holds a finished run whose settings were not recorded (no \
+             checkpoint/state.json or started.json); it is kept: choose another --out",
+        )),
+    }
+}
+
+/// Whether `out` holds a finished run (its report says complete), and with which configuration.
+pub fn finished(out: &Path) -> Result<Finished> {
+    let complete = std::fs::read_to_string(out.join(files::REPORT))
+        .ok()
+        .and_then(|text| Report::from_json("", &text).ok())
+        .is_some_and(|r| r.status == crate::report::RunStatus::Complete);
+    if !complete {
+        return Ok(Finished::No);
+    }
+    let ckpt = out.join(files::CHECKPOINT_DIR);
+    let state_path = checkpoint::state_path(&ckpt);
+    if state_path.is_file() {
+        let config = checkpoint::load_state(&ckpt)?.config;
+        return Ok(Finished::With {
+            file: state_path,
+            config,
+        });
+    }
+    let started_path = checkpoint::started_path(&ckpt);
+    if started_path.is_file() {
+        let config = read_json(&started_path)?;
+        return Ok(Finished::With {
+            file: started_path,
+            config,
+        });
+    }
+    Ok(Finished::Unrecorded)
 }
 
 /// The entries of `dir` other than the lock file; `None` when `dir` does not exist.
@@ -203,12 +317,18 @@ impl RunDir {
         let ckpt = out.join(files::CHECKPOINT_DIR);
         let state_path = checkpoint::state_path(&ckpt);
         let started_path = checkpoint::started_path(&ckpt);
+        // A finished run is never run over: nothing to do for its own configuration, an
+        // error for another.
+        check_finished(out, &config, canonical)?;
         let empty = dir_is_empty(out)?;
         let mut resumed = None;
         if resume {
             if state_path.is_file() {
                 let state = checkpoint::load_state(&ckpt)?;
-                let (old, new) = (canonical(&state.config), canonical(&config));
+                let (old, new) = (
+                    comparable(canonical, &state.config),
+                    comparable(canonical, &config),
+                );
                 if old != new {
                     return Err(different_configuration(&state_path, &old, &new));
                 }
@@ -217,7 +337,10 @@ impl RunDir {
                 // Stopped before its first epoch ended: training starts over; what preparation
                 // saved (and its own checkpoints) is kept and reused.
                 let started: Value = read_json(&started_path)?;
-                let (old, new) = (canonical(&started), canonical(&config));
+                let (old, new) = (
+                    comparable(canonical, &started),
+                    comparable(canonical, &config),
+                );
                 if old != new {
                     return Err(different_configuration(&started_path, &old, &new));
                 }
@@ -375,5 +498,82 @@ mod tests {
         std::fs::remove_dir_all(out.join(files::CHECKPOINT_DIR)).expect("rm");
         std::fs::write(out.join("notes.txt"), b"mine").expect("w");
         assert!(!dir_is_empty(&out).expect("foreign file"));
+    }
+
+    fn identity(v: &Value) -> Value {
+        v.clone()
+    }
+
+    /// Marks the run in `out` finished, as a run's last report does.
+    fn write_complete_report(out: &Path) {
+        let report = serde_json::json!({
+            "schema_version": crate::report::SCHEMA_VERSION, "kind": "train", "status": "complete",
+            "tool_version": "0", "config": {},
+            "device": {"requested": "cpu", "backend": "flex", "adapter": null, "cpu_threads": 1},
+            "data": {"num_classes": 2, "train_size": 1, "holdout_size": 0, "test_size": 1},
+            "epochs": [], "final": {"clean_acc": 0.5, "asr": null}, "model_file": null,
+            "started_unix": 0, "finished_unix": 0
+        });
+        write_json_atomic(&out.join(files::REPORT), &report).expect("report");
+    }
+
+    #[test]
+    fn a_finished_run_is_left_alone_for_its_settings_and_refused_for_others() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let out = tmp.path().join("run");
+        let config = serde_json::json!({"epochs": 3, "lr": 0.1});
+        let mut run = RunDir::open(&out, config.clone(), identity, 0, false).expect("new run");
+        run.finish();
+        drop(run);
+        // Started but not finished: a plain run refuses the folder, --resume continues it.
+        assert!(matches!(finished(&out), Ok(Finished::No)));
+        let e = RunDir::open(&out, config.clone(), identity, 0, false)
+            .err()
+            .expect("not empty");
+        assert!(e.to_string().contains("not empty"), "{e}");
+        write_complete_report(&out);
+        assert!(matches!(finished(&out), Ok(Finished::With { .. })));
+        for resume in [false, true] {
+            let e = RunDir::open(&out, config.clone(), identity, 0, resume)
+                .err()
+                .expect("done");
+            assert!(matches!(e, Error::Complete { .. }), "{e}");
+        }
+        let other = serde_json::json!({"epochs": 4, "lr": 0.1});
+        for resume in [false, true] {
+            let e = RunDir::open(&out, other.clone(), identity, 0, resume)
+                .err()
+                .expect("other");
+            let text = e.to_string();
+            assert!(text.contains("started.json"), "{text}");
+            assert!(text.contains("epochs: 3 -> 4"), "{text}");
+            assert!(
+                text.contains("finished run of another configuration"),
+                "{text}"
+            );
+        }
+        // A path compares as the file it names, however it is written.
+        let here = tmp.path().display().to_string();
+        let typed = serde_json::json!({"epochs": 3, "lr": 0.1, "teacher": here});
+        std::fs::write(
+            out.join(files::CHECKPOINT_DIR).join("started.json"),
+            serde_json::to_vec(&typed).expect("json"),
+        )
+        .expect("write");
+        let dotted =
+            serde_json::json!({"epochs": 3, "lr": 0.1, "teacher": format!("{here}/./run/..")});
+        let e = RunDir::open(&out, dotted, identity, 0, false)
+            .err()
+            .expect("done");
+        assert!(matches!(e, Error::Complete { .. }), "{e}");
+        // A run that kept no record of its configuration cannot be compared: refused, kept.
+        std::fs::remove_dir_all(out.join(files::CHECKPOINT_DIR)).expect("rm");
+        assert!(matches!(finished(&out), Ok(Finished::Unrecorded)));
+        let e = RunDir::open(&out, config, identity, 0, false)
+            .err()
+            .expect("unrecorded");
+        assert!(e.to_string().contains("settings were not recorded"), "{e}");
+        // Nothing of the finished run was touched.
+        assert!(out.join(files::REPORT).is_file());
     }
 }

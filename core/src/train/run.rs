@@ -331,6 +331,32 @@ impl ClassifierStep for CrossEntropyStep<'_> {
     }
 }
 
+/// The configuration a training run records, compares on `--resume` and when its folder holds
+/// a finished run: its settings, with the attack's (`{"train": ..., "attack": ...}`) when it
+/// has one, so that both are checked.
+pub fn run_configuration(
+    config: &TrainConfig,
+    attack: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let config_json =
+        serde_json::to_value(config).map_err(|e| Error::config("config", e.to_string()))?;
+    Ok(match attack {
+        Some(a) => serde_json::json!({ "train": config_json, "attack": a }),
+        None => config_json,
+    })
+}
+
+/// Whether a training run of `config` (with `attack`'s settings) may go on in `out`, before
+/// anything is loaded: [`crate::engine::run_dir::check_finished`].
+pub fn check_finished(
+    out: &Path,
+    config: &TrainConfig,
+    attack: Option<serde_json::Value>,
+) -> Result<()> {
+    let config_json = run_configuration(config, attack)?;
+    crate::engine::run_dir::check_finished(out, &config_json, canonical_config)
+}
+
 /// [`train`] with `hooks` changing the data, the batches, and measuring the ASR.
 pub fn train_with(
     config: &TrainConfig,
@@ -342,12 +368,7 @@ pub fn train_with(
 ) -> Result<Report> {
     config.validate()?;
     let attack_json = hooks.describe();
-    let mut config_json =
-        serde_json::to_value(config).map_err(|e| Error::config("config", e.to_string()))?;
-    if let Some(a) = &attack_json {
-        // The checkpoint's configuration covers the attack too, so --resume checks both.
-        config_json = serde_json::json!({ "train": config_json, "attack": a });
-    }
+    let config_json = run_configuration(config, attack_json.clone())?;
     let mut run = RunDir::open(out, config_json, canonical_config, config.seed, resume)?;
 
     let data = config.data.load()?;
@@ -372,6 +393,14 @@ pub fn train_with(
             split: split.clone(),
         },
     )?;
+    let num_classes = data.train.num_classes;
+    let model_config = config.model_config(num_classes);
+    if selected.info.backend == crate::device::Backend::Flex {
+        // Weights, gradients, momentum; refused before any preparation or training.
+        let batch = config.batch_size.min(split.keep.len());
+        crate::memory::Need::training(&model_config, data.train.height, batch, 3)
+            .check(selected.info.cpu_threads, "--batch-size or --width")?;
+    }
     let device = selected.device.clone();
     let train_set = Arc::new(hooks.prepare(
         data.train.subset(&split.keep),
@@ -380,8 +409,6 @@ pub fn train_with(
         out,
         &device,
     )?);
-    let num_classes = data.train.num_classes;
-    let model_config = config.model_config(num_classes);
     write_json_atomic(&out.join(files::MODEL_CONFIG), &model_config)?;
     let eval = Evaluation {
         test: Arc::new(data.test),

@@ -50,13 +50,10 @@ pub(crate) const WEIGHTS: &str = "model.safetensors";
 /// The naming of archived weights: `cleanse export`'s default, which BackdoorBench's code loads.
 const WEIGHT_NAMES: Naming = Naming::Backdoorbench;
 
+/// The configuration a run started with (what a finished run's settings are compared by).
+const STARTED: &str = "checkpoint/started.json";
 /// The files of a finished run's configuration and results, kept for every run.
-const RUN_FILES: [&str; 4] = [
-    files::REPORT,
-    files::SPLIT,
-    files::MODEL_CONFIG,
-    "checkpoint/started.json",
-];
+const RUN_FILES: [&str; 4] = [files::REPORT, files::SPLIT, files::MODEL_CONFIG, STARTED];
 /// A teacher's attack and trigger files, kept beside its weights.
 const TRIGGER_FILES: [&str; 4] = [
     cleanse_core::attack::files::ATTACK,
@@ -204,6 +201,24 @@ fn rebased(words: &[String], from: &str, to: &str) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// `value` with every string that is the folder `from` or a path in it re-based to `to`.
+fn rebased_json(value: &serde_json::Value, from: &str, to: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(w) => Value::String(rebased(std::slice::from_ref(w), from, to).remove(0)),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| rebased_json(v, from, to)).collect())
+        }
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), rebased_json(v, from, to)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// The command line the plan gives `run` in the output folder `out`.
@@ -434,7 +449,7 @@ impl Archive {
 
     /// Whether the archive's entry `m` is of the command the plan gives `run` in `out` (with
     /// any thread count).
-    fn same_command(m: &Manifest, run: &Run, out: &Path) -> bool {
+    pub(super) fn same_command(m: &Manifest, run: &Run, out: &Path) -> bool {
         let archived = rebased(&m.command, &m.out, &out.display().to_string());
         without_threads(&archived) == without_threads(&planned_command(run, out))
     }
@@ -507,6 +522,13 @@ impl Archive {
             }
             std::fs::copy(&from, &to)
                 .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            if rel == STARTED {
+                // The configuration a finished run is compared by names the folders it was run
+                // in (a defense's suspect): here they are the ones of `out`.
+                let config: serde_json::Value = cleanse_core::io::read_json(&to)?;
+                let config = rebased_json(&config, &m.out, &out.display().to_string());
+                cleanse_core::io::write_json_atomic(&to, &config)?;
+            }
         }
         if dir.exists() {
             std::fs::remove_dir_all(&dir)

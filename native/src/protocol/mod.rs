@@ -10,6 +10,8 @@ mod slurm;
 mod spec;
 mod table;
 
+pub(crate) use runner::is_complete;
+
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -32,6 +34,14 @@ pub(crate) fn shell_word(s: &str) -> String {
 /// The exit status of a command whose run directory another live process holds (`EX_TEMPFAIL`
 /// of sysexits.h: try again later).
 pub(crate) const BUSY_EXIT: i32 = 75;
+
+/// The exit status of a command that found its folder holding a finished run of the same
+/// settings, when a `protocol run --jobs` pool started it ([`POOL_CHILD`] set): nothing was
+/// run, which the pool counts apart from a run it made. Elsewhere that is a plain success.
+pub(crate) const COMPLETE_EXIT: i32 = 79;
+
+/// Set in the environment of the processes a pool starts.
+pub(crate) const POOL_CHILD: &str = "CLEANSE_POOL_CHILD";
 
 /// The exit status for the error `e`: [`BUSY_EXIT`] when it says another process holds the run
 /// directory, 1 otherwise.

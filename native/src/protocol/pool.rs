@@ -7,6 +7,7 @@
 use super::archive::Archive;
 use super::plan::Run;
 use super::runner::{Tally, announce_held, archive_run, command_words};
+use crate::batch::{State, state};
 use anyhow::{Context, Result};
 use cleanse_core::engine::run_dir::busy;
 use std::collections::{HashMap, HashSet};
@@ -52,6 +53,7 @@ fn start(exe: &Path, words: &[String], log: &Path) -> Result<Child> {
         .with_context(|| format!("{}: cannot open the log", log.display()))?;
     Command::new(exe)
         .args(words)
+        .env(super::POOL_CHILD, "1")
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err)
@@ -116,6 +118,11 @@ pub(super) fn run_all<'a>(
             let elapsed = r.started.elapsed();
             let took = took(elapsed);
             match status {
+                Ok(s) if s.code() == Some(super::COMPLETE_EXIT) => {
+                    // Finished already with the same settings (other ones fail).
+                    tally.skipped += 1;
+                    complete.insert(&run.name);
+                }
                 Ok(s) if s.success() => {
                     errln!("protocol: {}: done ({took})", run.name);
                     tally.done += 1;
@@ -185,15 +192,19 @@ pub(super) fn run_all<'a>(
                 continue;
             };
             let log = log_path(out, r);
+            // A finished run's process only compares settings: no line for it.
+            let finished = state(&dir) == State::Complete;
             match start(&exe, &words, &log) {
                 Ok(child) => {
-                    errln!(
-                        "protocol: {}: started ({} running, {} waiting; log {})",
-                        r.name,
-                        running.len() + 1,
-                        waiting.len(),
-                        log.display()
-                    );
+                    if !finished {
+                        errln!(
+                            "protocol: {}: started ({} running, {} waiting; log {})",
+                            r.name,
+                            running.len() + 1,
+                            waiting.len(),
+                            log.display()
+                        );
+                    }
                     running.push(Running {
                         at,
                         child,

@@ -84,6 +84,17 @@ pub(crate) fn check_commands(spec: &Spec, plan: &Plan, out: &Path) -> Result<()>
     Ok(())
 }
 
+/// Whether `e` says its run directory holds a finished run of the same settings (nothing to
+/// do; a finished run of other settings is an error that names them).
+pub(crate) fn is_complete(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<cleanse_core::Error>(),
+            Some(cleanse_core::Error::Complete { .. })
+        )
+    })
+}
+
 /// Whether `e` says another process holds a run directory.
 pub(crate) fn is_busy(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -165,12 +176,15 @@ pub(super) fn announce_held(r: &Run) {
 }
 
 /// The command line (without the program's name) that brings `r` to completion in `dir`:
-/// `--resume` where it stopped, `--force` for a map drawn but not saved; `None` when it is
-/// complete.
+/// `--resume` where it stopped, `--force` for a map drawn but not saved; `None` for a map that
+/// is complete. A finished run's command is given as it is: the run compares its settings with
+/// the ones it finished with ([`crate::batch::runs_check_their_folder`]) and does nothing when
+/// they are the same.
 pub(super) fn command_words(r: &Run, dir: &Path) -> Option<Vec<String>> {
     let mut words = r.words.clone();
     match state(dir) {
-        State::Complete => return None,
+        State::Complete if r.role == Role::Map => return None,
+        State::Complete => {}
         State::Resume => words.push("--resume".into()),
         // A map whose picture was written but not its JSON (stopped in between) is redrawn.
         State::Fresh if r.role == Role::Map && dir.exists() => words.push("--force".into()),
@@ -199,9 +213,13 @@ fn run_one(r: &Run, out: &Path, poll: Duration) -> Outcome {
             // Complete already, or completed by the process it waited for.
             return Outcome::Skipped;
         };
-        errln!("protocol: {}: cleanse {}", r.name, words.join(" "));
+        let finished = state(&dir) == State::Complete;
+        if !finished {
+            errln!("protocol: {}: cleanse {}", r.name, words.join(" "));
+        }
         match crate::run_command(words) {
             Ok(()) => return Outcome::Done(started.elapsed()),
+            Err(e) if is_complete(&e) => return Outcome::Skipped,
             Err(e) if is_busy(&e) => {
                 announced = true;
                 std::thread::sleep(poll);
@@ -350,9 +368,10 @@ pub(crate) fn run(spec_path: &Path, out: &Path, options: &RunOptions<'_>) -> Res
     };
     if let Some(a) = &archive {
         // Runs complete here that the archive lacks (made before --archive was given, or by
-        // another process).
+        // another process); not one that failed here (a finished run of other settings).
         for &r in &mine {
-            if !tally.unarchived.contains(&r.name.as_str()) && a.wants(r, out, false)? {
+            let failed = tally.failed.contains(&r.name.as_str());
+            if !failed && !tally.unarchived.contains(&r.name.as_str()) && a.wants(r, out, false)? {
                 archive_run(Some(a), r, out, None, &mut tally);
             }
         }
@@ -460,45 +479,57 @@ fn dry_run_archive(root: &Path, plan: &Plan, mine: &[&Run], out: &Path) -> Resul
             .collect();
         (!same.is_empty()).then(|| same.iter().sum::<f64>() / same.len() as f64)
     };
-    let (mut archived, mut remaining, mut known, mut unknown) = (0, 0, 0.0, 0);
+    let (mut archived, mut here, mut remaining, mut known, mut unknown) = (0, 0, 0, 0.0, 0);
     for &r in mine {
-        let entry = entries.iter().find(|m| m.run == r.name);
-        let here = state(&out.join(&r.name));
-        let what = match (entry.map(|m| m.status), &here) {
-            (_, crate::batch::State::Complete) => "complete here".to_string(),
-            (Some(EntryStatus::Complete), _) => {
+        let entry = entries
+            .iter()
+            .find(|m| m.run == r.name)
+            .map(|m| (m, Archive::same_command(m, r, out)));
+        let mut to_run = |why: &str| {
+            remaining += 1;
+            match cost(r) {
+                Some(s) => {
+                    known += s;
+                    format!("{why} (about {:.0} min)", s / 60.0)
+                }
+                None => {
+                    unknown += 1;
+                    format!("{why} (no archived run of its kind to estimate from)")
+                }
+            }
+        };
+        let what = match (entry, state(&out.join(&r.name))) {
+            (_, crate::batch::State::Complete) => {
+                here += 1;
+                "complete here (its settings are compared when it runs)".to_string()
+            }
+            (Some((m, true)), _) if m.status == EntryStatus::Complete => {
                 archived += 1;
                 "archived: restored, not run".to_string()
             }
-            (Some(EntryStatus::InProgress), _) => {
+            (Some((m, true)), _) => {
                 remaining += 1;
-                let m = entry.expect("an entry");
                 format!(
                     "archived unfinished ({} epochs): restored, resumes",
                     m.epochs_done
                 )
             }
-            (None, _) => {
-                remaining += 1;
-                match cost(r) {
-                    Some(s) => {
-                        known += s;
-                        format!("to run (about {:.0} min)", s / 60.0)
-                    }
-                    None => {
-                        unknown += 1;
-                        "to run (no archived run of its kind to estimate from)".to_string()
-                    }
-                }
+            (Some((_, false)), _) => {
+                to_run("archived with another command line: to run, replacing it")
             }
+            (None, _) => to_run("to run"),
         };
         outln!("# {}: {what}", r.name);
     }
     outln!(
-        "# archive {}: {archived} of {} runs archived complete; {remaining} remain, about {:.1} \
-         hours for the {} with an archived run of their kind{}",
+        "# archive {}: {archived} of {} runs archived complete{}; {remaining} remain, about \
+         {:.1} hours for the {} with an archived run of their kind{}",
         root.display(),
         mine.len(),
+        match here {
+            0 => String::new(),
+            n => format!(", {n} complete here"),
+        },
         known / 3600.0,
         remaining - unknown,
         match unknown {
