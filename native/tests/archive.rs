@@ -335,6 +335,25 @@ fn runs_carry_through_the_archive_and_a_new_defense_runs_on_a_restored_teacher()
         assert!(err.contains("0 run, 4 complete already, 2 failed"), "{err}");
     }
     assert_eq!(report(&first.join("badnets/t0-s0/ft")), before);
+    // Nor are they archived as runs of the edited settings.
+    let other = tmp.path().join("results/other");
+    let o = cleanse(&[
+        "protocol",
+        "archive",
+        s(&spec1),
+        "--out",
+        s(&first),
+        "--archive",
+        s(&other),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("badnets/t0-s0/ft: not archived") && err.contains("epochs: 1 -> 2"),
+        "{err}"
+    );
+    assert!(other.join("badnets/t0-s0/kd/manifest.json").is_file());
+    assert!(!other.join("badnets/t0-s0/ft").exists());
 }
 
 /// A byte changed, a file missing, a manifest naming a path outside its entry, a symbolic link

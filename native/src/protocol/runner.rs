@@ -555,10 +555,15 @@ pub(crate) fn archive_existing(
     let mut tally = Tally::default();
     let mut n = 0;
     for r in &plan.runs {
-        if archive.wants(r, out, unfinished)? {
-            archive_run(Some(&archive), r, out, None, &mut tally);
-            n += 1;
+        if !archive.wants(r, out, unfinished)? {
+            continue;
         }
+        if state(&out.join(&r.name)) == State::Complete && !finished_as_planned(r, out) {
+            tally.unarchived.push(&r.name);
+            continue;
+        }
+        archive_run(Some(&archive), r, out, None, &mut tally);
+        n += 1;
     }
     super::table::save(&plan, archive.root())?;
     errln!(
@@ -570,6 +575,23 @@ pub(crate) fn archive_existing(
         bail!("not archived: {:?}", tally.unarchived);
     }
     Ok(())
+}
+
+/// Whether the finished run of `r` in `out` was made with the settings the plan gives it: its
+/// command, run here, finds it complete (the comparison every run makes of a finished folder;
+/// it loads nothing and runs nothing for a finished run). Says why not.
+fn finished_as_planned(r: &Run, out: &Path) -> bool {
+    let Some(words) = command_words(r, &out.join(&r.name)) else {
+        return true;
+    };
+    match crate::run_command(words) {
+        Err(e) if is_complete(&e) => true,
+        Err(e) => {
+            errln!("protocol: {}: not archived: {e:#}", r.name);
+            false
+        }
+        Ok(()) => true,
+    }
 }
 
 /// `i/n` with `i < n`.
