@@ -33,6 +33,13 @@
 //! with one of the recorded tables, whole; a machine of another kind fails with its table,
 //! which is added only once the recorded ones are seen to hold on their own machines for the
 //! same commit.
+//!
+//! Updated again when the 3x3 convolutions' forward and input gradient moved to the direct
+//! convolution (`cleanse_core::cpu::direct`: each output one sum in another order;
+//! `tests/tests/cpu_kernels.rs` compares it with Burn's `Conv2d`). The table is the one of a CPU
+//! with AVX-512 (the development machines and CI); the table of a CPU with AVX2 but no AVX-512,
+//! which runs the direct convolution's 8-lane form, is to be recorded again on such a machine
+//! (the test prints it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -95,32 +102,18 @@ const DATA: &str = "--dataset synthetic --synthetic-train 240 --synthetic-test 6
                     --epochs 4 --batch-size 16 --lr 0.05 --holdout 0.25 --device cpu --threads 2";
 
 /// One table per kind of machine arithmetic seen (see the module's comment).
-const EXPECTED: &[&[&str]] = &[
-    &[
-        "train 0.7 None Some(0.9642619477377997) 8e9d6189d4a05c07",
-        "badnets 0.23333333333333334 Some(0.8518518518518519) Some(1.6982678678300647) fdb7be78ae876160",
-        "blended-after 0.4 Some(0.2962962962962963) Some(1.4028070131937662) d7c1067404d36142",
-        "sig 0.2 Some(0.0) Some(1.591292667388916) a3fd8a8f43b797af",
-        "lc 0.4666666666666667 Some(0.14814814814814814) Some(1.2383222765392727) f8a142e712786352",
-        "wanet 0.48333333333333334 Some(0.2222222222222222) Some(1.4336499002244738) cf59173b23467677",
-        "iab 0.5166666666666667 Some(0.0) Some(2.7718754529953005) 644561fea1aa8689",
-        "kd 0.1 Some(1.0) Some(0.026178256049752234) 1ba16e13ba5df877",
-        "kd-options 0.23333333333333334 Some(0.3148148148148148) Some(0.3778233068684737) 4f5d215b31985468",
-        "kd-iab 0.16666666666666666 Some(0.2222222222222222) Some(0.12841834872961044) 43c49eac70c542ee",
-    ],
-    &[
-        "train 0.6666666666666666 None Some(0.9683649169074164) 2f283681a3e8abb0",
-        "badnets 0.4 Some(0.25925925925925924) Some(1.572066503100925) 9490ff77b8ac3cf1",
-        "blended-after 0.5166666666666667 Some(0.2777777777777778) Some(1.4591910282770792) 7eae74c574027482",
-        "sig 0.5666666666666667 Some(0.0) Some(1.3228283166885375) ede0fccd67569dcb",
-        "lc 0.8 Some(0.1111111111111111) Some(0.7706373585595025) bf647c0a717855c8",
-        "wanet 0.4666666666666667 Some(0.18518518518518517) Some(1.3463723050223457) f62aa3d28efc8011",
-        "iab 0.65 Some(0.12962962962962962) Some(2.0040862295362682) 8ea64b4a2f345688",
-        "kd 0.3 Some(0.6481481481481481) Some(0.039238917330900826) eb5a7719f071bf0e",
-        "kd-options 0.2 Some(0.5370370370370371) Some(0.05658136929074923) 0c5b910fa735fe78",
-        "kd-iab 0.16666666666666666 Some(0.3333333333333333) Some(0.22332643469174704) 7eef8162e0d79428",
-    ],
-];
+const EXPECTED: &[&[&str]] = &[&[
+    "train 0.6333333333333333 None Some(0.9331226746241251) d90ed3250d945212",
+    "badnets 0.36666666666666664 Some(0.5) Some(1.6901981830596924) 648be47eab3fd43a",
+    "blended-after 0.4 Some(0.2222222222222222) Some(1.5828949398464627) 65e99c43a0edcda6",
+    "sig 0.48333333333333334 Some(0.0) Some(1.1976539823744032) c132a36e6657c6e0",
+    "lc 0.6833333333333333 Some(0.05555555555555555) Some(0.8299953752093845) acba946e397d0e4e",
+    "wanet 0.5 Some(0.09259259259259259) Some(1.3219339476691352) 3537e82e595a8587",
+    "iab 0.4166666666666667 Some(0.0) Some(2.6496432860692343) 4ffd99818112d330",
+    "kd 0.2 Some(0.8888888888888888) Some(0.041304221873482067) cd6e84e059171bd5",
+    "kd-options 0.2 Some(0.3333333333333333) Some(0.30201739569505054) cdfb8299f651e14a",
+    "kd-iab 0.18333333333333332 Some(0.07407407407407407) Some(0.19846671869357427) d112d5aa3bf66582",
+]];
 
 /// One, two and three threads train the same bits: every reduction of the CPU path is split into
 /// the same chunks whatever the number of threads.

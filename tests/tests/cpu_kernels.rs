@@ -188,8 +188,11 @@ fn a_frozen_layer_under_autodiff_passes_gradients_as_burns_does() {
 /// with a shorter one.
 type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
 
-const CONVS: [ConvCase; 10] = [
+const CONVS: [ConvCase; 12] = [
     (5, 3, 4, 32, 32, 3, 1, 1, false),
+    // The direct convolution's shapes: 3x3, stride 1, padding 1, channels in blocks of 8.
+    (2, 16, 32, 8, 8, 3, 1, 1, false),
+    (3, 8, 16, 12, 10, 3, 1, 1, true),
     (1, 3, 16, 32, 32, 3, 1, 1, false),
     (2, 16, 32, 9, 7, 3, 2, 1, false),
     (3, 32, 64, 8, 8, 1, 2, 0, false),
@@ -261,16 +264,18 @@ fn a_convolution_without_autodiff_matches_burns() {
 #[test]
 fn the_convolution_gives_the_same_bits_on_one_thread_and_on_three() {
     // The matrix products (gemm) split rows and columns, never the sums, between threads; the
-    // weight gradient's sums over groups of images have one order.
-    let run = |threads: usize| {
+    // weight gradient's sums over groups of images have one order; the direct convolution (case
+    // 1) sums each output in one task.
+    let run = |threads: usize, case: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .expect("pool");
         pool.install(|| {
             let ad = flex().autodiff();
-            let conv = conv_layer(0, &ad);
-            let x = random([16, 3, 32, 32], 5, &ad).require_grad();
+            let conv = conv_layer(case, &ad);
+            let (_, ci, _, h, w, ..) = CONVS[case];
+            let x = random([16, ci, h, w], 5, &ad).require_grad();
             let y = cpu::conv2d(&conv, x.clone());
             let g = (y.clone() * random(y.dims(), 6, &ad)).sum().backward();
             let bits = |t: Tensor<4>| -> Vec<u32> {
@@ -284,7 +289,9 @@ fn the_convolution_gives_the_same_bits_on_one_thread_and_on_three() {
             ]
         })
     };
-    assert_eq!(run(1), run(3));
+    for case in [0, 1] {
+        assert_eq!(run(1, case), run(3, case), "case {case}");
+    }
 }
 
 /// Conv - BN - ReLU - conv - BN - mean-pool - linear on 4x3x8x8 images, trained by plain SGD for

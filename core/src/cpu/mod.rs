@@ -5,7 +5,9 @@
 //! elsewhere (GPU) Burn's own ops run.
 //!
 //! The convolution's forward and weight gradient are column matrices multiplied by the backend's
-//! matrix product ([`conv`] module docs); its input gradient is Burn's.
+//! matrix product ([`conv`] module docs), and its input gradient Burn's, except where the direct
+//! convolution ([`direct`]: 3x3, stride 1, channels in blocks of 8, planes of 8x8 and more, AVX2)
+//! computes the forward and the input gradient.
 //!
 //! Burn's default batch norm on `flex` is a chain of about 25 tensor operations (swapped-axis
 //! copies, broadcasts, separate reductions); here the training forward is two reading passes and
@@ -14,6 +16,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod direct;
 
 use batch_norm::Nchw;
 use burn::backend::TensorMetadata;
@@ -79,6 +82,14 @@ pub trait CpuKernels: Backend {
     fn conv_forward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradient of [`CpuKernels::conv_forward`] with respect to its input.
+    fn conv_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
 
@@ -216,6 +227,10 @@ impl CpuKernels for Flex {
         let (x, weight) = (values(&x), values(&weight));
         let g = geometry(&x, &weight, &options);
         let ([oh, ow], k, l) = (g.out(), g.rows(), g.cols());
+        if direct::chosen(&g) {
+            let y = direct::forward(slice(&x), slice(&weight), direct::shape_of(&g));
+            return tensor(y, Shape::new([g.n, g.co, oh, ow]));
+        }
         let w = Flex::float_reshape(weight, Shape::new([1, g.co, k]));
         let out_shape = Shape::new([g.n, g.co, oh, ow]);
         let mut out = Vec::with_capacity(g.n * g.co * l);
@@ -228,6 +243,24 @@ impl CpuKernels for Flex {
             out.extend_from_slice(slice(&values(&y)));
         }
         tensor(out, out_shape)
+    }
+
+    fn conv_input_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        let (xv, weight) = (values(&x), values(&weight));
+        let g = geometry(&xv, &weight, &options);
+        if direct::chosen(&g) {
+            let dy = values(&output_grad);
+            let dx = direct::input_grad(slice(&dy), slice(&weight), direct::shape_of(&g));
+            return tensor(dx, xv.shape());
+        }
+        // Elsewhere Burn's: a transposed convolution on flex, faster than a column version
+        // (BENCHMARKS.md).
+        Flex::conv2d_x_backward(xv, weight, output_grad, options)
     }
 
     fn conv_weight_grad(
@@ -297,9 +330,9 @@ impl<B: Backend + CpuKernels> Backward<B, 3> for BatchNormTrainNode {
     }
 }
 
-/// The autodiff node of the convolution: input and weight checkpointed; the backward is Burn's
-/// input gradient (on `flex`, a transposed convolution: faster than a column version measured,
-/// BENCHMARKS.md) and [`CpuKernels::conv_weight_grad`], each only when its parent needs it.
+/// The autodiff node of the convolution: input and weight checkpointed; the backward is
+/// [`CpuKernels::conv_input_grad`] and [`CpuKernels::conv_weight_grad`], each only when its
+/// parent needs it.
 #[derive(Debug)]
 struct ConvNode;
 
@@ -313,7 +346,7 @@ impl<B: Backend + CpuKernels> Backward<B, 2> for ConvNode {
         let x = cp.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
         let weight = cp.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
         if let Some(node) = node_x {
-            let g = B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+            let g = B::conv_input_grad(x.clone(), weight.clone(), grad.clone(), options.clone());
             grads.register::<B>(node.id, g);
         }
         if let Some(node) = node_weight {
@@ -410,6 +443,15 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
                 options,
             )),
         }
+    }
+
+    fn conv_input_grad(
+        _x: AdTensor<B, C>,
+        _weight: AdTensor<B, C>,
+        _output_grad: AdTensor<B, C>,
+        _options: ConvOptions<2>,
+    ) -> AdTensor<B, C> {
+        panic!("the convolution's backward is not differentiable")
     }
 
     fn conv_weight_grad(

@@ -1,0 +1,812 @@
+//! A direct 3x3 convolution (stride 1, padding 1, channels in multiples of 8): no column
+//! matrix, the output channels in registers. The shape of every 3x3 convolution of the models
+//! after the stem, forward and (with the kernel turned round and its channels swapped) input
+//! gradient.
+//!
+//! Layout: channels in blocks of [`LANES`] (one 256-bit vector), innermost. The input is copied
+//! once per call into `[n][c / 8][h + 2][w + 2][8]`, with the padding written as zeros so that
+//! the kernel never tests a border; the weight into `[co / 8][ci / 8][3][3][ci % 8][co % 8]`. One
+//! task computes the 8 output channels of one block of one image (`rayon` over images and
+//! blocks): for each tile of `R` rows by `T` columns of outputs, `R * T` vectors of 8 output
+//! channels are accumulated in registers, each step one weight vector (8 output channels of one
+//! input channel and tap) times the input value broadcast, by fused multiply-add; the tile is
+//! then written into the task's 8 output planes of the NCHW output. Every output is one task's
+//! sum in a fixed order (input block, row of the kernel, column, input channel), so the result
+//! does not depend on the thread count.
+//!
+//! Runs where the CPU has AVX2 and FMA (`pulp`'s `V3`, checked at run time), with 8 output
+//! channels to a vector; where it also has AVX-512 (`V4`), output blocks go in pairs, 16 output
+//! channels to a vector, in tiles of 16 accumulators (a row of 16, two rows of 8, four of 4).
+//! Elsewhere [`supported`] is false and the column-matrix convolution runs.
+
+use rayon::prelude::*;
+
+/// Channels per block: the `f32` lanes of a 256-bit vector.
+pub const LANES: usize = 8;
+
+/// The shape of one call: `n` images of `ci` channels of `h x w`, `co` filters of 3x3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape3 {
+    pub n: usize,
+    pub ci: usize,
+    pub co: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// Whether this machine runs the direct convolution (AVX2 and FMA).
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        pulp::x86::V3::try_new().is_some()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The smallest plane (`h * w`) the direct convolution is used for without AVX-512: on smaller
+/// planes (the last stage's 4x4) the column matrices' products were faster with AVX2 alone
+/// (BENCHMARKS.md); with AVX-512 the direct convolution is used on every plane.
+pub const MIN_PLANE: usize = 64;
+
+/// Whether this machine runs the AVX-512 form (`pulp`'s `V4`).
+pub fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        pulp::x86::V4::try_new().is_some()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether a convolution of `ci` to `co` channels with a `kernel`, `stride` and `padding` is one
+/// the direct convolution computes.
+pub fn applies(
+    ci: usize,
+    co: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [(usize, usize); 2],
+) -> bool {
+    ci.is_multiple_of(LANES)
+        && co.is_multiple_of(LANES)
+        && kernel == [3, 3]
+        && stride == [1, 1]
+        && padding == [(1, 1), (1, 1)]
+}
+
+/// Whether the CPU convolution of `g`'s shape runs directly here: the one place that decides
+/// (this machine runs it, the shape is one it computes, the plane is large enough).
+pub fn chosen(g: &super::conv::ConvGeometry) -> bool {
+    applies(g.ci, g.co, [g.kh, g.kw], g.stride, g.padding)
+        && supported()
+        && (g.h * g.w >= MIN_PLANE || wide())
+}
+
+/// `g` as the direct convolution's shape.
+pub fn shape_of(g: &super::conv::ConvGeometry) -> Shape3 {
+    Shape3 {
+        n: g.n,
+        ci: g.ci,
+        co: g.co,
+        h: g.h,
+        w: g.w,
+    }
+}
+
+/// `x` (`[n, c, h, w]`) as `[n][c / 8][h + 2][w + 2][8]`, the border zero.
+fn padded_blocks(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<[f32; LANES]> {
+    let (ph, pw, cb) = (h + 2, w + 2, c / LANES);
+    let mut out = vec![[0.0f32; LANES]; n * cb * ph * pw];
+    out.par_chunks_mut(ph * pw)
+        .enumerate()
+        .for_each(|(task, block)| {
+            // Image `task / cb`, channels `(task % cb) * 8 ..`.
+            let first = task * LANES;
+            for lane in 0..LANES {
+                let plane = &x[(first + lane) * h * w..][..h * w];
+                for (y, line) in plane.chunks_exact(w).enumerate() {
+                    let dst = &mut block[(y + 1) * pw + 1..][..w];
+                    for (d, v) in dst.iter_mut().zip(line) {
+                        d[lane] = *v;
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// `weight` (`[co, ci, 3, 3]`) as `[co / 8][ci / 8][3][3][ci % 8]` vectors of 8 output channels.
+/// With `turned`, the weight of the input gradient instead: the kernel turned round (tap
+/// `(2 - dy, 2 - dx)`) with input and output channels swapped, so that `weight` is read as
+/// `[ci, co, 3, 3]` and the result has `co` input blocks of `ci` outputs.
+fn weight_blocks(weight: &[f32], co: usize, ci: usize, turned: bool) -> Vec<[f32; LANES]> {
+    // The convolution computed: `outs` outputs from `ins` inputs.
+    let (outs, ins) = if turned { (ci, co) } else { (co, ci) };
+    let mut out = vec![[0.0f32; LANES]; outs / LANES * (ins / LANES) * 9 * LANES];
+    for o in 0..outs {
+        for i in 0..ins {
+            for tap in 0..9 {
+                let v = if turned {
+                    weight[(i * ci + o) * 9 + (8 - tap)]
+                } else {
+                    weight[(o * ci + i) * 9 + tap]
+                };
+                let (ob, ib) = (o / LANES, i / LANES);
+                let at = ((ob * (ins / LANES) + ib) * 9 + tap) * LANES + i % LANES;
+                out[at][o % LANES] = v;
+            }
+        }
+    }
+    out
+}
+
+/// The direct convolution of `x` (`[s.n, s.ci, s.h, s.w]`) by `weight` (`[s.co, s.ci, 3, 3]`),
+/// stride 1, padding 1: `[s.n, s.co, s.h, s.w]`. Only where [`supported`] and [`applies`].
+pub fn forward(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
+    let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
+    let wb = weight_blocks(weight, s.co, s.ci, false);
+    convolve(&xb, &wb, s.n, s.ci, s.co, s.h, s.w)
+}
+
+/// The input gradient of [`forward`] for the output gradient `dy` (`[s.n, s.co, s.h, s.w]`):
+/// `[s.n, s.ci, s.h, s.w]`, the same convolution of `dy` by the weight turned round with its
+/// channels swapped.
+pub fn input_grad(dy: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
+    let db = padded_blocks(dy, s.n, s.co, s.h, s.w);
+    let wb = weight_blocks(weight, s.co, s.ci, true);
+    convolve(&db, &wb, s.n, s.co, s.ci, s.h, s.w)
+}
+
+/// Whether the direct weight gradient ([`weight_grad`]) can compute `g`'s shape here: with
+/// AVX-512, output channels in multiples of 16. Measured but not yet what the CPU convolution's
+/// backward calls (BENCHMARKS.md: switched on, it changes the outcomes of the tiny defense tests
+/// whose thresholds were set on the column version's arithmetic, which wants a look first).
+pub fn chosen_for_weight_grad(g: &super::conv::ConvGeometry) -> bool {
+    applies(g.ci, g.co, [g.kh, g.kw], g.stride, g.padding)
+        && g.co.is_multiple_of(2 * LANES)
+        && wide()
+}
+
+/// The weight gradient of [`forward`] for the output gradient `dy` (`[s.n, s.co, s.h, s.w]`):
+/// `[s.co, s.ci, 3, 3]`, `dW[o][i][dy][dx] = sum over images, rows, columns of
+/// dY[o][y][x] X[i][y + dy - 1][x + dx - 1]`. One task per 16 output channels, 8 input channels
+/// and kernel row: the three taps of the row for the 8 input channels in 24 registers of 16 output
+/// channels, summed image by image, the images' sums added in image order. Only where
+/// [`chosen_for_weight_grad`].
+pub fn weight_grad(x: &[f32], dy: &[f32], s: Shape3) -> Vec<f32> {
+    let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
+    let gb = wide_blocks(dy, s.n, s.co, s.h * s.w);
+    let (ib, pairs) = (s.ci / LANES, s.co / (2 * LANES));
+    let tasks: Vec<(usize, usize, usize)> = (0..pairs)
+        .flat_map(|p| (0..ib).flat_map(move |b| (0..3).map(move |dy| (p, b, dy))))
+        .collect();
+    let sums: Vec<[[[f32; 2 * LANES]; LANES]; 3]> = tasks
+        .par_iter()
+        .map(|&(p, b, dy)| weight_task(&xb, &gb, s, p, b, dy))
+        .collect();
+    let mut dw = vec![0.0f32; s.co * s.ci * 9];
+    for (&(p, b, dy), sum) in tasks.iter().zip(&sums) {
+        for (dx, channels) in sum.iter().enumerate() {
+            for (c, lanes) in channels.iter().enumerate() {
+                for (lane, v) in lanes.iter().enumerate() {
+                    let (o, i) = (p * 2 * LANES + lane, b * LANES + c);
+                    dw[(o * s.ci + i) * 9 + dy * 3 + dx] = *v;
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// `x` (`[n, c, plane]`) as `[n][c / 16][plane][16]`.
+fn wide_blocks(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<[f32; 2 * LANES]> {
+    let mut out = vec![[0.0f32; 2 * LANES]; n * c / (2 * LANES) * plane];
+    out.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(task, block)| {
+            let first = task * 2 * LANES;
+            for lane in 0..2 * LANES {
+                let src = &x[(first + lane) * plane..][..plane];
+                for (d, v) in block.iter_mut().zip(src) {
+                    d[lane] = *v;
+                }
+            }
+        });
+    out
+}
+
+/// One task of [`weight_grad`]: the sums for output pair `p`, input block `b`, kernel row `dy`,
+/// as `[dx][input channel]` vectors of 16 output channels.
+fn weight_task(
+    xb: &[[f32; LANES]],
+    gb: &[[f32; 2 * LANES]],
+    s: Shape3,
+    p: usize,
+    b: usize,
+    dy: usize,
+) -> [[[f32; 2 * LANES]; LANES]; 3] {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V4::try_new() {
+        return simd.vectorize(WeightTask {
+            simd,
+            xb,
+            gb,
+            s,
+            p,
+            b,
+            dy,
+        });
+    }
+    let _ = (xb, gb, s, p, b, dy);
+    unreachable!("the direct weight gradient runs only where chosen_for_weight_grad() says so")
+}
+
+/// [`weight_task`]'s work, compiled with AVX-512 by `pulp`.
+#[cfg(target_arch = "x86_64")]
+struct WeightTask<'a> {
+    simd: pulp::x86::V4,
+    xb: &'a [[f32; LANES]],
+    gb: &'a [[f32; 2 * LANES]],
+    s: Shape3,
+    p: usize,
+    b: usize,
+    dy: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for WeightTask<'_> {
+    type Output = [[[f32; 2 * LANES]; LANES]; 3];
+
+    #[inline(always)]
+    fn call(self) -> Self::Output {
+        use pulp::f32x16;
+        let WeightTask {
+            simd,
+            xb,
+            gb,
+            s,
+            p,
+            b,
+            dy,
+        } = self;
+        let (h, w) = (s.h, s.w);
+        let pw = w + 2;
+        let (ib, pairs) = (s.ci / LANES, s.co / (2 * LANES));
+        let zero = simd.splat_f32x16(0.0);
+        let mut total = [[zero; LANES]; 3];
+        for img in 0..s.n {
+            let input = &xb[(img * ib + b) * (h + 2) * pw..][..(h + 2) * pw];
+            let grads = &gb[(img * pairs + p) * h * w..][..h * w];
+            let mut acc = [[zero; LANES]; 3];
+            for y in 0..h {
+                let row = &input[(y + dy) * pw..][..pw];
+                let line = &grads[y * w..][..w];
+                for (x, g) in line.iter().enumerate() {
+                    let g: f32x16 = pulp::bytemuck::cast(*g);
+                    let taps = &row[x..][..3];
+                    for dx in 0..3 {
+                        for c in 0..LANES {
+                            let v = simd.splat_f32x16(taps[dx][c]);
+                            acc[dx][c] = simd.mul_add_f32x16(v, g, acc[dx][c]);
+                        }
+                    }
+                }
+            }
+            for dx in 0..3 {
+                for c in 0..LANES {
+                    total[dx][c] = simd.add_f32x16(total[dx][c], acc[dx][c]);
+                }
+            }
+        }
+        total.map(|channels| channels.map(pulp::bytemuck::cast))
+    }
+}
+
+/// Output blocks per task where their number allows: each input value broadcast serves this
+/// many weight vectors.
+const GROUP: usize = 2;
+
+/// `ins` blocked padded input channels to `outs` NCHW output channels.
+fn convolve(
+    xb: &[[f32; LANES]],
+    wb: &[[f32; LANES]],
+    n: usize,
+    ins: usize,
+    outs: usize,
+    h: usize,
+    w: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * outs * h * w];
+    let (ib, ob) = (ins / LANES, outs / LANES);
+    let image = ib * (h + 2) * (w + 2);
+    let filters = ib * 9 * LANES;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V4::try_new().filter(|_| ob % 2 == 0) {
+        // AVX-512: pairs of output blocks, 16 output channels to a vector.
+        let wide = widen(wb, ob, ib);
+        out.par_chunks_mut(2 * LANES * h * w)
+            .enumerate()
+            .for_each(|(task, planes)| {
+                let (img, pair) = (task / (ob / 2), task % (ob / 2));
+                let input = &xb[img * image..][..image];
+                let weight = &wide[pair * filters..][..filters];
+                let p = Plane { ib, h, w, group: 2 };
+                simd.vectorize(Wide {
+                    simd,
+                    input,
+                    weight,
+                    p,
+                    planes,
+                });
+            });
+        return out;
+    }
+    // Rows of 8 or more fill a tile of one block; narrower planes pair output blocks.
+    let group = if !w.is_multiple_of(8) && ob.is_multiple_of(GROUP) {
+        GROUP
+    } else {
+        1
+    };
+    out.par_chunks_mut(group * LANES * h * w)
+        .enumerate()
+        .for_each(|(task, planes)| {
+            let (img, first) = (task / (ob / group), task % (ob / group) * group);
+            let input = &xb[img * image..][..image];
+            let weight = &wb[first * filters..][..group * filters];
+            let shape = Plane { ib, h, w, group };
+            block_planes(input, weight, shape, planes);
+        });
+    out
+}
+
+/// The weight blocks `wb` (`ob` output blocks of `ib` input blocks) as pairs of output blocks:
+/// `[ob / 2][ib][3][3][ci % 8]` vectors of 16 output channels.
+#[cfg(target_arch = "x86_64")]
+fn widen(wb: &[[f32; LANES]], ob: usize, ib: usize) -> Vec<[f32; 2 * LANES]> {
+    let filters = ib * 9 * LANES;
+    let mut out = vec![[0.0f32; 2 * LANES]; ob / 2 * filters];
+    for (pair, dst) in out.chunks_exact_mut(filters).enumerate() {
+        let (a, b) = (
+            &wb[2 * pair * filters..][..filters],
+            &wb[(2 * pair + 1) * filters..][..filters],
+        );
+        for (d, (x, y)) in dst.iter_mut().zip(a.iter().zip(b)) {
+            d[..LANES].copy_from_slice(x);
+            d[LANES..].copy_from_slice(y);
+        }
+    }
+    out
+}
+
+/// One task's work with AVX-512 (`pulp`'s `V4`): 16 output planes from vectors of 16 channels.
+#[cfg(target_arch = "x86_64")]
+struct Wide<'a> {
+    simd: pulp::x86::V4,
+    input: &'a [[f32; LANES]],
+    weight: &'a [[f32; 2 * LANES]],
+    p: Plane,
+    planes: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for Wide<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let Wide {
+            simd,
+            input,
+            weight,
+            p,
+            planes,
+        } = self;
+        // 16 accumulators of the 32 registers: a row of 16, two rows of 8 or four of 4.
+        match (p.w % 16, p.w % 8, p.h % 2, p.w % 4, p.h % 4) {
+            (0, _, _, _, _) => wide_tiles::<1, 16>(simd, input, weight, p, planes),
+            (_, 0, 0, _, _) => wide_tiles::<2, 8>(simd, input, weight, p, planes),
+            (_, _, _, 0, 0) => wide_tiles::<4, 4>(simd, input, weight, p, planes),
+            _ => wide_tiles::<1, 1>(simd, input, weight, p, planes),
+        }
+    }
+}
+
+/// [`Wide`] in tiles of `R` rows by `T` columns of 16 output channels.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn wide_tiles<const R: usize, const T: usize>(
+    simd: pulp::x86::V4,
+    input: &[[f32; LANES]],
+    weight: &[[f32; 2 * LANES]],
+    p: Plane,
+    planes: &mut [f32],
+) {
+    use pulp::f32x16;
+    let Plane { ib, h, w, .. } = p;
+    let pw = w + 2;
+    let plane = (h + 2) * pw;
+    let vector = |a: [f32; 2 * LANES]| -> f32x16 { pulp::bytemuck::cast(a) };
+    for y0 in (0..h).step_by(R) {
+        for x0 in (0..w).step_by(T) {
+            let mut acc = [[simd.splat_f32x16(0.0); T]; R];
+            for b in 0..ib {
+                let channels = &input[b * plane..][..plane];
+                let filters = &weight[b * 9 * LANES..][..9 * LANES];
+                for dy in 0..3 {
+                    let rows: [&[[f32; LANES]]; R] =
+                        std::array::from_fn(|r| &channels[(y0 + r + dy) * pw + x0..][..T + 2]);
+                    for dx in 0..3 {
+                        let taps = &filters[(dy * 3 + dx) * LANES..][..LANES];
+                        for (c, tap) in taps.iter().enumerate() {
+                            let wv = vector(*tap);
+                            for r in 0..R {
+                                for t in 0..T {
+                                    let v = simd.splat_f32x16(rows[r][t + dx][c]);
+                                    acc[r][t] = simd.mul_add_f32x16(v, wv, acc[r][t]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (t, v) in row.iter().enumerate() {
+                    let lanes: [f32; 2 * LANES] = pulp::bytemuck::cast(*v);
+                    let at = (y0 + r) * w + x0 + t;
+                    for (o, value) in lanes.iter().enumerate() {
+                        planes[o * h * w + at] = *value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What one task computes: `group` blocks of 8 output planes of `h x w` from `ib` input blocks.
+#[derive(Clone, Copy)]
+struct Plane {
+    ib: usize,
+    h: usize,
+    w: usize,
+    group: usize,
+}
+
+/// The `group * 8` output planes (`planes`, `[group * 8][h][w]`) of one task.
+fn block_planes(input: &[[f32; LANES]], weight: &[[f32; LANES]], p: Plane, planes: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        simd.vectorize(Block {
+            simd,
+            input,
+            weight,
+            p,
+            planes,
+        });
+        return;
+    }
+    let _ = (input, weight, p, planes);
+    unreachable!("the direct convolution runs only where supported() says it does")
+}
+
+/// [`block_planes`]'s work, compiled with AVX2 and FMA by `pulp`.
+#[cfg(target_arch = "x86_64")]
+struct Block<'a> {
+    simd: pulp::x86::V3,
+    input: &'a [[f32; LANES]],
+    weight: &'a [[f32; LANES]],
+    p: Plane,
+    planes: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for Block<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let Block {
+            simd,
+            input,
+            weight,
+            p,
+            planes,
+        } = self;
+        // 8 accumulators: two output blocks by four columns (or two rows by two columns); one
+        // output block by eight columns where blocks do not pair.
+        match (p.group, p.w % 8, p.w % 4) {
+            (1, 0, _) => tiles::<1, 1, 8>(simd, input, weight, p, planes),
+            (1, _, _) => tiles::<1, 1, 1>(simd, input, weight, p, planes),
+            (_, _, 0) => tiles::<2, 1, 4>(simd, input, weight, p, planes),
+            _ => tiles::<2, 1, 1>(simd, input, weight, p, planes),
+        }
+    }
+}
+
+/// [`block_planes`] in tiles of `G` output blocks by `R` rows by `T` columns.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tiles<const G: usize, const R: usize, const T: usize>(
+    simd: pulp::x86::V3,
+    input: &[[f32; LANES]],
+    weight: &[[f32; LANES]],
+    p: Plane,
+    planes: &mut [f32],
+) {
+    use pulp::f32x8;
+    let Plane { ib, h, w, .. } = p;
+    let pw = w + 2;
+    let plane = (h + 2) * pw;
+    let filters = ib * 9 * LANES;
+    let vector = |a: [f32; LANES]| -> f32x8 { pulp::bytemuck::cast(a) };
+    for y0 in (0..h).step_by(R) {
+        for x0 in (0..w).step_by(T) {
+            let mut acc = [[[simd.splat_f32x8(0.0); T]; R]; G];
+            for b in 0..ib {
+                let channels = &input[b * plane..][..plane];
+                let blocks: [&[[f32; LANES]]; G] =
+                    std::array::from_fn(|g| &weight[g * filters + b * 9 * LANES..][..9 * LANES]);
+                for dy in 0..3 {
+                    // The `R` input rows this kernel row reads, `T + 2` pixels each.
+                    let rows: [&[[f32; LANES]]; R] =
+                        std::array::from_fn(|r| &channels[(y0 + r + dy) * pw + x0..][..T + 2]);
+                    for dx in 0..3 {
+                        let tap = (dy * 3 + dx) * LANES;
+                        for c in 0..LANES {
+                            let wv: [f32x8; G] =
+                                std::array::from_fn(|g| vector(blocks[g][tap + c]));
+                            for r in 0..R {
+                                for t in 0..T {
+                                    let v = simd.splat_f32x8(rows[r][t + dx][c]);
+                                    for g in 0..G {
+                                        acc[g][r][t] = simd.mul_add_f32x8(v, wv[g], acc[g][r][t]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (g, block) in acc.iter().enumerate() {
+                for (r, row) in block.iter().enumerate() {
+                    for (t, v) in row.iter().enumerate() {
+                        let lanes: [f32; LANES] = pulp::bytemuck::cast(*v);
+                        let at = (y0 + r) * w + x0 + t;
+                        for (o, value) in lanes.iter().enumerate() {
+                            planes[(g * LANES + o) * h * w + at] = *value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution by its definition, in f64.
+    fn naive(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
+        let mut out = vec![0.0f32; s.n * s.co * s.h * s.w];
+        for i in 0..s.n {
+            for o in 0..s.co {
+                for y in 0..s.h {
+                    for xo in 0..s.w {
+                        let mut sum = 0.0f64;
+                        for c in 0..s.ci {
+                            for dy in 0..3 {
+                                for dx in 0..3 {
+                                    let (iy, ix) = (y + dy, xo + dx);
+                                    if iy < 1 || ix < 1 || iy > s.h || ix > s.w {
+                                        continue;
+                                    }
+                                    let xv = x[((i * s.ci + c) * s.h + iy - 1) * s.w + ix - 1];
+                                    let wv = weight[((o * s.ci + c) * 3 + dy) * 3 + dx];
+                                    sum += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        out[((i * s.co + o) * s.h + y) * s.w + xo] = sum as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i + seed) * 7919) % 211) as f32 / 50.0 - 2.0)
+            .collect()
+    }
+
+    const SHAPES: [Shape3; 7] = [
+        Shape3 {
+            n: 3,
+            ci: 32,
+            co: 32,
+            h: 2,
+            w: 2,
+        },
+        Shape3 {
+            n: 2,
+            ci: 8,
+            co: 16,
+            h: 1,
+            w: 1,
+        },
+        Shape3 {
+            n: 2,
+            ci: 8,
+            co: 8,
+            h: 8,
+            w: 8,
+        },
+        Shape3 {
+            n: 1,
+            ci: 16,
+            co: 8,
+            h: 4,
+            w: 4,
+        },
+        Shape3 {
+            n: 3,
+            ci: 8,
+            co: 24,
+            h: 16,
+            w: 16,
+        },
+        Shape3 {
+            n: 1,
+            ci: 8,
+            co: 16,
+            h: 5,
+            w: 3,
+        },
+        Shape3 {
+            n: 2,
+            ci: 24,
+            co: 16,
+            h: 6,
+            w: 12,
+        },
+    ];
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}: [{i}] {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_direct_convolution_is_the_convolution() {
+        if !supported() {
+            return;
+        }
+        for s in SHAPES {
+            let x = data(s.n * s.ci * s.h * s.w, 1);
+            let w = data(s.co * s.ci * 9, 2);
+            close(&forward(&x, &w, s), &naive(&x, &w, s), &format!("{s:?}"));
+        }
+    }
+
+    #[test]
+    fn the_input_gradient_is_the_transposed_convolution() {
+        if !supported() {
+            return;
+        }
+        for s in SHAPES {
+            let dy = data(s.n * s.co * s.h * s.w, 3);
+            let w = data(s.co * s.ci * 9, 4);
+            // dX[i][c][y][x] = sum over o, taps of dY[i][o][y + 1 - dy][x + 1 - dx] W[o][c][dy][dx]:
+            // the convolution of dY by W turned round, channels swapped.
+            let mut turned = vec![0.0f32; s.ci * s.co * 9];
+            for o in 0..s.co {
+                for c in 0..s.ci {
+                    for tap in 0..9 {
+                        turned[(c * s.co + o) * 9 + 8 - tap] = w[(o * s.ci + c) * 9 + tap];
+                    }
+                }
+            }
+            let swapped = Shape3 {
+                ci: s.co,
+                co: s.ci,
+                ..s
+            };
+            close(
+                &input_grad(&dy, &w, s),
+                &naive(&dy, &turned, swapped),
+                &format!("{s:?}"),
+            );
+        }
+    }
+
+    #[test]
+    fn the_weight_gradient_sums_over_images_and_positions() {
+        if !wide() {
+            return;
+        }
+        for s in [
+            Shape3 {
+                n: 5,
+                ci: 32,
+                co: 32,
+                h: 2,
+                w: 2,
+            },
+            Shape3 {
+                n: 2,
+                ci: 8,
+                co: 16,
+                h: 1,
+                w: 1,
+            },
+            Shape3 {
+                n: 2,
+                ci: 8,
+                co: 16,
+                h: 8,
+                w: 8,
+            },
+            Shape3 {
+                n: 3,
+                ci: 24,
+                co: 32,
+                h: 5,
+                w: 7,
+            },
+            Shape3 {
+                n: 1,
+                ci: 16,
+                co: 16,
+                h: 4,
+                w: 4,
+            },
+        ] {
+            let x = data(s.n * s.ci * s.h * s.w, 5);
+            let dy = data(s.n * s.co * s.h * s.w, 6);
+            let mut want = vec![0.0f32; s.co * s.ci * 9];
+            for o in 0..s.co {
+                for i in 0..s.ci {
+                    for tap in 0..9 {
+                        let (ky, kx) = (tap / 3, tap % 3);
+                        let mut sum = 0.0f64;
+                        for img in 0..s.n {
+                            for y in 0..s.h {
+                                for xo in 0..s.w {
+                                    let (iy, ix) = (y + ky, xo + kx);
+                                    if iy < 1 || ix < 1 || iy > s.h || ix > s.w {
+                                        continue;
+                                    }
+                                    let xv = x[((img * s.ci + i) * s.h + iy - 1) * s.w + ix - 1];
+                                    let g = dy[((img * s.co + o) * s.h + y) * s.w + xo];
+                                    sum += xv as f64 * g as f64;
+                                }
+                            }
+                        }
+                        want[(o * s.ci + i) * 9 + tap] = sum as f32;
+                    }
+                }
+            }
+            close(&weight_grad(&x, &dy, s), &want, &format!("{s:?}"));
+        }
+    }
+
+    #[test]
+    fn only_three_by_three_stride_one_padding_one_in_blocks_of_eight() {
+        assert!(applies(16, 32, [3, 3], [1, 1], [(1, 1), (1, 1)]));
+        assert!(!applies(3, 16, [3, 3], [1, 1], [(1, 1), (1, 1)]));
+        assert!(!applies(16, 12, [3, 3], [1, 1], [(1, 1), (1, 1)]));
+        assert!(!applies(16, 32, [3, 3], [2, 2], [(1, 1), (1, 1)]));
+        assert!(!applies(16, 32, [1, 1], [1, 1], [(0, 0), (0, 0)]));
+    }
+}
