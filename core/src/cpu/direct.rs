@@ -469,6 +469,7 @@ fn wide_tiles<const R: usize, const T: usize>(
 
 /// What one task computes: `group` blocks of 8 output planes of `h x w` from `ib` input blocks.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Plane {
     ib: usize,
     h: usize,
