@@ -89,36 +89,34 @@ pub fn differences(old: &Value, new: &Value) -> Vec<String> {
     out
 }
 
-fn different_configuration(path: &Path, old: &Value, new: &Value) -> Error {
+/// The settings that differ between `old` and `new`, for a message: the first six, then a count.
+fn shown_differences(old: &Value, new: &Value) -> String {
     let diff = differences(old, new);
     let shown: Vec<&str> = diff.iter().take(6).map(String::as_str).collect();
-    let more = match diff.len().saturating_sub(shown.len()) {
-        0 => String::new(),
-        n => format!(" and {n} more"),
-    };
+    match diff.len().saturating_sub(shown.len()) {
+        0 => shown.join(", "),
+        n => format!("{} and {n} more", shown.join(", ")),
+    }
+}
+
+fn different_configuration(path: &Path, old: &Value, new: &Value) -> Error {
     Error::artifact(
         path,
         format!(
-            "--resume: the run was started with a different configuration ({}{more}); pass the \
-             same flags as the original run, or start a new run in another --out",
-            shown.join(", ")
+            "--resume: the run was started with a different configuration ({}); pass the same \
+             flags as the original run, or start a new run in another --out",
+            shown_differences(old, new)
         ),
     )
 }
 
 fn finished_differently(path: &Path, old: &Value, new: &Value) -> Error {
-    let diff = differences(old, new);
-    let shown: Vec<&str> = diff.iter().take(6).map(String::as_str).collect();
-    let more = match diff.len().saturating_sub(shown.len()) {
-        0 => String::new(),
-        n => format!(" and {n} more"),
-    };
     Error::artifact(
         path,
         format!(
-            "this folder holds a finished run of another configuration ({}{more}); it is kept: \
-             choose another --out, or remove the folder to run these settings in it",
-            shown.join(", ")
+            "this folder holds a finished run of another configuration ({}); it is kept: choose \
+             another --out, or remove the folder to run these settings in it",
+            shown_differences(old, new)
         ),
     )
 }
