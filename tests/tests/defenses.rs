@@ -707,12 +707,17 @@ fn baselines(
 fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
     use cleanse_core::defend::anp::AnpConfig;
     use cleanse_core::defend::ibau::IbauConfig;
+    // 32x32 images, as CIFAR's: at 16x16 the last stage's attention map (NAD) is 2x2 and its
+    // loss swamps the cross-entropy; there, 3 of 4 generated toys (seeds 3-6) failed a check below,
+    // and which ones changed with the order of a convolution's sums. At 32x32 the four toys pass
+    // (and 2 of 4 with the column version's weight gradient: a width-4 model on 120 defender
+    // images still loses a class now and then).
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 400,
         test_size: 100,
         num_classes: 4,
-        side: 16,
+        side: 32,
         seed: 3,
     };
     let mut tc = TrainConfig::supplement(data.clone());

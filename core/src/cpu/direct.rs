@@ -1,7 +1,7 @@
 //! A direct 3x3 convolution (stride 1, padding 1, channels in multiples of 8): no column
 //! matrix, the output channels in registers. The shape of every 3x3 convolution of the models
 //! after the stem, forward and (with the kernel turned round and its channels swapped) input
-//! gradient.
+//! gradient; with AVX-512 also the weight gradient ([`weight_grad`]).
 //!
 //! Layout: channels in blocks of [`LANES`] (one 256-bit vector), innermost. The input is copied
 //! once per call into `[n][c / 8][h + 2][w + 2][8]`, with the padding written as zeros so that
@@ -163,9 +163,7 @@ pub fn input_grad(dy: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
 }
 
 /// Whether the direct weight gradient ([`weight_grad`]) can compute `g`'s shape here: with
-/// AVX-512, output channels in multiples of 16. Measured but not yet what the CPU convolution's
-/// backward calls (BENCHMARKS.md: switched on, it changes the outcomes of the tiny defense tests
-/// whose thresholds were set on the column version's arithmetic, which wants a look first).
+/// AVX-512, output channels in multiples of 16 (elsewhere the column version).
 pub fn chosen_for_weight_grad(g: &super::conv::ConvGeometry) -> bool {
     applies(g.ci, g.co, [g.kh, g.kw], g.stride, g.padding)
         && g.co.is_multiple_of(2 * LANES)

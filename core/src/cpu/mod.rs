@@ -6,8 +6,9 @@
 //!
 //! The convolution's forward and weight gradient are column matrices multiplied by the backend's
 //! matrix product ([`conv`] module docs), and its input gradient Burn's, except where the direct
-//! convolution ([`direct`]: 3x3, stride 1, channels in blocks of 8, planes of 8x8 and more, AVX2)
-//! computes the forward and the input gradient.
+//! convolution ([`direct`]: 3x3, stride 1, channels in blocks of 8, planes of 8x8 and more with
+//! AVX2, every plane with AVX-512) computes the forward and the input gradient, and (AVX-512,
+//! output channels in multiples of 16) the weight gradient.
 //!
 //! Burn's default batch norm on `flex` is a chain of about 25 tensor operations (swapped-axis
 //! copies, broadcasts, separate reductions); here the training forward is two reading passes and
@@ -271,6 +272,10 @@ impl CpuKernels for Flex {
     ) -> FlexTensor {
         let (x, dy) = (values(&x), values(&output_grad));
         let g = geometry(&x, &weight, &options);
+        if direct::chosen_for_weight_grad(&g) {
+            let dw = direct::weight_grad(slice(&x), slice(&dy), direct::shape_of(&g));
+            return tensor(dw, weight.shape());
+        }
         let (k, l) = (g.rows(), g.cols());
         let group = g.group();
         let mut dw = vec![0.0f32; g.co * k];
