@@ -15,6 +15,7 @@ pub mod io;
 pub mod kernels;
 pub mod memory;
 pub mod model;
+pub mod optim;
 pub mod output;
 pub mod protocol_table;
 pub mod report;

@@ -11,10 +11,11 @@ use cleanse_core::attack::triggered::TriggeredData;
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
 use cleanse_core::data::DatasetKind;
 use cleanse_core::defend::suspect::{AsrSource, Suspect};
+use cleanse_core::engine::eval::{PerClass, predictions};
+use cleanse_core::optim::Schedule;
 use cleanse_core::output::{check_output, write_output_json};
-use cleanse_core::train::eval::{PerClass, predictions};
+use cleanse_core::train::TrainConfig;
 use cleanse_core::train::run::{TrainHooks, files, load_run_model, train_with};
-use cleanse_core::train::{Schedule, TrainConfig};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

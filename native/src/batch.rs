@@ -94,7 +94,7 @@ pub(crate) fn state(out: &Path) -> State {
     {
         return State::Complete;
     }
-    if cleanse_core::train::checkpoint::resumable(&out.join("checkpoint")) {
+    if cleanse_core::engine::checkpoint::resumable(&out.join("checkpoint")) {
         State::Resume
     } else {
         State::Fresh

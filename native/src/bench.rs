@@ -6,11 +6,12 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use clap::Args;
+use cleanse_core::engine::eval::{images_tensor, labels_tensor};
+use cleanse_core::model::loss::cross_entropy;
 use cleanse_core::model::{ModelConfig, Normalization, check_width};
+use cleanse_core::optim::{Sgd, SgdConfig};
 use cleanse_core::output::{check_output, write_output_json};
 use cleanse_core::rng::Rng;
-use cleanse_core::train::eval::{images_tensor, labels_tensor};
-use cleanse_core::train::{Sgd, SgdConfig, cross_entropy};
 use serde::Serialize;
 use std::time::Instant;
 

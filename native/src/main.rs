@@ -43,7 +43,8 @@ use cleanse_core::data::synthetic::SyntheticConfig;
 use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::device::{self, DeviceChoice};
 use cleanse_core::model::Architecture;
-use cleanse_core::train::{Schedule, TrainConfig};
+use cleanse_core::optim::Schedule;
+use cleanse_core::train::TrainConfig;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]

@@ -8,7 +8,7 @@
 //! How a killed run is continued (the run directory's lifecycle, `core/src/engine/run_dir.rs`,
 //! `RunDir::open`): with `--resume` when `checkpoint/state.json` (a finished epoch) or
 //! `checkpoint/started.json` (started, no epoch finished yet) is there
-//! (`cleanse_core::train::checkpoint::resumable`); otherwise with the original command, which a
+//! (`cleanse_core::engine::checkpoint::resumable`); otherwise with the original command, which a
 //! directory left by a run killed before `started.json` must accept (`dir_is_empty`: missing, or
 //! only the lock file, an empty `checkpoint/` and `.tmp*` leftovers of interrupted atomic writes).
 //!
@@ -146,7 +146,7 @@ fn listing(dir: &Path) -> String {
 
 /// Whether a killed run in `out` is continued with `--resume` (else with the original command).
 fn resumable(out: &Path) -> bool {
-    cleanse_core::train::checkpoint::resumable(&out.join("checkpoint"))
+    cleanse_core::engine::checkpoint::resumable(&out.join("checkpoint"))
 }
 
 /// Starts `case` in `out` as a user continues a killed run: with `--resume` when the directory

@@ -551,7 +551,7 @@ fn lc_pgd_stays_within_eps_on_the_8_bit_grid_and_raises_the_loss() {
             ),
             &dev(),
         );
-        cleanse_core::train::cross_entropy(model.forward(x), y).into_scalar::<f32>()
+        cleanse_core::model::loss::cross_entropy(model.forward(x), y).into_scalar::<f32>()
     };
     assert!(
         loss(&adv) > loss(&set.pixels),
@@ -563,8 +563,9 @@ fn lc_pgd_stays_within_eps_on_the_8_bit_grid_and_raises_the_loss() {
 fn an_attack_run_reports_asr_per_epoch_that_eval_reproduces() {
     use cleanse_core::data::augment::Augment;
     use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::optim::Schedule;
     use cleanse_core::train::run::{load_run_model, train_with};
-    use cleanse_core::train::{Schedule, SilentObserver, TrainConfig};
+    use cleanse_core::train::{SilentObserver, TrainConfig};
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 120,
@@ -664,8 +665,9 @@ fn an_iab_run_trains_the_generator_and_saves_networks_that_reload() {
     use cleanse_core::attack::iab::{IabHooks, IabNets};
     use cleanse_core::data::augment::Augment;
     use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::optim::Schedule;
     use cleanse_core::train::run::{load_run_model, train_with};
-    use cleanse_core::train::{Schedule, SilentObserver, TrainConfig};
+    use cleanse_core::train::{SilentObserver, TrainConfig};
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 64,
@@ -742,8 +744,8 @@ fn poisoned_training_batches_carry_the_trigger_on_the_autodiff_device() {
         .expect("prepare");
     let ad = dev().autodiff();
     let b = make_batch(&set, &idx, &Augment::standard(true), 3, 1);
-    let x = cleanse_core::train::eval::images_tensor(b.images.clone(), b.shape, &ad);
-    let y = cleanse_core::train::eval::labels_tensor(b.labels.clone(), &ad);
+    let x = cleanse_core::engine::eval::images_tensor(b.images.clone(), b.shape, &ad);
+    let y = cleanse_core::engine::eval::labels_tensor(b.labels.clone(), &ad);
     let (x2, y2, _) = hooks.batch(x, y, &b, 3, 1, 0);
     let v = values(x2.inner());
     let labels: Vec<i64> = y2
@@ -795,7 +797,8 @@ fn tiny_iab_run(
 ) {
     use cleanse_core::data::augment::Augment;
     use cleanse_core::data::{DataSpec, DatasetKind};
-    use cleanse_core::train::{Schedule, TrainConfig};
+    use cleanse_core::optim::Schedule;
+    use cleanse_core::train::TrainConfig;
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 48,

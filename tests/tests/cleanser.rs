@@ -360,8 +360,9 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     use cleanse_core::data::{DataSpec, DatasetKind};
     use cleanse_core::defend::Defense;
     use cleanse_core::defend::cleanse::KdConfig;
+    use cleanse_core::optim::Schedule;
     use cleanse_core::train::run::train_with;
-    use cleanse_core::train::{Schedule, SilentObserver, TrainConfig};
+    use cleanse_core::train::{SilentObserver, TrainConfig};
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 400,

@@ -13,9 +13,10 @@ use cleanse_core::defend::ft::FtConfig;
 use cleanse_core::device::{DeviceChoice, Selected, select};
 use cleanse_core::engine::driver::LoopPlan;
 use cleanse_core::engine::run_dir::{RunDir, canonical_as, differences};
+use cleanse_core::optim::Schedule;
 use cleanse_core::report::{EpochRecord, Report};
 use cleanse_core::train::run::train_with;
-use cleanse_core::train::{Observer, Schedule, SilentObserver, TrainConfig, train};
+use cleanse_core::train::{Observer, SilentObserver, TrainConfig, train};
 use std::path::{Path, PathBuf};
 
 fn cpu() -> Selected {
@@ -868,7 +869,7 @@ fn evaluating_every_other_epoch_trains_the_same_model_and_keeps_the_last_epochs_
         let epoch_files: Vec<String> = std::fs::read_dir(a.join("checkpoint"))
             .expect("checkpoint")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|n| cleanse_core::train::checkpoint::epoch_prefix(n).is_some())
+            .filter(|n| cleanse_core::engine::checkpoint::epoch_prefix(n).is_some())
             .collect();
         assert_eq!(epoch_files.len(), 2, "{m}: {epoch_files:?}");
         assert!(
@@ -961,8 +962,8 @@ fn weights_and_statistics(model: &cleanse_core::model::Classifier) -> (Vec<f32>,
 fn mcr_curve_ends_are_the_endpoints_and_bn_reestimation_changes_only_statistics() {
     use burn::prelude::*;
     use cleanse_core::defend::mcr::{Ends, bezier, curve_point};
+    use cleanse_core::engine::bn_update::reestimate_batch_norm;
     use cleanse_core::model::{Architecture, ModelConfig, Network, Normalization};
-    use cleanse_core::train::bn_update::reestimate_batch_norm;
     use std::sync::Arc;
     let device = Device::flex();
     for architecture in [Architecture::Resnet18, Architecture::PreactResnet18] {
@@ -1190,9 +1191,9 @@ fn anp_masks_stay_in_the_unit_interval_and_pruning_zeroes_exactly_the_channels_u
     );
     // The trained masks (the checkpoint's module) lie in [0, 1] and moved from 1.
     let masks_of = |dir: &Path| -> Vec<f32> {
-        let state: cleanse_core::train::checkpoint::CheckpointState =
+        let state: cleanse_core::engine::checkpoint::CheckpointState =
             cleanse_core::io::read_json(&dir.join("checkpoint/state.json")).expect("state");
-        cleanse_core::train::checkpoint::load_model(
+        cleanse_core::engine::checkpoint::load_model(
             cleanse_core::defend::anp::BnMasks::ones(&model, &device),
             &dir.join("checkpoint").join(&state.model_file),
         )
@@ -1221,8 +1222,8 @@ fn anp_masks_stay_in_the_unit_interval_and_pruning_zeroes_exactly_the_channels_u
 fn ibau_hypergradient_matches_a_finite_difference_of_the_outer_loss_at_the_inner_optimum() {
     use burn::prelude::*;
     use cleanse_core::defend::ibau::{HyperSettings, hypergradient};
+    use cleanse_core::model::loss::cross_entropy;
     use cleanse_core::model::{Architecture, Classifier, ModelConfig, Network, Normalization};
-    use cleanse_core::train::cross_entropy;
     let device = Device::flex();
     let ad = device.clone().autodiff();
     let config = ModelConfig {
@@ -1336,8 +1337,8 @@ fn ibau_outer_mask_selects_the_perturbed_images() {
     use burn::optim::GradientsParams;
     use burn::prelude::*;
     use cleanse_core::defend::ibau::{HyperSettings, hypergradient};
+    use cleanse_core::model::loss::cross_entropy;
     use cleanse_core::model::{Architecture, ModelConfig, Network, Normalization};
-    use cleanse_core::train::cross_entropy;
     let device = Device::flex();
     let ad = device.clone().autodiff();
     let config = ModelConfig {

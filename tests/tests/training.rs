@@ -7,8 +7,9 @@ use cleanse_core::data::augment::Augment;
 use cleanse_core::data::synthetic::SyntheticConfig;
 use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::device::{self, DeviceChoice};
+use cleanse_core::optim::Schedule;
 use cleanse_core::report::{Report, RunStatus};
-use cleanse_core::train::{Observer, Schedule, SilentObserver, TrainConfig, train};
+use cleanse_core::train::{Observer, SilentObserver, TrainConfig, train};
 use std::path::Path;
 
 fn tiny_config(epochs: usize) -> TrainConfig {
@@ -106,7 +107,7 @@ fn cpu_training_lowers_the_loss_and_writes_a_complete_report() {
 
 #[test]
 fn predictions_agree_with_accuracy_and_per_class_counts() {
-    use cleanse_core::train::eval::{PerClass, accuracy, predictions};
+    use cleanse_core::engine::eval::{PerClass, accuracy, predictions};
     use cleanse_core::train::run::load_run_model;
     let out = tempfile::tempdir().expect("tmp");
     let dir = out.path().join("run");
@@ -234,7 +235,8 @@ fn checkpoint_round_trip_preserves_outputs() {
     train(&tiny_config(2), &dir, false, &selected, &mut SilentObserver).expect("train");
     let device = Device::flex();
     let a = cleanse_core::train::run::load_run_model(&dir, &device).expect("load");
-    let ckpt = cleanse_core::train::checkpoint::load_state(&dir.join("checkpoint")).expect("state");
+    let ckpt =
+        cleanse_core::engine::checkpoint::load_state(&dir.join("checkpoint")).expect("state");
     assert_eq!(ckpt.epochs_done, 2);
     // The first epoch's files were removed once the second's state was written.
     let mut files: Vec<String> = std::fs::read_dir(dir.join("checkpoint"))
@@ -244,7 +246,7 @@ fn checkpoint_round_trip_preserves_outputs() {
         .collect();
     files.sort();
     assert_eq!(files, ["model-e2.bpk", "sgd-e2.bin"]);
-    let b = cleanse_core::train::checkpoint::load_model(
+    let b = cleanse_core::engine::checkpoint::load_model(
         a.config.init(&device),
         &dir.join("checkpoint").join(&ckpt.model_file),
     )
@@ -257,7 +259,7 @@ fn checkpoint_round_trip_preserves_outputs() {
     // A file that is not a model gives an error naming it.
     let bogus = out.path().join("bogus.bpk");
     std::fs::write(&bogus, b"not a model").expect("write");
-    let err = cleanse_core::train::checkpoint::load_model(a.config.init(&device), &bogus)
+    let err = cleanse_core::engine::checkpoint::load_model(a.config.init(&device), &bogus)
         .expect_err("must fail")
         .to_string();
     assert!(err.contains("bogus.bpk"), "{err}");

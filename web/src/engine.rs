@@ -20,11 +20,11 @@ use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
 use cleanse_core::defend::suspect;
 use cleanse_core::defend::unlabeled::UnlabeledImages;
 use cleanse_core::engine::async_driver;
+use cleanse_core::engine::eval::images_tensor;
 use cleanse_core::engine::{LoopPlan, Trainee};
 use cleanse_core::model::{Architecture, Classifier, ModelConfig};
-use cleanse_core::train::eval::images_tensor;
+use cleanse_core::optim::{Sgd, SgdConfig};
 use cleanse_core::train::run::{CrossEntropyStep, TrainHooks};
-use cleanse_core::train::{Sgd, SgdConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -308,7 +308,7 @@ pub async fn train<H: Host>(
         return Err("training needs at least one epoch and batches of 2".into());
     }
     cleanse_core::model::check_width("width", plan.width).map_err(err)?;
-    cleanse_core::train::sgd::check_lr(plan.lr).map_err(err)?;
+    cleanse_core::optim::sgd::check_lr(plan.lr).map_err(err)?;
     let mut train_set = data.train.clone();
     let mut hooks: Option<Box<dyn TrainHooks>> = None;
     let mut iab_hooks: Option<IabHooks> = None;
@@ -423,7 +423,7 @@ pub async fn cleanse<H: Host>(
     if data.unlabeled.len() < 2 {
         return Err("cleansing needs at least 2 unlabeled images".into());
     }
-    cleanse_core::train::sgd::check_lr(plan.lr).map_err(err)?;
+    cleanse_core::optim::sgd::check_lr(plan.lr).map_err(err)?;
     let ratios = reinit::scale_ratios(ADAPTIVE_RATIOS, plan.ratio_scale).map_err(err)?;
     async_driver::check_finite(&teacher.model, &data.test, device, "the model to cleanse").await?;
     let (student, _) = reinit::student(
@@ -689,7 +689,7 @@ mod tests {
         assert_eq!(trained.history.len(), 2);
         let last = trained.last().unwrap();
         let test = std::sync::Arc::new(d.test.clone());
-        let core_acc = cleanse_core::train::eval::accuracy(&trained.model, &test, 32, &device);
+        let core_acc = cleanse_core::engine::eval::accuracy(&trained.model, &test, 32, &device);
         assert_eq!(last.clean_acc, core_acc);
         let attack = trained.attack.as_ref().unwrap();
         let core_asr = cleanse_core::attack::poison::attack_success_rate(
@@ -886,7 +886,8 @@ mod tests {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         use cleanse_core::train::run::files as rf;
-        cleanse_core::train::checkpoint::save_model(&m.model, &dir.path().join(rf::MODEL)).unwrap();
+        cleanse_core::engine::checkpoint::save_model(&m.model, &dir.path().join(rf::MODEL))
+            .unwrap();
         cleanse_core::io::write_json_atomic(&dir.path().join(rf::MODEL_CONFIG), &m.config).unwrap();
         m.attack.as_ref().unwrap().save(dir.path()).unwrap();
         let mut files: RunFiles = std::fs::read_dir(dir.path())

@@ -10,10 +10,10 @@
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::{chunk_order, epoch_order, make_batch};
+use crate::engine::checkpoint;
+use crate::engine::eval::images_tensor;
+use crate::optim::adam::{Adam, AdamConfig};
 use crate::rng::Rng;
-use crate::train::adam::{Adam, AdamConfig};
-use crate::train::checkpoint;
-use crate::train::eval::images_tensor;
 use crate::{Error, Result};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -297,7 +297,7 @@ impl IabNets {
         width: usize,
         device: &Device,
     ) -> Result<IabNets> {
-        use crate::train::checkpoint::model_from_bytes;
+        use crate::engine::checkpoint::model_from_bytes;
         Ok(IabNets {
             generator: model_from_bytes(
                 Generator::new(channels, channels, width, device),
@@ -315,7 +315,7 @@ fn derive(seed: u64, k: u64) -> u64 {
     crate::rng::derive_seed(&[seed, 0x1AB, k])
 }
 
-pub use crate::train::checkpoint::{load_model as load_module, save_model as save_module};
+pub use crate::engine::checkpoint::{load_model as load_module, save_model as save_module};
 
 /// Per-sample root-mean-square difference of two `[N, C, H, W]` batches, `[N]`.
 pub fn rms_distance(a: Tensor<4>, b: Tensor<4>) -> Tensor<1> {
@@ -511,7 +511,7 @@ impl MaskTraining {
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
-            schedule: crate::train::Schedule::Multistep {
+            schedule: crate::optim::Schedule::Multistep {
                 milestones: [self.epochs * 10 / 25, self.epochs * 20 / 25]
                     .into_iter()
                     .filter(|&m| m > 0)
@@ -712,7 +712,7 @@ impl crate::train::run::TrainHooks for IabHooks {
                 false => l,
             })
             .collect();
-        let y = crate::train::eval::labels_tensor(labels, &device);
+        let y = crate::engine::eval::labels_tensor(labels, &device);
         if nb == 0 {
             return (x, y, None);
         }

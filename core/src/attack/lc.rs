@@ -2,9 +2,9 @@
 //! hard to classify from their content, so the model leans on the trigger instead.
 
 use crate::data::ImageSet;
+use crate::engine::eval::{images_tensor, labels_tensor};
 use crate::model::Classifier;
-use crate::train::cross_entropy;
-use crate::train::eval::{images_tensor, labels_tensor};
+use crate::model::loss::cross_entropy;
 use burn::module::Module;
 use burn::prelude::*;
 

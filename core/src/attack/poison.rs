@@ -11,9 +11,9 @@ use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::{HostBatch, stream};
 use crate::device::Selected;
+use crate::engine::checkpoint;
 use crate::model::Classifier;
 use crate::rng::Rng;
-use crate::train::checkpoint;
 use crate::train::run::{Observer, TrainConfig, TrainHooks, files, load_run_model, train};
 use crate::{Error, Result};
 use burn::prelude::*;
@@ -128,9 +128,11 @@ pub fn triggered_accuracy(
         .collect();
     let mut correct = 0;
     for b in stream(set.clone(), chunks, Augment::NONE, 0, 0, 2) {
-        let x = stamp(crate::train::eval::images_tensor(b.images, b.shape, device));
-        let y = crate::train::eval::labels_tensor(b.labels, device);
-        correct += crate::train::count_correct(model.forward(x), y);
+        let x = stamp(crate::engine::eval::images_tensor(
+            b.images, b.shape, device,
+        ));
+        let y = crate::engine::eval::labels_tensor(b.labels, device);
+        correct += crate::model::loss::count_correct(model.forward(x), y);
     }
     correct as f64 / set.len() as f64
 }
@@ -312,7 +314,7 @@ impl AttackHooks {
                 false => l,
             })
             .collect();
-        (out, crate::train::eval::labels_tensor(new_labels, &device))
+        (out, crate::engine::eval::labels_tensor(new_labels, &device))
     }
 }
 
@@ -463,6 +465,6 @@ impl AttackHooks {
                 false => l,
             })
             .collect();
-        (x, crate::train::eval::labels_tensor(labels, &device))
+        (x, crate::engine::eval::labels_tensor(labels, &device))
     }
 }

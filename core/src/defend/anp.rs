@@ -20,14 +20,14 @@ use super::run::{Prepared, SuspectView};
 use crate::data::augment::Augment;
 use crate::data::batcher::{HostBatch, Repeated};
 use crate::device::Selected;
+use crate::engine::checkpoint::{self, CheckpointState};
 use crate::engine::driver::LoopPlan;
+use crate::engine::eval::{images_tensor, labels_tensor};
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, matches};
 use crate::model::Classifier;
-use crate::train::checkpoint::{self, CheckpointState};
-use crate::train::cross_entropy;
-use crate::train::eval::{images_tensor, labels_tensor};
-use crate::train::schedule::Schedule;
-use crate::train::sgd::{Sgd, SgdConfig};
+use crate::model::loss::cross_entropy;
+use crate::optim::schedule::Schedule;
+use crate::optim::sgd::{Sgd, SgdConfig};
 use crate::{Error, Result};
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
@@ -93,7 +93,7 @@ impl AnpConfig {
         }
         crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
         crate::engine::driver::check_eval_every(self.eval_every)?;
-        crate::train::sgd::check_lr(self.lr)?;
+        crate::optim::sgd::check_lr(self.lr)?;
         SgdConfig {
             momentum: self.momentum,
             weight_decay: 0.0,

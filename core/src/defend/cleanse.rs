@@ -11,13 +11,13 @@ use super::unlabeled::{ImageBatch, UnlabeledImages};
 use crate::data::DataSpec;
 use crate::data::augment::Augment;
 use crate::device::Selected;
+use crate::engine::checkpoint::CheckpointState;
 use crate::engine::driver::LoopPlan;
+use crate::engine::eval::images_tensor;
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::model::Classifier;
-use crate::train::checkpoint::CheckpointState;
-use crate::train::eval::images_tensor;
-use crate::train::schedule::AUTHORS_COSINE_T_MAX;
-use crate::train::sgd::{Sgd, SgdConfig};
+use crate::optim::schedule::AUTHORS_COSINE_T_MAX;
+use crate::optim::sgd::{Sgd, SgdConfig};
 use crate::{Error, Result};
 use burn::module::Module;
 use burn::prelude::*;
@@ -148,8 +148,8 @@ impl KdConfig {
         if let Some(reason) = self.temperature.check() {
             return Err(Error::config("temperature", reason));
         }
-        crate::train::sgd::check_lr(self.lr)?;
-        crate::train::schedule::check_cosine_t_max(self.cosine_t_max)?;
+        crate::optim::sgd::check_lr(self.lr)?;
+        crate::optim::schedule::check_cosine_t_max(self.cosine_t_max)?;
         self.sgd.validate()?;
         self.init.validate()?;
         self.augment.validate()

@@ -8,10 +8,10 @@ use crate::data::augment::Augment;
 use crate::device::Selected;
 use crate::engine::driver::LoopPlan;
 use crate::engine::{Observer, Trainee};
+use crate::optim::schedule::{AUTHORS_COSINE_T_MAX, check_cosine_t_max};
+use crate::optim::sgd::{Sgd, SgdConfig};
 use crate::report::Report;
 use crate::train::run::CrossEntropyStep;
-use crate::train::schedule::{AUTHORS_COSINE_T_MAX, check_cosine_t_max};
-use crate::train::sgd::{Sgd, SgdConfig};
 use crate::{Error, Result};
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,7 @@ impl FtConfig {
     pub fn validate(&self) -> Result<()> {
         crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
         crate::engine::driver::check_eval_every(self.eval_every)?;
-        crate::train::sgd::check_lr(self.lr)?;
+        crate::optim::sgd::check_lr(self.lr)?;
         check_cosine_t_max(self.cosine_t_max)?;
         self.sgd.validate()?;
         self.augment.validate()
@@ -145,7 +145,7 @@ pub(crate) fn nested_fine_tune(
     let finished = crate::io::read_json::<Report>(&dir.join(files::REPORT))
         .is_ok_and(|r| r.status == crate::report::RunStatus::Complete);
     if !finished {
-        let resume = crate::train::checkpoint::resumable(&dir.join(files::CHECKPOINT_DIR));
+        let resume = crate::engine::checkpoint::resumable(&dir.join(files::CHECKPOINT_DIR));
         let tuned = Defense::Ft(config.clone()).run(&dir, resume, selected, observer);
         observer.finish();
         tuned.map_err(in_dir)?;

@@ -29,14 +29,14 @@ use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::HostBatch;
 use crate::device::Selected;
+use crate::engine::checkpoint::{self, CheckpointState};
 use crate::engine::driver::LoopPlan;
+use crate::engine::eval::{images_tensor, in_order, labels_tensor};
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, matches};
 use crate::model::Classifier;
-use crate::train::adam::{Adam, AdamConfig};
-use crate::train::checkpoint::{self, CheckpointState};
-use crate::train::cross_entropy;
-use crate::train::eval::{images_tensor, in_order, labels_tensor};
-use crate::train::schedule::Schedule;
+use crate::model::loss::cross_entropy;
+use crate::optim::adam::{Adam, AdamConfig};
+use crate::optim::schedule::Schedule;
 use crate::{Error, Result};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -131,7 +131,7 @@ impl IbauConfig {
                 ),
             ));
         }
-        crate::train::sgd::check_lr(self.lr)?;
+        crate::optim::sgd::check_lr(self.lr)?;
         if !(self.outer_fraction > 0.0 && self.outer_fraction <= 1.0) {
             return Err(Error::config(
                 "outer-fraction",

@@ -9,8 +9,8 @@ use crate::attack::meter::AsrMeter;
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::{Batches, make_batch};
+use crate::engine::eval::{images_tensor, labels_tensor};
 use crate::model::Classifier;
-use crate::train::eval::{images_tensor, labels_tensor};
 use burn::prelude::*;
 use std::future::Future;
 

@@ -6,7 +6,10 @@
 //! demo drives the same steps asynchronously.
 
 pub mod async_driver;
+pub mod bn_update;
+pub mod checkpoint;
 pub mod driver;
+pub mod eval;
 pub mod observer;
 pub mod run_dir;
 pub mod step;

@@ -10,9 +10,9 @@
 //! directory that was empty when it started, leaves it empty again, so the corrected command
 //! runs as a new one.
 
+use crate::engine::checkpoint::{self, CHECKPOINT_VERSION, CheckpointState};
 use crate::io::{create_dir_all, read_json, write_json_atomic};
 use crate::report::{EpochRecord, Report, now_unix};
-use crate::train::checkpoint::{self, CHECKPOINT_VERSION, CheckpointState};
 use crate::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

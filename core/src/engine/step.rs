@@ -5,9 +5,9 @@
 use crate::Result;
 use crate::attack::meter::AsrMeter;
 use crate::data::batcher::Batches;
+use crate::engine::checkpoint::{self, CheckpointState};
 use crate::model::Classifier;
-use crate::train::checkpoint::{self, CheckpointState};
-use crate::train::sgd::Sgd;
+use crate::optim::sgd::Sgd;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;

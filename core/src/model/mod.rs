@@ -3,6 +3,7 @@
 
 pub mod blocks;
 pub mod init;
+pub mod loss;
 pub mod preact_resnet;
 pub mod resnet;
 

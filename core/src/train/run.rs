@@ -1,21 +1,21 @@
 //! The training loop: seeded, resumable, evaluated every epoch, reported as it goes.
 
-use super::checkpoint::CheckpointState;
-use super::cross_entropy;
-use super::eval::{images_tensor, labels_tensor};
-use super::schedule::Schedule;
-use super::sgd::{Sgd, SgdConfig};
 use crate::attack::meter::AsrMeter;
 use crate::data::augment::Augment;
 use crate::data::batcher::HostBatch;
 use crate::data::split::{self, Split};
 use crate::data::{DataSpec, ImageSet, TrainTest};
 use crate::device::Selected;
+use crate::engine::checkpoint::CheckpointState;
 use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
+use crate::engine::eval::{images_tensor, labels_tensor};
 use crate::engine::run_dir::{RunDir, canonical_as};
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::io::{read_json, write_json_atomic};
+use crate::model::loss::cross_entropy;
 use crate::model::{Architecture, Classifier, ModelConfig};
+use crate::optim::schedule::Schedule;
+use crate::optim::sgd::{Sgd, SgdConfig};
 use crate::report::{DataSummary, Report, RunStatus, SCHEMA_VERSION};
 use crate::{Error, Result};
 use burn::prelude::*;
@@ -94,7 +94,7 @@ impl TrainConfig {
             }
         }
         crate::engine::driver::check_eval_every(self.eval_every)?;
-        super::sgd::check_lr(self.lr)?;
+        crate::optim::sgd::check_lr(self.lr)?;
         self.sgd.validate()?;
         if let Schedule::Multistep { milestones, gamma } = &self.schedule {
             if !(gamma.is_finite() && *gamma > 0.0) {

@@ -557,7 +557,7 @@ impl Archive {
         Ok(match state(&dir) {
             State::Complete => same.is_none_or(|m| m.status != EntryStatus::Complete),
             State::Resume if unfinished => {
-                let done = cleanse_core::train::checkpoint::load_state(&dir.join("checkpoint"))
+                let done = cleanse_core::engine::checkpoint::load_state(&dir.join("checkpoint"))
                     .map(|s| s.epochs_done)
                     .unwrap_or(0);
                 match same {
@@ -719,7 +719,7 @@ fn check_index(index: &Path) -> Result<()> {
 /// An unfinished run's files (relative path, bytes) and the checkpoint state they belong to.
 type Snapshot = (
     Vec<(String, Vec<u8>)>,
-    cleanse_core::train::checkpoint::CheckpointState,
+    cleanse_core::engine::checkpoint::CheckpointState,
 );
 
 /// The bytes of the file at `path`; `None` when there is none.
@@ -738,7 +738,7 @@ fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>> {
 /// files removed) is read again. Returns the files by relative path, and the state.
 fn unfinished_snapshot(dir: &Path) -> Result<Snapshot> {
     let ckpt = dir.join(files::CHECKPOINT_DIR);
-    let state_path = cleanse_core::train::checkpoint::state_path(&ckpt);
+    let state_path = cleanse_core::engine::checkpoint::state_path(&ckpt);
     let state_rel = state_path
         .strip_prefix(dir)
         .expect("inside the run")
@@ -747,7 +747,7 @@ fn unfinished_snapshot(dir: &Path) -> Result<Snapshot> {
     for _attempt in 0..5 {
         let state_bytes = std::fs::read(&state_path)
             .with_context(|| format!("{}: no checkpoint to archive", dir.display()))?;
-        let state: cleanse_core::train::checkpoint::CheckpointState =
+        let state: cleanse_core::engine::checkpoint::CheckpointState =
             serde_json::from_slice(&state_bytes)
                 .with_context(|| format!("{}: not a checkpoint state", state_path.display()))?;
         let current = [state.model_file.as_str(), state.optimizer_file.as_str()];
@@ -776,7 +776,7 @@ fn unfinished_snapshot(dir: &Path) -> Result<Snapshot> {
                 let epoch_file = d == ckpt
                     && current
                         .iter()
-                        .filter_map(|f| cleanse_core::train::checkpoint::epoch_prefix(f))
+                        .filter_map(|f| cleanse_core::engine::checkpoint::epoch_prefix(f))
                         .any(|p| name.starts_with(p));
                 if rel == state_rel || (epoch_file && !current.contains(&name.as_str())) {
                     continue;
@@ -843,7 +843,7 @@ fn weights_to_model(from: &Path, config: &ModelConfig, to: &Path) -> Result<()> 
             from.display()
         );
     }
-    cleanse_core::train::checkpoint::save_model(&imported.model, to)?;
+    cleanse_core::engine::checkpoint::save_model(&imported.model, to)?;
     Ok(())
 }
 

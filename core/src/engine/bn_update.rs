@@ -4,8 +4,8 @@
 //! rather than trained (a point on MCR's curve) needs the statistics of its own activations.
 
 use crate::data::ImageSet;
+use crate::engine::eval::{images_tensor, in_order};
 use crate::model::Classifier;
-use crate::train::eval::{images_tensor, in_order};
 use burn::module::{Module, RunningState};
 use burn::prelude::*;
 use std::sync::Arc;

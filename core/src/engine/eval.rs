@@ -48,7 +48,7 @@ pub fn accuracy(
     for b in in_order(set, batch_size) {
         let x = images_tensor(b.images, b.shape, device);
         let y = labels_tensor(b.labels, device);
-        correct += super::count_correct(model.forward(x), y);
+        correct += crate::model::loss::count_correct(model.forward(x), y);
     }
     correct as f64 / set.len() as f64
 }

@@ -6,9 +6,9 @@
 //! A crash at any point leaves the previous checkpoint valid.
 
 use crate::io::{read_json, write_atomic};
+use crate::optim::adam::Adam;
+use crate::optim::sgd::Sgd;
 use crate::report::EpochRecord;
-use crate::train::adam::Adam;
-use crate::train::sgd::Sgd;
 use crate::{Error, Result};
 use burn::module::Module;
 use burn::prelude::*;
