@@ -717,7 +717,7 @@ fn an_iab_run_trains_the_generator_and_saves_networks_that_reload() {
     );
     let model = load_run_model(tmp.path(), &dev()).expect("model").model;
     let set = std::sync::Arc::new(asr_set(&saved, &loaded.test));
-    let again = cleanse_core::attack::poison::triggered_accuracy(
+    let again = cleanse_core::engine::meter::triggered_accuracy(
         &model,
         &set,
         &|x| nets.stamp(x),

@@ -9,7 +9,6 @@
 use burn::module::Module;
 use burn::prelude::*;
 use cleanse_core::attack::iab::{Generator, IabHooks, IabNets, MaskStep};
-use cleanse_core::attack::meter::AsrMeter;
 use cleanse_core::attack::poison::{AttackHooks, asr_set};
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor, Stamping};
 use cleanse_core::data::augment::Augment;
@@ -21,6 +20,7 @@ use cleanse_core::defend::suspect;
 use cleanse_core::defend::unlabeled::UnlabeledImages;
 use cleanse_core::engine::async_driver;
 use cleanse_core::engine::eval::images_tensor;
+use cleanse_core::engine::meter::AsrMeter;
 use cleanse_core::engine::{LoopPlan, Trainee};
 use cleanse_core::model::{Architecture, Classifier, ModelConfig};
 use cleanse_core::optim::{Sgd, SgdConfig};
@@ -239,7 +239,7 @@ impl DemoModel {
         };
         Ok(Some(AsrMeter::new(
             Arc::new(asr_set(a, test)),
-            backdoor,
+            Arc::new(backdoor),
             EVAL_BATCH,
             device,
         )))

@@ -757,10 +757,10 @@ impl crate::train::run::TrainHooks for IabHooks {
         }
     }
 
-    fn asr_meter(&self, device: &Device) -> Option<super::meter::AsrMeter> {
-        Some(super::meter::AsrMeter::new(
+    fn asr_meter(&self, device: &Device) -> Option<crate::engine::meter::AsrMeter> {
+        Some(crate::engine::meter::AsrMeter::new(
             self.asr_set.clone()?,
-            super::Backdoor::Iab(Box::new(self.nets()?)),
+            Arc::new(super::Backdoor::Iab(Box::new(self.nets()?))),
             256,
             device,
         ))

@@ -8,10 +8,10 @@ use super::lc::{Pgd, pgd_untargeted};
 use super::warp;
 use super::{Attack, AttackKind, Stamping, Trigger};
 use crate::data::ImageSet;
-use crate::data::augment::Augment;
-use crate::data::batcher::{HostBatch, stream};
+use crate::data::batcher::HostBatch;
 use crate::device::Selected;
 use crate::engine::checkpoint;
+use crate::engine::meter::{AsrMeter, triggered_accuracy};
 use crate::model::Classifier;
 use crate::rng::Rng;
 use crate::train::run::{Observer, TrainConfig, TrainHooks, files, load_run_model, train};
@@ -108,33 +108,6 @@ pub fn asr_set(attack: &Attack, test: &ImageSet) -> ImageSet {
         *l = c.target_of(*l as usize, test.num_classes) as u16;
     }
     set
-}
-
-/// Fraction of `set` (from [`asr_set`]) that `model` assigns to the target after `stamp`.
-pub fn triggered_accuracy(
-    model: &Classifier,
-    set: &Arc<ImageSet>,
-    stamp: &dyn Fn(Tensor<4>) -> Tensor<4>,
-    batch_size: usize,
-    device: &Device,
-) -> f64 {
-    if set.is_empty() {
-        return 0.0;
-    }
-    let idx: Vec<usize> = (0..set.len()).collect();
-    let chunks: Vec<Vec<usize>> = idx
-        .chunks(batch_size.max(1))
-        .map(<[usize]>::to_vec)
-        .collect();
-    let mut correct = 0;
-    for b in stream(set.clone(), chunks, Augment::NONE, 0, 0, 2) {
-        let x = stamp(crate::engine::eval::images_tensor(
-            b.images, b.shape, device,
-        ));
-        let y = crate::engine::eval::labels_tensor(b.labels, device);
-        correct += crate::model::loss::count_correct(model.forward(x), y);
-    }
-    correct as f64 / set.len() as f64
 }
 
 /// ASR of `model` under a static-trigger attack, on the test images the attack changes.
@@ -358,10 +331,10 @@ impl TrainHooks for AttackHooks {
         (x, y, None)
     }
 
-    fn asr_meter(&self, device: &Device) -> Option<super::meter::AsrMeter> {
-        Some(super::meter::AsrMeter::new(
+    fn asr_meter(&self, device: &Device) -> Option<AsrMeter> {
+        Some(AsrMeter::new(
             self.asr_set.clone()?,
-            super::Backdoor::Static(self.attack.trigger.clone()?),
+            Arc::new(super::Backdoor::Static(self.attack.trigger.clone()?)),
             self.eval_batch_size,
             device,
         ))

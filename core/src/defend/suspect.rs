@@ -4,12 +4,12 @@
 //! [`load_model`] and [`load_attack`].
 
 use crate::attack::iab::IabNets;
-use crate::attack::meter::AsrMeter;
 use crate::attack::poison::asr_set;
 use crate::attack::triggered::TriggeredData;
 use crate::attack::{Attack, AttackConfig, AttackKind, Backdoor};
 use crate::data::{DataSpec, ImageSet};
 use crate::engine::checkpoint::model_from_bytes;
+use crate::engine::meter::AsrMeter;
 use crate::io::read_json;
 use crate::model::{Classifier, ModelConfig};
 use crate::train::run::{SplitFile, files};
@@ -280,7 +280,7 @@ impl Suspect {
         if let Some((_, set)) = &self.triggered {
             return Some(AsrMeter::new(
                 set.clone(),
-                Backdoor::Stamped,
+                Arc::new(Backdoor::Stamped),
                 batch_size,
                 device,
             ));
@@ -288,7 +288,7 @@ impl Suspect {
         let (a, b) = (self.attack.as_ref()?, self.backdoor.as_ref()?);
         Some(AsrMeter::new(
             Arc::new(asr_set(a, &self.test)),
-            b.clone(),
+            Arc::new(b.clone()),
             batch_size,
             device,
         ))

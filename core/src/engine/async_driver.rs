@@ -5,11 +5,11 @@
 
 use super::driver::{EpochTotals, LoopPlan};
 use super::step::{At, ClassifierStep, Step};
-use crate::attack::meter::AsrMeter;
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::{Batches, make_batch};
 use crate::engine::eval::{images_tensor, labels_tensor};
+use crate::engine::meter::AsrMeter;
 use crate::model::Classifier;
 use burn::prelude::*;
 use std::future::Future;
@@ -134,7 +134,7 @@ pub async fn evaluate<H: Host>(
     let clean_acc = accuracy(model, test, None, at, host).await?;
     let asr = match meter {
         Some(m) => {
-            let stamp = |x| m.backdoor.apply(x);
+            let stamp = |x| m.trigger.stamp(x);
             Some(accuracy(model, &m.set, Some(&stamp), at, host).await?)
         }
         None => None,

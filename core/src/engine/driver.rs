@@ -5,12 +5,12 @@
 use super::observer::Observer;
 use super::run_dir::{RunDir, files};
 use super::step::{At, ClassifierStep, Step};
-use crate::attack::meter::AsrMeter;
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::{Batches, chunk_order, epoch_order, stream};
 use crate::engine::checkpoint;
 use crate::engine::eval::accuracy;
+use crate::engine::meter::AsrMeter;
 use crate::model::Classifier;
 use crate::optim::schedule::Schedule;
 use crate::report::{EpochRecord, FinalMetrics, Report, RunStatus, now_unix};

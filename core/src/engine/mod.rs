@@ -10,6 +10,7 @@ pub mod bn_update;
 pub mod checkpoint;
 pub mod driver;
 pub mod eval;
+pub mod meter;
 pub mod observer;
 pub mod run_dir;
 pub mod step;

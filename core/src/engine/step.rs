@@ -3,9 +3,9 @@
 //! progress, checkpoints and reports are the engine's.
 
 use crate::Result;
-use crate::attack::meter::AsrMeter;
 use crate::data::batcher::Batches;
 use crate::engine::checkpoint::{self, CheckpointState};
+use crate::engine::meter::AsrMeter;
 use crate::model::Classifier;
 use crate::optim::sgd::Sgd;
 use burn::module::Module;

@@ -1,6 +1,5 @@
 //! The training loop: seeded, resumable, evaluated every epoch, reported as it goes.
 
-use crate::attack::meter::AsrMeter;
 use crate::data::augment::Augment;
 use crate::data::batcher::HostBatch;
 use crate::data::split::{self, Split};
@@ -9,6 +8,7 @@ use crate::device::Selected;
 use crate::engine::checkpoint::CheckpointState;
 use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
 use crate::engine::eval::{images_tensor, labels_tensor};
+use crate::engine::meter::AsrMeter;
 use crate::engine::run_dir::{RunDir, canonical_as};
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::io::{read_json, write_json_atomic};
