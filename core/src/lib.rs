@@ -20,6 +20,7 @@ pub mod output;
 pub mod protocol_table;
 pub mod report;
 pub mod rng;
+pub mod table;
 pub mod train;
 
 pub use error::{Error, Result};

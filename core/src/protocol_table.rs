@@ -106,7 +106,7 @@ impl ProtocolTable {
             self.models.len(),
             self.models.join(", ")
         );
-        s.push_str(&crate::report::attack_defense_header(&self.columns));
+        s.push_str(&crate::table::attack_defense_header(&self.columns));
         let mean_row = ("Mean".to_string(), self.mean.clone());
         let rows = self.attacks.iter().cloned().zip(self.cells.iter().cloned());
         for (name, cells) in rows.chain((self.attacks.len() > 1).then_some(mean_row)) {
@@ -130,7 +130,7 @@ impl ProtocolTable {
             return s;
         }
         s.push_str("\nStandard deviation over the models, ACC / ASR %:\n\n");
-        s.push_str(&crate::report::attack_defense_header(&self.columns));
+        s.push_str(&crate::table::attack_defense_header(&self.columns));
         for (name, cells) in self.attacks.iter().zip(&self.cells) {
             s.push_str(&format!("| {name} |"));
             for c in cells {

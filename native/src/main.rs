@@ -390,7 +390,8 @@ fn find_reports(dir: &std::path::Path, depth: usize, out: &mut Vec<PathBuf>) {
 }
 
 fn run_summarize(a: &SummarizeArgs) -> Result<()> {
-    use cleanse_core::report::{AttackDefenseTable, Report, SummaryRow, markdown_table};
+    use cleanse_core::report::Report;
+    use cleanse_core::table::{AttackDefenseTable, SummaryRow, markdown_table};
     let mut files = Vec::new();
     for r in &a.runs {
         if !r.exists() {
@@ -507,7 +508,7 @@ pub(crate) fn planned_label(words: &[String]) -> Option<String> {
         Command::Attack(a) => {
             let (_, attack) = a.configs(matches.subcommand_matches("attack")?);
             let json = serde_json::to_value(attack).ok()?;
-            Some(cleanse_core::report::attack_label(&json))
+            Some(cleanse_core::table::attack_label(&json))
         }
         Command::Defend(c) => defend::planned_label(c),
         _ => None,

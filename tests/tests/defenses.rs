@@ -126,7 +126,7 @@ fn ft_fine_tunes_the_suspect_on_labelled_holdout_and_resumes_bit_exactly() {
         over_run.schedule
     );
     let record = report.defense.clone().expect("record");
-    assert_eq!(record.config, defense);
+    assert_eq!(Defense::of_record(&record), Ok(defense.clone()));
     // Fine-tuning starts from the suspect itself, measured on the same test images.
     assert_eq!(record.suspect_clean_acc, sus_final.clean_acc);
     assert_eq!(record.suspect_asr, sus_final.asr);
@@ -137,7 +137,10 @@ fn ft_fine_tunes_the_suspect_on_labelled_holdout_and_resumes_bit_exactly() {
     for f in ["attack.json", "split.json", "model.bpk", "model.json"] {
         assert!(whole.join(f).is_file(), "{f}");
     }
-    assert_eq!(read_report(&whole).defense.expect("typed").config, defense);
+    assert_eq!(
+        Defense::of_record(&read_report(&whole).defense.expect("typed")),
+        Ok(defense.clone())
+    );
 
     // Stopped after its first epoch, then resumed: the same history and the same weights.
     let stopped = tmp.path().join("ft-stopped");
@@ -613,8 +616,8 @@ fn nad_distils_from_a_fine_tuned_teacher_kept_in_the_run_and_resumes_exactly() {
     let teacher = read_report(&whole.join("fine-tuned"));
     assert_eq!(teacher.epochs.len(), 2);
     assert_eq!(
-        teacher.defense.expect("record").config,
-        Defense::Ft(config.teacher())
+        Defense::of_record(&teacher.defense.expect("record")),
+        Ok(Defense::Ft(config.teacher()))
     );
     // With the attention terms off, NAD is fine-tuning: the same weights as FT.
     let mut plain = config.clone();
@@ -1054,8 +1057,8 @@ fn mcr_trains_the_bend_reports_its_curve_and_resumes_exactly() {
     assert_eq!(report.epochs.len(), 3);
     let endpoint = read_report(&whole.join("fine-tuned"));
     assert_eq!(
-        endpoint.defense.expect("record").config,
-        Defense::Ft(config.endpoint())
+        Defense::of_record(&endpoint.defense.expect("record")),
+        Ok(Defense::Ft(config.endpoint()))
     );
     let record = report.defense.expect("record");
     let curve = record.curve.expect("the curve");

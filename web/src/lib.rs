@@ -2,10 +2,11 @@
 //! parts that are tested natively: the demo's training, cleansing and stamping loops
 //! ([`engine`]), pictures ([`picture`]), and here the viewer's logic: loading reports, the
 //! per-epoch curves, the run summary, and chart scaling (the attack x defense table is
-//! `report::AttackDefenseTable`).
+//! `table::AttackDefenseTable`).
 
 use cleanse_core::defend::defense::Findings;
-use cleanse_core::report::{Report, RunStatus, attack_label, defense_label};
+use cleanse_core::report::{Report, RunStatus};
+use cleanse_core::table::{attack_label, defense_label};
 
 #[cfg(target_arch = "wasm32")]
 mod app;
@@ -246,7 +247,7 @@ pub fn archive_name(path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cleanse_core::report::AttackDefenseTable;
+    use cleanse_core::table::AttackDefenseTable;
 
     #[test]
     fn a_folders_reports_and_tables_are_read_and_named_by_their_run() {

@@ -28,6 +28,7 @@ use crate::model::Classifier;
 use crate::model::loss::cross_entropy;
 use crate::optim::schedule::Schedule;
 use crate::optim::sgd::{Sgd, SgdConfig};
+pub use crate::report::findings::MaskSummary;
 use crate::{Error, Result};
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
@@ -163,19 +164,6 @@ impl BnMasks {
             .map(|p| p.val().into_data().iter::<f32>().collect())
             .collect()
     }
-}
-
-/// The masks after training, for the report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MaskSummary {
-    /// Masks in [0, 0.1), [0.1, 0.2), ..., [0.9, 1.0].
-    pub histogram: [usize; 10],
-    /// Channels pruned at the threshold in the stem (ResNet-18; PreAct has no BN there), and
-    /// in stages 1-4.
-    pub pruned_per_stage: [usize; 5],
-    /// Channels of all batch norms.
-    pub channels: usize,
-    pub threshold: f64,
 }
 
 /// The summary of `masks` (per batch norm, with each one's stage) at `threshold`.

@@ -2,9 +2,9 @@
 //! defense run records it (tagged by `method`) in its report; adding a defense is one file in
 //! `core/src/defend/`, one variant here and one CLI arm.
 
-use super::anp::{AnpConfig, MaskSummary};
+use super::anp::AnpConfig;
 use super::cleanse::KdConfig;
-use super::fp::{FpConfig, Pruning};
+use super::fp::FpConfig;
 use super::ft::FtConfig;
 use super::ibau::IbauConfig;
 use super::mcr::McrConfig;
@@ -15,7 +15,8 @@ use crate::Result;
 use crate::data::ImageSet;
 use crate::device::Selected;
 use crate::engine::Observer;
-use crate::report::Report;
+pub use crate::report::findings::Findings;
+use crate::report::{DefenseRecord, Report};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -39,16 +40,6 @@ pub enum Defense {
     Anp(AnpConfig),
     /// Implicit Backdoor Adversarial Unlearning: minimax unlearning of a universal perturbation.
     Ibau(IbauConfig),
-}
-
-/// What a defense found on the defender's data before training, recorded in its report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum Findings {
-    /// Fine-Pruning's channel ranking and pruning search.
-    Fp(Pruning),
-    /// ANP's trained masks.
-    Anp(MaskSummary),
 }
 
 /// What a defense may see of the defender's held-out split.
@@ -89,6 +80,17 @@ impl DefenderData {
 }
 
 impl Defense {
+    /// The defense a report's record names (its `config`), or what is wrong with it.
+    pub fn of_record(record: &DefenseRecord) -> std::result::Result<Defense, String> {
+        serde_json::from_value(record.config.clone())
+            .map_err(|e| format!("the defense's settings do not read: {e}"))
+    }
+
+    /// These settings as a report records them ([`DefenseRecord::config`]).
+    pub fn record_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a defense's settings serialise")
+    }
+
     /// The method's name on the command line and in reports (`kd`, `ft`).
     pub fn method(&self) -> &'static str {
         match self {

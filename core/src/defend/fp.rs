@@ -27,6 +27,7 @@ use crate::io::{read_json, write_json_atomic};
 use crate::model::loss::count_correct;
 use crate::model::{Classifier, Network};
 use crate::optim::sgd::Sgd;
+pub use crate::report::findings::{PruneStep, Pruning};
 use crate::train::run::CrossEntropyStep;
 use crate::{Error, Result};
 use burn::module::{Module, Param};
@@ -84,36 +85,6 @@ impl FpConfig {
             v.push(format!("step {}", self.prune_step));
         }
         v
-    }
-}
-
-/// One step of the search: the defender's accuracy with `pruned` channels pruned.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PruneStep {
-    pub pruned: usize,
-    pub accuracy: f64,
-}
-
-/// The search's result, recorded in the report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Pruning {
-    /// Channels of the last stage's output.
-    pub channels: usize,
-    /// Each channel's mean activation (after ReLU) on the defender's images.
-    pub activations: Vec<f64>,
-    /// The channels from least to most active: the pruning order (ties: lower index first).
-    pub order: Vec<usize>,
-    /// The defender's accuracy unpruned (`pruned` 0) and after each step tried; the last step
-    /// is the one that stopped the search unless every step but the last channel passed.
-    pub steps: Vec<PruneStep>,
-    /// How many channels are pruned: the first `pruned` of `order`.
-    pub pruned: usize,
-}
-
-impl Pruning {
-    /// The pruned channels.
-    pub fn pruned_channels(&self) -> &[usize] {
-        &self.order[..self.pruned]
     }
 }
 

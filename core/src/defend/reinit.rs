@@ -3,6 +3,7 @@
 //! of a freshly initialised model (no rescaling). Batch-norm parameters and statistics are kept.
 
 use crate::model::{Classifier, ModelConfig};
+pub use crate::report::findings::{GroupFraction, Realised};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -116,24 +117,6 @@ impl InitMode {
             InitMode::Fresh => [1.0; 6],
         }
     }
-}
-
-/// What the initialisation did, per group.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Realised {
-    pub groups: Vec<GroupFraction>,
-    /// Re-initialised fraction over all conv/linear elements.
-    pub total_fraction: f64,
-}
-
-/// One group's requested probability and realised fraction.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GroupFraction {
-    pub group: String,
-    pub elements: usize,
-    pub requested: f64,
-    pub reinitialised: usize,
-    pub fraction: f64,
 }
 
 /// The group of a parameter, from its module path; `None` for batch norm and anything that is

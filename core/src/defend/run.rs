@@ -119,7 +119,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         asr: asr_of(&start),
     };
     let record = DefenseRecord {
-        config: defense.clone(),
+        config: defense.record_value(),
         suspect: defense.suspect().to_path_buf(),
         // Distinct images: a defense may use fewer (KD's `--unlabeled-limit`) or cycle through
         // the set several times (ANP's rounds), which the length of its data would count.

@@ -60,7 +60,7 @@ pub trait ClassifierStep: Step {
         None
     }
     /// What the method found by training, for the report (ANP's masks); read after the run.
-    fn findings(&self) -> Option<crate::defend::defense::Findings> {
+    fn findings(&self) -> Option<crate::report::Findings> {
         None
     }
     /// Writes the step's state after `epochs_done` epochs into the checkpoint directory `dir`;

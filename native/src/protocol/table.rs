@@ -6,7 +6,8 @@ use super::archive::{Archive, EntryStatus, Manifest};
 use super::plan::{Plan, Role};
 use anyhow::Result;
 use cleanse_core::protocol_table::{ProtocolTable, Stat};
-use cleanse_core::report::{NO_DEFENSE, Report, RunStatus, attack_label};
+use cleanse_core::report::{Report, RunStatus};
+use cleanse_core::table::{NO_DEFENSE, attack_label, record_label};
 use std::path::Path;
 
 /// Each name's label (from its reports, e.g. `BadNets 10%` for a row, `KD init single:3` for a
@@ -78,7 +79,7 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> Result<ProtocolTable> {
                 }
                 if let (Some(d), Some(rec)) = (column, &report.defense) {
                     let i = plan.defenses.iter().position(|x| x == d).expect("a column");
-                    labels[i].get_or_insert_with(|| rec.config.label());
+                    labels[i].get_or_insert_with(|| record_label(rec));
                 }
             }
             row.push(if runs.is_empty() {
@@ -115,7 +116,7 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> Result<ProtocolTable> {
     columns.extend(unique_labels(&plan.defenses, &labels));
     let attacks = unique_labels(&plan.attacks, &row_labels);
     let rows: Vec<&[Option<Stat>]> = cells.iter().map(Vec::as_slice).collect();
-    let mean = cleanse_core::report::column_means(&rows, columns.len(), |means| {
+    let mean = cleanse_core::table::column_means(&rows, columns.len(), |means| {
         let metrics: Vec<(f64, Option<f64>)> =
             means.iter().map(|s| (s.acc_mean, s.asr_mean)).collect();
         let mut s = Stat::of(&metrics, means.len())?;

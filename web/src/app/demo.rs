@@ -7,7 +7,7 @@ use crate::engine::{self, CleansePlan, DemoData, DemoModel, EpochPoint, Progress
 use crate::picture::{data_url, png, residual};
 use crate::{Series, accuracy_curves};
 use cleanse_core::attack::AttackKind;
-use cleanse_core::report::attack_display_name;
+use cleanse_core::table::attack_display_name;
 use leptos::prelude::*;
 
 /// Training and unlabeled images the demo uses (of the 2,000 training images shipped; the 500 test

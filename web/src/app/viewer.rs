@@ -4,7 +4,8 @@ use super::chart::chart;
 use super::{files_of, read_named};
 use crate::{archive_name, curves, defense_curves, load_reports, protocol_cell, summary};
 use cleanse_core::protocol_table::ProtocolTable;
-use cleanse_core::report::{AttackDefenseTable, Report};
+use cleanse_core::report::Report;
+use cleanse_core::table::AttackDefenseTable;
 use leptos::prelude::*;
 
 fn pct(v: f64) -> String {

@@ -1,234 +1,9 @@
-//! The run report (`report.json`) that every command writes and the web viewer reads.
-//!
-//! Versioned by [`SCHEMA_VERSION`]; metrics are fractions in `[0,1]`.
+//! The tables read from run reports: the summary of a folder of runs, and the attack x defense
+//! table in the supplement's layout (`cleanse summary`, `cleanse protocol table`, the viewer).
+//! Above the defenses: a column's label and place come from the defense's settings.
 
 use crate::defend::Defense;
-use crate::defend::cleanse::KdConfig;
-use crate::defend::defense::Findings;
-use crate::defend::reinit::Realised;
-use crate::device::DeviceInfo;
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
-
-/// Version of the report schema. Version 2 made `defense` a typed record; version 1 reports
-/// are still read (their cleanser records are converted).
-pub const SCHEMA_VERSION: u32 = 2;
-
-/// What a defense run records under `defense`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DefenseRecord {
-    /// The defense with all its settings, tagged by `method`.
-    pub config: Defense,
-    /// The suspect model's run directory.
-    pub suspect: PathBuf,
-    /// Images of the defender's data the defense trained on.
-    pub defender_images: usize,
-    /// The suspect's clean accuracy and ASR, measured at the start.
-    pub suspect_clean_acc: f64,
-    pub suspect_asr: Option<f64>,
-    /// The model the defense starts training from, before its first epoch (the cleanser's
-    /// re-initialised student, which the supplement's Figure 2 compares; the suspect itself for
-    /// fine-tuning).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_clean_acc: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_asr: Option<f64>,
-    /// The cleanser's realised re-initialisation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reinit: Option<Realised>,
-    /// What the defense found on the defender's data before training (Fine-Pruning's search).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub findings: Option<Findings>,
-    /// Clean accuracy and ASR along the method's own parameter (MCR's `t`, ANP's threshold),
-    /// measured after the run for the picture; the result is the configured value's model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub curve: Option<Curve>,
-}
-
-/// A defense's models along one of its parameters, measured on the test images.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Curve {
-    /// The parameter (`t`, `threshold`).
-    pub parameter: String,
-    pub points: Vec<CurvePoint>,
-}
-
-/// One model of a [`Curve`].
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CurvePoint {
-    pub at: f64,
-    pub clean_acc: f64,
-    pub asr: Option<f64>,
-}
-
-impl DefenseRecord {
-    /// The `defense` of a version 1 report (the cleanser's record; its configuration was the
-    /// report's `config`).
-    fn from_v1(defense: &serde_json::Value, config: &serde_json::Value) -> Result<Self, String> {
-        let kd: KdConfig = serde_json::from_value(config.clone())
-            .map_err(|e| format!("version 1 defense configuration: {e}"))?;
-        let f = |k: &str| defense.get(k).and_then(|v| v.as_f64());
-        Ok(DefenseRecord {
-            suspect: kd.teacher.clone(),
-            config: Defense::Kd(kd),
-            defender_images: defense["unlabeled_images"].as_u64().unwrap_or(0) as usize,
-            suspect_clean_acc: f("teacher_clean_acc").unwrap_or(f64::NAN),
-            suspect_asr: f("teacher_asr"),
-            start_clean_acc: f("student_init_clean_acc"),
-            start_asr: f("student_init_asr"),
-            reinit: serde_json::from_value(defense["init"].clone()).ok(),
-            findings: None,
-            curve: None,
-        })
-    }
-}
-
-/// Metrics of one epoch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// 1-based epoch number.
-    pub epoch: usize,
-    pub lr: f64,
-    /// Mean training loss.
-    pub loss: f64,
-    /// Accuracy on the (augmented) training batches.
-    pub train_acc: f64,
-    /// Accuracy on the clean test set; `None` for an epoch the run did not evaluate (a run
-    /// evaluating every Nth epoch; the last epoch always is).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clean_acc: Option<f64>,
-    /// Wall-clock seconds of the epoch: training plus evaluation.
-    pub seconds: f64,
-    /// Seconds spent in evaluation.
-    pub eval_seconds: f64,
-    /// Training images per second.
-    pub images_per_sec: f64,
-    /// Attack success rate on the triggered test images (attacked and defended models).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub asr: Option<f64>,
-}
-
-/// Sizes of the data a run used.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DataSummary {
-    pub num_classes: usize,
-    pub train_size: usize,
-    pub holdout_size: usize,
-    pub test_size: usize,
-}
-
-/// Final metrics.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FinalMetrics {
-    pub clean_acc: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub asr: Option<f64>,
-}
-
-/// Whether the run finished.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    Running,
-    Complete,
-}
-
-/// The report of a run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub schema_version: u32,
-    /// What produced it: `train`, `attack` (later also `defense`).
-    pub kind: String,
-    pub status: RunStatus,
-    pub tool_version: String,
-    /// The full configuration of the run.
-    pub config: serde_json::Value,
-    /// The attack's configuration (attack runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attack: Option<serde_json::Value>,
-    /// What a defense did (defense runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub defense: Option<DefenseRecord>,
-    pub device: DeviceInfo,
-    pub data: DataSummary,
-    pub epochs: Vec<EpochRecord>,
-    /// Present once the run is complete.
-    #[serde(rename = "final")]
-    pub final_metrics: Option<FinalMetrics>,
-    /// Model file, relative to the report's directory.
-    pub model_file: Option<String>,
-    /// Seconds since the Unix epoch.
-    pub started_unix: u64,
-    pub finished_unix: Option<u64>,
-}
-
-impl Report {
-    /// Parses a report, checking its schema version; `name` names the source in errors.
-    pub fn from_json(name: &str, text: &str) -> Result<Report, String> {
-        let mut value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| format!("{name}: not JSON: {e}"))?;
-        match value.get("schema_version").and_then(|v| v.as_u64()) {
-            Some(v) if v == SCHEMA_VERSION as u64 => {}
-            Some(1) => {
-                if let Some(d) = value.get("defense").filter(|d| !d.is_null()) {
-                    let record = DefenseRecord::from_v1(d, &value["config"])
-                        .map_err(|e| format!("{name}: {e}"))?;
-                    value["defense"] =
-                        serde_json::to_value(record).map_err(|e| format!("{name}: {e}"))?;
-                    value["config"] = serde_json::to_value(&value["defense"]["config"])
-                        .map_err(|e| format!("{name}: {e}"))?;
-                }
-                value["schema_version"] = SCHEMA_VERSION.into();
-            }
-            Some(v) => {
-                return Err(format!(
-                    "{name}: report schema version {v}; this build reads version {SCHEMA_VERSION}"
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "{name}: not a cleanse report (no `schema_version`)"
-                ));
-            }
-        }
-        serde_json::from_value(value).map_err(|e| format!("{name}: malformed report: {e}"))
-    }
-}
-
-impl Report {
-    /// Why the report's metrics are impossible, if they are: a clean accuracy, ASR or training
-    /// accuracy outside `[0, 1]` (or not a number), in an epoch or the final metrics.
-    pub fn check_metrics(&self) -> Result<(), String> {
-        let fraction = |what: String, v: f64| match (0.0..=1.0).contains(&v) {
-            true => Ok(()),
-            false => Err(format!("{what} is {v}; expected a fraction in [0, 1]")),
-        };
-        for e in &self.epochs {
-            fraction(format!("epoch {}: train_acc", e.epoch), e.train_acc)?;
-            if let Some(v) = e.clean_acc {
-                fraction(format!("epoch {}: clean_acc", e.epoch), v)?;
-            }
-            if let Some(v) = e.asr {
-                fraction(format!("epoch {}: asr", e.epoch), v)?;
-            }
-        }
-        if let Some(f) = &self.final_metrics {
-            fraction("final clean_acc".into(), f.clean_acc)?;
-            if let Some(v) = f.asr {
-                fraction("final asr".into(), v)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::report::{DefenseRecord, Report, RunStatus};
 
 /// One row of a results table, read from a report.
 #[derive(Clone, Debug, PartialEq)]
@@ -345,9 +120,17 @@ pub fn attack_label(attack: &serde_json::Value) -> String {
 /// The column label of a defense run: its method, then each setting that differs from the
 /// method's defaults (e.g. initialisation, unlabeled data, epochs).
 pub fn defense_label(report: &Report) -> String {
-    match &report.defense {
-        Some(d) => d.config.label(),
-        None => "defense".to_string(),
+    report
+        .defense
+        .as_ref()
+        .map_or_else(|| "defense".to_string(), record_label)
+}
+
+/// [`defense_label`] of a defense record.
+pub fn record_label(record: &DefenseRecord) -> String {
+    match Defense::of_record(record) {
+        Ok(d) => d.label(),
+        Err(e) => format!("defense ({e})"),
     }
 }
 
@@ -450,7 +233,8 @@ impl AttackDefenseTable {
                 if let Some(d) = &r.defense
                     && !positions.iter().any(|(l, _)| *l == label)
                 {
-                    positions.push((label.clone(), d.config.table_position()));
+                    let place = Defense::of_record(d).map_or(usize::MAX, |d| d.table_position());
+                    positions.push((label.clone(), place));
                 }
                 label
             } else {
@@ -558,6 +342,8 @@ impl AttackDefenseTable {
 #[cfg(test)]
 mod summary_tests {
     use super::*;
+    use crate::defend::cleanse::KdConfig;
+    use crate::report::{DataSummary, EpochRecord, FinalMetrics, SCHEMA_VERSION};
 
     fn report(
         kind: &str,
@@ -651,7 +437,7 @@ mod summary_tests {
         r.config = serde_json::to_value(&config).expect("config");
         r.defense = Some(DefenseRecord {
             suspect: config.suspect().to_path_buf(),
-            config,
+            config: config.record_value(),
             defender_images: 10,
             suspect_clean_acc: teacher.0,
             suspect_asr: Some(teacher.1),
@@ -686,8 +472,9 @@ mod summary_tests {
         });
         let r = Report::from_json("old", &v1.to_string()).expect("a v1 report reads");
         let d = r.defense.expect("record");
-        assert_eq!(d.config.method(), "kd");
-        assert_eq!(d.config.label(), "KD 7 ep");
+        let typed = Defense::of_record(&d).expect("typed");
+        assert_eq!(typed.method(), "kd");
+        assert_eq!(typed.label(), "KD 7 ep");
         assert_eq!((d.suspect_clean_acc, d.suspect_asr), (0.9, Some(0.95)));
         assert_eq!((d.defender_images, d.start_clean_acc), (12, Some(0.4)));
         assert_eq!(d.reinit.map(|r| r.total_fraction), Some(0.25));
