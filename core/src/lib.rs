@@ -2,6 +2,21 @@
 //!
 //! Images are NCHW `f32` in `[0, 1]` everywhere; the model normalises them itself
 //! (see [`model::Normalization`]). All randomness flows from the run's seed through [`rng::Rng`].
+//!
+//! Layers, lowest first; a module imports only from layers below its own (`tests/layers.rs`
+//! checks the sources):
+//! 1. [`error`], [`rng`], [`io`]: errors, randomness, files;
+//! 2. [`device`], [`cpu`], [`kernels`]: devices, the CPU and GPU kernels;
+//! 3. [`model`]: ResNet-18 and its loss;
+//! 4. [`data`], [`memory`]: data sets, splits and batches; memory estimates;
+//! 5. [`optim`]: SGD, Adam, schedules;
+//! 6. [`report`]: the run report's schema and record types;
+//! 7. [`engine`]: steps, the epoch loop, checkpoints, run directories, evaluation, the ASR meter;
+//! 8. [`train`]: a classifier's training run, with hooks;
+//! 9. [`attack`]: the attacks (their hooks and triggers);
+//! 10. [`defend`]: the defenses and the cleanser;
+//! 11. [`interop`], [`output`], [`table`]: PyTorch files, output folders, results tables;
+//! 12. [`protocol_table`]: a protocol's table.
 
 pub mod attack;
 pub mod cpu;

@@ -248,7 +248,12 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
         // The settings are known without the data (GTSRB's default target is its most frequent
         // class): a finished run of them is done, or of others refused, before anything loads.
         let attack_json = serde_json::to_value(&attack_config).context("attack settings")?;
-        cleanse_core::train::run::check_finished(out, &train, Some(attack_json))?;
+        cleanse_core::train::run::check_finished(
+            out,
+            &train,
+            Some(attack_json),
+            cleanse_core::attack::canonical_run,
+        )?;
     }
     let selected = args.train.device.select()?;
     errln!("device: {}", describe_device(&selected));

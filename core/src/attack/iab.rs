@@ -632,6 +632,10 @@ fn iab_ckpt_files(epoch: usize) -> (String, String) {
 }
 
 impl crate::train::run::TrainHooks for IabHooks {
+    fn canonical(&self) -> crate::engine::run_dir::Canonical {
+        super::canonical_run
+    }
+
     fn kind(&self) -> &'static str {
         "attack"
     }

@@ -515,6 +515,20 @@ impl Backdoor {
     }
 }
 
+/// How an attacked training run's recorded configuration (`{"train": ..., "attack": ...}`) is
+/// made comparable with today's: both parts through their types (the attacks' hooks'
+/// [`crate::train::run::TrainHooks::canonical`]).
+pub fn canonical_run(v: &serde_json::Value) -> serde_json::Value {
+    let mut c = crate::train::run::canonical_config(v);
+    if let (Some(a), Some(fields)) = (v.get("attack"), c.as_object_mut()) {
+        fields.insert(
+            "attack".into(),
+            crate::engine::run_dir::canonical_as::<AttackConfig>(a),
+        );
+    }
+    c
+}
+
 impl crate::engine::meter::Stamp for Backdoor {
     fn stamp(&self, x: burn::prelude::Tensor<4>) -> burn::prelude::Tensor<4> {
         self.apply(x)

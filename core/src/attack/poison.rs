@@ -292,6 +292,10 @@ impl AttackHooks {
 }
 
 impl TrainHooks for AttackHooks {
+    fn canonical(&self) -> crate::engine::run_dir::Canonical {
+        super::canonical_run
+    }
+
     fn kind(&self) -> &'static str {
         "attack"
     }

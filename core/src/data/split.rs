@@ -7,10 +7,11 @@
 //! - [`fraction_per_class`]: a fraction of each class of a test set (in a seeded order), the rest
 //!   evaluating (the authors' GTSRB split: `val_frac` of every class).
 
-use super::ImageSet;
+use super::{DataSpec, ImageSet, TrainTest};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// Indices of a split of one set into two disjoint parts, sorted ascending.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,4 +148,39 @@ pub fn fraction_per_class(set: &ImageSet, fraction: f64, seed: u64) -> Result<Sp
         ));
     }
     Ok(complement(set.len(), held_out))
+}
+
+/// The split file written beside the model: which training images were held out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SplitFile {
+    pub data: DataSpec,
+    pub seed: u64,
+    pub holdout: f64,
+    pub split: Split,
+}
+
+impl SplitFile {
+    /// The defender's images of this run out of its loaded `data`: the test set's slice when the
+    /// data spec takes them from there (taken out of `data`), else the images it held out of the
+    /// training set.
+    pub fn defender_data(&self, data: &mut TrainTest, path: &Path) -> Result<ImageSet> {
+        match data.defender.take() {
+            Some(d) => Ok(d),
+            None => self.held_out_of(&data.train, path),
+        }
+    }
+
+    /// The held-out images of `train` (the training set this file's data spec reads), after
+    /// checking that every index is inside it: a foreign or edited split file is an error naming
+    /// `path`, never an out-of-range panic.
+    pub fn held_out_of(&self, train: &ImageSet, path: &Path) -> Result<ImageSet> {
+        let n = train.len();
+        if let Some(&bad) = self.split.held_out.iter().find(|&&i| i >= n) {
+            return Err(Error::artifact(
+                path,
+                format!("held-out index {bad} is outside the training set of {n} images"),
+            ));
+        }
+        Ok(train.subset(&self.split.held_out))
+    }
 }

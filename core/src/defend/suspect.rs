@@ -7,69 +7,18 @@ use crate::attack::iab::IabNets;
 use crate::attack::poison::asr_set;
 use crate::attack::triggered::TriggeredData;
 use crate::attack::{Attack, AttackConfig, AttackKind, Backdoor};
+use crate::data::split::SplitFile;
 use crate::data::{DataSpec, ImageSet};
-use crate::engine::checkpoint::model_from_bytes;
 use crate::engine::meter::AsrMeter;
+use crate::engine::run_dir::files;
+pub use crate::engine::run_files::{RunFiles, load_model};
 use crate::io::read_json;
 use crate::model::{Classifier, ModelConfig};
-use crate::train::run::{SplitFile, files};
 use crate::{Error, Result};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// The files of a run directory, read by name: a folder on disk, or the files a browser's file
-/// picker gives.
-pub trait RunFiles {
-    /// The bytes of file `name`; `None` when there is no such file.
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>>;
-    /// How errors name file `name`.
-    fn path(&self, name: &str) -> PathBuf;
-    /// The error for a file that must be there.
-    fn missing(&self, name: &str, why: &str) -> Error {
-        Error::artifact(self.path(name), format!("missing ({why})"))
-    }
-    /// The bytes of file `name`, which must be there (`why` says what it is).
-    fn need(&self, name: &str, why: &str) -> Result<Vec<u8>> {
-        self.read(name)?.ok_or_else(|| self.missing(name, why))
-    }
-}
-
-impl RunFiles for Path {
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.join(name);
-        match std::fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(path, e)),
-        }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.join(name)
-    }
-}
-
-/// The model of a run's files: its configuration (`model.json`) and weights (`model.bpk`), as an
-/// evaluation copy on `device`.
-pub fn load_model<F: RunFiles + ?Sized>(
-    files: &F,
-    device: &Device,
-) -> Result<(ModelConfig, Classifier)> {
-    let config_bytes = files.need(files::MODEL_CONFIG, "the model's configuration")?;
-    let config: ModelConfig = serde_json::from_slice(&config_bytes).map_err(|e| {
-        Error::artifact(
-            files.path(files::MODEL_CONFIG),
-            format!("not a model configuration: {e}"),
-        )
-    })?;
-    config
-        .validate()
-        .map_err(|e| Error::artifact(files.path(files::MODEL_CONFIG), e.to_string()))?;
-    let weights = files.need(files::MODEL, "the model's weights")?;
-    let model = model_from_bytes(config.init(device), weights, &files.path(files::MODEL))?;
-    Ok((config, model.valid()))
-}
 
 /// The attack saved in a run's files (`attack.json`, with WaNet's grid) and its trigger on
 /// `device` (IAB: its two networks); `None` when the run holds no attack.

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod meter;
 pub mod observer;
 pub mod run_dir;
+pub mod run_files;
 pub mod step;
 
 pub use driver::{Evaluation, LoopPlan, run_batches, run_epochs};

@@ -2,14 +2,14 @@
 
 use crate::data::augment::Augment;
 use crate::data::batcher::HostBatch;
-use crate::data::split::{self, Split};
-use crate::data::{DataSpec, ImageSet, TrainTest};
+use crate::data::split;
+use crate::data::{DataSpec, ImageSet};
 use crate::device::Selected;
 use crate::engine::checkpoint::CheckpointState;
 use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
 use crate::engine::eval::{images_tensor, labels_tensor};
 use crate::engine::meter::AsrMeter;
-use crate::engine::run_dir::{RunDir, canonical_as};
+use crate::engine::run_dir::{Canonical, RunDir, canonical_as};
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::io::{read_json, write_json_atomic};
 use crate::model::loss::cross_entropy;
@@ -20,11 +20,13 @@ use crate::report::{DataSummary, Report, RunStatus, SCHEMA_VERSION};
 use crate::{Error, Result};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+pub use crate::data::split::SplitFile;
 pub use crate::engine::observer::{Observer, SilentObserver};
 pub use crate::engine::run_dir::{dir_is_empty, files};
+pub use crate::engine::run_files::{LoadedModel, load_holdout, load_run_model};
 
 /// Everything that defines a training run. Defaults are the supplement's values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,6 +149,11 @@ pub trait TrainHooks {
     fn describe(&self) -> Option<serde_json::Value> {
         None
     }
+    /// How a recorded configuration (training settings and [`TrainHooks::describe`]'s) is made
+    /// comparable with today's ([`canonical_config`] when the hooks add no type of their own).
+    fn canonical(&self) -> Canonical {
+        canonical_config
+    }
     /// Changes the training set before training (data poisoning). `original_indices[i]` is the
     /// index of `train`'s image `i` in the data set's training part. Runs again on resume, so it
     /// must be deterministic.
@@ -204,41 +211,6 @@ pub trait TrainHooks {
 pub struct NoHooks;
 impl TrainHooks for NoHooks {}
 
-/// The split file written beside the model: which training images were held out.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SplitFile {
-    pub data: DataSpec,
-    pub seed: u64,
-    pub holdout: f64,
-    pub split: Split,
-}
-
-impl SplitFile {
-    /// The defender's images of this run out of its loaded `data`: the test set's slice when the
-    /// data spec takes them from there (taken out of `data`), else the images it held out of the
-    /// training set.
-    pub fn defender_data(&self, data: &mut TrainTest, path: &Path) -> Result<ImageSet> {
-        match data.defender.take() {
-            Some(d) => Ok(d),
-            None => self.held_out_of(&data.train, path),
-        }
-    }
-
-    /// The held-out images of `train` (the training set this file's data spec reads), after
-    /// checking that every index is inside it: a foreign or edited split file is an error naming
-    /// `path`, never an out-of-range panic.
-    pub fn held_out_of(&self, train: &ImageSet, path: &Path) -> Result<ImageSet> {
-        let n = train.len();
-        if let Some(&bad) = self.split.held_out.iter().find(|&&i| i >= n) {
-            return Err(Error::artifact(
-                path,
-                format!("held-out index {bad} is outside the training set of {n} images"),
-            ));
-        }
-        Ok(train.subset(&self.split.held_out))
-    }
-}
-
 /// Trains a classifier as `config` says, writing everything into `out`.
 ///
 /// `out` must be new or empty unless `resume` is set; with `resume`, the run continues from the
@@ -253,13 +225,14 @@ pub fn train(
     train_with(config, &mut NoHooks, out, resume, selected, observer)
 }
 
-/// The configuration a training run checks on resume: the training settings, and the attack's
-/// when hooks describe one.
-fn canonical_config(v: &serde_json::Value) -> serde_json::Value {
+/// The configuration a training run checks on resume: its training settings (a run with hooks
+/// that describe settings of their own compares those as recorded, unless the hooks say how:
+/// [`TrainHooks::canonical`]).
+pub fn canonical_config(v: &serde_json::Value) -> serde_json::Value {
     match v.get("train") {
         Some(t) => serde_json::json!({
             "train": canonical_as::<TrainConfig>(t),
-            "attack": canonical_as::<crate::attack::AttackConfig>(&v["attack"]),
+            "attack": v["attack"].clone(),
         }),
         None => canonical_as::<TrainConfig>(v),
     }
@@ -352,9 +325,10 @@ pub fn check_finished(
     out: &Path,
     config: &TrainConfig,
     attack: Option<serde_json::Value>,
+    canonical: Canonical,
 ) -> Result<()> {
     let config_json = run_configuration(config, attack)?;
-    crate::engine::run_dir::check_finished(out, &config_json, canonical_config)
+    crate::engine::run_dir::check_finished(out, &config_json, canonical)
 }
 
 /// [`train`] with `hooks` changing the data, the batches, and measuring the ASR.
@@ -369,7 +343,7 @@ pub fn train_with(
     config.validate()?;
     let attack_json = hooks.describe();
     let config_json = run_configuration(config, attack_json.clone())?;
-    let mut run = RunDir::open(out, config_json, canonical_config, config.seed, resume)?;
+    let mut run = RunDir::open(out, config_json, hooks.canonical(), config.seed, resume)?;
 
     let data = config.data.load()?;
     let defender_size = data.defender.as_ref().map(ImageSet::len);
@@ -474,29 +448,4 @@ pub fn train_with(
     }
     driver::finish(&mut run, &mut report, &model, None)?;
     Ok(report)
-}
-
-/// A trained model loaded from a run directory.
-pub struct LoadedModel {
-    pub config: ModelConfig,
-    pub model: Classifier,
-    pub dir: PathBuf,
-}
-
-/// Loads `DIR/model.json` + `DIR/model.bpk` onto `device` (for evaluation).
-pub fn load_run_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
-    let (config, model) = crate::defend::suspect::load_model(dir, device)?;
-    Ok(LoadedModel {
-        config,
-        model,
-        dir: dir.to_path_buf(),
-    })
-}
-
-/// The held-out images of a run (the defender's clean data), read from its split file: held out
-/// from the training set, or the test set's slice when the data spec takes it from there.
-pub fn load_holdout(dir: &Path) -> Result<ImageSet> {
-    let path = dir.join(files::SPLIT);
-    let split: SplitFile = read_json(&path)?;
-    split.defender_data(&mut split.data.load()?, &path)
 }
