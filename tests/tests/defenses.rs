@@ -514,7 +514,7 @@ fn fine_pruning_prunes_the_least_active_channels_until_the_defenders_accuracy_dr
         .run(&whole, false, &cpu(), &mut SilentObserver)
         .expect("fp");
     let record = report.defense.expect("record");
-    let Some(cleanse_core::defend::defense::Findings::Fp(found)) = record.findings else {
+    let Some(cleanse_core::report::Findings::Fp(found)) = record.findings else {
         panic!("the report records the search")
     };
     // The run's search (in batches of 256) is the one above (batches of 7) up to float sums.
@@ -1175,7 +1175,7 @@ fn anp_masks_stay_in_the_unit_interval_and_pruning_zeroes_exactly_the_channels_u
             .as_u64()
             .expect("holdout size")
     );
-    let Some(cleanse_core::defend::defense::Findings::Anp(found)) = record.findings else {
+    let Some(cleanse_core::report::Findings::Anp(found)) = record.findings else {
         panic!("the report records the masks")
     };
     assert_eq!(found.channels, shapes.iter().sum::<usize>());

@@ -4,7 +4,7 @@
 //! per-epoch curves, the run summary, and chart scaling (the attack x defense table is
 //! `table::AttackDefenseTable`).
 
-use cleanse_core::defend::defense::Findings;
+use cleanse_core::report::Findings;
 use cleanse_core::report::{Report, RunStatus};
 use cleanse_core::table::{attack_label, defense_label};
 

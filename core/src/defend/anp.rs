@@ -14,8 +14,9 @@
 //! The iterations run in rounds of up to 100 batches (the engine's epochs: a checkpoint and an
 //! evaluation after each), drawn from the defender's set repeated as often as a round needs.
 
-use super::defense::Findings;
 use super::fp::zero_rows;
+use super::method::{Common, Launch, Method};
+use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
 use crate::data::augment::Augment;
 use crate::data::batcher::{HostBatch, Repeated};
@@ -28,6 +29,8 @@ use crate::model::Classifier;
 use crate::model::loss::cross_entropy;
 use crate::optim::schedule::Schedule;
 use crate::optim::sgd::{Sgd, SgdConfig};
+use crate::report::Findings;
+use crate::report::Report;
 pub use crate::report::findings::MaskSummary;
 use crate::{Error, Result};
 use burn::module::{Module, Param};
@@ -416,4 +419,41 @@ pub(crate) fn prepare(
         reinit: None,
         findings: None,
     })
+}
+
+impl Method for AnpConfig {
+    fn name(&self) -> &'static str {
+        "anp"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "ANP"
+    }
+
+    fn table_position(&self) -> usize {
+        4
+    }
+
+    fn common(&self) -> Common<'_> {
+        Common {
+            suspect: &self.suspect,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            eval_batch_size: self.eval_batch_size,
+            eval_every: self.eval_every,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        AnpConfig::validate(self)
+    }
+
+    fn label_details(&self) -> Vec<String> {
+        AnpConfig::label_details(self)
+    }
+
+    fn run(&self, launch: Launch<'_>) -> Result<Report> {
+        let selected = launch.selected;
+        run_defense(self, launch, |s| prepare(self, s, selected))
+    }
 }

@@ -3,9 +3,12 @@
 //! clean accuracy and ASR against the teacher's attack after every epoch. The final model is the
 //! last epoch's.
 
-use super::defense::DefenderData;
+use super::access::DefenderAccess;
+use super::access::DefenderData;
 use super::kd::{TemperatureRange, distillation_loss};
+use super::method::{Common, Launch, Method};
 use super::reinit::{self, InitMode};
+use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
 use super::unlabeled::{ImageBatch, UnlabeledImages};
 use crate::data::DataSpec;
@@ -18,6 +21,7 @@ use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches
 use crate::model::Classifier;
 use crate::optim::schedule::AUTHORS_COSINE_T_MAX;
 use crate::optim::sgd::{Sgd, SgdConfig};
+use crate::report::Report;
 use crate::{Error, Result};
 use burn::module::Module;
 use burn::prelude::*;
@@ -279,4 +283,45 @@ pub(crate) fn prepare(
         reinit: Some(realised),
         findings: None,
     })
+}
+
+impl Method for KdConfig {
+    fn name(&self) -> &'static str {
+        "kd"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "KD"
+    }
+
+    fn table_position(&self) -> usize {
+        7
+    }
+
+    fn access(&self) -> DefenderAccess {
+        DefenderAccess::Images
+    }
+
+    fn common(&self) -> Common<'_> {
+        Common {
+            suspect: &self.teacher,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            eval_batch_size: self.eval_batch_size,
+            eval_every: self.eval_every,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        KdConfig::validate(self)
+    }
+
+    fn label_details(&self) -> Vec<String> {
+        KdConfig::label_details(self)
+    }
+
+    fn run(&self, launch: Launch<'_>) -> Result<Report> {
+        let selected = launch.selected;
+        run_defense(self, launch, |s| prepare(self, s, selected))
+    }
 }

@@ -13,8 +13,9 @@
 //! projection (and its BN; PreAct has none) and the classifier's input column `c`. The
 //! last stage's output channel `c` is then zero for every input.
 
-use super::defense::Findings;
 use super::ft::FtConfig;
+use super::method::{Common, Launch, Method};
+use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
@@ -27,6 +28,8 @@ use crate::io::{read_json, write_json_atomic};
 use crate::model::loss::count_correct;
 use crate::model::{Classifier, Network};
 use crate::optim::sgd::Sgd;
+use crate::report::Findings;
+use crate::report::Report;
 pub use crate::report::findings::{PruneStep, Pruning};
 use crate::train::run::CrossEntropyStep;
 use crate::{Error, Result};
@@ -354,4 +357,35 @@ pub(crate) fn prepare(
         reinit: None,
         findings: Some(Findings::Fp(pruning)),
     })
+}
+
+impl Method for FpConfig {
+    fn name(&self) -> &'static str {
+        "fp"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "FP"
+    }
+
+    fn table_position(&self) -> usize {
+        2
+    }
+
+    fn common(&self) -> Common<'_> {
+        self.ft.common()
+    }
+
+    fn validate(&self) -> Result<()> {
+        FpConfig::validate(self)
+    }
+
+    fn label_details(&self) -> Vec<String> {
+        FpConfig::label_details(self)
+    }
+
+    fn run(&self, launch: Launch<'_>) -> Result<Report> {
+        let selected = launch.selected;
+        run_defense(self, launch, |s| prepare(self, s, selected))
+    }
 }

@@ -2,7 +2,8 @@
 //! (method spec: SGD lr 0.01, momentum 0.9, weight decay 5e-4, cosine over the run, 100 epochs,
 //! batch 256, crop + flip; the last epoch's model is the result).
 
-use super::defense::Defense;
+use super::method::{Common, Launch, Method};
+use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
 use crate::data::augment::Augment;
 use crate::device::Selected;
@@ -136,6 +137,7 @@ pub const FINE_TUNED_DIR: &str = "fine-tuned";
 pub(crate) fn nested_fine_tune(
     config: &FtConfig,
     out: &Path,
+    canonical: crate::engine::run_dir::Canonical,
     selected: &Selected,
     observer: &mut dyn Observer,
 ) -> Result<crate::model::Classifier> {
@@ -146,11 +148,59 @@ pub(crate) fn nested_fine_tune(
         .is_ok_and(|r| r.status == crate::report::RunStatus::Complete);
     if !finished {
         let resume = crate::engine::checkpoint::resumable(&dir.join(files::CHECKPOINT_DIR));
-        let tuned = Defense::Ft(config.clone()).run(&dir, resume, selected, observer);
+        let tuned = Method::run(
+            config,
+            Launch {
+                config: super::method::tagged(config.name(), config),
+                canonical,
+                asr: &super::suspect::AsrSource::Saved,
+                out: &dir,
+                resume,
+                selected,
+                observer,
+            },
+        );
         observer.finish();
         tuned.map_err(in_dir)?;
     }
     Ok(crate::train::run::load_run_model(&dir, &selected.device)
         .map_err(in_dir)?
         .model)
+}
+
+impl Method for FtConfig {
+    fn name(&self) -> &'static str {
+        "ft"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "FT"
+    }
+
+    fn table_position(&self) -> usize {
+        1
+    }
+
+    fn common(&self) -> Common<'_> {
+        Common {
+            suspect: &self.suspect,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            eval_batch_size: self.eval_batch_size,
+            eval_every: self.eval_every,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        FtConfig::validate(self)
+    }
+
+    fn label_details(&self) -> Vec<String> {
+        FtConfig::label_details(self)
+    }
+
+    fn run(&self, launch: Launch<'_>) -> Result<Report> {
+        let selected = launch.selected;
+        run_defense(self, launch, |s| prepare(self, s, selected))
+    }
 }

@@ -24,6 +24,8 @@
 //! `|e v| = 0.01 (1 + |w|)` ([`hypergradient`]; a test checks it against a finite-difference
 //! derivative of the outer loss at the inner problem's fixed point).
 
+use super::method::{Common, Launch, Method};
+use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
@@ -37,6 +39,7 @@ use crate::model::Classifier;
 use crate::model::loss::cross_entropy;
 use crate::optim::adam::{Adam, AdamConfig};
 use crate::optim::schedule::Schedule;
+use crate::report::Report;
 use crate::{Error, Result};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -510,4 +513,41 @@ pub(crate) fn prepare(
         reinit: None,
         findings: None,
     })
+}
+
+impl Method for IbauConfig {
+    fn name(&self) -> &'static str {
+        "ibau"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "I-BAU"
+    }
+
+    fn table_position(&self) -> usize {
+        6
+    }
+
+    fn common(&self) -> Common<'_> {
+        Common {
+            suspect: &self.suspect,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            eval_batch_size: self.eval_batch_size,
+            eval_every: self.eval_every,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        IbauConfig::validate(self)
+    }
+
+    fn label_details(&self) -> Vec<String> {
+        IbauConfig::label_details(self)
+    }
+
+    fn run(&self, launch: Launch<'_>) -> Result<Report> {
+        let selected = launch.selected;
+        run_defense(self, launch, |s| prepare(self, s, selected))
+    }
 }

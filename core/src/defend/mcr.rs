@@ -11,6 +11,8 @@
 //! never chosen from that curve.
 
 use super::ft::{FtConfig, nested_fine_tune};
+use super::method::{Common, Launch, Method};
+use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
@@ -24,6 +26,7 @@ use crate::model::Classifier;
 use crate::model::loss::cross_entropy;
 use crate::optim::schedule::Schedule;
 use crate::optim::sgd::{Sgd, SgdConfig};
+use crate::report::Report;
 use crate::{Error, Result};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
@@ -312,7 +315,13 @@ pub(crate) fn prepare(
 ) -> Result<Prepared<McrStep>> {
     let device = selected.device.clone();
     let holdout = suspect.defender.labelled(suspect.dir)?;
-    let theta2 = nested_fine_tune(&config.endpoint(), suspect.out, selected, suspect.observer)?;
+    let theta2 = nested_fine_tune(
+        &config.endpoint(),
+        suspect.out,
+        suspect.canonical,
+        selected,
+        suspect.observer,
+    )?;
     let ends = Arc::new(Ends::new(suspect.model, &theta2));
     // The bend starts on the straight line: (theta0 + theta2) / 2.
     let (bend, _) = combine(suspect.model, &ends, [0.5, 0.0, 0.5], false);
@@ -351,4 +360,35 @@ pub(crate) fn prepare(
         reinit: None,
         findings: None,
     })
+}
+
+impl Method for McrConfig {
+    fn name(&self) -> &'static str {
+        "mcr"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "MCR"
+    }
+
+    fn table_position(&self) -> usize {
+        3
+    }
+
+    fn common(&self) -> Common<'_> {
+        self.ft.common()
+    }
+
+    fn validate(&self) -> Result<()> {
+        McrConfig::validate(self)
+    }
+
+    fn label_details(&self) -> Vec<String> {
+        McrConfig::label_details(self)
+    }
+
+    fn run(&self, launch: Launch<'_>) -> Result<Report> {
+        let selected = launch.selected;
+        run_defense(self, launch, |s| prepare(self, s, selected))
+    }
 }

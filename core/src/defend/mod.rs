@@ -5,6 +5,7 @@
 //! Neural Attention Distillation ([`nad`]), Mode Connectivity Repair ([`mcr`]), Adversarial
 //! Neuron Pruning ([`anp`]) and Implicit Backdoor Adversarial Unlearning ([`ibau`]).
 
+pub mod access;
 pub mod anp;
 pub mod cleanse;
 pub mod defense;
@@ -13,6 +14,7 @@ pub mod ft;
 pub mod ibau;
 pub mod kd;
 pub mod mcr;
+pub mod method;
 pub mod nad;
 pub mod reinit;
 pub(crate) mod run;

@@ -6,6 +6,8 @@
 //! keeps the epoch of best test accuracy; cleanse never reads the test set to choose).
 
 use super::ft::{FtConfig, nested_fine_tune};
+use super::method::{Common, Launch, Method};
+use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
@@ -17,6 +19,7 @@ use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches
 use crate::model::Classifier;
 use crate::model::loss::cross_entropy;
 use crate::optim::sgd::Sgd;
+use crate::report::Report;
 use crate::{Error, Result};
 use burn::module::Module;
 use burn::prelude::*;
@@ -199,7 +202,13 @@ pub(crate) fn prepare(
 ) -> Result<Prepared<NadStep>> {
     let device = selected.device.clone();
     let holdout = suspect.defender.labelled(suspect.dir)?;
-    let teacher = nested_fine_tune(&config.teacher(), suspect.out, selected, suspect.observer)?;
+    let teacher = nested_fine_tune(
+        &config.teacher(),
+        suspect.out,
+        suspect.canonical,
+        selected,
+        suspect.observer,
+    )?;
     let ft = &config.ft;
     let step = NadStep {
         trainee: Trainee::new(
@@ -226,4 +235,35 @@ pub(crate) fn prepare(
         reinit: None,
         findings: None,
     })
+}
+
+impl Method for NadConfig {
+    fn name(&self) -> &'static str {
+        "nad"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "NAD"
+    }
+
+    fn table_position(&self) -> usize {
+        5
+    }
+
+    fn common(&self) -> Common<'_> {
+        self.ft.common()
+    }
+
+    fn validate(&self) -> Result<()> {
+        NadConfig::validate(self)
+    }
+
+    fn label_details(&self) -> Vec<String> {
+        NadConfig::label_details(self)
+    }
+
+    fn run(&self, launch: Launch<'_>) -> Result<Report> {
+        let selected = launch.selected;
+        run_defense(self, launch, |s| prepare(self, s, selected))
+    }
 }

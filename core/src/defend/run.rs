@@ -2,21 +2,23 @@
 //! suspect's and the starting model's metrics, the engine's epochs, and the defended model saved
 //! with what it is evaluated against. A method supplies only its [`Prepared`] step.
 
-use super::defense::{DefenderAccess, DefenderData, Defense, Findings};
+use super::access::{DefenderAccess, DefenderData};
+use super::method::{Launch, Method};
 use super::reinit::Realised;
 use super::suspect::{AsrSource, Suspect};
 use super::unlabeled::UnlabeledImages;
+use crate::Result;
 use crate::data::batcher::Batches;
-use crate::device::Selected;
 use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
+use crate::engine::run_dir::Canonical;
 use crate::engine::step::ClassifierStep;
 use crate::engine::{Observer, RunDir, files};
 use crate::io::write_json_atomic;
 use crate::model::{Classifier, ModelConfig};
+use crate::report::Findings;
 use crate::report::{
     Curve, CurvePoint, DataSummary, DefenseRecord, FinalMetrics, Report, RunStatus, SCHEMA_VERSION,
 };
-use crate::{Error, Result};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,6 +36,8 @@ pub(crate) struct SuspectView<'a> {
     pub out: &'a Path,
     /// Progress of what the preparation runs (a nested run).
     pub observer: &'a mut dyn Observer,
+    /// How this run's configuration is compared on resume, for a nested defense run.
+    pub canonical: Canonical,
 }
 
 /// What a method builds from the loaded suspect.
@@ -51,36 +55,40 @@ pub(crate) struct Prepared<S: ClassifierStep> {
     pub findings: Option<Findings>,
 }
 
-/// Runs `defense` into `out`: `prepare` builds the method's step from what it may see of the
-/// suspect; the engine measures clean accuracy and the ASR against the suspect's attack after
-/// every epoch.
+/// Runs `method` as `launch` says: `prepare` builds the method's step from what it may see of
+/// the suspect; the engine measures clean accuracy and the ASR against the suspect's attack
+/// after every epoch.
 pub(crate) fn run_defense<S: ClassifierStep>(
-    defense: &Defense,
-    asr: &AsrSource,
-    out: &Path,
-    resume: bool,
-    selected: &Selected,
-    observer: &mut dyn Observer,
+    method: &dyn Method,
+    launch: Launch<'_>,
     prepare: impl FnOnce(SuspectView) -> Result<Prepared<S>>,
 ) -> Result<Report> {
-    defense.validate()?;
-    let eval_batch_size = defense.eval_batch_size();
-    let config_json =
-        serde_json::to_value(defense).map_err(|e| Error::config("config", e.to_string()))?;
+    let Launch {
+        config: config_json,
+        canonical,
+        asr,
+        out,
+        resume,
+        selected,
+        observer,
+    } = launch;
+    method.validate()?;
+    let common = method.common();
+    let eval_batch_size = common.eval_batch_size;
     // What the ASR is measured against is part of the run: a resume must measure the same.
     let run_config = match asr {
         AsrSource::Saved => config_json.clone(),
         other => serde_json::json!({ "defense": config_json, "asr": other }),
     };
-    let mut run = RunDir::open(out, run_config, Defense::canonical, defense.seed(), resume)?;
+    let mut run = RunDir::open(out, run_config, canonical, common.seed, resume)?;
     let device = selected.device.clone();
-    let suspect = Suspect::load(defense.suspect(), None, &device)?.measured_by(asr)?;
+    let suspect = Suspect::load(common.suspect, None, &device)?.measured_by(asr)?;
     let eval = Evaluation {
         test: suspect.test.clone(),
         batch_size: eval_batch_size,
         device: device.clone(),
         meter: suspect.asr_meter(eval_batch_size, &device),
-        every: defense.eval_every(),
+        every: common.eval_every,
     };
     let asr_of = |m: &Classifier| eval.meter.as_ref().map(|a| a.asr(m));
     let holdout = suspect.holdout()?;
@@ -88,11 +96,11 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     if selected.info.backend == crate::device::Backend::Flex {
         // The suspect (a teacher or reference), the trained model, its gradients, the
         // optimiser's state and a method's masks or perturbations: refused before any work.
-        let batch = defense.batch_size().min(holdout_images);
+        let batch = common.batch_size.min(holdout_images);
         crate::memory::Need::training(&suspect.config, suspect.test.height, batch, 5)
             .check(selected.info.cpu_threads, "--batch-size")?;
     }
-    let defender = match defense.access() {
+    let defender = match method.access() {
         DefenderAccess::Images => DefenderData::Images(UnlabeledImages::from_set(holdout)),
         DefenderAccess::Labelled => DefenderData::Labelled(holdout),
     };
@@ -110,6 +118,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         defender,
         out,
         observer: &mut *observer,
+        canonical,
     })?;
     write_json_atomic(&out.join(files::MODEL_CONFIG), &suspect.config)?;
     let suspect_clean_acc = eval.clean_accuracy(&suspect.model);
@@ -119,8 +128,8 @@ pub(crate) fn run_defense<S: ClassifierStep>(
         asr: asr_of(&start),
     };
     let record = DefenseRecord {
-        config: defense.record_value(),
-        suspect: defense.suspect().to_path_buf(),
+        config: config_json.clone(),
+        suspect: common.suspect.to_path_buf(),
         // Distinct images: a defense may use fewer (KD's `--unlabeled-limit`) or cycle through
         // the set several times (ANP's rounds), which the length of its data would count.
         defender_images: data.len().min(holdout_images),

@@ -1,0 +1,68 @@
+//! What the family asks of each defense ([`Method`]): one implementation in each method's file,
+//! reached from [`super::Defense`] through its one match (`Defense::as_method`).
+
+use super::access::DefenderAccess;
+use super::suspect::AsrSource;
+use crate::Result;
+use crate::device::Selected;
+use crate::engine::Observer;
+use crate::engine::run_dir::Canonical;
+use crate::report::Report;
+use std::path::Path;
+
+/// The settings every defense has, wherever its configuration keeps them.
+pub struct Common<'a> {
+    /// The suspect model's run directory.
+    pub suspect: &'a Path,
+    pub seed: u64,
+    /// The batch size of training (ANP: of its mask updates; I-BAU: of its rounds).
+    pub batch_size: usize,
+    /// The batch size of the per-epoch evaluation.
+    pub eval_batch_size: usize,
+    /// Evaluate after every Nth epoch (round, mask-update group) and the last.
+    pub eval_every: usize,
+}
+
+/// How a defense run starts: its settings as its report records them (the family's JSON,
+/// tagged by `method`), how a recorded configuration is compared on resume, what the ASR is
+/// measured against, and where it runs.
+pub struct Launch<'a> {
+    pub config: serde_json::Value,
+    pub canonical: Canonical,
+    pub asr: &'a AsrSource,
+    pub out: &'a Path,
+    pub resume: bool,
+    pub selected: &'a Selected,
+    pub observer: &'a mut dyn Observer,
+}
+
+/// One defense method.
+pub trait Method {
+    /// The method's name on the command line and in reports (`kd`, `ft`): the family's tag.
+    fn name(&self) -> &'static str;
+    /// The column name in tables (`KD`, `FT`).
+    fn display_name(&self) -> &'static str;
+    /// The column of the method in the supplement's attack x defense table (FT, FP, MCR, ANP,
+    /// NAD, I-BAU, then the cleanser), counting from 1 ("No defense" is 0).
+    fn table_position(&self) -> usize;
+    /// What the defense may see of the defender's data.
+    fn access(&self) -> DefenderAccess {
+        DefenderAccess::Labelled
+    }
+    fn common(&self) -> Common<'_>;
+    /// Why this configuration cannot run, if it cannot.
+    fn validate(&self) -> Result<()>;
+    /// The settings that set this run apart from the method's defaults, for table columns.
+    fn label_details(&self) -> Vec<String>;
+    /// Runs the defense (through [`super::run::run_defense`] with the method's preparation).
+    fn run(&self, launch: Launch<'_>) -> Result<Report>;
+}
+
+/// `config`'s settings tagged with the method's name, as the family records them.
+pub fn tagged<C: serde::Serialize>(name: &str, config: &C) -> serde_json::Value {
+    let mut v = serde_json::to_value(config).expect("a defense's settings serialise");
+    if let Some(fields) = v.as_object_mut() {
+        fields.insert("method".into(), name.into());
+    }
+    v
+}
