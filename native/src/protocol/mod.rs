@@ -3,6 +3,7 @@
 //! directory with a stable name.
 
 mod archive;
+mod exec;
 mod plan;
 mod pool;
 mod runner;

@@ -5,8 +5,8 @@
 //! when it failed).
 
 use super::archive::Archive;
+use super::exec::{Tally, announce_held, archive_run, command_words};
 use super::plan::Run;
-use super::runner::{Tally, announce_held, archive_run, command_words};
 use crate::batch::{State, state};
 use anyhow::{Context, Result};
 use cleanse_core::engine::run_dir::busy;
