@@ -461,6 +461,10 @@ mod summary_tests {
         let mut config =
             serde_json::to_value(KdConfig::paper("runs/t".into(), true)).expect("json");
         config["epochs"] = 7.into();
+        // Version 1 named the suspect `teacher`.
+        let teacher = config["suspect"].take();
+        config["teacher"] = teacher;
+        config.as_object_mut().expect("fields").remove("suspect");
         let mut v1 = serde_json::to_value(report("defense", None, Some(0.1), true)).expect("json");
         v1["schema_version"] = 1.into();
         v1["config"] = config;
@@ -498,7 +502,7 @@ mod summary_tests {
             }
         });
         let ood = kd(|c| {
-            c.epochs = 40;
+            c.training.epochs = 40;
             c.unlabeled = crate::defend::cleanse::UnlabeledSource::Data {
                 spec: crate::data::DataSpec::new(crate::data::DatasetKind::Gtsrb, None),
             };

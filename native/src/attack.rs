@@ -5,17 +5,19 @@ use anyhow::{Context, Result};
 use burn::prelude::Device;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
-use cleanse_core::attack::iab::IabHooks;
-use cleanse_core::attack::poison::{AttackHooks, OwnCleanModel};
+use cleanse_core::attack::poison::OwnCleanModel;
+use cleanse_core::attack::training::{AttackTraining, CleanModel};
 use cleanse_core::attack::triggered::TriggeredData;
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Stamping};
 use cleanse_core::data::DatasetKind;
 use cleanse_core::defend::suspect::{AsrSource, Suspect};
 use cleanse_core::engine::eval::{PerClass, predictions};
+use cleanse_core::engine::files;
+use cleanse_core::engine::run_files::load_run_model;
 use cleanse_core::optim::Schedule;
 use cleanse_core::output::{check_output, write_output_json};
 use cleanse_core::train::TrainConfig;
-use cleanse_core::train::run::{TrainHooks, files, load_run_model, train_with};
+use cleanse_core::train::run::train_with;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -293,21 +295,9 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
     }
     let attack = Attack::new(attack_config, &data.train)?;
     drop(data);
-    let mut static_hooks;
-    let mut iab_hooks;
-    let hooks: &mut dyn TrainHooks = match attack.config.kind {
-        AttackKind::Iab => {
-            let mut h = IabHooks::new(attack, train.batch_size, train.augment, train.seed);
-            h.on_mask_epoch = Some(Box::new(|e, total, loss| {
-                errln!(
-                    "IAB mask pre-training epoch {:>3}/{total} loss {loss:.4}",
-                    e + 1
-                )
-            }));
-            iab_hooks = h;
-            &mut iab_hooks
-        }
-        AttackKind::Lc if clean_model.is_none() => {
+    let clean_model = match clean_model {
+        Some(m) => CleanModel::Given(Box::new(m)),
+        None if attack.config.kind == AttackKind::Lc => {
             // LC without --clean-model: the run trains its clean model first, into
             // OUT/clean-model, and a resumed run continues or reuses it.
             let dir = out.join(files::LC_CLEAN_MODEL);
@@ -316,22 +306,39 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
             } else {
                 errln!("LC: training a clean model into {} first", dir.display());
             }
-            let own = OwnCleanModel {
+            CleanModel::Own(Box::new(OwnCleanModel {
                 config: train.clone(),
                 selected: selected.clone(),
                 observer: Box::new(progress::Bars::new()),
-            };
-            static_hooks = AttackHooks::with_own_clean_model(attack, own, train.augment.flip)?;
-            &mut static_hooks
+            }))
         }
-        _ => {
-            static_hooks = AttackHooks::new(attack, clean_model, train.augment.flip)?;
-            &mut static_hooks
-        }
+        None => CleanModel::None,
     };
+    let mut training = AttackTraining::new(
+        attack,
+        clean_model,
+        train.batch_size,
+        train.augment,
+        train.seed,
+    )?;
+    if let AttackTraining::Iab(h) = &mut training {
+        h.on_mask_epoch = Some(Box::new(|e, total, loss| {
+            errln!(
+                "IAB mask pre-training epoch {:>3}/{total} loss {loss:.4}",
+                e + 1
+            )
+        }));
+    }
     let mut bars = progress::Bars::new();
-    let report = train_with(&train, hooks, out, args.train.resume, &selected, &mut bars)
-        .with_context(|| format!("attack run into {}", out.display()))?;
+    let report = train_with(
+        &train,
+        training.hooks(),
+        out,
+        args.train.resume,
+        &selected,
+        &mut bars,
+    )
+    .with_context(|| format!("attack run into {}", out.display()))?;
     bars.finish();
     let f = report.final_metrics.clone().context("run did not finish")?;
     outln!(

@@ -6,20 +6,23 @@ use crate::{DatasetArg, DeviceArgs, describe_device, progress};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use cleanse_core::data::DataSpec;
-use cleanse_core::data::augment::Augment;
+use cleanse_core::data::split::SplitFile;
 use cleanse_core::defend::Defense;
 use cleanse_core::defend::anp::AnpConfig;
 use cleanse_core::defend::cleanse::{KdConfig, UnlabeledSource};
 use cleanse_core::defend::fp::FpConfig;
 use cleanse_core::defend::ft::FtConfig;
-use cleanse_core::defend::ibau::IbauConfig;
+use cleanse_core::defend::ibau::{HyperSettings, IbauConfig};
 use cleanse_core::defend::kd::{PAPER_TEMPERATURE, TemperatureRange};
 use cleanse_core::defend::mcr::McrConfig;
+use cleanse_core::defend::method::Method;
 use cleanse_core::defend::nad::{NadConfig, PAPER_BETAS};
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
+use cleanse_core::defend::settings::{CommonSettings, SgdTraining, SharedFlags};
 use cleanse_core::defend::suspect::AsrSource;
+use cleanse_core::engine::files;
 use cleanse_core::io::read_json;
-use cleanse_core::train::run::{SplitFile, files};
+use cleanse_core::optim::schedule::AUTHORS_COSINE_T_MAX;
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -45,43 +48,34 @@ pub(crate) enum DefendCommand {
     Ibau(IbauArgs),
 }
 
-/// The flags of every defense (defaults: the method spec's).
+/// The flags of every defense; the defaults they show are read from the methods' own (core).
 #[derive(Args, Debug)]
 pub(crate) struct CommonArgs {
     /// The suspicious model's run directory (a `train` or `attack` output).
     #[arg(long)]
     model: PathBuf,
-    /// Training epochs [default: 100] (ANP counts --iterations, I-BAU --rounds instead).
-    #[arg(long)]
+    #[arg(long, help = epochs_help())]
     epochs: Option<usize>,
-    /// [default: 256; ANP: 128; I-BAU: 100]
-    #[arg(long)]
+    #[arg(long, help = family_default("The batch size", |c| c.batch_size))]
     batch_size: Option<usize>,
-    /// Learning rate [default: 0.01; ANP's mask: 0.2; I-BAU's Adam: 1e-4]
-    #[arg(long)]
+    #[arg(long, help = family_default("The learning rate (its peak under a schedule)", |c| c.lr))]
     lr: Option<f64>,
-    /// The cosine schedule's horizon in epochs (FT, FP, NAD, MCR's endpoint, KD) [default: 100,
-    /// the authors' whatever --epochs is: a shorter run stops part of the way down; give
-    /// --epochs' value to anneal to zero over the run].
-    #[arg(long, value_name = "EPOCHS")]
+    #[arg(long, value_name = "EPOCHS", help = cosine_help())]
     cosine_t_max: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[arg(long, help = family_default("The seed of the run", |c| c.seed))]
+    seed: Option<u64>,
     /// Evaluate after every Nth epoch (ANP: group of mask updates, I-BAU: round) and after the
-    /// last; the defended model does not depend on it, only the report's curve does.
-    #[arg(long, default_value_t = 1)]
-    eval_every: usize,
+    /// last; the defended model does not depend on it, only the report's curve does [default: 1].
+    #[arg(long)]
+    eval_every: Option<usize>,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Zero padding of the random crop (0 disables it) [default: 4; I-BAU: no augmentation].
-    #[arg(long)]
+    #[arg(long, help = crop_help())]
     crop_padding: Option<usize>,
     /// No horizontal flips (never used on data sets where a flip changes the class, e.g. GTSRB).
     #[arg(long)]
     no_flip: bool,
-    /// SGD weight decay [default: 5e-4; MCR: the coefficient of its L2 term; ANP's mask has
-    /// none].
-    #[arg(long)]
+    #[arg(long, help = weight_decay_help())]
     weight_decay: Option<f64>,
     /// What the ASR of the suspect, every epoch and the result is measured against (default: the
     /// suspect's saved attack).
@@ -93,6 +87,86 @@ pub(crate) struct CommonArgs {
     /// Continue the run in --out from its last checkpoint (same flags as the original run).
     #[arg(long)]
     resume: bool,
+}
+
+/// Each method at its defaults: where the flags' defaults come from.
+fn fp() -> FpConfig {
+    FpConfig::paper(PathBuf::new(), true)
+}
+
+fn nad() -> NadConfig {
+    NadConfig::paper(PathBuf::new(), true)
+}
+
+fn mcr() -> McrConfig {
+    McrConfig::paper(PathBuf::new(), true)
+}
+
+fn anp() -> AnpConfig {
+    AnpConfig::paper(PathBuf::new(), true)
+}
+
+fn ibau() -> IbauConfig {
+    IbauConfig::paper(PathBuf::new())
+}
+
+/// Every defense at its defaults (the help's source).
+fn family() -> Vec<Defense> {
+    Defense::paper_family(std::path::Path::new(""), true)
+}
+
+/// `what` with its default in each defense, the most common first: e.g. `[default: 256; ANP:
+/// 128; I-BAU: 100]`.
+fn family_default<T: PartialEq + std::fmt::Display>(
+    what: &str,
+    value: impl Fn(&CommonSettings) -> T,
+) -> String {
+    let family = family();
+    let values: Vec<T> = family.iter().map(|d| value(d.common())).collect();
+    let count = |v: &T| values.iter().filter(|w| *w == v).count();
+    let most = values
+        .iter()
+        .max_by_key(|v| count(v))
+        .expect("the family has members");
+    let others: Vec<String> = family
+        .iter()
+        .zip(&values)
+        .filter(|(_, v)| *v != most)
+        .map(|(d, v)| format!("{}: {v}", d.display_name()))
+        .collect();
+    let mut shown = vec![most.to_string()];
+    shown.extend(others);
+    format!("{what} [default: {}]", shown.join("; "))
+}
+
+fn epochs_help() -> String {
+    format!(
+        "Training epochs [default: {}] (ANP counts --iterations, I-BAU --rounds instead)",
+        SgdTraining::EPOCHS
+    )
+}
+
+fn cosine_help() -> String {
+    format!(
+        "The cosine schedule's horizon in epochs (FT, FP, NAD, MCR's endpoint, KD) [default: \
+         {AUTHORS_COSINE_T_MAX}, the authors' whatever --epochs is: a shorter run stops part of \
+         the way down; give --epochs' value to anneal to zero over the run]"
+    )
+}
+
+fn crop_help() -> String {
+    format!(
+        "Zero padding of the random crop (0 disables it) [default: {}; I-BAU: no augmentation]",
+        SgdTraining::paper(true).augment.crop_padding
+    )
+}
+
+fn weight_decay_help() -> String {
+    format!(
+        "SGD weight decay [default: {}; MCR: the coefficient of its L2 term; ANP's mask and \
+         I-BAU's Adam have none]",
+        SgdTraining::paper(true).sgd.weight_decay
+    )
 }
 
 impl CommonArgs {
@@ -107,13 +181,37 @@ impl CommonArgs {
         self.asr.source(split.data.kind, split.data.image_size)
     }
 
-    /// Crop and flip as the flags say (no flip where the suspect's data set forbids it; without
-    /// the split, for a label only, as the flags say).
-    fn augment(&self, split: Option<&SplitFile>) -> Augment {
-        Augment {
-            crop_padding: self.crop_padding.unwrap_or(4),
-            flip: !self.no_flip && split.is_none_or(|s| s.data.kind.allows_flip()),
+    /// Whether the suspect's data set allows flips (without the split, for a label only: yes).
+    fn flip(split: Option<&SplitFile>) -> bool {
+        split.is_none_or(|s| s.data.kind.allows_flip())
+    }
+
+    /// The flags every defense shares, as core applies them.
+    fn shared(&self) -> SharedFlags {
+        SharedFlags {
+            seed: self.seed,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            eval_every: self.eval_every,
+            epochs: self.epochs,
+            cosine_t_max: self.cosine_t_max,
+            weight_decay: self.weight_decay,
+            crop_padding: self.crop_padding,
+            no_flip: self.no_flip,
         }
+    }
+
+    /// `method` (at its defaults for this suspect) with the shared flags applied.
+    fn configure<M: Method>(&self, method: M) -> Result<M> {
+        method.with_flags(&self.shared()).map_err(flag_error)
+    }
+}
+
+/// A configuration error as the command line names it (`--flag: reason`).
+fn flag_error(e: cleanse_core::Error) -> anyhow::Error {
+    match e {
+        cleanse_core::Error::Config { name, reason } => anyhow::anyhow!("--{name}: {reason}"),
+        e => e.into(),
     }
 }
 
@@ -129,10 +227,10 @@ pub(crate) struct FpArgs {
     common: CommonArgs,
     /// Stop pruning before the step at which the accuracy on the defender's held-out images
     /// has dropped by this fraction of the unpruned accuracy.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = fp().acc_drop)]
     acc_drop: f64,
     /// Channels pruned per step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = fp().prune_step)]
     prune_step: usize,
 }
 
@@ -141,13 +239,13 @@ pub(crate) struct NadArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Epochs of the teacher's fine-tuning (the other settings are the student's).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = nad().teacher_epochs)]
     teacher_epochs: usize,
     /// Weights of the attention terms at the outputs of stages 2, 3, 4.
     #[arg(long, value_delimiter = ',', default_values_t = PAPER_BETAS)]
     betas: Vec<f64>,
     /// The attention map's power: sum over channels of |f|^p.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = nad().p)]
     p: f64,
 }
 
@@ -156,10 +254,10 @@ pub(crate) struct McrArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Epochs of the far endpoint's fine-tuning (the other settings are the curve's).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = mcr().endpoint_epochs)]
     endpoint_epochs: usize,
     /// The point of the curve that is the result, in [0, 1] (0: the suspect, 1: the endpoint).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = mcr().t)]
     t: f64,
     /// Keep the curve's trained batch-norm statistics instead of re-estimating them on the
     /// defender's data at each evaluated point (as the authors' BackdoorBench fork does).
@@ -172,17 +270,17 @@ pub(crate) struct AnpArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Mask updates (batches), in rounds of up to 100 with a checkpoint after each.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = anp().iterations)]
     iterations: usize,
     /// Range of the weight noise and size of its ascent step.
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = anp().eps)]
     eps: f64,
     /// Weight of the clean loss (the perturbed loss gets 1 - alpha).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = anp().alpha)]
     alpha: f64,
     /// Prune the channels whose mask is at most this (fixed in advance; the report shows the
     /// other thresholds' accuracy and ASR for the picture).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = anp().threshold)]
     threshold: f64,
 }
 
@@ -191,17 +289,17 @@ pub(crate) struct IbauArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Rounds (each: a universal perturbation, then one pass of outer steps).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = ibau().rounds)]
     rounds: usize,
     /// Fixed-point iterations of the implicit hypergradient.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = ibau().hyper.k)]
     k: usize,
     /// An L2 bound on the universal perturbation, in the network's normalised input space
     /// [default: none, as in the method spec and the reference code]
     #[arg(long)]
     max_norm: Option<f64>,
     /// The share of each outer batch the perturbation is added to (the reference code: 0.01).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = ibau().outer_fraction)]
     outer_fraction: f64,
 }
 
@@ -258,23 +356,56 @@ impl DefendCommand {
     /// data set (flips, an external unlabeled set's image size). Without it (a planned run's
     /// label, its suspect not trained yet) those follow the flags alone.
     fn defense(&self, split: Option<&SplitFile>) -> Result<Defense> {
+        let c = self.common();
+        let (suspect, flip) = (c.model.clone(), CommonArgs::flip(split));
         Ok(match self {
-            DefendCommand::Kd(a) => Defense::Kd(kd_config(a, split)?),
-            DefendCommand::Ft(a) => Defense::Ft(ft_config(&a.common, split)?),
-            DefendCommand::Fp(a) => Defense::Fp(FpConfig {
-                ft: ft_config(&a.common, split)?,
+            DefendCommand::Kd(a) => Defense::Kd(c.configure(kd_config(a, suspect, flip, split)?)?),
+            DefendCommand::Ft(_) => Defense::Ft(c.configure(FtConfig::paper(suspect, flip))?),
+            DefendCommand::Fp(a) => Defense::Fp(c.configure(FpConfig {
                 acc_drop: a.acc_drop,
                 prune_step: a.prune_step,
-            }),
-            DefendCommand::Nad(a) => Defense::Nad(nad_config(a, split)?),
-            DefendCommand::Anp(a) => Defense::Anp(anp_config(a, split)?),
-            DefendCommand::Ibau(a) => Defense::Ibau(ibau_config(a)?),
-            DefendCommand::Mcr(a) => Defense::Mcr(McrConfig {
-                ft: ft_config(&a.common, split)?,
+                ..FpConfig::paper(suspect, flip)
+            })?),
+            DefendCommand::Nad(a) => {
+                let Ok(betas) = <[f64; 3]>::try_from(&a.betas[..]) else {
+                    bail!(
+                        "--betas: expected three weights (stages 2, 3, 4); got {:?}",
+                        a.betas
+                    );
+                };
+                Defense::Nad(c.configure(NadConfig {
+                    teacher_epochs: a.teacher_epochs,
+                    betas,
+                    p: a.p,
+                    ..NadConfig::paper(suspect, flip)
+                })?)
+            }
+            DefendCommand::Mcr(a) => Defense::Mcr(c.configure(McrConfig {
                 endpoint_epochs: a.endpoint_epochs,
                 t: a.t,
                 bn_update: !a.no_bn_update,
-            }),
+                ..McrConfig::paper(suspect, flip)
+            })?),
+            DefendCommand::Anp(a) => Defense::Anp(c.configure(AnpConfig {
+                iterations: a.iterations,
+                eps: a.eps,
+                alpha: a.alpha,
+                threshold: a.threshold,
+                ..AnpConfig::paper(suspect, flip)
+            })?),
+            DefendCommand::Ibau(a) => {
+                let paper = IbauConfig::paper(suspect);
+                Defense::Ibau(c.configure(IbauConfig {
+                    rounds: a.rounds,
+                    hyper: HyperSettings {
+                        k: a.k,
+                        ..paper.hyper
+                    },
+                    max_norm: a.max_norm,
+                    outer_fraction: a.outer_fraction,
+                    ..paper
+                })?)
+            }
         })
     }
 }
@@ -295,10 +426,7 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     let common = cmd.common();
     let split = common.suspect_split()?;
     let defense = cmd.defense(Some(&split))?;
-    defense.validate().map_err(|e| match e {
-        cleanse_core::Error::Config { name, reason } => anyhow::anyhow!("--{name}: {reason}"),
-        e => e.into(),
-    })?;
+    defense.validate().map_err(flag_error)?;
     let asr = common.asr_source(&split)?;
     let selected = common.device.select()?;
     errln!("device: {}", describe_device(&selected));
@@ -321,99 +449,13 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     Ok(())
 }
 
-fn anp_config(a: &AnpArgs, split: Option<&SplitFile>) -> Result<AnpConfig> {
-    let c = &a.common;
-    if c.epochs.is_some() {
-        bail!("--epochs: ANP counts mask updates; use --iterations");
-    }
-    if c.cosine_t_max.is_some() {
-        bail!("--cosine-t-max: ANP's mask optimiser has no cosine schedule");
-    }
-    if c.weight_decay.is_some() {
-        bail!("--weight-decay: ANP's mask optimiser has no weight decay");
-    }
-    let augment = c.augment(split);
-    let paper = AnpConfig::paper(c.model.clone(), augment.flip);
-    Ok(AnpConfig {
-        iterations: a.iterations,
-        batch_size: c.batch_size.unwrap_or(paper.batch_size),
-        lr: c.lr.unwrap_or(paper.lr),
-        eps: a.eps,
-        alpha: a.alpha,
-        threshold: a.threshold,
-        seed: c.seed,
-        augment,
-        eval_every: c.eval_every,
-        ..paper
-    })
-}
-
-fn ibau_config(a: &IbauArgs) -> Result<IbauConfig> {
-    let c = &a.common;
-    if c.epochs.is_some() {
-        bail!("--epochs: I-BAU counts --rounds");
-    }
-    if c.cosine_t_max.is_some() {
-        bail!("--cosine-t-max: I-BAU's Adam has no cosine schedule");
-    }
-    if c.weight_decay.is_some() {
-        bail!("--weight-decay: I-BAU's Adam has no weight decay");
-    }
-    if c.crop_padding.is_some() || c.no_flip {
-        bail!(
-            "--crop-padding/--no-flip: I-BAU uses the defender's images without augmentation \
-             (its perturbation is universal over them)"
-        );
-    }
-    let paper = IbauConfig::paper(c.model.clone());
-    Ok(IbauConfig {
-        rounds: a.rounds,
-        batch_size: c.batch_size.unwrap_or(paper.batch_size),
-        lr: c.lr.unwrap_or(paper.lr),
-        hyper: cleanse_core::defend::ibau::HyperSettings {
-            k: a.k,
-            ..paper.hyper
-        },
-        max_norm: a.max_norm,
-        outer_fraction: a.outer_fraction,
-        seed: c.seed,
-        eval_every: c.eval_every,
-        ..paper
-    })
-}
-
-fn nad_config(a: &NadArgs, split: Option<&SplitFile>) -> Result<NadConfig> {
-    let Ok(betas) = <[f64; 3]>::try_from(&a.betas[..]) else {
-        bail!(
-            "--betas: expected three weights (stages 2, 3, 4); got {:?}",
-            a.betas
-        );
-    };
-    Ok(NadConfig {
-        ft: ft_config(&a.common, split)?,
-        teacher_epochs: a.teacher_epochs,
-        betas,
-        p: a.p,
-    })
-}
-
-/// The fine-tuning settings of the common flags (FT itself, and the training of FP and NAD).
-fn ft_config(c: &CommonArgs, split: Option<&SplitFile>) -> Result<FtConfig> {
-    let augment = c.augment(split);
-    let mut config = FtConfig::paper(c.model.clone(), augment.flip);
-    config.epochs = c.epochs.unwrap_or(config.epochs);
-    config.batch_size = c.batch_size.unwrap_or(config.batch_size);
-    config.lr = c.lr.unwrap_or(config.lr);
-    config.cosine_t_max = c.cosine_t_max.or(config.cosine_t_max);
-    config.seed = c.seed;
-    config.augment = augment;
-    config.sgd.weight_decay = c.weight_decay.unwrap_or(config.sgd.weight_decay);
-    config.eval_every = c.eval_every;
-    Ok(config)
-}
-
-fn kd_config(a: &KdArgs, split: Option<&SplitFile>) -> Result<KdConfig> {
-    let c = &a.common;
+/// The cleanser's own flags on its defaults for `suspect`.
+fn kd_config(
+    a: &KdArgs,
+    suspect: PathBuf,
+    flip: bool,
+    split: Option<&SplitFile>,
+) -> Result<KdConfig> {
     // Ranges are checked by `KdConfig::validate`; here only the number of values.
     let Ok(ratios) = <[f64; 6]>::try_from(&a.ratios[..]) else {
         bail!(
@@ -441,20 +483,12 @@ fn kd_config(a: &KdArgs, split: Option<&SplitFile>) -> Result<KdConfig> {
         }
         (None, Some(_)) => bail!("--unlabeled-data needs --unlabeled-dataset (its kind)"),
     };
-    let augment = c.augment(split);
-    let mut config = KdConfig::paper(c.model.clone(), augment.flip);
-    config.unlabeled = unlabeled;
-    config.unlabeled_limit = a.unlabeled_limit;
-    config.epochs = c.epochs.unwrap_or(config.epochs);
-    config.batch_size = c.batch_size.unwrap_or(config.batch_size);
-    config.lr = c.lr.unwrap_or(config.lr);
-    config.cosine_t_max = c.cosine_t_max.or(config.cosine_t_max);
-    config.temperature = temperature;
-    config.init = init;
-    config.seed = c.seed;
-    config.augment = augment;
-    config.mixup = a.mixup;
-    config.sgd.weight_decay = c.weight_decay.unwrap_or(config.sgd.weight_decay);
-    config.eval_every = c.eval_every;
-    Ok(config)
+    Ok(KdConfig {
+        unlabeled,
+        unlabeled_limit: a.unlabeled_limit,
+        temperature,
+        init,
+        mixup: a.mixup,
+        ..KdConfig::paper(suspect, flip)
+    })
 }

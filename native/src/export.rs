@@ -32,7 +32,7 @@ pub(crate) fn safetensors_of(
     model: &Path,
     names: Naming,
 ) -> Result<(Vec<u8>, cleanse_core::interop::StateDict, ModelConfig)> {
-    let (config, m) = cleanse_core::defend::suspect::load_model(model, &Device::flex())
+    let (config, m) = cleanse_core::engine::run_files::load_model(model, &Device::flex())
         .with_context(|| format!("loading --model {}", model.display()))?;
     let dict = export(&m, names);
     let metadata = HashMap::from([

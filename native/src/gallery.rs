@@ -10,8 +10,8 @@ use cleanse_core::attack::lc::{Pgd, pgd_untargeted};
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor};
 use cleanse_core::data::{DataSpec, DatasetKind, ImageSet};
 use cleanse_core::defend::suspect::load_attack;
+use cleanse_core::engine::run_files::load_run_model;
 use cleanse_core::output::{check_output, write_output};
-use cleanse_core::train::run::load_run_model;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]

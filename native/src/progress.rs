@@ -1,7 +1,7 @@
 //! Progress bars for epochs and batches (drawn only on a terminal), plus one log line per epoch.
 
+use cleanse_core::engine::Observer;
 use cleanse_core::report::EpochRecord;
-use cleanse_core::train::Observer;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 pub struct Bars {

@@ -80,7 +80,7 @@ fn weights_checksum(dir: &Path) -> u64 {
         }
     }
     let loaded =
-        cleanse_core::train::run::load_run_model(dir, &Device::flex()).expect("load model");
+        cleanse_core::engine::run_files::load_run_model(dir, &Device::flex()).expect("load model");
     let mut h = Hash(0xcbf2_9ce4_8422_2325);
     loaded.model.visit(&mut h);
     h.0

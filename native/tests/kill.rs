@@ -377,7 +377,7 @@ fn weights(dir: &Path) -> Result<Vec<(String, Vec<u32>)>, String> {
             self.out.push((name, bits));
         }
     }
-    let loaded = cleanse_core::train::run::load_run_model(dir, &Device::flex())
+    let loaded = cleanse_core::engine::run_files::load_run_model(dir, &Device::flex())
         .map_err(|e| format!("cannot load the model of {}: {e}", dir.display()))?;
     let mut c = Collect {
         path: Vec::new(),

@@ -500,7 +500,7 @@ fn bad_attack_settings_are_rejected_with_the_flag_named() {
         )),
         selected: cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu)
             .expect("cpu"),
-        observer: Box::new(cleanse_core::train::SilentObserver),
+        observer: Box::new(cleanse_core::engine::SilentObserver),
     };
     let e = AttackHooks::with_own_clean_model(
         Attack::new(config(AttackKind::Badnets), &set).expect("attack"),
@@ -563,9 +563,11 @@ fn lc_pgd_stays_within_eps_on_the_8_bit_grid_and_raises_the_loss() {
 fn an_attack_run_reports_asr_per_epoch_that_eval_reproduces() {
     use cleanse_core::data::augment::Augment;
     use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::engine::SilentObserver;
+    use cleanse_core::engine::run_files::load_run_model;
     use cleanse_core::optim::Schedule;
-    use cleanse_core::train::run::{load_run_model, train_with};
-    use cleanse_core::train::{SilentObserver, TrainConfig};
+    use cleanse_core::train::TrainConfig;
+    use cleanse_core::train::run::train_with;
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 120,
@@ -665,9 +667,11 @@ fn an_iab_run_trains_the_generator_and_saves_networks_that_reload() {
     use cleanse_core::attack::iab::{IabHooks, IabNets};
     use cleanse_core::data::augment::Augment;
     use cleanse_core::data::{DataSpec, DatasetKind};
+    use cleanse_core::engine::SilentObserver;
+    use cleanse_core::engine::run_files::load_run_model;
     use cleanse_core::optim::Schedule;
-    use cleanse_core::train::run::{load_run_model, train_with};
-    use cleanse_core::train::{SilentObserver, TrainConfig};
+    use cleanse_core::train::TrainConfig;
+    use cleanse_core::train::run::train_with;
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 64,
@@ -828,8 +832,9 @@ fn tiny_iab_run(
 fn a_resumed_iab_run_ends_where_an_uninterrupted_one_does() {
     use cleanse_core::attack::iab::IabHooks;
     use cleanse_core::data::augment::Augment;
+    use cleanse_core::engine::Observer;
+    use cleanse_core::engine::SilentObserver;
     use cleanse_core::train::run::train_with;
-    use cleanse_core::train::{Observer, SilentObserver};
     let (tc, loaded, c) = tiny_iab_run(4, 3, 1);
     let hooks = || {
         IabHooks::new(
@@ -900,7 +905,7 @@ fn a_resumed_iab_run_ends_where_an_uninterrupted_one_does() {
 fn an_iab_run_stopped_during_mask_pretraining_resumes_there() {
     use cleanse_core::attack::iab::{IabHooks, IabNets, mask_checkpoint_epochs};
     use cleanse_core::data::augment::Augment;
-    use cleanse_core::train::SilentObserver;
+    use cleanse_core::engine::SilentObserver;
     use cleanse_core::train::run::train_with;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (tc, loaded, c) = tiny_iab_run(5, 1, 3);

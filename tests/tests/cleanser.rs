@@ -261,14 +261,14 @@ fn other_temperature_ranges_follow_the_same_linear_schedule() {
 #[test]
 fn cleanse_rejects_an_unusable_weight_decay_before_reading_anything() {
     use cleanse_core::defend::Defense;
-    use cleanse_core::train::SilentObserver;
+    use cleanse_core::engine::SilentObserver;
     let selected =
         cleanse_core::device::select(cleanse_core::device::DeviceChoice::Cpu).expect("cpu");
     let tmp = tempfile::tempdir().expect("tmp");
     let mut config = KdConfig::paper(tmp.path().join("no-teacher"), true);
-    assert!(config.sgd.check_weight_decay().is_none());
+    assert!(config.training.sgd.check_weight_decay().is_none());
     for wd in [-1e-4, f64::NAN, f64::INFINITY] {
-        config.sgd.weight_decay = wd;
+        config.training.sgd.weight_decay = wd;
         let err = Defense::Kd(config.clone())
             .run(
                 &tmp.path().join("out"),
@@ -279,8 +279,8 @@ fn cleanse_rejects_an_unusable_weight_decay_before_reading_anything() {
             .expect_err("bad weight decay");
         assert!(err.to_string().contains("weight-decay"), "{err}");
     }
-    config.sgd.weight_decay = 0.0;
-    assert!(config.sgd.check_weight_decay().is_none());
+    config.training.sgd.weight_decay = 0.0;
+    assert!(config.training.sgd.check_weight_decay().is_none());
 }
 
 #[test]
@@ -344,7 +344,7 @@ fn unlabeled_limit_takes_a_seeded_subset_and_rejects_impossible_sizes() {
     found.sort_unstable();
     found.dedup();
     assert_eq!(found.len(), 12);
-    c.seed = 1;
+    c.common.seed = 1;
     assert_ne!(a, pick(&c), "another seed picks other images");
     for bad in [0, 31] {
         c.unlabeled_limit = Some(bad);
@@ -360,9 +360,10 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     use cleanse_core::data::{DataSpec, DatasetKind};
     use cleanse_core::defend::Defense;
     use cleanse_core::defend::cleanse::KdConfig;
+    use cleanse_core::engine::SilentObserver;
     use cleanse_core::optim::Schedule;
+    use cleanse_core::train::TrainConfig;
     use cleanse_core::train::run::train_with;
-    use cleanse_core::train::{SilentObserver, TrainConfig};
     let mut data = DataSpec::new(DatasetKind::Synthetic, None);
     data.synthetic = SyntheticConfig {
         train_size: 400,
@@ -410,10 +411,10 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
         .map(|f| f.clean_acc)
         .expect("acc");
     let mut kc = KdConfig::paper(teacher_dir.clone(), false);
-    kc.epochs = 6;
-    kc.batch_size = 16;
-    kc.lr = 0.05;
-    kc.augment = Augment::NONE;
+    kc.training.epochs = 6;
+    kc.common.batch_size = 16;
+    kc.common.lr = 0.05;
+    kc.training.augment = Augment::NONE;
     let run = |c: &KdConfig, dir: &str| {
         Defense::Kd(c.clone())
             .run(&tmp.path().join(dir), false, &selected, &mut SilentObserver)
@@ -469,7 +470,7 @@ fn a_short_cleanse_lowers_the_asr_of_a_tiny_backdoored_model() {
     let init_acc = defense.start_clean_acc.expect("init acc");
     assert!((0.0..=1.0).contains(&init_acc));
     let mut copy = kc.clone();
-    copy.epochs = 0;
+    copy.training.epochs = 0;
     copy.init = InitMode::None;
     let r0 = run(&copy, "copy");
     let f0 = r0.final_metrics.as_ref().expect("final");

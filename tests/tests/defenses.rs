@@ -10,13 +10,16 @@ use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::defend::Defense;
 use cleanse_core::defend::cleanse::KdConfig;
 use cleanse_core::defend::ft::FtConfig;
+use cleanse_core::defend::method::Method;
 use cleanse_core::device::{DeviceChoice, Selected, select};
+use cleanse_core::engine::Observer;
+use cleanse_core::engine::SilentObserver;
 use cleanse_core::engine::driver::LoopPlan;
 use cleanse_core::engine::run_dir::{RunDir, canonical_as, differences};
 use cleanse_core::optim::Schedule;
 use cleanse_core::report::{EpochRecord, Report};
 use cleanse_core::train::run::train_with;
-use cleanse_core::train::{Observer, SilentObserver, TrainConfig, train};
+use cleanse_core::train::{TrainConfig, train};
 use std::path::{Path, PathBuf};
 
 fn cpu() -> Selected {
@@ -65,7 +68,8 @@ fn weights(dir: &Path) -> Vec<f32> {
             self.0.extend(p.val().into_data().iter::<f32>());
         }
     }
-    let loaded = cleanse_core::train::run::load_run_model(dir, &Device::flex()).expect("model");
+    let loaded =
+        cleanse_core::engine::run_files::load_run_model(dir, &Device::flex()).expect("model");
     let mut c = Collect(Vec::new());
     loaded.model.visit(&mut c);
     c.0
@@ -86,9 +90,9 @@ impl Observer for CrashAfter {
 
 fn ft_config(suspect: &Path) -> FtConfig {
     let mut c = FtConfig::paper(suspect.to_path_buf(), false);
-    c.epochs = 3;
-    c.batch_size = 8;
-    c.lr = 0.02;
+    c.training.epochs = 3;
+    c.common.batch_size = 8;
+    c.common.lr = 0.02;
     c
 }
 
@@ -110,7 +114,7 @@ fn ft_fine_tunes_the_suspect_on_labelled_holdout_and_resumes_bit_exactly() {
     assert_eq!(report.epochs.len(), 3);
     // The authors' cosine horizon, 100 epochs whatever the run's length: three epochs hardly go
     // down; with the horizon at the run's length they anneal towards zero.
-    assert_eq!(config.cosine_t_max, Some(100));
+    assert_eq!(config.training.cosine_t_max, Some(100));
     for (e, rec) in report.epochs.iter().enumerate() {
         let want = 0.02 * (1.0 + (std::f64::consts::PI * e as f64 / 100.0).cos()) / 2.0;
         assert!(
@@ -119,10 +123,10 @@ fn ft_fine_tunes_the_suspect_on_labelled_holdout_and_resumes_bit_exactly() {
             rec.lr
         );
     }
-    let over_run = LoopPlan::cosine((3, 8, 0.02), Some(3), 0, config.augment, "t");
+    let over_run = LoopPlan::cosine((3, 8, 0.02), Some(3), 0, config.training.augment, "t");
     assert!((over_run.lr_at(2) - 0.005).abs() < 1e-12);
     assert_eq!(
-        LoopPlan::cosine((3, 8, 0.02), None, 0, config.augment, "t").schedule,
+        LoopPlan::cosine((3, 8, 0.02), None, 0, config.training.augment, "t").schedule,
         over_run.schedule
     );
     let record = report.defense.clone().expect("record");
@@ -166,7 +170,7 @@ fn ft_fine_tunes_the_suspect_on_labelled_holdout_and_resumes_bit_exactly() {
 
     // A resume with other settings names them.
     let mut other = config.clone();
-    other.lr = 0.5;
+    other.common.lr = 0.5;
     let e = Defense::Ft(other)
         .run(&stopped, true, &cpu(), &mut SilentObserver)
         .expect_err("different lr")
@@ -186,8 +190,8 @@ fn a_defense_stopped_before_its_first_epoch_resumes() {
     let sus = tmp.path().join("suspect");
     suspect(&sus);
     let mut kc = KdConfig::paper(sus.clone(), false);
-    kc.epochs = 1;
-    kc.batch_size = 8;
+    kc.training.epochs = 1;
+    kc.common.batch_size = 8;
     let defense = Defense::Kd(kc);
     let out = tmp.path().join("kd");
     let (d, o) = (defense.clone(), out.clone());
@@ -351,9 +355,9 @@ fn optimiser_settings_are_checked_before_anything_runs() {
     // The defenses check their optimiser the same way, before reading the suspect.
     let missing = tmp.path().join("no-suspect");
     let mut kd = KdConfig::paper(missing.clone(), false);
-    kd.lr = f64::NAN;
+    kd.common.lr = f64::NAN;
     let mut ft = FtConfig::paper(missing, false);
-    ft.sgd.momentum = 1.5;
+    ft.training.sgd.momentum = 1.5;
     for (d, name) in [(Defense::Kd(kd), "lr"), (Defense::Ft(ft), "momentum")] {
         let e = d
             .run(&out, false, &cpu(), &mut SilentObserver)
@@ -446,10 +450,10 @@ fn fine_pruning_prunes_the_least_active_channels_until_the_defenders_accuracy_dr
     let sus = tmp.path().join("suspect");
     suspect(&sus);
     let device = Device::flex();
-    let model = cleanse_core::train::run::load_run_model(&sus, &device)
+    let model = cleanse_core::engine::run_files::load_run_model(&sus, &device)
         .expect("model")
         .model;
-    let holdout = Arc::new(cleanse_core::train::run::load_holdout(&sus).expect("holdout"));
+    let holdout = Arc::new(cleanse_core::engine::run_files::load_holdout(&sus).expect("holdout"));
     let drop = 0.1;
     let p = search(&model, &holdout, drop, 1, 7, &device);
     // The ranking: each channel's mean pooled activation over the defender's images, computed
@@ -525,7 +529,7 @@ fn fine_pruning_prunes_the_least_active_channels_until_the_defenders_accuracy_dr
     for (a, b) in found.activations.iter().zip(&p.activations) {
         assert!((a - b).abs() < 1e-5);
     }
-    let tuned = cleanse_core::train::run::load_run_model(&whole, &device)
+    let tuned = cleanse_core::engine::run_files::load_run_model(&whole, &device)
         .expect("model")
         .model;
     let s4 = floats(tuned.features(x.clone()).stages[3].clone());
@@ -685,7 +689,7 @@ fn baselines(
     use cleanse_core::defend::fp::FpConfig;
     use cleanse_core::defend::mcr::McrConfig;
     use cleanse_core::defend::nad::NadConfig;
-    let sus = ft.suspect.clone();
+    let sus = ft.common.suspect.clone();
     vec![
         Defense::Ft(ft.clone()),
         Defense::Fp(FpConfig {
@@ -750,32 +754,33 @@ fn the_baselines_lower_the_asr_of_a_tiny_backdoored_model() {
         "the tiny model is backdoored: {before_asr}"
     );
     let mut ft = FtConfig::paper(sus.clone(), false);
-    ft.epochs = 6;
+    ft.training.epochs = 6;
     // Annealed to zero over these six epochs (the authors' 100-epoch horizon would keep this short
     // run at its full rate; the thresholds below were set for the annealed run).
-    ft.cosine_t_max = Some(6);
-    ft.batch_size = 16;
-    ft.lr = 0.05;
-    ft.augment = Augment::NONE;
+    ft.training.cosine_t_max = Some(6);
+    ft.common.batch_size = 16;
+    ft.common.lr = 0.05;
+    ft.training.augment = Augment::NONE;
     let defenses = baselines(
         &ft,
         3,
         AnpConfig {
             iterations: 100,
-            batch_size: 16,
             augment: Augment::NONE,
             ..AnpConfig::paper(sus.clone(), false)
-        },
+        }
+        .with_flags(&batches(16, None))
+        .expect("ANP's flags"),
         // Unbounded (the method), the universal perturbation on this width-4 model's 16x16 images
         // flips every prediction, and unlearning it costs most of the accuracy (an L2 bound of 10
         // gave 1.0 -> 0.48 in 5 rounds). It is bounded here; the method is otherwise the same.
         IbauConfig {
             rounds: 8,
-            batch_size: 16,
-            lr: 1e-3,
             max_norm: Some(1.0),
             ..IbauConfig::paper(sus.clone())
-        },
+        }
+        .with_flags(&batches(16, Some(1e-3)))
+        .expect("I-BAU's flags"),
     );
     for d in defenses {
         let out = tmp.path().join(d.method());
@@ -833,33 +838,35 @@ fn evaluating_every_other_epoch_trains_the_same_model_and_keeps_the_last_epochs_
     suspect(&sus);
     let ft = ft_config(&sus);
     let mut kd = KdConfig::paper(sus.clone(), false);
-    kd.epochs = 3;
-    kd.batch_size = 8;
+    kd.training.epochs = 3;
+    kd.common.batch_size = 8;
     let mut defenses = baselines(
         &ft,
         2,
         AnpConfig {
             iterations: 3 * cleanse_core::defend::anp::ROUND,
-            batch_size: 8,
             ..AnpConfig::paper(sus.clone(), false)
-        },
+        }
+        .with_flags(&batches(8, None))
+        .expect("ANP's flags"),
         IbauConfig {
             rounds: 3,
-            batch_size: 8,
             ..IbauConfig::paper(sus.clone())
-        },
+        }
+        .with_flags(&batches(8, None))
+        .expect("I-BAU's flags"),
     );
     defenses.push(Defense::Kd(kd));
     for every in defenses {
         let mut sparse = every.clone();
         match &mut sparse {
-            Defense::Kd(c) => c.eval_every = 2,
-            Defense::Ft(c) => c.eval_every = 2,
+            Defense::Kd(c) => c.common.eval_every = 2,
+            Defense::Ft(c) => c.common.eval_every = 2,
             Defense::Fp(FpConfig { ft, .. })
             | Defense::Nad(NadConfig { ft, .. })
-            | Defense::Mcr(McrConfig { ft, .. }) => ft.eval_every = 2,
-            Defense::Anp(c) => c.eval_every = 2,
-            Defense::Ibau(c) => c.eval_every = 2,
+            | Defense::Mcr(McrConfig { ft, .. }) => ft.common.eval_every = 2,
+            Defense::Anp(c) => c.common.eval_every = 2,
+            Defense::Ibau(c) => c.common.eval_every = 2,
         }
         let m = every.method();
         let (a, b) = (tmp.path().join(m), tmp.path().join(format!("{m}-sparse")));
@@ -1005,10 +1012,10 @@ fn mcr_curve_ends_are_the_endpoints_and_bn_reestimation_changes_only_statistics(
     let tmp = tempfile::tempdir().expect("tmp");
     let sus = tmp.path().join("suspect");
     suspect(&sus);
-    let model = cleanse_core::train::run::load_run_model(&sus, &device)
+    let model = cleanse_core::engine::run_files::load_run_model(&sus, &device)
         .expect("model")
         .model;
-    let holdout = Arc::new(cleanse_core::train::run::load_holdout(&sus).expect("holdout"));
+    let holdout = Arc::new(cleanse_core::engine::run_files::load_holdout(&sus).expect("holdout"));
     assert_eq!(holdout.len() % 8, 0);
     let re = reestimate_batch_norm(&model, &holdout, 8, &device);
     let (w0, r0) = weights_and_statistics(&model);
@@ -1104,7 +1111,7 @@ fn anp_masks_stay_in_the_unit_interval_and_pruning_zeroes_exactly_the_channels_u
     let sus = tmp.path().join("suspect");
     suspect(&sus);
     let device = Device::flex();
-    let model = cleanse_core::train::run::load_run_model(&sus, &device)
+    let model = cleanse_core::engine::run_files::load_run_model(&sus, &device)
         .expect("model")
         .model;
     // Pruning: a channel's BN weight is zero exactly when its mask is at most the threshold.
@@ -1154,7 +1161,7 @@ fn anp_masks_stay_in_the_unit_interval_and_pruning_zeroes_exactly_the_channels_u
     let mut config = AnpConfig::paper(sus.clone(), false);
     assert_eq!(config.rounds(), (100, 20));
     config.iterations = 120;
-    config.batch_size = 8;
+    config.common.batch_size = 8;
     assert_eq!(config.rounds(), (100, 2));
     let defense = Defense::Anp(config.clone());
     assert_eq!(defense.method(), "anp");
@@ -1386,10 +1393,10 @@ fn ibau_unlearns_in_rounds_and_resumes_exactly() {
     suspect(&sus);
     let config = IbauConfig {
         rounds: 2,
-        batch_size: 8,
-        lr: 1e-3,
         ..IbauConfig::paper(sus.clone())
-    };
+    }
+    .with_flags(&batches(8, Some(1e-3)))
+    .expect("I-BAU's flags");
     let defense = Defense::Ibau(config);
     assert_eq!(defense.method(), "ibau");
     let whole = tmp.path().join("ibau");
@@ -1428,12 +1435,12 @@ fn the_defenders_data_can_be_a_per_class_slice_of_the_test_set() {
     let report = train(&tc, &sus, false, &cpu(), &mut SilentObserver).expect("train");
     assert_eq!(report.data.holdout_size, defender.len());
     assert_eq!(report.data.test_size, data.test.len());
-    let held = cleanse_core::train::run::load_holdout(&sus).expect("holdout");
+    let held = cleanse_core::engine::run_files::load_holdout(&sus).expect("holdout");
     assert_eq!(held.pixels, defender.pixels);
     // A defense trains on the slice and is evaluated on the rest.
     let mut ft = FtConfig::paper(sus.clone(), false);
-    ft.epochs = 1;
-    ft.batch_size = 8;
+    ft.training.epochs = 1;
+    ft.common.batch_size = 8;
     let r = Defense::Ft(ft)
         .run(&tmp.path().join("ft"), false, &cpu(), &mut SilentObserver)
         .expect("ft");
@@ -1482,10 +1489,10 @@ fn the_defenders_data_can_be_a_fraction_of_every_test_class() {
     let report = train(&tc, &sus, false, &cpu(), &mut SilentObserver).expect("train");
     assert_eq!(report.data.holdout_size, defender.len());
     assert_eq!(report.data.test_size, data.test.len());
-    let split: cleanse_core::train::run::SplitFile =
+    let split: cleanse_core::data::split::SplitFile =
         cleanse_core::io::read_json(&sus.join("split.json")).expect("split.json");
     assert_eq!(split.data.defender_fraction, Some(0.4));
-    let held = cleanse_core::train::run::load_holdout(&sus).expect("holdout");
+    let held = cleanse_core::engine::run_files::load_holdout(&sus).expect("holdout");
     assert_eq!(held.pixels, defender.pixels);
     for (f, n, needle) in [
         (Some(0.0), None, "strictly between 0 and 1"),
@@ -1497,5 +1504,14 @@ fn the_defenders_data_can_be_a_fraction_of_every_test_class() {
         d.defender_per_class = n;
         let e = d.load().expect_err(needle).to_string();
         assert!(e.contains("defender-fraction") && e.contains(needle), "{e}");
+    }
+}
+
+/// Flags setting a defense's batch size (and learning rate), as the command line sets them.
+fn batches(batch_size: usize, lr: Option<f64>) -> cleanse_core::defend::settings::SharedFlags {
+    cleanse_core::defend::settings::SharedFlags {
+        batch_size: Some(batch_size),
+        lr,
+        ..Default::default()
     }
 }

@@ -7,9 +7,11 @@ use cleanse_core::data::augment::Augment;
 use cleanse_core::data::synthetic::SyntheticConfig;
 use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::device::{self, DeviceChoice};
+use cleanse_core::engine::Observer;
+use cleanse_core::engine::SilentObserver;
 use cleanse_core::optim::Schedule;
 use cleanse_core::report::{Report, RunStatus};
-use cleanse_core::train::{Observer, SilentObserver, TrainConfig, train};
+use cleanse_core::train::{TrainConfig, train};
 use std::path::Path;
 
 fn tiny_config(epochs: usize) -> TrainConfig {
@@ -35,7 +37,7 @@ fn tiny_config(epochs: usize) -> TrainConfig {
 
 fn weights(dir: &Path) -> Vec<f32> {
     let loaded =
-        cleanse_core::train::run::load_run_model(dir, &Device::flex()).expect("load model");
+        cleanse_core::engine::run_files::load_run_model(dir, &Device::flex()).expect("load model");
     let mut out = Vec::new();
     struct Collect<'a>(&'a mut Vec<f32>);
     impl burn::module::ModuleVisitor for Collect<'_> {
@@ -108,7 +110,7 @@ fn cpu_training_lowers_the_loss_and_writes_a_complete_report() {
 #[test]
 fn predictions_agree_with_accuracy_and_per_class_counts() {
     use cleanse_core::engine::eval::{PerClass, accuracy, predictions};
-    use cleanse_core::train::run::load_run_model;
+    use cleanse_core::engine::run_files::load_run_model;
     let out = tempfile::tempdir().expect("tmp");
     let dir = out.path().join("run");
     let selected = device::select(DeviceChoice::Cpu).expect("cpu");
@@ -234,7 +236,7 @@ fn checkpoint_round_trip_preserves_outputs() {
     let selected = device::select(DeviceChoice::Cpu).expect("cpu");
     train(&tiny_config(2), &dir, false, &selected, &mut SilentObserver).expect("train");
     let device = Device::flex();
-    let a = cleanse_core::train::run::load_run_model(&dir, &device).expect("load");
+    let a = cleanse_core::engine::run_files::load_run_model(&dir, &device).expect("load");
     let ckpt =
         cleanse_core::engine::checkpoint::load_state(&dir.join("checkpoint")).expect("state");
     assert_eq!(ckpt.epochs_done, 2);

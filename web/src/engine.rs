@@ -9,22 +9,25 @@
 use burn::module::Module;
 use burn::prelude::*;
 use cleanse_core::attack::iab::{Generator, IabHooks, IabNets, MaskStep};
-use cleanse_core::attack::poison::{AttackHooks, asr_set};
+use cleanse_core::attack::poison::asr_set;
+use cleanse_core::attack::training::{AttackTraining, CleanModel};
 use cleanse_core::attack::{Attack, AttackConfig, AttackKind, Backdoor, Stamping};
 use cleanse_core::data::augment::Augment;
 use cleanse_core::data::{DataSpec, DatasetKind, ImageSet, records};
-use cleanse_core::defend::cleanse::KdStep;
-use cleanse_core::defend::kd::TemperatureRange;
+use cleanse_core::defend::cleanse::{self, KdConfig};
+use cleanse_core::defend::method::Method;
 use cleanse_core::defend::reinit::{self, ADAPTIVE_RATIOS, InitMode};
+use cleanse_core::defend::settings::SharedFlags;
 use cleanse_core::defend::suspect;
 use cleanse_core::defend::unlabeled::UnlabeledImages;
 use cleanse_core::engine::async_driver;
 use cleanse_core::engine::eval::images_tensor;
 use cleanse_core::engine::meter::AsrMeter;
+use cleanse_core::engine::run_files::{self, load_model};
 use cleanse_core::engine::{LoopPlan, Trainee};
 use cleanse_core::model::{Architecture, Classifier, ModelConfig};
 use cleanse_core::optim::{Sgd, SgdConfig};
-use cleanse_core::train::run::{CrossEntropyStep, TrainHooks};
+use cleanse_core::train::run::CrossEntropyStep;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -182,6 +185,30 @@ pub struct CleansePlan {
 }
 
 impl CleansePlan {
+    /// The cleanser's configuration for this plan, as the command line's would be with these
+    /// flags: the method's settings with the plan's epochs, batches, learning rate, seed and
+    /// ratios, the cosine annealed over the run (the command line's default horizon, the
+    /// authors' 100 epochs, would hardly go down in a run this short).
+    pub fn config(&self, flip: bool) -> Result<KdConfig, String> {
+        let ratios = reinit::scale_ratios(ADAPTIVE_RATIOS, self.ratio_scale).map_err(err)?;
+        let flags = SharedFlags {
+            seed: Some(self.seed),
+            batch_size: Some(self.batch_size),
+            lr: Some(self.lr),
+            epochs: Some(self.epochs),
+            cosine_t_max: Some(self.epochs),
+            ..SharedFlags::default()
+        };
+        let config = KdConfig {
+            init: InitMode::Adaptive { ratios },
+            ..KdConfig::paper(PathBuf::new(), flip)
+        }
+        .with_flags(&flags)
+        .map_err(err)?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
     /// The browser demo's default: 20 epochs at twice the adaptive ratios. On the demo's 500
     /// unlabeled images the method's own ratios leave most of the backdoor (BadNets ASR 98.0% to
     /// 71.0% in 10 epochs); twice the ratios for 20 epochs bring it to 29.3%, at 5.4 points of
@@ -310,61 +337,61 @@ pub async fn train<H: Host>(
     cleanse_core::model::check_width("width", plan.width).map_err(err)?;
     cleanse_core::optim::sgd::check_lr(plan.lr).map_err(err)?;
     let mut train_set = data.train.clone();
-    let mut hooks: Option<Box<dyn TrainHooks>> = None;
-    let mut iab_hooks: Option<IabHooks> = None;
-    let mut attack = None;
-    match plan.attack {
-        None => {}
-        Some(AttackKind::Iab) => {
-            let a = Attack::new(
-                demo_attack_config(AttackKind::Iab, data.kind, plan.seed),
-                &train_set,
-            )
-            .map_err(err)?;
-            attack = Some(a.clone());
-            let mut h = IabHooks::new(a, plan.batch_size, Augment::NONE, plan.seed);
-            let Some(mask) = pretrain_mask(&h, &train_set, device, host, on).await? else {
-                return Err("stopped during IAB's mask pre-training".into());
-            };
-            h.prepare_with_mask(mask, &data.test, device);
-            iab_hooks = Some(h);
+    let mut training = None;
+    if let Some(kind) = plan.attack {
+        let mut config = demo_attack_config(kind, data.kind, plan.seed);
+        if let Some(rate) = plan.poison_rate
+            && kind != AttackKind::Iab
+        {
+            config.poison_rate = rate;
         }
-        Some(kind) => {
+        if kind == AttackKind::Lc && clean_model.is_none() {
+            return Err(
+                "LC makes its adversarial images on a clean model: train a clean model first"
+                    .into(),
+            );
+        }
+        if kind == AttackKind::Lc
+            && cfg!(target_arch = "wasm32")
+            && cleanse_core::kernels::is_wgpu(device)
+        {
+            return Err(
+                "LC's adversarial images are read back synchronously, which WebGPU \
+                        cannot do in a browser: choose the CPU backend for LC"
+                    .into(),
+            );
+        }
+        if kind != AttackKind::Iab {
             on(Progress::Stage(format!(
                 "poisoning the training set ({})",
                 kind.name()
             )));
             host.pause().await;
-            let mut config = demo_attack_config(kind, data.kind, plan.seed);
-            if let Some(rate) = plan.poison_rate {
-                config.poison_rate = rate;
-            }
-            let a = Attack::new(config, &train_set).map_err(err)?;
-            if kind == AttackKind::Lc && clean_model.is_none() {
-                return Err(
-                    "LC makes its adversarial images on a clean model: train a clean model first"
-                        .into(),
-                );
-            }
-            if kind == AttackKind::Lc
-                && cfg!(target_arch = "wasm32")
-                && cleanse_core::kernels::is_wgpu(device)
-            {
-                return Err(
-                    "LC's adversarial images are read back synchronously, which WebGPU \
-                            cannot do in a browser: choose the CPU backend for LC"
-                        .into(),
-                );
-            }
-            let mut h = AttackHooks::new(a, clean_model.cloned(), false).map_err(err)?;
-            let indices: Vec<usize> = (0..train_set.len()).collect();
-            train_set = h
-                .poison_training_set(train_set, &indices, &data.test, device)
-                .map_err(err)?;
-            attack = Some(h.attack.clone());
-            hooks = Some(Box::new(h));
         }
+        let a = Attack::new(config, &train_set).map_err(err)?;
+        let clean = match clean_model {
+            Some(m) => CleanModel::Given(Box::new(m.clone())),
+            None => CleanModel::None,
+        };
+        let mut t = AttackTraining::new(a, clean, plan.batch_size, Augment::NONE, plan.seed)
+            .map_err(err)?;
+        match &mut t {
+            AttackTraining::Iab(h) => {
+                let Some(mask) = pretrain_mask(h, &train_set, device, host, on).await? else {
+                    return Err("stopped during IAB's mask pre-training".into());
+                };
+                h.prepare_with_mask(mask, &data.test, device);
+            }
+            AttackTraining::Poisoned(h) => {
+                let indices: Vec<usize> = (0..train_set.len()).collect();
+                train_set = h
+                    .poison_training_set(train_set, &indices, &data.test, device)
+                    .map_err(err)?;
+            }
+        }
+        training = Some(t);
     }
+    let attack = training.as_ref().map(|t| t.attack().clone());
     let config = ModelConfig {
         architecture: Architecture::Resnet18,
         width: plan.width,
@@ -374,11 +401,7 @@ pub async fn train<H: Host>(
     let model = config.init_seeded(&device.clone().autodiff(), plan.seed);
     let mut step = CrossEntropyStep {
         trainee: Trainee::new(model, Sgd::new(SgdConfig::default()), device),
-        hooks: match (&mut hooks, &mut iab_hooks) {
-            (Some(h), _) => Some(h.as_mut()),
-            (None, Some(h)) => Some(h),
-            (None, None) => None,
-        },
+        hooks: training.as_mut().map(AttackTraining::hooks),
         seed: plan.seed,
         device: device.clone(),
     };
@@ -400,7 +423,10 @@ pub async fn train<H: Host>(
         model,
         config,
         attack,
-        iab: iab_hooks.as_ref().and_then(IabHooks::nets),
+        iab: match &training {
+            Some(AttackTraining::Iab(h)) => h.nets(),
+            _ => None,
+        },
         history,
         stopped,
     })
@@ -423,37 +449,13 @@ pub async fn cleanse<H: Host>(
     if data.unlabeled.len() < 2 {
         return Err("cleansing needs at least 2 unlabeled images".into());
     }
-    cleanse_core::optim::sgd::check_lr(plan.lr).map_err(err)?;
-    let ratios = reinit::scale_ratios(ADAPTIVE_RATIOS, plan.ratio_scale).map_err(err)?;
+    let config = plan.config(data.kind.allows_flip())?;
     async_driver::check_finite(&teacher.model, &data.test, device, "the model to cleanse").await?;
-    let (student, _) = reinit::student(
-        &teacher.model,
-        &teacher.config,
-        &InitMode::Adaptive { ratios },
-        plan.seed,
-        device,
-    );
-    let mut step = KdStep {
-        trainee: Trainee::new(student.train(), Sgd::new(SgdConfig::default()), device),
-        teacher: teacher.model.clone(),
-        temperature: TemperatureRange::default(),
-        epochs: plan.epochs,
-        mixup: false,
-        seed: plan.seed,
-        device: device.clone(),
-    };
+    let (mut step, _, _) = cleanse::student_step(&config, &teacher.model, &teacher.config, device);
     let meter = teacher.asr_meter(&data.test, device)?;
     let loop_plan = LoopPlan {
         max_batches: plan.max_batches,
-        // The demo's few epochs anneal over the run (the command line's default horizon is the
-        // authors' 100 epochs, which a run this short would hardly go down).
-        ..LoopPlan::cosine(
-            (plan.epochs, plan.batch_size, plan.lr),
-            None,
-            plan.seed,
-            Augment::standard(data.kind.allows_flip()),
-            "cleansing",
-        )
+        ..cleanse::loop_plan(&config)
     };
     // Only the images reach the step: the labels stay behind.
     let images = UnlabeledImages::from_set(data.unlabeled.clone());
@@ -541,7 +543,7 @@ pub type RunFiles = Vec<(String, Vec<u8>)>;
 /// The files the browser's picker gave, read by name.
 struct PickedFiles<'a>(&'a RunFiles);
 
-impl suspect::RunFiles for PickedFiles<'_> {
+impl run_files::RunFiles for PickedFiles<'_> {
     fn read(&self, name: &str) -> cleanse_core::Result<Option<Vec<u8>>> {
         Ok(self
             .0
@@ -570,7 +572,7 @@ impl suspect::RunFiles for PickedFiles<'_> {
 /// suspect loader.
 pub fn load_run(files: &RunFiles, device: &Device) -> Result<DemoModel, String> {
     let picked = PickedFiles(files);
-    let (config, model) = suspect::load_model(&picked, device).map_err(err)?;
+    let (config, model) = load_model(&picked, device).map_err(err)?;
     let (attack, iab) = match suspect::load_attack(&picked, device).map_err(err)? {
         None => (None, None),
         Some((a, Backdoor::Iab(nets))) => (Some(a), Some(*nets)),
@@ -885,7 +887,7 @@ mod tests {
         ))
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        use cleanse_core::train::run::files as rf;
+        use cleanse_core::engine::files as rf;
         cleanse_core::engine::checkpoint::save_model(&m.model, &dir.path().join(rf::MODEL))
             .unwrap();
         cleanse_core::io::write_json_atomic(&dir.path().join(rf::MODEL_CONFIG), &m.config).unwrap();

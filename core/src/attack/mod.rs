@@ -9,6 +9,7 @@ pub mod iab;
 pub mod lc;
 pub mod poison;
 pub mod spec;
+pub mod training;
 pub mod trigger;
 pub mod triggered;
 pub mod warp;

@@ -6,15 +6,19 @@
 
 use super::lc::{Pgd, pgd_untargeted};
 use super::warp;
+use super::warp::WanetAugment;
 use super::{Attack, AttackKind, Stamping, Trigger};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
 use crate::device::Selected;
+use crate::engine::Observer;
 use crate::engine::checkpoint;
+use crate::engine::files;
 use crate::engine::meter::{AsrMeter, triggered_accuracy};
+use crate::engine::run_files::load_run_model;
 use crate::model::Classifier;
 use crate::rng::Rng;
-use crate::train::run::{Observer, TrainConfig, TrainHooks, files, load_run_model, train};
+use crate::train::run::{TrainConfig, TrainHooks, train};
 use crate::{Error, Result};
 use burn::prelude::*;
 use std::collections::HashSet;
@@ -133,8 +137,6 @@ pub fn attack_success_rate(
         device,
     ))
 }
-
-pub use super::warp::WanetAugment;
 
 /// LC's clean model made by the attack run itself when none is given: trained into
 /// `OUT/clean-model` (with the attack run's own training settings) as the first step of the run's

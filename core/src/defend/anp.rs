@@ -15,9 +15,10 @@
 //! evaluation after each), drawn from the defender's set repeated as often as a round needs.
 
 use super::fp::zero_rows;
-use super::method::{Common, Launch, Method};
+use super::method::{Launch, Method};
 use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
+use super::settings::{CommonSettings, Flag, SharedFlags};
 use crate::data::augment::Augment;
 use crate::data::batcher::{HostBatch, Repeated};
 use crate::device::Selected;
@@ -31,7 +32,7 @@ use crate::optim::schedule::Schedule;
 use crate::optim::sgd::{Sgd, SgdConfig};
 use crate::report::Findings;
 use crate::report::Report;
-pub use crate::report::findings::MaskSummary;
+use crate::report::findings::MaskSummary;
 use crate::{Error, Result};
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
@@ -46,14 +47,12 @@ pub const ROUND: usize = 100;
 /// Everything that defines an ANP run. Defaults are the method spec's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnpConfig {
-    /// The suspect model's run directory.
-    pub suspect: PathBuf,
+    /// The suspect, seed, batches of mask updates (method spec: 128), the mask's SGD learning
+    /// rate (method spec: 0.2, constant) and evaluation.
+    #[serde(flatten)]
+    pub common: CommonSettings,
     /// Mask updates (method spec: 2,000).
     pub iterations: usize,
-    /// Method spec: 128.
-    pub batch_size: usize,
-    /// The mask's SGD learning rate (method spec: 0.2, constant).
-    pub lr: f64,
     /// The mask's SGD momentum (method spec: 0.9; no weight decay).
     pub momentum: f64,
     /// The noise's range and ascent step (method spec: 0.4).
@@ -62,31 +61,21 @@ pub struct AnpConfig {
     pub alpha: f64,
     /// Channels whose mask is at most this are pruned (method spec: 0.2).
     pub threshold: f64,
-    pub seed: u64,
     /// Method spec: crop + flip, as the reference trains the mask on augmented images.
     pub augment: Augment,
-    pub eval_batch_size: usize,
-    /// Evaluate after every Nth epoch (and the last); the model trained does not depend on it.
-    #[serde(default = "crate::engine::driver::every_epoch")]
-    pub eval_every: usize,
 }
 
 impl AnpConfig {
     /// The method's defaults for `suspect`.
     pub fn paper(suspect: PathBuf, flip: bool) -> Self {
         AnpConfig {
-            suspect,
+            common: CommonSettings::new(suspect, 128, 0.2),
             iterations: 2000,
-            batch_size: 128,
-            lr: 0.2,
             momentum: 0.9,
             eps: 0.4,
             alpha: 0.2,
             threshold: 0.2,
-            seed: 0,
             augment: Augment::standard(flip),
-            eval_batch_size: 256,
-            eval_every: 1,
         }
     }
 
@@ -95,9 +84,7 @@ impl AnpConfig {
         if self.iterations == 0 {
             return Err(Error::config("iterations", "must be positive"));
         }
-        crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
-        crate::engine::driver::check_eval_every(self.eval_every)?;
-        crate::optim::sgd::check_lr(self.lr)?;
+        self.common.validate()?;
         SgdConfig {
             momentum: self.momentum,
             weight_decay: 0.0,
@@ -119,14 +106,15 @@ impl AnpConfig {
 
     /// The settings that differ from the method's defaults, for table columns.
     pub fn label_details(&self) -> Vec<String> {
+        let paper = AnpConfig::paper(PathBuf::new(), true);
         let mut v = Vec::new();
-        if self.iterations != 2000 {
+        if self.iterations != paper.iterations {
             v.push(format!("{} it", self.iterations));
         }
-        if self.eps != 0.4 {
+        if self.eps != paper.eps {
             v.push(format!("eps {}", self.eps));
         }
-        if self.threshold != 0.2 {
+        if self.threshold != paper.threshold {
             v.push(format!("thr {}", self.threshold));
         }
         v
@@ -279,7 +267,7 @@ impl Step for AnpStep {
         let eps = self.config.eps;
         let m: Vec<Tensor<1>> = self.masks().masks.iter().map(|p| p.val()).collect();
         let mut rng = crate::rng::Rng::from_parts(&[
-            self.config.seed,
+            self.config.common.seed,
             at.epoch as u64,
             at.batch as u64,
             0xA4,
@@ -396,7 +384,7 @@ pub(crate) fn prepare(
     let holdout = suspect.defender.labelled(suspect.dir)?;
     let (per_round, rounds) = config.rounds();
     // Enough repeats of the set for a round of `per_round` full batches.
-    let times = (per_round * config.batch_size).div_ceil(holdout.len().max(1));
+    let times = (per_round * config.common.batch_size).div_ceil(holdout.len().max(1));
     let data = Arc::new(Repeated {
         set: Arc::new(holdout),
         times,
@@ -407,10 +395,10 @@ pub(crate) fn prepare(
         data,
         plan: LoopPlan {
             epochs: rounds,
-            batch_size: config.batch_size,
-            lr: config.lr,
+            batch_size: config.common.batch_size,
+            lr: config.common.lr,
             schedule: Schedule::Constant,
-            seed: config.seed,
+            seed: config.common.seed,
             augment: config.augment,
             max_batches: Some(per_round),
             what: "ANP",
@@ -434,14 +422,22 @@ impl Method for AnpConfig {
         4
     }
 
-    fn common(&self) -> Common<'_> {
-        Common {
-            suspect: &self.suspect,
-            seed: self.seed,
-            batch_size: self.batch_size,
-            eval_batch_size: self.eval_batch_size,
-            eval_every: self.eval_every,
-        }
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
+
+    fn common_mut(&mut self) -> &mut CommonSettings {
+        &mut self.common
+    }
+
+    fn apply_training(&mut self, flags: &SharedFlags) -> Result<()> {
+        flags.refuse(&[Flag::Epochs], "ANP counts mask updates; use --iterations")?;
+        flags.refuse(
+            &[Flag::CosineTMax, Flag::WeightDecay],
+            "ANP's mask optimiser has neither a cosine schedule nor weight decay",
+        )?;
+        flags.apply_to_augment(&mut self.augment);
+        Ok(())
     }
 
     fn validate(&self) -> Result<()> {

@@ -6,21 +6,20 @@
 use super::access::DefenderAccess;
 use super::access::DefenderData;
 use super::kd::{TemperatureRange, distillation_loss};
-use super::method::{Common, Launch, Method};
+use super::method::{Launch, Method};
 use super::reinit::{self, InitMode};
 use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
+use super::settings::{CommonSettings, SgdTraining, SharedFlags};
 use super::unlabeled::{ImageBatch, UnlabeledImages};
 use crate::data::DataSpec;
-use crate::data::augment::Augment;
 use crate::device::Selected;
 use crate::engine::checkpoint::CheckpointState;
 use crate::engine::driver::LoopPlan;
 use crate::engine::eval::images_tensor;
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::model::Classifier;
-use crate::optim::schedule::AUTHORS_COSINE_T_MAX;
-use crate::optim::sgd::{Sgd, SgdConfig};
+use crate::optim::sgd::Sgd;
 use crate::report::Report;
 use crate::{Error, Result};
 use burn::module::Module;
@@ -42,64 +41,48 @@ pub enum UnlabeledSource {
 /// Everything that defines a cleansing run. Defaults are the method spec's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KdConfig {
-    /// The suspicious model's run directory.
-    pub teacher: PathBuf,
+    /// The suspect (the teacher), seed, batches (method spec: 256), learning rate (0.01 with
+    /// cosine annealing) and evaluation.
+    #[serde(flatten)]
+    pub common: CommonSettings,
+    /// Epochs, schedule, SGD and augmentation: FT's ([`SgdTraining::paper`]).
+    #[serde(flatten)]
+    pub training: SgdTraining,
     pub unlabeled: UnlabeledSource,
     /// Use only this many of the unlabeled images (a seeded random choice), to measure how the
     /// size of the defender's set matters; `None`: all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unlabeled_limit: Option<usize>,
-    /// Method spec: 100.
-    pub epochs: usize,
-    /// Method spec: 256.
-    pub batch_size: usize,
-    /// Method spec: 0.01 with cosine annealing.
-    pub lr: f64,
-    /// The cosine schedule's horizon in epochs: the authors' 100 whatever `epochs` is
-    /// ([`AUTHORS_COSINE_T_MAX`]); `None` (runs made before the setting): over the run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cosine_t_max: Option<usize>,
     /// Method spec: `T = 1 + 3 (e + 1) / E`, rising to 4 (not written when it is that).
     #[serde(default, skip_serializing_if = "TemperatureRange::is_paper")]
     pub temperature: TemperatureRange,
-    pub sgd: SgdConfig,
     pub init: InitMode,
-    pub seed: u64,
-    /// Method spec: crop + flip.
-    pub augment: Augment,
     /// Not in the method spec (off by default): mix the unlabeled images of each batch in pairs
     /// (`augment::mixup`), teacher and student seeing the same mixed images, so that 1,000
     /// images give the student many more distinct inputs to match the teacher on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mixup: bool,
-    pub eval_batch_size: usize,
-    /// Evaluate after every Nth epoch (and the last); the model trained does not depend on it.
-    #[serde(default = "crate::engine::driver::every_epoch")]
-    pub eval_every: usize,
 }
 
 impl KdConfig {
-    /// The method's defaults for `teacher`.
+    /// The method's defaults for the suspect in `teacher`.
     pub fn paper(teacher: PathBuf, flip: bool) -> Self {
         KdConfig {
-            teacher,
+            common: CommonSettings::new(teacher, SgdTraining::BATCH_SIZE, SgdTraining::LR),
+            training: SgdTraining::paper(flip),
             unlabeled: UnlabeledSource::Holdout,
             unlabeled_limit: None,
-            epochs: 100,
-            batch_size: 256,
-            lr: 0.01,
-            cosine_t_max: Some(AUTHORS_COSINE_T_MAX),
             temperature: TemperatureRange::default(),
-            sgd: SgdConfig::default(),
             init: InitMode::Adaptive {
                 ratios: reinit::ADAPTIVE_RATIOS,
             },
-            seed: 0,
-            augment: Augment::standard(flip),
             mixup: false,
-            eval_batch_size: 256,
-            eval_every: 1,
         }
+    }
+
+    /// The suspect model's run directory.
+    pub fn teacher(&self) -> &Path {
+        &self.common.suspect
     }
 }
 
@@ -107,7 +90,7 @@ impl KdConfig {
 /// at random with `config.seed`; the teacher's held-out images are read from its run.
 pub fn unlabeled_images(config: &KdConfig) -> Result<UnlabeledImages> {
     let holdout =
-        || crate::train::run::load_holdout(&config.teacher).map(UnlabeledImages::from_set);
+        || crate::engine::run_files::load_holdout(config.teacher()).map(UnlabeledImages::from_set);
     select_unlabeled(config, holdout)
 }
 
@@ -137,7 +120,7 @@ fn select_unlabeled(
             ),
         )),
         Some(n) => {
-            let keep = crate::rng::Rng::from_parts(&[config.seed, 0x0071_3173])
+            let keep = crate::rng::Rng::from_parts(&[config.common.seed, 0x0071_3173])
                 .sample_sorted(set.len(), n);
             Ok(set.subset(&keep))
         }
@@ -147,16 +130,12 @@ fn select_unlabeled(
 impl KdConfig {
     /// Why this configuration cannot run, if it cannot.
     pub fn validate(&self) -> Result<()> {
-        crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
-        crate::engine::driver::check_eval_every(self.eval_every)?;
+        self.common.validate()?;
         if let Some(reason) = self.temperature.check() {
             return Err(Error::config("temperature", reason));
         }
-        crate::optim::sgd::check_lr(self.lr)?;
-        crate::optim::schedule::check_cosine_t_max(self.cosine_t_max)?;
-        self.sgd.validate()?;
-        self.init.validate()?;
-        self.augment.validate()
+        self.training.validate()?;
+        self.init.validate()
     }
 
     /// The settings that differ from the method's defaults, for table columns.
@@ -172,10 +151,7 @@ impl KdConfig {
         if let UnlabeledSource::Data { spec } = &self.unlabeled {
             v.push(format!("on {}", spec.kind.name()));
         }
-        if self.epochs != 100 {
-            v.push(format!("{} ep", self.epochs));
-        }
-        v.extend(super::ft::cosine_label(self.cosine_t_max));
+        v.extend(self.training.label_details());
         v
     }
 }
@@ -237,6 +213,44 @@ impl ClassifierStep for KdStep {
     }
 }
 
+/// The cleanser's step and the student it starts from, as `config` says: `teacher` (its
+/// architecture in `teacher_config`) re-initialised layer-wise into a student that SGD trains
+/// to match it, with what the re-initialisation changed. The command line and the browser both
+/// start a cleanse here.
+pub fn student_step(
+    config: &KdConfig,
+    teacher: &Classifier,
+    teacher_config: &crate::model::ModelConfig,
+    device: &Device,
+) -> (KdStep, Classifier, crate::report::findings::Realised) {
+    let (student, realised) = reinit::student(
+        teacher,
+        teacher_config,
+        &config.init,
+        config.common.seed,
+        device,
+    );
+    let step = KdStep {
+        trainee: Trainee::new(
+            student.clone().train(),
+            Sgd::new(config.training.sgd.clone()),
+            device,
+        ),
+        teacher: teacher.clone(),
+        temperature: config.temperature,
+        epochs: config.training.epochs,
+        mixup: config.mixup,
+        seed: config.common.seed,
+        device: device.clone(),
+    };
+    (step, student, realised)
+}
+
+/// The engine's plan of a cleanse as `config` says.
+pub fn loop_plan(config: &KdConfig) -> LoopPlan {
+    config.training.plan(&config.common, "cleansing")
+}
+
 /// The cleanser's step, data and plan: a student re-initialised from the teacher, distilled on
 /// the defender's images (with `epochs == 0` the run writes the re-initialised student, undistilled).
 pub(crate) fn prepare(
@@ -244,41 +258,16 @@ pub(crate) fn prepare(
     suspect: SuspectView<'_>,
     selected: &Selected,
 ) -> Result<Prepared<KdStep>> {
-    let device = selected.device.clone();
     let DefenderData::Images(holdout) = suspect.defender else {
         unreachable!("the cleanser is given images without labels")
     };
     let images = Arc::new(select_unlabeled(config, || Ok(holdout))?);
-    let (student, realised) = reinit::student(
-        suspect.model,
-        suspect.config,
-        &config.init,
-        config.seed,
-        &device,
-    );
-    let step = KdStep {
-        trainee: Trainee::new(
-            student.clone().train(),
-            Sgd::new(config.sgd.clone()),
-            &device,
-        ),
-        teacher: suspect.model.clone(),
-        temperature: config.temperature,
-        epochs: config.epochs,
-        mixup: config.mixup,
-        seed: config.seed,
-        device,
-    };
+    let (step, student, realised) =
+        student_step(config, suspect.model, suspect.config, &selected.device);
     Ok(Prepared {
         step,
         data: images,
-        plan: LoopPlan::cosine(
-            (config.epochs, config.batch_size, config.lr),
-            config.cosine_t_max,
-            config.seed,
-            config.augment,
-            "cleansing",
-        ),
+        plan: loop_plan(config),
         start: student,
         reinit: Some(realised),
         findings: None,
@@ -302,14 +291,17 @@ impl Method for KdConfig {
         DefenderAccess::Images
     }
 
-    fn common(&self) -> Common<'_> {
-        Common {
-            suspect: &self.teacher,
-            seed: self.seed,
-            batch_size: self.batch_size,
-            eval_batch_size: self.eval_batch_size,
-            eval_every: self.eval_every,
-        }
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
+
+    fn common_mut(&mut self) -> &mut CommonSettings {
+        &mut self.common
+    }
+
+    fn apply_training(&mut self, flags: &SharedFlags) -> Result<()> {
+        flags.apply_to_training(&mut self.training);
+        Ok(())
     }
 
     fn validate(&self) -> Result<()> {

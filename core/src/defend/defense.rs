@@ -3,7 +3,7 @@
 //! `core/src/defend/` (its configuration and its [`Method`]), one variant here with its arm in
 //! [`Defense::as_method`], and one CLI arm.
 
-pub use super::access::{DefenderAccess, DefenderData};
+use super::access::DefenderAccess;
 use super::anp::AnpConfig;
 use super::cleanse::KdConfig;
 use super::fp::FpConfig;
@@ -12,11 +12,11 @@ use super::ibau::IbauConfig;
 use super::mcr::McrConfig;
 use super::method::{Launch, Method};
 use super::nad::NadConfig;
+use super::settings::CommonSettings;
 use super::suspect::AsrSource;
 use crate::Result;
 use crate::device::Selected;
 use crate::engine::Observer;
-pub use crate::report::findings::Findings;
 use crate::report::{DefenseRecord, Report};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -68,6 +68,27 @@ impl Defense {
         }
     }
 
+    /// Every member of the family at the method's defaults, for `suspect` (`flip`: whether its
+    /// data set allows flips), in the order of the enum: where the command line's help reads
+    /// the defaults it shows.
+    pub fn paper_family(suspect: &Path, flip: bool) -> Vec<Defense> {
+        let s = || suspect.to_path_buf();
+        vec![
+            Defense::Kd(KdConfig::paper(s(), flip)),
+            Defense::Ft(FtConfig::paper(s(), flip)),
+            Defense::Fp(FpConfig::paper(s(), flip)),
+            Defense::Nad(NadConfig::paper(s(), flip)),
+            Defense::Mcr(McrConfig::paper(s(), flip)),
+            Defense::Anp(AnpConfig::paper(s(), flip)),
+            Defense::Ibau(IbauConfig::paper(s())),
+        ]
+    }
+
+    /// The settings every defense has.
+    pub fn common(&self) -> &CommonSettings {
+        self.as_method().common()
+    }
+
     /// The method's name on the command line and in reports (`kd`, `ft`).
     pub fn method(&self) -> &'static str {
         self.as_method().name()
@@ -85,7 +106,7 @@ impl Defense {
 
     /// The suspect model's run directory.
     pub fn suspect(&self) -> &Path {
-        self.as_method().common().suspect
+        &self.as_method().common().suspect
     }
 
     /// The seed of the run.
@@ -187,16 +208,7 @@ mod tests {
     use super::*;
 
     fn family() -> Vec<Defense> {
-        let s = std::path::PathBuf::from("runs/x");
-        vec![
-            Defense::Kd(KdConfig::paper(s.clone(), true)),
-            Defense::Ft(FtConfig::paper(s.clone(), true)),
-            Defense::Fp(FpConfig::paper(s.clone(), true)),
-            Defense::Nad(NadConfig::paper(s.clone(), true)),
-            Defense::Mcr(McrConfig::paper(s.clone(), true)),
-            Defense::Anp(AnpConfig::paper(s.clone(), true)),
-            Defense::Ibau(IbauConfig::paper(s)),
-        ]
+        Defense::paper_family(Path::new("runs/x"), true)
     }
 
     #[test]

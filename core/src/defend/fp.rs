@@ -14,14 +14,14 @@
 //! last stage's output channel `c` is then zero for every input.
 
 use super::ft::FtConfig;
-use super::method::{Common, Launch, Method};
+use super::method::{Launch, Method};
 use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
+use super::settings::{CommonSettings, SharedFlags};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
 use crate::device::Selected;
 use crate::engine::checkpoint::CheckpointState;
-use crate::engine::driver::LoopPlan;
 use crate::engine::eval::{images_tensor, in_order, labels_tensor};
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee};
 use crate::io::{read_json, write_json_atomic};
@@ -30,7 +30,7 @@ use crate::model::{Classifier, Network};
 use crate::optim::sgd::Sgd;
 use crate::report::Findings;
 use crate::report::Report;
-pub use crate::report::findings::{PruneStep, Pruning};
+use crate::report::findings::{PruneStep, Pruning};
 use crate::train::run::CrossEntropyStep;
 use crate::{Error, Result};
 use burn::module::{Module, Param};
@@ -80,11 +80,12 @@ impl FpConfig {
 
     /// The settings that differ from the method's defaults, for table columns.
     pub fn label_details(&self) -> Vec<String> {
+        let paper = FpConfig::paper(Default::default(), true);
         let mut v = self.ft.label_details();
-        if self.acc_drop != 0.1 {
+        if self.acc_drop != paper.acc_drop {
             v.push(format!("drop {}", self.acc_drop));
         }
-        if self.prune_step != 1 {
+        if self.prune_step != paper.prune_step {
             v.push(format!("step {}", self.prune_step));
         }
         v
@@ -313,7 +314,7 @@ pub(crate) fn prepare(
                 &holdout,
                 config.acc_drop,
                 config.prune_step,
-                config.ft.eval_batch_size,
+                config.ft.common.eval_batch_size,
                 &device,
             );
             write_json_atomic(&file, &p)?;
@@ -336,9 +337,13 @@ pub(crate) fn prepare(
     let ft = &config.ft;
     let step = FpStep {
         inner: CrossEntropyStep {
-            trainee: Trainee::new(start.clone().train(), Sgd::new(ft.sgd.clone()), &device),
+            trainee: Trainee::new(
+                start.clone().train(),
+                Sgd::new(ft.training.sgd.clone()),
+                &device,
+            ),
             hooks: None,
-            seed: ft.seed,
+            seed: ft.common.seed,
             device,
         },
         pruned: pruning.pruned_channels().to_vec(),
@@ -346,13 +351,7 @@ pub(crate) fn prepare(
     Ok(Prepared {
         step,
         data: holdout,
-        plan: LoopPlan::cosine(
-            (ft.epochs, ft.batch_size, ft.lr),
-            ft.cosine_t_max,
-            ft.seed,
-            ft.augment,
-            "fine-pruning",
-        ),
+        plan: ft.training.plan(&ft.common, "fine-pruning"),
         start,
         reinit: None,
         findings: Some(Findings::Fp(pruning)),
@@ -372,8 +371,16 @@ impl Method for FpConfig {
         2
     }
 
-    fn common(&self) -> Common<'_> {
-        self.ft.common()
+    fn common(&self) -> &CommonSettings {
+        &self.ft.common
+    }
+
+    fn common_mut(&mut self) -> &mut CommonSettings {
+        &mut self.ft.common
+    }
+
+    fn apply_training(&mut self, flags: &SharedFlags) -> Result<()> {
+        self.ft.apply_training(flags)
     }
 
     fn validate(&self) -> Result<()> {

@@ -24,9 +24,10 @@
 //! `|e v| = 0.01 (1 + |w|)` ([`hypergradient`]; a test checks it against a finite-difference
 //! derivative of the outer loss at the inner problem's fixed point).
 
-use super::method::{Common, Launch, Method};
+use super::method::{Launch, Method};
 use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
+use super::settings::{CommonSettings, Flag, SharedFlags};
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
 use crate::data::batcher::HostBatch;
@@ -51,14 +52,12 @@ use std::sync::Arc;
 /// Everything that defines an I-BAU run. Defaults are the method spec's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IbauConfig {
-    /// The suspect model's run directory.
-    pub suspect: PathBuf,
+    /// The suspect, seed, batches (method spec: 100), the outer Adam learning rate (method
+    /// spec: 1e-4; the original: 1e-3) and evaluation.
+    #[serde(flatten)]
+    pub common: CommonSettings,
     /// Rounds (method spec: 100; the original: 5).
     pub rounds: usize,
-    /// Method spec: 100.
-    pub batch_size: usize,
-    /// The outer Adam learning rate (method spec: 1e-4; the original: 1e-3).
-    pub lr: f64,
     pub hyper: HyperSettings,
     /// The universal perturbation's SGD learning rate (method spec: 10).
     pub search_lr: f64,
@@ -70,11 +69,6 @@ pub struct IbauConfig {
     /// reference code: 0.01, chosen at random per batch).
     #[serde(default = "every_image")]
     pub outer_fraction: f64,
-    pub seed: u64,
-    pub eval_batch_size: usize,
-    /// Evaluate after every Nth epoch (and the last); the model trained does not depend on it.
-    #[serde(default = "crate::engine::driver::every_epoch")]
-    pub eval_every: usize,
 }
 
 fn every_image() -> f64 {
@@ -106,25 +100,19 @@ impl IbauConfig {
     /// The method's defaults for `suspect`.
     pub fn paper(suspect: PathBuf) -> Self {
         IbauConfig {
-            suspect,
+            common: CommonSettings::new(suspect, 100, 1e-4),
             rounds: 100,
-            batch_size: 100,
-            lr: 1e-4,
             hyper: HyperSettings::default(),
             search_lr: 10.0,
             search_reg: 0.001,
             max_norm: None,
             outer_fraction: 1.0,
-            seed: 0,
-            eval_batch_size: 256,
-            eval_every: 1,
         }
     }
 
     /// Why this configuration cannot run, if it cannot.
     pub fn validate(&self) -> Result<()> {
-        crate::engine::driver::check_batch_sizes(self.batch_size, self.eval_batch_size)?;
-        crate::engine::driver::check_eval_every(self.eval_every)?;
+        self.common.validate()?;
         if self.hyper.k == 0 || self.hyper.k > 1000 {
             return Err(Error::config(
                 "k",
@@ -134,7 +122,6 @@ impl IbauConfig {
                 ),
             ));
         }
-        crate::optim::sgd::check_lr(self.lr)?;
         if !(self.outer_fraction > 0.0 && self.outer_fraction <= 1.0) {
             return Err(Error::config(
                 "outer-fraction",
@@ -170,20 +157,21 @@ impl IbauConfig {
 
     /// The settings that differ from the method's defaults, for table columns.
     pub fn label_details(&self) -> Vec<String> {
+        let paper = IbauConfig::paper(PathBuf::new());
         let mut v = Vec::new();
-        if self.rounds != 100 {
+        if self.rounds != paper.rounds {
             v.push(format!("{} rounds", self.rounds));
         }
-        if self.lr != 1e-4 {
-            v.push(format!("lr {}", self.lr));
+        if self.common.lr != paper.common.lr {
+            v.push(format!("lr {}", self.common.lr));
         }
-        if self.hyper.k != 5 {
+        if self.hyper.k != paper.hyper.k {
             v.push(format!("K {}", self.hyper.k));
         }
         if let Some(b) = self.max_norm {
             v.push(format!("bound {b}"));
         }
-        if self.outer_fraction != 1.0 {
+        if self.outer_fraction != paper.outer_fraction {
             v.push(format!("outer {}", self.outer_fraction));
         }
         v
@@ -224,7 +212,7 @@ pub fn universal_perturbation(
     let fixed = model.clone().no_grad();
     let shape = [1, set.channels, set.height, set.width];
     let mut w = Tensor::<4>::zeros(shape, device);
-    for b in in_order(set, config.batch_size) {
+    for b in in_order(set, config.common.batch_size) {
         let x = images_tensor(b.images, b.shape, &ad);
         let [n, ..] = x.dims();
         let predicted = fixed.forward(x.clone()).detach().argmax(1).reshape([n]);
@@ -438,7 +426,7 @@ impl Step for IbauStep {
             // The reference's `int(n * portion)` images of the batch, chosen per batch.
             let k = (images as f64 * self.config.outer_fraction).floor() as usize;
             let mut rng = crate::rng::Rng::from_parts(&[
-                self.config.seed,
+                self.config.common.seed,
                 0x1bau64,
                 at.epoch as u64,
                 at.batch as u64,
@@ -501,10 +489,10 @@ pub(crate) fn prepare(
         data: holdout,
         plan: LoopPlan {
             epochs: config.rounds,
-            batch_size: config.batch_size,
-            lr: config.lr,
+            batch_size: config.common.batch_size,
+            lr: config.common.lr,
             schedule: Schedule::Constant,
-            seed: config.seed,
+            seed: config.common.seed,
             augment: Augment::NONE,
             max_batches: None,
             what: "I-BAU",
@@ -528,14 +516,25 @@ impl Method for IbauConfig {
         6
     }
 
-    fn common(&self) -> Common<'_> {
-        Common {
-            suspect: &self.suspect,
-            seed: self.seed,
-            batch_size: self.batch_size,
-            eval_batch_size: self.eval_batch_size,
-            eval_every: self.eval_every,
-        }
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
+
+    fn common_mut(&mut self) -> &mut CommonSettings {
+        &mut self.common
+    }
+
+    fn apply_training(&mut self, flags: &SharedFlags) -> Result<()> {
+        flags.refuse(&[Flag::Epochs], "I-BAU counts --rounds")?;
+        flags.refuse(
+            &[Flag::CosineTMax, Flag::WeightDecay],
+            "I-BAU's Adam has neither a cosine schedule nor weight decay",
+        )?;
+        flags.refuse(
+            &[Flag::Augmentation],
+            "I-BAU uses the defender's images without augmentation (its perturbation is \
+             universal over them)",
+        )
     }
 
     fn validate(&self) -> Result<()> {

@@ -11,9 +11,10 @@
 //! never chosen from that curve.
 
 use super::ft::{FtConfig, nested_fine_tune};
-use super::method::{Common, Launch, Method};
+use super::method::{Launch, Method};
 use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
+use super::settings::{CommonSettings, SharedFlags};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
 use crate::device::Selected;
@@ -64,10 +65,9 @@ impl McrConfig {
 
     /// The endpoint's fine-tuning: the curve's settings for `endpoint_epochs`.
     pub fn endpoint(&self) -> FtConfig {
-        FtConfig {
-            epochs: self.endpoint_epochs,
-            ..self.ft.clone()
-        }
+        let mut ft = self.ft.clone();
+        ft.training.epochs = self.endpoint_epochs;
+        ft
     }
 
     /// Why this configuration cannot run, if it cannot.
@@ -90,11 +90,12 @@ impl McrConfig {
 
     /// The settings that differ from the method's defaults, for table columns.
     pub fn label_details(&self) -> Vec<String> {
+        let paper = McrConfig::paper(Default::default(), true);
         let mut v = self.ft.label_details();
-        if self.endpoint_epochs != 10 {
+        if self.endpoint_epochs != paper.endpoint_epochs {
             v.push(format!("end {} ep", self.endpoint_epochs));
         }
-        if self.t != 0.3 {
+        if self.t != paper.t {
             v.push(format!("t {}", self.t));
         }
         if !self.bn_update {
@@ -328,18 +329,18 @@ pub(crate) fn prepare(
     let ft = &config.ft;
     let sgd = SgdConfig {
         weight_decay: 0.0,
-        ..ft.sgd.clone()
+        ..ft.training.sgd.clone()
     };
     let holdout = Arc::new(holdout);
     let step = McrStep {
         trainee: Trainee::new(bend.train(), Sgd::new(sgd), &device),
         ends,
-        l2: ft.sgd.weight_decay,
+        l2: ft.training.sgd.weight_decay,
         t: config.t,
         bn_update: config.bn_update,
         holdout: holdout.clone(),
-        eval_batch_size: ft.eval_batch_size,
-        seed: ft.seed,
+        eval_batch_size: ft.common.eval_batch_size,
+        seed: ft.common.seed,
         device,
     };
     let start = step.eval_model();
@@ -347,14 +348,10 @@ pub(crate) fn prepare(
         step,
         data: holdout,
         plan: LoopPlan {
-            schedule: Schedule::CurveTraining { epochs: ft.epochs },
-            ..LoopPlan::cosine(
-                (ft.epochs, ft.batch_size, ft.lr),
-                ft.cosine_t_max,
-                ft.seed,
-                ft.augment,
-                "MCR",
-            )
+            schedule: Schedule::CurveTraining {
+                epochs: ft.training.epochs,
+            },
+            ..ft.training.plan(&ft.common, "MCR")
         },
         start,
         reinit: None,
@@ -375,8 +372,16 @@ impl Method for McrConfig {
         3
     }
 
-    fn common(&self) -> Common<'_> {
-        self.ft.common()
+    fn common(&self) -> &CommonSettings {
+        &self.ft.common
+    }
+
+    fn common_mut(&mut self) -> &mut CommonSettings {
+        &mut self.ft.common
+    }
+
+    fn apply_training(&mut self, flags: &SharedFlags) -> Result<()> {
+        self.ft.apply_training(flags)
     }
 
     fn validate(&self) -> Result<()> {

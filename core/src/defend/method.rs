@@ -2,6 +2,7 @@
 //! reached from [`super::Defense`] through its one match (`Defense::as_method`).
 
 use super::access::DefenderAccess;
+use super::settings::{CommonSettings, SharedFlags};
 use super::suspect::AsrSource;
 use crate::Result;
 use crate::device::Selected;
@@ -9,19 +10,6 @@ use crate::engine::Observer;
 use crate::engine::run_dir::Canonical;
 use crate::report::Report;
 use std::path::Path;
-
-/// The settings every defense has, wherever its configuration keeps them.
-pub struct Common<'a> {
-    /// The suspect model's run directory.
-    pub suspect: &'a Path,
-    pub seed: u64,
-    /// The batch size of training (ANP: of its mask updates; I-BAU: of its rounds).
-    pub batch_size: usize,
-    /// The batch size of the per-epoch evaluation.
-    pub eval_batch_size: usize,
-    /// Evaluate after every Nth epoch (round, mask-update group) and the last.
-    pub eval_every: usize,
-}
 
 /// How a defense run starts: its settings as its report records them (the family's JSON,
 /// tagged by `method`), how a recorded configuration is compared on resume, what the ASR is
@@ -49,7 +37,23 @@ pub trait Method {
     fn access(&self) -> DefenderAccess {
         DefenderAccess::Labelled
     }
-    fn common(&self) -> Common<'_>;
+    /// The settings every defense has.
+    fn common(&self) -> &CommonSettings;
+    fn common_mut(&mut self) -> &mut CommonSettings;
+    /// Applies the shared flags beyond the common settings (epochs, the cosine horizon, weight
+    /// decay, augmentation), or names one the method has no use for.
+    fn apply_training(&mut self, flags: &SharedFlags) -> Result<()>;
+    /// These settings with the shared flags applied: the common settings directly, the rest
+    /// through [`Method::apply_training`] (an error names a flag the method has no use for). The
+    /// one place such flags reach a configuration.
+    fn with_flags(mut self, flags: &SharedFlags) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        flags.apply_to_common(self.common_mut());
+        self.apply_training(flags)?;
+        Ok(self)
+    }
     /// Why this configuration cannot run, if it cannot.
     fn validate(&self) -> Result<()>;
     /// The settings that set this run apart from the method's defaults, for table columns.

@@ -1,7 +1,7 @@
 //! Defenses: the family ([`defense::Defense`], the one enum naming them), the run they share
 //! ([`run`]) from a suspect model ([`suspect`]), and each method in its own file: the paper's
 //! distillation cleanser ([`cleanse`], with its re-initialisation [`reinit`], loss [`kd`] and
-//! label-free data [`unlabeled`]) and the baselines: fine-tuning ([`ft`]), Fine-Pruning ([`fp`]),
+//! label-free data [`unlabeled`]), the settings they share ([`settings`]) and the baselines: fine-tuning ([`ft`]), Fine-Pruning ([`fp`]),
 //! Neural Attention Distillation ([`nad`]), Mode Connectivity Repair ([`mcr`]), Adversarial
 //! Neuron Pruning ([`anp`]) and Implicit Backdoor Adversarial Unlearning ([`ibau`]).
 
@@ -18,7 +18,9 @@ pub mod method;
 pub mod nad;
 pub mod reinit;
 pub(crate) mod run;
+pub mod settings;
 pub mod suspect;
 pub mod unlabeled;
 
-pub use defense::{DefenderAccess, Defense};
+pub use access::DefenderAccess;
+pub use defense::Defense;

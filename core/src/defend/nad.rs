@@ -6,14 +6,14 @@
 //! keeps the epoch of best test accuracy; cleanse never reads the test set to choose).
 
 use super::ft::{FtConfig, nested_fine_tune};
-use super::method::{Common, Launch, Method};
+use super::method::{Launch, Method};
 use super::run::run_defense;
 use super::run::{Prepared, SuspectView};
+use super::settings::{CommonSettings, SharedFlags};
 use crate::data::ImageSet;
 use crate::data::batcher::HostBatch;
 use crate::device::Selected;
 use crate::engine::checkpoint::CheckpointState;
-use crate::engine::driver::LoopPlan;
 use crate::engine::eval::{images_tensor, labels_tensor};
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
 use crate::model::Classifier;
@@ -57,10 +57,9 @@ impl NadConfig {
 
     /// The teacher's fine-tuning: the student's settings for `teacher_epochs`.
     pub fn teacher(&self) -> FtConfig {
-        FtConfig {
-            epochs: self.teacher_epochs,
-            ..self.ft.clone()
-        }
+        let mut ft = self.ft.clone();
+        ft.training.epochs = self.teacher_epochs;
+        ft
     }
 
     /// Why this configuration cannot run, if it cannot.
@@ -92,15 +91,16 @@ impl NadConfig {
 
     /// The settings that differ from the method's defaults, for table columns.
     pub fn label_details(&self) -> Vec<String> {
+        let paper = NadConfig::paper(Default::default(), true);
         let mut v = self.ft.label_details();
-        if self.teacher_epochs != 10 {
+        if self.teacher_epochs != paper.teacher_epochs {
             v.push(format!("teacher {} ep", self.teacher_epochs));
         }
-        if self.betas != PAPER_BETAS {
+        if self.betas != paper.betas {
             let b: Vec<String> = self.betas.iter().map(|b| b.to_string()).collect();
             v.push(format!("beta {}", b.join(",")));
         }
-        if self.p != 2.0 {
+        if self.p != paper.p {
             v.push(format!("p {}", self.p));
         }
         v
@@ -213,7 +213,7 @@ pub(crate) fn prepare(
     let step = NadStep {
         trainee: Trainee::new(
             suspect.model.clone().train(),
-            Sgd::new(ft.sgd.clone()),
+            Sgd::new(ft.training.sgd.clone()),
             &device,
         ),
         teacher,
@@ -224,13 +224,7 @@ pub(crate) fn prepare(
     Ok(Prepared {
         step,
         data: Arc::new(holdout),
-        plan: LoopPlan::cosine(
-            (ft.epochs, ft.batch_size, ft.lr),
-            ft.cosine_t_max,
-            ft.seed,
-            ft.augment,
-            "NAD",
-        ),
+        plan: ft.training.plan(&ft.common, "NAD"),
         start: suspect.model.clone(),
         reinit: None,
         findings: None,
@@ -250,8 +244,16 @@ impl Method for NadConfig {
         5
     }
 
-    fn common(&self) -> Common<'_> {
-        self.ft.common()
+    fn common(&self) -> &CommonSettings {
+        &self.ft.common
+    }
+
+    fn common_mut(&mut self) -> &mut CommonSettings {
+        &mut self.ft.common
+    }
+
+    fn apply_training(&mut self, flags: &SharedFlags) -> Result<()> {
+        self.ft.apply_training(flags)
     }
 
     fn validate(&self) -> Result<()> {

@@ -3,7 +3,7 @@
 //! of a freshly initialised model (no rescaling). Batch-norm parameters and statistics are kept.
 
 use crate::model::{Classifier, ModelConfig};
-pub use crate::report::findings::{GroupFraction, Realised};
+use crate::report::findings::{GroupFraction, Realised};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};

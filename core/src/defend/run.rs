@@ -4,7 +4,6 @@
 
 use super::access::{DefenderAccess, DefenderData};
 use super::method::{Launch, Method};
-use super::reinit::Realised;
 use super::suspect::{AsrSource, Suspect};
 use super::unlabeled::UnlabeledImages;
 use crate::Result;
@@ -16,6 +15,7 @@ use crate::engine::{Observer, RunDir, files};
 use crate::io::write_json_atomic;
 use crate::model::{Classifier, ModelConfig};
 use crate::report::Findings;
+use crate::report::findings::Realised;
 use crate::report::{
     Curve, CurvePoint, DataSummary, DefenseRecord, FinalMetrics, Report, RunStatus, SCHEMA_VERSION,
 };
@@ -82,7 +82,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     };
     let mut run = RunDir::open(out, run_config, canonical, common.seed, resume)?;
     let device = selected.device.clone();
-    let suspect = Suspect::load(common.suspect, None, &device)?.measured_by(asr)?;
+    let suspect = Suspect::load(&common.suspect, None, &device)?.measured_by(asr)?;
     let eval = Evaluation {
         test: suspect.test.clone(),
         batch_size: eval_batch_size,
@@ -129,7 +129,7 @@ pub(crate) fn run_defense<S: ClassifierStep>(
     };
     let record = DefenseRecord {
         config: config_json.clone(),
-        suspect: common.suspect.to_path_buf(),
+        suspect: common.suspect.clone(),
         // Distinct images: a defense may use fewer (KD's `--unlabeled-limit`) or cycle through
         // the set several times (ANP's rounds), which the length of its data would count.
         defender_images: data.len().min(holdout_images),

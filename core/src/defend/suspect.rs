@@ -11,7 +11,7 @@ use crate::data::split::SplitFile;
 use crate::data::{DataSpec, ImageSet};
 use crate::engine::meter::AsrMeter;
 use crate::engine::run_dir::files;
-pub use crate::engine::run_files::{RunFiles, load_model};
+use crate::engine::run_files::{RunFiles, load_model};
 use crate::io::read_json;
 use crate::model::{Classifier, ModelConfig};
 use crate::{Error, Result};

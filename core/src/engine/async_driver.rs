@@ -157,16 +157,16 @@ async fn epoch<S: Step, H: Host>(
     let mut totals = EpochTotals::default();
     for (batch, c) in chunks.iter().enumerate() {
         let b = data.batch(c, &plan.augment, plan.seed, epoch as u64);
-        let out = step.step(b, At { epoch, batch, lr });
+        let at = At { epoch, batch, lr };
+        let out = step.step(b, at);
         let loss = read_f32(out.loss).await?[0] as f64;
-        if !loss.is_finite() {
-            return Err(plan.diverged(loss, epoch, batch).to_string());
-        }
         let matches = match out.matches {
             Some(m) => read_count(m).await?,
             None => 0,
         };
-        totals.add(loss, matches, out.images);
+        totals
+            .count(plan, at, (loss, matches, out.images))
+            .map_err(|e| e.to_string())?;
         on(Progress::Batch {
             epoch,
             batch,

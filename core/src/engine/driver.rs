@@ -138,6 +138,21 @@ impl EpochTotals {
         self.seen += images;
     }
 
+    /// Counts a finished batch whose loss and matches were read back (what both drivers do
+    /// after every step): an error when the loss is not finite.
+    pub fn count(
+        &mut self,
+        plan: &LoopPlan,
+        at: At,
+        (loss, matches, images): (f64, usize, usize),
+    ) -> Result<()> {
+        if !loss.is_finite() {
+            return Err(plan.diverged(loss, at.epoch, at.batch));
+        }
+        self.add(loss, matches, images);
+        Ok(())
+    }
+
     pub fn mean_loss(&self) -> f64 {
         self.loss_sum / self.seen.max(1) as f64
     }
@@ -216,13 +231,11 @@ pub fn run_batches<S: Step>(
             2,
         );
         for (batch, b) in batches.into_iter().enumerate() {
-            let out = step.step(b, At { epoch, batch, lr });
+            let at = At { epoch, batch, lr };
+            let out = step.step(b, at);
             let loss = out.loss.into_scalar::<f32>() as f64;
-            if !loss.is_finite() {
-                return Err(plan.diverged(loss, epoch, batch));
-            }
             let matches = out.matches.map_or(0, |m| m.into_scalar::<i64>() as usize);
-            totals.add(loss, matches, out.images);
+            totals.count(plan, at, (loss, matches, out.images))?;
             let seconds = t0.elapsed().as_secs_f64();
             on(
                 step,

@@ -3,4 +3,4 @@
 
 pub mod run;
 
-pub use run::{Observer, SilentObserver, TrainConfig, train};
+pub use run::{TrainConfig, train};

@@ -3,11 +3,14 @@
 use crate::data::augment::Augment;
 use crate::data::batcher::HostBatch;
 use crate::data::split;
+use crate::data::split::SplitFile;
 use crate::data::{DataSpec, ImageSet};
 use crate::device::Selected;
+use crate::engine::Observer;
 use crate::engine::checkpoint::CheckpointState;
 use crate::engine::driver::{self, Evaluation, LoopPlan, run_epochs};
 use crate::engine::eval::{images_tensor, labels_tensor};
+use crate::engine::files;
 use crate::engine::meter::AsrMeter;
 use crate::engine::run_dir::{Canonical, RunDir, canonical_as};
 use crate::engine::step::{At, ClassifierStep, Step, StepOutput, Trainee, matches};
@@ -22,11 +25,6 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
-
-pub use crate::data::split::SplitFile;
-pub use crate::engine::observer::{Observer, SilentObserver};
-pub use crate::engine::run_dir::{dir_is_empty, files};
-pub use crate::engine::run_files::{LoadedModel, load_holdout, load_run_model};
 
 /// Everything that defines a training run. Defaults are the supplement's values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! IAB's networks: the encoder-decoder shared by the pattern generator and the mask network.
 
 use crate::Result;
+use crate::engine::checkpoint::{load_model, save_model};
 use crate::rng::Rng;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -249,22 +250,22 @@ impl IabNets {
 
     /// Writes both networks into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        save_module(
+        save_model(
             &self.generator.valid(),
             &dir.join(super::super::files::IAB_GENERATOR),
         )?;
-        save_module(&self.mask.valid(), &dir.join(super::super::files::IAB_MASK))
+        save_model(&self.mask.valid(), &dir.join(super::super::files::IAB_MASK))
     }
 
     /// Reads networks saved by [`IabNets::save`].
     pub fn load(dir: &Path, channels: usize, width: usize, device: &Device) -> Result<IabNets> {
         Ok(IabNets {
-            generator: load_module(
+            generator: load_model(
                 Generator::new(channels, channels, width, device),
                 &dir.join(super::super::files::IAB_GENERATOR),
             )?
             .valid(),
-            mask: load_module(
+            mask: load_model(
                 Generator::new(channels, 1, width, device),
                 &dir.join(super::super::files::IAB_MASK),
             )?
@@ -299,8 +300,6 @@ impl IabNets {
 fn derive(seed: u64, k: u64) -> u64 {
     crate::rng::derive_seed(&[seed, 0x1AB, k])
 }
-
-pub use crate::engine::checkpoint::{load_model as load_module, save_model as save_module};
 
 /// Per-sample root-mean-square difference of two `[N, C, H, W]` batches, `[N]`.
 pub fn rms_distance(a: Tensor<4>, b: Tensor<4>) -> Tensor<1> {

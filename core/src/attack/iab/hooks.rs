@@ -4,7 +4,7 @@ use super::generator::*;
 use super::mask::*;
 use crate::data::ImageSet;
 use crate::data::augment::Augment;
-use crate::engine::checkpoint;
+use crate::engine::checkpoint::{self, load_model, save_model};
 use crate::optim::adam::{Adam, AdamConfig};
 use crate::{Error, Result};
 use burn::module::Module;
@@ -137,11 +137,11 @@ impl crate::train::run::TrainHooks for IabHooks {
             ));
         }
         let mask_path = out.join(super::super::files::IAB_MASK);
-        let ckpt = out.join(crate::train::run::files::CHECKPOINT_DIR);
+        let ckpt = out.join(crate::engine::files::CHECKPOINT_DIR);
         let mask = if mask_path.is_file() {
             // A run stopped between saving the mask and removing its checkpoints.
             remove_mask_checkpoints(&ckpt, None);
-            load_module(Generator::new(ch, 1, c.iab_width, device), &mask_path)?
+            load_model(Generator::new(ch, 1, c.iab_width, device), &mask_path)?
         } else {
             let set = Arc::new(train.clone());
             let mut cb = self.on_mask_epoch.take();
@@ -160,7 +160,7 @@ impl crate::train::run::TrainHooks for IabHooks {
             );
             self.on_mask_epoch = cb;
             let trained = trained?.valid();
-            save_module(&trained, &mask_path)?;
+            save_model(&trained, &mask_path)?;
             remove_mask_checkpoints(&ckpt, None);
             trained
         };
