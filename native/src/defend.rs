@@ -339,17 +339,32 @@ pub(crate) struct KdArgs {
     mixup: bool,
 }
 
+/// A method's arm of `defend`: the flags every defense shares and the configuration its own
+/// flags make.
+trait MethodArgs {
+    fn common(&self) -> &CommonArgs;
+    /// The defense the flags configure for `suspect` (`flip`: whether its data set allows flips);
+    /// `split`, the suspect's, decides what else depends on its data set (an external unlabeled
+    /// set's image size).
+    fn defense(&self, suspect: PathBuf, flip: bool, split: Option<&SplitFile>) -> Result<Defense>;
+}
+
 impl DefendCommand {
-    fn common(&self) -> &CommonArgs {
+    /// The method's arguments: the one match on the command.
+    fn args(&self) -> &dyn MethodArgs {
         match self {
-            DefendCommand::Kd(a) => &a.common,
-            DefendCommand::Ft(a) => &a.common,
-            DefendCommand::Fp(a) => &a.common,
-            DefendCommand::Nad(a) => &a.common,
-            DefendCommand::Mcr(a) => &a.common,
-            DefendCommand::Anp(a) => &a.common,
-            DefendCommand::Ibau(a) => &a.common,
+            DefendCommand::Kd(a) => a,
+            DefendCommand::Ft(a) => a,
+            DefendCommand::Fp(a) => a,
+            DefendCommand::Nad(a) => a,
+            DefendCommand::Mcr(a) => a,
+            DefendCommand::Anp(a) => a,
+            DefendCommand::Ibau(a) => a,
         }
+    }
+
+    fn common(&self) -> &CommonArgs {
+        self.args().common()
     }
 
     /// The defense the flags configure; `split`, the suspect's, decides what depends on its
@@ -357,56 +372,117 @@ impl DefendCommand {
     /// label, its suspect not trained yet) those follow the flags alone.
     fn defense(&self, split: Option<&SplitFile>) -> Result<Defense> {
         let c = self.common();
-        let (suspect, flip) = (c.model.clone(), CommonArgs::flip(split));
-        Ok(match self {
-            DefendCommand::Kd(a) => Defense::Kd(c.configure(kd_config(a, suspect, flip, split)?)?),
-            DefendCommand::Ft(_) => Defense::Ft(c.configure(FtConfig::paper(suspect, flip))?),
-            DefendCommand::Fp(a) => Defense::Fp(c.configure(FpConfig {
-                acc_drop: a.acc_drop,
-                prune_step: a.prune_step,
-                ..FpConfig::paper(suspect, flip)
-            })?),
-            DefendCommand::Nad(a) => {
-                let Ok(betas) = <[f64; 3]>::try_from(&a.betas[..]) else {
-                    bail!(
-                        "--betas: expected three weights (stages 2, 3, 4); got {:?}",
-                        a.betas
-                    );
-                };
-                Defense::Nad(c.configure(NadConfig {
-                    teacher_epochs: a.teacher_epochs,
-                    betas,
-                    p: a.p,
-                    ..NadConfig::paper(suspect, flip)
-                })?)
-            }
-            DefendCommand::Mcr(a) => Defense::Mcr(c.configure(McrConfig {
-                endpoint_epochs: a.endpoint_epochs,
-                t: a.t,
-                bn_update: !a.no_bn_update,
-                ..McrConfig::paper(suspect, flip)
-            })?),
-            DefendCommand::Anp(a) => Defense::Anp(c.configure(AnpConfig {
-                iterations: a.iterations,
-                eps: a.eps,
-                alpha: a.alpha,
-                threshold: a.threshold,
-                ..AnpConfig::paper(suspect, flip)
-            })?),
-            DefendCommand::Ibau(a) => {
-                let paper = IbauConfig::paper(suspect);
-                Defense::Ibau(c.configure(IbauConfig {
-                    rounds: a.rounds,
-                    hyper: HyperSettings {
-                        k: a.k,
-                        ..paper.hyper
-                    },
-                    max_norm: a.max_norm,
-                    outer_fraction: a.outer_fraction,
-                    ..paper
-                })?)
-            }
-        })
+        self.args()
+            .defense(c.model.clone(), CommonArgs::flip(split), split)
+    }
+}
+
+impl MethodArgs for KdArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn defense(&self, suspect: PathBuf, flip: bool, split: Option<&SplitFile>) -> Result<Defense> {
+        let config = kd_config(self, suspect, flip, split)?;
+        Ok(Defense::Kd(self.common.configure(config)?))
+    }
+}
+
+impl MethodArgs for FtArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn defense(&self, suspect: PathBuf, flip: bool, _: Option<&SplitFile>) -> Result<Defense> {
+        Ok(Defense::Ft(
+            self.common.configure(FtConfig::paper(suspect, flip))?,
+        ))
+    }
+}
+
+impl MethodArgs for FpArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn defense(&self, suspect: PathBuf, flip: bool, _: Option<&SplitFile>) -> Result<Defense> {
+        Ok(Defense::Fp(self.common.configure(FpConfig {
+            acc_drop: self.acc_drop,
+            prune_step: self.prune_step,
+            ..FpConfig::paper(suspect, flip)
+        })?))
+    }
+}
+
+impl MethodArgs for NadArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn defense(&self, suspect: PathBuf, flip: bool, _: Option<&SplitFile>) -> Result<Defense> {
+        let Ok(betas) = <[f64; 3]>::try_from(&self.betas[..]) else {
+            bail!(
+                "--betas: expected three weights (stages 2, 3, 4); got {:?}",
+                self.betas
+            );
+        };
+        Ok(Defense::Nad(self.common.configure(NadConfig {
+            teacher_epochs: self.teacher_epochs,
+            betas,
+            p: self.p,
+            ..NadConfig::paper(suspect, flip)
+        })?))
+    }
+}
+
+impl MethodArgs for McrArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn defense(&self, suspect: PathBuf, flip: bool, _: Option<&SplitFile>) -> Result<Defense> {
+        Ok(Defense::Mcr(self.common.configure(McrConfig {
+            endpoint_epochs: self.endpoint_epochs,
+            t: self.t,
+            bn_update: !self.no_bn_update,
+            ..McrConfig::paper(suspect, flip)
+        })?))
+    }
+}
+
+impl MethodArgs for AnpArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn defense(&self, suspect: PathBuf, flip: bool, _: Option<&SplitFile>) -> Result<Defense> {
+        Ok(Defense::Anp(self.common.configure(AnpConfig {
+            iterations: self.iterations,
+            eps: self.eps,
+            alpha: self.alpha,
+            threshold: self.threshold,
+            ..AnpConfig::paper(suspect, flip)
+        })?))
+    }
+}
+
+impl MethodArgs for IbauArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn defense(&self, suspect: PathBuf, _: bool, _: Option<&SplitFile>) -> Result<Defense> {
+        let paper = IbauConfig::paper(suspect);
+        Ok(Defense::Ibau(self.common.configure(IbauConfig {
+            rounds: self.rounds,
+            hyper: HyperSettings {
+                k: self.k,
+                ..paper.hyper
+            },
+            max_norm: self.max_norm,
+            outer_fraction: self.outer_fraction,
+            ..paper
+        })?))
     }
 }
 

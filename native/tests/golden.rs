@@ -65,25 +65,12 @@ fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_string).collect()
 }
 
-/// FNV-1a over the bits of every float parameter of the run's model, in module order.
+/// The run's model's weights fingerprint.
 fn weights_checksum(dir: &Path) -> u64 {
-    use burn::module::{Module, ModuleVisitor, Param};
-    use burn::prelude::*;
-    struct Hash(u64);
-    impl ModuleVisitor for Hash {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            for v in p.val().into_data().iter::<f32>() {
-                for b in v.to_bits().to_le_bytes() {
-                    self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
-                }
-            }
-        }
-    }
     let loaded =
-        cleanse_core::engine::run_files::load_run_model(dir, &Device::flex()).expect("load model");
-    let mut h = Hash(0xcbf2_9ce4_8422_2325);
-    loaded.model.visit(&mut h);
-    h.0
+        cleanse_core::engine::run_files::load_run_model(dir, &burn::prelude::Device::flex())
+            .expect("load model");
+    cleanse_core::model::fingerprint::weights_fingerprint(&loaded.model)
 }
 
 /// `name clean_acc asr last_loss checksum`, as the table below holds it.
@@ -205,11 +192,5 @@ fn tiny_runs_end_with_the_recorded_metrics_and_weights() {
         cleanse(&words(line));
         got.push(summary(name, &dir(name)));
     }
-    let table = got.join("\n");
-    eprintln!("golden values:\n{table}");
-    let same = |t: &&[&str]| t.iter().copied().eq(got.iter().map(String::as_str));
-    assert!(
-        EXPECTED.iter().any(same),
-        "golden values changed (none of the recorded tables); got:\n{table}"
-    );
+    cleanse_tests::assert_golden(EXPECTED, &got);
 }

@@ -16,3 +16,16 @@ pub fn shared_data() -> PathBuf {
     );
     candidate
 }
+
+/// Asserts that `got`, a golden run's lines, is one of the `recorded` tables (one per kind of
+/// arithmetic the runs have been recorded on), printing it either way so a new table can be
+/// recorded from the log.
+pub fn assert_golden(recorded: &[&[&str]], got: &[String]) {
+    let table = got.join("\n");
+    eprintln!("golden values:\n{table}");
+    let same = |t: &&[&str]| t.iter().copied().eq(got.iter().map(String::as_str));
+    assert!(
+        recorded.iter().any(same),
+        "golden values changed (none of the recorded tables); got:\n{table}"
+    );
+}

@@ -17,7 +17,6 @@
 //! machine. A run must end with one of them, whole. Recorded again when their weight gradient
 //! (AVX-512, output channels in multiples of 16) moved to the direct convolution too.
 
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use cleanse_core::attack::AttackKind;
 use cleanse_core::data::synthetic::{SyntheticConfig, generate};
@@ -40,19 +39,7 @@ impl Host for Quiet {
 }
 
 fn checksum(m: &DemoModel) -> u64 {
-    struct Hash(u64);
-    impl ModuleVisitor for Hash {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            for v in p.val().into_data().iter::<f32>() {
-                for b in v.to_bits().to_le_bytes() {
-                    self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
-                }
-            }
-        }
-    }
-    let mut h = Hash(0xcbf2_9ce4_8422_2325);
-    m.model.visit(&mut h);
-    h.0
+    cleanse_core::model::fingerprint::weights_fingerprint(&m.model)
 }
 
 fn line(name: &str, m: &DemoModel) -> String {
@@ -140,11 +127,5 @@ fn demo_loops_end_with_the_recorded_metrics_and_weights() {
     ))
     .expect("cleanse");
     got.push(line("cleanse", &cleansed));
-    let table = got.join("\n");
-    eprintln!("golden values:\n{table}");
-    let same = |t: &&[&str]| t.iter().copied().eq(got.iter().map(String::as_str));
-    assert!(
-        EXPECTED.iter().any(same),
-        "golden values changed (none of the recorded tables); got:\n{table}"
-    );
+    cleanse_tests::assert_golden(EXPECTED, &got);
 }

@@ -410,6 +410,10 @@ pub(crate) fn prepare(
 }
 
 impl Method for AnpConfig {
+    fn defaults(suspect: std::path::PathBuf, flip: bool) -> Self {
+        AnpConfig::paper(suspect, flip)
+    }
+
     fn name(&self) -> &'static str {
         "anp"
     }

@@ -275,6 +275,10 @@ pub(crate) fn prepare(
 }
 
 impl Method for KdConfig {
+    fn defaults(suspect: std::path::PathBuf, flip: bool) -> Self {
+        KdConfig::paper(suspect, flip)
+    }
+
     fn name(&self) -> &'static str {
         "kd"
     }

@@ -1,7 +1,7 @@
 //! The defense family: the one enum that names every defense, with its typed configuration. A
 //! defense run records it (tagged by `method`) in its report; adding a defense is one file in
-//! `core/src/defend/` (its configuration and its [`Method`]), one variant here with its arm in
-//! [`Defense::as_method`], and one CLI arm.
+//! `core/src/defend/` (its configuration and its [`Method`]), one line in the `family!` list
+//! below, and one CLI arm.
 
 use super::access::DefenderAccess;
 use super::anp::AnpConfig;
@@ -21,10 +21,36 @@ use crate::report::{DefenseRecord, Report};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// A defense and all of its settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum Defense {
+/// Declares the family from one list: the enum (its serde tag is the variant's name in snake
+/// case), [`Defense::as_method`] and [`Defense::paper_family`].
+macro_rules! family {
+    ($($(#[$doc:meta])* $variant:ident($config:ty),)*) => {
+        /// A defense and all of its settings.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "method", rename_all = "snake_case")]
+        pub enum Defense {
+            $($(#[$doc])* $variant($config),)*
+        }
+
+        impl Defense {
+            /// The method behind this member of the family: the one place that matches on it.
+            pub fn as_method(&self) -> &dyn Method {
+                match self {
+                    $(Defense::$variant(c) => c,)*
+                }
+            }
+
+            /// Every member of the family at the method's defaults, for `suspect` (`flip`:
+            /// whether its data set allows flips), in the order of the enum: where the command
+            /// line's help reads the defaults it shows.
+            pub fn paper_family(suspect: &Path, flip: bool) -> Vec<Defense> {
+                vec![$(Defense::$variant(<$config as Method>::defaults(suspect.to_path_buf(), flip)),)*]
+            }
+        }
+    };
+}
+
+family! {
     /// The distillation cleanser of Pang et al. (2023): a layer-wise re-initialised student
     /// distilled from the suspect on unlabeled images.
     Kd(KdConfig),
@@ -53,35 +79,6 @@ impl Defense {
     /// These settings as a report records them ([`DefenseRecord::config`]).
     pub fn record_value(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("a defense's settings serialise")
-    }
-
-    /// The method behind this member of the family: the one place that matches on it.
-    pub fn as_method(&self) -> &dyn Method {
-        match self {
-            Defense::Kd(c) => c,
-            Defense::Ft(c) => c,
-            Defense::Fp(c) => c,
-            Defense::Nad(c) => c,
-            Defense::Mcr(c) => c,
-            Defense::Anp(c) => c,
-            Defense::Ibau(c) => c,
-        }
-    }
-
-    /// Every member of the family at the method's defaults, for `suspect` (`flip`: whether its
-    /// data set allows flips), in the order of the enum: where the command line's help reads
-    /// the defaults it shows.
-    pub fn paper_family(suspect: &Path, flip: bool) -> Vec<Defense> {
-        let s = || suspect.to_path_buf();
-        vec![
-            Defense::Kd(KdConfig::paper(s(), flip)),
-            Defense::Ft(FtConfig::paper(s(), flip)),
-            Defense::Fp(FpConfig::paper(s(), flip)),
-            Defense::Nad(NadConfig::paper(s(), flip)),
-            Defense::Mcr(McrConfig::paper(s(), flip)),
-            Defense::Anp(AnpConfig::paper(s(), flip)),
-            Defense::Ibau(IbauConfig::paper(s())),
-        ]
     }
 
     /// The settings every defense has.

@@ -359,6 +359,10 @@ pub(crate) fn prepare(
 }
 
 impl Method for FpConfig {
+    fn defaults(suspect: std::path::PathBuf, flip: bool) -> Self {
+        FpConfig::paper(suspect, flip)
+    }
+
     fn name(&self) -> &'static str {
         "fp"
     }

@@ -123,6 +123,10 @@ pub(crate) fn nested_fine_tune(
 }
 
 impl Method for FtConfig {
+    fn defaults(suspect: std::path::PathBuf, flip: bool) -> Self {
+        FtConfig::paper(suspect, flip)
+    }
+
     fn name(&self) -> &'static str {
         "ft"
     }

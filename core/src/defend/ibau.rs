@@ -504,6 +504,10 @@ pub(crate) fn prepare(
 }
 
 impl Method for IbauConfig {
+    fn defaults(suspect: std::path::PathBuf, _flip: bool) -> Self {
+        IbauConfig::paper(suspect)
+    }
+
     fn name(&self) -> &'static str {
         "ibau"
     }

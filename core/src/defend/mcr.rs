@@ -360,6 +360,10 @@ pub(crate) fn prepare(
 }
 
 impl Method for McrConfig {
+    fn defaults(suspect: std::path::PathBuf, flip: bool) -> Self {
+        McrConfig::paper(suspect, flip)
+    }
+
     fn name(&self) -> &'static str {
         "mcr"
     }

@@ -26,6 +26,11 @@ pub struct Launch<'a> {
 
 /// One defense method.
 pub trait Method {
+    /// The method's defaults for the suspect in `suspect` (`flip`: whether its data set allows
+    /// horizontal flips).
+    fn defaults(suspect: std::path::PathBuf, flip: bool) -> Self
+    where
+        Self: Sized;
     /// The method's name on the command line and in reports (`kd`, `ft`): the family's tag.
     fn name(&self) -> &'static str;
     /// The column name in tables (`KD`, `FT`).

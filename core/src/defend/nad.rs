@@ -232,6 +232,10 @@ pub(crate) fn prepare(
 }
 
 impl Method for NadConfig {
+    fn defaults(suspect: std::path::PathBuf, flip: bool) -> Self {
+        NadConfig::paper(suspect, flip)
+    }
+
     fn name(&self) -> &'static str {
         "nad"
     }

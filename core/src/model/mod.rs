@@ -2,6 +2,7 @@
 //! default), both with a width multiplier, behind one [`Classifier`] that normalises its input.
 
 pub mod blocks;
+pub mod fingerprint;
 pub mod init;
 pub mod loss;
 pub mod preact_resnet;
