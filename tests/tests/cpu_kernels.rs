@@ -188,7 +188,7 @@ fn a_frozen_layer_under_autodiff_passes_gradients_as_burns_does() {
 /// with a shorter one.
 type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
 
-const CONVS: [ConvCase; 12] = [
+const CONVS: [ConvCase; 14] = [
     (5, 3, 4, 32, 32, 3, 1, 1, false),
     // The direct convolution's shapes: 3x3, stride 1, padding 1, channels in blocks of 8.
     (2, 16, 32, 8, 8, 3, 1, 1, false),
@@ -202,6 +202,9 @@ const CONVS: [ConvCase; 12] = [
     (4, 7, 9, 11, 11, 1, 1, 0, false),
     (2, 3, 8, 15, 13, 7, 2, 3, true),
     (3, 64, 16, 7, 7, 3, 2, 1, false),
+    // The strided direct convolution's tiles (AVX-512): rows of 16 outputs, 4x4 blocks.
+    (2, 8, 16, 32, 32, 3, 2, 1, false),
+    (2, 16, 32, 8, 8, 3, 2, 1, true),
 ];
 
 fn conv_layer(case: usize, device: &Device) -> burn::nn::conv::Conv2d {
@@ -265,7 +268,7 @@ fn a_convolution_without_autodiff_matches_burns() {
 fn the_convolution_gives_the_same_bits_on_one_thread_and_on_three() {
     // The matrix products (gemm) split rows and columns, never the sums, between threads; the
     // weight gradient's sums over groups of images have one order; the direct convolution (case
-    // 1) sums each output in one task.
+    // 1, and the strided one, case 13) sums each output in one task.
     let run = |threads: usize, case: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -289,7 +292,7 @@ fn the_convolution_gives_the_same_bits_on_one_thread_and_on_three() {
             ]
         })
     };
-    for case in [0, 1] {
+    for case in [0, 1, 13] {
         assert_eq!(run(1, case), run(3, case), "case {case}");
     }
 }

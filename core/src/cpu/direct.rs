@@ -1,7 +1,8 @@
 //! A direct 3x3 convolution (stride 1, padding 1, channels in multiples of 8): no column
 //! matrix, the output channels in registers. The shape of every 3x3 convolution of the models
 //! after the stem, forward and (with the kernel turned round and its channels swapped) input
-//! gradient; with AVX-512 also the weight gradient ([`weight_grad`]).
+//! gradient; with AVX-512 also the weight gradient ([`weight_grad`]) and the forward pass of the
+//! stride-2 convolutions of the stage transitions ([`forward_strided`]).
 //!
 //! Layout: channels in blocks of [`LANES`] (one 256-bit vector), innermost. The input is copied
 //! once per call into `[n][c / 8][h + 2][w + 2][8]`, with the padding written as zeros so that
@@ -87,6 +88,28 @@ pub fn chosen(g: &super::conv::ConvGeometry) -> bool {
         && (g.h * g.w >= MIN_PLANE || wide())
 }
 
+/// Whether `g` is a 3x3 convolution of stride 2 and padding 1 (the models' stage transitions)
+/// whose forward pass runs directly here: with AVX-512, output channels in multiples of 16 and
+/// input channels in multiples of 8 (its gradients keep the column version and Burn's
+/// transposed convolution).
+pub fn chosen_strided(g: &super::conv::ConvGeometry) -> bool {
+    g.ci.is_multiple_of(LANES)
+        && g.co.is_multiple_of(2 * LANES)
+        && [g.kh, g.kw] == [3, 3]
+        && g.stride == [2, 2]
+        && g.padding == [(1, 1), (1, 1)]
+        && wide()
+}
+
+/// The direct convolution of `x` (`[s.n, s.ci, s.h, s.w]`) by `weight` (`[s.co, s.ci, 3, 3]`) at
+/// stride 2, padding 1: `[s.n, s.co, (s.h + 1) / 2, (s.w + 1) / 2]`. Only where
+/// [`chosen_strided`].
+pub fn forward_strided(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
+    let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
+    let wb = weight_blocks(weight, s.co, s.ci, false);
+    convolve(&xb, &wb, s.n, s.ci, s.co, s.h, s.w, 2)
+}
+
 /// `g` as the direct convolution's shape.
 pub fn shape_of(g: &super::conv::ConvGeometry) -> Shape3 {
     Shape3 {
@@ -150,7 +173,7 @@ fn weight_blocks(weight: &[f32], co: usize, ci: usize, turned: bool) -> Vec<[f32
 pub fn forward(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
     let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
     let wb = weight_blocks(weight, s.co, s.ci, false);
-    convolve(&xb, &wb, s.n, s.ci, s.co, s.h, s.w)
+    convolve(&xb, &wb, s.n, s.ci, s.co, s.h, s.w, 1)
 }
 
 /// The input gradient of [`forward`] for the output gradient `dy` (`[s.n, s.co, s.h, s.w]`):
@@ -159,7 +182,7 @@ pub fn forward(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
 pub fn input_grad(dy: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
     let db = padded_blocks(dy, s.n, s.co, s.h, s.w);
     let wb = weight_blocks(weight, s.co, s.ci, true);
-    convolve(&db, &wb, s.n, s.co, s.ci, s.h, s.w)
+    convolve(&db, &wb, s.n, s.co, s.ci, s.h, s.w, 1)
 }
 
 /// Whether the direct weight gradient ([`weight_grad`]) can compute `g`'s shape here: with
@@ -309,7 +332,9 @@ impl pulp::NullaryFnOnce for WeightTask<'_> {
 /// many weight vectors.
 const GROUP: usize = 2;
 
-/// `ins` blocked padded input channels to `outs` NCHW output channels.
+/// `ins` blocked padded input channels (`h x w` planes) to `outs` NCHW output channels, at
+/// `stride` 1 (outputs `h x w`) or 2 (outputs `(h + 1) / 2 x (w + 1) / 2`; AVX-512 only).
+#[allow(clippy::too_many_arguments)]
 fn convolve(
     xb: &[[f32; LANES]],
     wb: &[[f32; LANES]],
@@ -318,8 +343,10 @@ fn convolve(
     outs: usize,
     h: usize,
     w: usize,
+    stride: usize,
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; n * outs * h * w];
+    let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+    let mut out = vec![0.0f32; n * outs * oh * ow];
     let (ib, ob) = (ins / LANES, outs / LANES);
     let image = ib * (h + 2) * (w + 2);
     let filters = ib * 9 * LANES;
@@ -327,13 +354,21 @@ fn convolve(
     if let Some(simd) = pulp::x86::V4::try_new().filter(|_| ob % 2 == 0) {
         // AVX-512: pairs of output blocks, 16 output channels to a vector.
         let wide = widen(wb, ob, ib);
-        out.par_chunks_mut(2 * LANES * h * w)
+        out.par_chunks_mut(2 * LANES * oh * ow)
             .enumerate()
             .for_each(|(task, planes)| {
                 let (img, pair) = (task / (ob / 2), task % (ob / 2));
                 let input = &xb[img * image..][..image];
                 let weight = &wide[pair * filters..][..filters];
-                let p = Plane { ib, h, w, group: 2 };
+                let p = Plane {
+                    ib,
+                    h: oh,
+                    w: ow,
+                    group: 2,
+                    stride,
+                    pw: w + 2,
+                    ph: h + 2,
+                };
                 simd.vectorize(Wide {
                     simd,
                     input,
@@ -344,6 +379,7 @@ fn convolve(
             });
         return out;
     }
+    assert_eq!(stride, 1, "the strided direct convolution needs AVX-512");
     // Rows of 8 or more fill a tile of one block; narrower planes pair output blocks.
     let group = if !w.is_multiple_of(8) && ob.is_multiple_of(GROUP) {
         GROUP
@@ -356,7 +392,15 @@ fn convolve(
             let (img, first) = (task / (ob / group), task % (ob / group) * group);
             let input = &xb[img * image..][..image];
             let weight = &wb[first * filters..][..group * filters];
-            let shape = Plane { ib, h, w, group };
+            let shape = Plane {
+                ib,
+                h,
+                w,
+                group,
+                stride: 1,
+                pw: w + 2,
+                ph: h + 2,
+            };
             block_planes(input, weight, shape, planes);
         });
     out
@@ -405,19 +449,23 @@ impl pulp::NullaryFnOnce for Wide<'_> {
             planes,
         } = self;
         // 16 accumulators of the 32 registers: a row of 16, two rows of 8 or four of 4.
-        match (p.w % 16, p.w % 8, p.h % 2, p.w % 4, p.h % 4) {
-            (0, _, _, _, _) => wide_tiles::<1, 16>(simd, input, weight, p, planes),
-            (_, 0, 0, _, _) => wide_tiles::<2, 8>(simd, input, weight, p, planes),
-            (_, _, _, 0, 0) => wide_tiles::<4, 4>(simd, input, weight, p, planes),
-            _ => wide_tiles::<1, 1>(simd, input, weight, p, planes),
+        match (p.stride, p.w % 16, p.w % 8, p.h % 2, p.w % 4, p.h % 4) {
+            (1, 0, _, _, _, _) => wide_tiles::<1, 16, 1>(simd, input, weight, p, planes),
+            (1, _, 0, 0, _, _) => wide_tiles::<2, 8, 1>(simd, input, weight, p, planes),
+            (1, _, _, _, 0, 0) => wide_tiles::<4, 4, 1>(simd, input, weight, p, planes),
+            (1, ..) => wide_tiles::<1, 1, 1>(simd, input, weight, p, planes),
+            (_, 0, _, _, _, _) => wide_tiles::<1, 16, 2>(simd, input, weight, p, planes),
+            (_, _, 0, 0, _, _) => wide_tiles::<2, 8, 2>(simd, input, weight, p, planes),
+            (_, _, _, _, 0, 0) => wide_tiles::<4, 4, 2>(simd, input, weight, p, planes),
+            _ => wide_tiles::<1, 1, 2>(simd, input, weight, p, planes),
         }
     }
 }
 
-/// [`Wide`] in tiles of `R` rows by `T` columns of 16 output channels.
+/// [`Wide`] in tiles of `R` rows by `T` columns of 16 output channels, at stride `S`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn wide_tiles<const R: usize, const T: usize>(
+fn wide_tiles<const R: usize, const T: usize, const S: usize>(
     simd: pulp::x86::V4,
     input: &[[f32; LANES]],
     weight: &[[f32; 2 * LANES]],
@@ -425,9 +473,10 @@ fn wide_tiles<const R: usize, const T: usize>(
     planes: &mut [f32],
 ) {
     use pulp::f32x16;
-    let Plane { ib, h, w, .. } = p;
-    let pw = w + 2;
-    let plane = (h + 2) * pw;
+    let Plane {
+        ib, h, w, pw, ph, ..
+    } = p;
+    let plane = ph * pw;
     let vector = |a: [f32; 2 * LANES]| -> f32x16 { pulp::bytemuck::cast(a) };
     for y0 in (0..h).step_by(R) {
         for x0 in (0..w).step_by(T) {
@@ -436,15 +485,16 @@ fn wide_tiles<const R: usize, const T: usize>(
                 let channels = &input[b * plane..][..plane];
                 let filters = &weight[b * 9 * LANES..][..9 * LANES];
                 for dy in 0..3 {
-                    let rows: [&[[f32; LANES]]; R] =
-                        std::array::from_fn(|r| &channels[(y0 + r + dy) * pw + x0..][..T + 2]);
+                    let rows: [&[[f32; LANES]]; R] = std::array::from_fn(|r| {
+                        &channels[((y0 + r) * S + dy) * pw + x0 * S..][..(T - 1) * S + 3]
+                    });
                     for dx in 0..3 {
                         let taps = &filters[(dy * 3 + dx) * LANES..][..LANES];
                         for (c, tap) in taps.iter().enumerate() {
                             let wv = vector(*tap);
                             for r in 0..R {
                                 for t in 0..T {
-                                    let v = simd.splat_f32x16(rows[r][t + dx][c]);
+                                    let v = simd.splat_f32x16(rows[r][t * S + dx][c]);
                                     acc[r][t] = simd.mul_add_f32x16(v, wv, acc[r][t]);
                                 }
                             }
@@ -465,7 +515,8 @@ fn wide_tiles<const R: usize, const T: usize>(
     }
 }
 
-/// What one task computes: `group` blocks of 8 output planes of `h x w` from `ib` input blocks.
+/// What one task computes: `group` blocks of 8 output planes of `h x w` from `ib` input blocks
+/// of padded `ph x pw` planes, at `stride`.
 #[derive(Clone, Copy)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Plane {
@@ -473,6 +524,9 @@ struct Plane {
     h: usize,
     w: usize,
     group: usize,
+    stride: usize,
+    pw: usize,
+    ph: usize,
 }
 
 /// The `group * 8` output planes (`planes`, `[group * 8][h][w]`) of one task.
@@ -696,6 +750,52 @@ mod tests {
             let w = data(s.co * s.ci * 9, 2);
             close(&forward(&x, &w, s), &naive(&x, &w, s), &format!("{s:?}"));
         }
+    }
+
+    /// The stride-2 convolution by its definition: the stride-1 one's outputs at even places.
+    fn naive_strided(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
+        let full = naive(x, weight, s);
+        let (oh, ow) = (s.h.div_ceil(2), s.w.div_ceil(2));
+        let mut out = Vec::with_capacity(s.n * s.co * oh * ow);
+        for plane in full.chunks_exact(s.h * s.w) {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    out.push(plane[2 * y * s.w + 2 * xo]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_strided_direct_convolution_is_the_convolution_at_stride_2() {
+        if !wide() {
+            return;
+        }
+        for s in SHAPES.into_iter().filter(|s| s.co % 16 == 0) {
+            let x = data(s.n * s.ci * s.h * s.w, 4);
+            let w = data(s.co * s.ci * 9, 5);
+            let what = format!("stride 2 {s:?}");
+            close(
+                &forward_strided(&x, &w, s),
+                &naive_strided(&x, &w, s),
+                &what,
+            );
+        }
+        // A stage transition of the width-16 ResNet-18 (32 -> 16 rows of 16 outputs).
+        let s = Shape3 {
+            n: 2,
+            ci: 16,
+            co: 32,
+            h: 32,
+            w: 32,
+        };
+        let (x, w) = (data(s.n * s.ci * 32 * 32, 6), data(s.co * s.ci * 9, 7));
+        close(
+            &forward_strided(&x, &w, s),
+            &naive_strided(&x, &w, s),
+            "32x32",
+        );
     }
 
     #[test]

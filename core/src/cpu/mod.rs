@@ -232,6 +232,10 @@ impl CpuKernels for Flex {
             let y = direct::forward(slice(&x), slice(&weight), direct::shape_of(&g));
             return tensor(y, Shape::new([g.n, g.co, oh, ow]));
         }
+        if direct::chosen_strided(&g) {
+            let y = direct::forward_strided(slice(&x), slice(&weight), direct::shape_of(&g));
+            return tensor(y, Shape::new([g.n, g.co, oh, ow]));
+        }
         let w = Flex::float_reshape(weight, Shape::new([1, g.co, k]));
         let out_shape = Shape::new([g.n, g.co, oh, ow]);
         let mut out = Vec::with_capacity(g.n * g.co * l);
