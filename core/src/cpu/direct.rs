@@ -1,8 +1,9 @@
 //! A direct 3x3 convolution (stride 1, padding 1, channels in multiples of 8): no column
 //! matrix, the output channels in registers. The shape of every 3x3 convolution of the models
 //! after the stem, forward and (with the kernel turned round and its channels swapped) input
-//! gradient; with AVX-512 also the weight gradient ([`weight_grad`]) and the forward pass of the
-//! stride-2 convolutions of the stage transitions ([`forward_strided`]).
+//! gradient; with AVX-512 also the weight gradient ([`weight_grad`]), and the forward pass and
+//! weight gradient of the stride-2 convolutions of the stage transitions ([`forward_strided`],
+//! [`weight_grad_strided`]).
 //!
 //! Layout: channels in blocks of [`LANES`] (one 256-bit vector), innermost. The input is copied
 //! once per call into `[n][c / 8][h + 2][w + 2][8]`, with the padding written as zeros so that
@@ -89,8 +90,8 @@ pub fn chosen(g: &super::conv::ConvGeometry) -> bool {
 }
 
 /// Whether `g` is a 3x3 convolution of stride 2 and padding 1 (the models' stage transitions)
-/// whose forward pass runs directly here: with AVX-512, output channels in multiples of 16 and
-/// input channels in multiples of 8 (its gradients keep the column version and Burn's
+/// whose forward pass and weight gradient run directly here: with AVX-512, output channels in
+/// multiples of 16 and input channels in multiples of 8 (its input gradient stays Burn's
 /// transposed convolution).
 pub fn chosen_strided(g: &super::conv::ConvGeometry) -> bool {
     g.ci.is_multiple_of(LANES)
@@ -200,15 +201,26 @@ pub fn chosen_for_weight_grad(g: &super::conv::ConvGeometry) -> bool {
 /// channels, summed image by image, the images' sums added in image order. Only where
 /// [`chosen_for_weight_grad`].
 pub fn weight_grad(x: &[f32], dy: &[f32], s: Shape3) -> Vec<f32> {
+    weight_grad_at(x, dy, s, 1)
+}
+
+/// [`weight_grad`] of the stride-2 convolution ([`forward_strided`]; `dy` is
+/// `[s.n, s.co, (s.h + 1) / 2, (s.w + 1) / 2]`). Only where [`chosen_strided`].
+pub fn weight_grad_strided(x: &[f32], dy: &[f32], s: Shape3) -> Vec<f32> {
+    weight_grad_at(x, dy, s, 2)
+}
+
+fn weight_grad_at(x: &[f32], dy: &[f32], s: Shape3, stride: usize) -> Vec<f32> {
+    let (oh, ow) = ((s.h - 1) / stride + 1, (s.w - 1) / stride + 1);
     let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
-    let gb = wide_blocks(dy, s.n, s.co, s.h * s.w);
+    let gb = wide_blocks(dy, s.n, s.co, oh * ow);
     let (ib, pairs) = (s.ci / LANES, s.co / (2 * LANES));
     let tasks: Vec<(usize, usize, usize)> = (0..pairs)
         .flat_map(|p| (0..ib).flat_map(move |b| (0..3).map(move |dy| (p, b, dy))))
         .collect();
     let sums: Vec<[[[f32; 2 * LANES]; LANES]; 3]> = tasks
         .par_iter()
-        .map(|&(p, b, dy)| weight_task(&xb, &gb, s, p, b, dy))
+        .map(|&(p, b, dy)| weight_task(&xb, &gb, (s, stride), p, b, dy))
         .collect();
     let mut dw = vec![0.0f32; s.co * s.ci * 9];
     for (&(p, b, dy), sum) in tasks.iter().zip(&sums) {
@@ -246,7 +258,7 @@ fn wide_blocks(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<[f32; 2 * LAN
 fn weight_task(
     xb: &[[f32; LANES]],
     gb: &[[f32; 2 * LANES]],
-    s: Shape3,
+    (s, stride): (Shape3, usize),
     p: usize,
     b: usize,
     dy: usize,
@@ -258,12 +270,13 @@ fn weight_task(
             xb,
             gb,
             s,
+            stride,
             p,
             b,
             dy,
         });
     }
-    let _ = (xb, gb, s, p, b, dy);
+    let _ = (xb, gb, s, stride, p, b, dy);
     unreachable!("the direct weight gradient runs only where chosen_for_weight_grad() says so")
 }
 
@@ -274,6 +287,7 @@ struct WeightTask<'a> {
     xb: &'a [[f32; LANES]],
     gb: &'a [[f32; 2 * LANES]],
     s: Shape3,
+    stride: usize,
     p: usize,
     b: usize,
     dy: usize,
@@ -291,25 +305,27 @@ impl pulp::NullaryFnOnce for WeightTask<'_> {
             xb,
             gb,
             s,
+            stride,
             p,
             b,
             dy,
         } = self;
         let (h, w) = (s.h, s.w);
+        let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
         let pw = w + 2;
         let (ib, pairs) = (s.ci / LANES, s.co / (2 * LANES));
         let zero = simd.splat_f32x16(0.0);
         let mut total = [[zero; LANES]; 3];
         for img in 0..s.n {
             let input = &xb[(img * ib + b) * (h + 2) * pw..][..(h + 2) * pw];
-            let grads = &gb[(img * pairs + p) * h * w..][..h * w];
+            let grads = &gb[(img * pairs + p) * oh * ow..][..oh * ow];
             let mut acc = [[zero; LANES]; 3];
-            for y in 0..h {
-                let row = &input[(y + dy) * pw..][..pw];
-                let line = &grads[y * w..][..w];
+            for y in 0..oh {
+                let row = &input[(y * stride + dy) * pw..][..pw];
+                let line = &grads[y * ow..][..ow];
                 for (x, g) in line.iter().enumerate() {
                     let g: f32x16 = pulp::bytemuck::cast(*g);
-                    let taps = &row[x..][..3];
+                    let taps = &row[x * stride..][..3];
                     for dx in 0..3 {
                         for c in 0..LANES {
                             let v = simd.splat_f32x16(taps[dx][c]);
@@ -779,6 +795,29 @@ mod tests {
             close(
                 &forward_strided(&x, &w, s),
                 &naive_strided(&x, &w, s),
+                &what,
+            );
+        }
+        // Its weight gradient: the stride-1 one's with the output gradient zero at odd places.
+        for s in SHAPES.into_iter().filter(|s| s.co % 16 == 0) {
+            let (oh, ow) = (s.h.div_ceil(2), s.w.div_ceil(2));
+            let x = data(s.n * s.ci * s.h * s.w, 8);
+            let dy = data(s.n * s.co * oh * ow, 9);
+            let mut full = vec![0.0f32; s.n * s.co * s.h * s.w];
+            for (plane, grads) in full
+                .chunks_exact_mut(s.h * s.w)
+                .zip(dy.chunks_exact(oh * ow))
+            {
+                for y in 0..oh {
+                    for xo in 0..ow {
+                        plane[2 * y * s.w + 2 * xo] = grads[y * ow + xo];
+                    }
+                }
+            }
+            let what = format!("stride-2 weight gradient {s:?}");
+            close(
+                &weight_grad_strided(&x, &dy, s),
+                &weight_grad(&x, &full, s),
                 &what,
             );
         }

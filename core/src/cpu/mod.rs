@@ -280,6 +280,10 @@ impl CpuKernels for Flex {
             let dw = direct::weight_grad(slice(&x), slice(&dy), direct::shape_of(&g));
             return tensor(dw, weight.shape());
         }
+        if direct::chosen_strided(&g) {
+            let dw = direct::weight_grad_strided(slice(&x), slice(&dy), direct::shape_of(&g));
+            return tensor(dw, weight.shape());
+        }
         let (k, l) = (g.rows(), g.cols());
         let group = g.group();
         let mut dw = vec![0.0f32; g.co * k];
