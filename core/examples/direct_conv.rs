@@ -6,7 +6,10 @@
 //!
 //! Columns: forward by Burn (`conv2d` on flex) and direct; input gradient by Burn
 //! (`conv2d_x_backward`: a transposed convolution on flex) and direct; weight gradient by Burn
-//! (`conv2d_weight_backward`) and direct (where the CPU has AVX-512).
+//! (`conv2d_weight_backward`) and direct (where the CPU has AVX-512). A second table: the
+//! stride-2 convolutions of the stage transitions, forward and weight gradient by the column
+//! matrices (`cpu::conv`, as `cpu::conv2d` computes them where the direct one is not chosen) and
+//! direct (AVX-512 only).
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::module::conv2d;
@@ -87,6 +90,87 @@ fn main() {
         };
         println!(
             "| {c} ch {hw}x{hw} | {burn_fwd:.1} | {fwd:.1} | {burn_dx:.1} | {dx:.1} | {burn_dw:.1} | {dw:.1} |"
+        );
+    }
+    if direct::wide() {
+        strided(width, n, reps, &device);
+    }
+}
+
+/// The stride-2 table: column matrices against the direct convolution.
+fn strided(width: usize, n: usize, reps: usize, device: &Device) {
+    use cleanse_core::cpu::conv::{self, ConvGeometry};
+    println!();
+    println!("| stride 2 | fwd columns | fwd direct | weight grad columns | weight grad direct |");
+    println!("|---|---|---|---|---|");
+    for (c, hw) in [(width, 32), (2 * width, 16), (4 * width, 8)] {
+        let g = ConvGeometry {
+            n,
+            ci: c,
+            h: hw,
+            w: hw,
+            co: 2 * c,
+            kh: 3,
+            kw: 3,
+            stride: [2, 2],
+            padding: [(1, 1), (1, 1)],
+        };
+        let (k, l) = (g.rows(), g.cols());
+        let data = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7919) % 211) as f32 / 100.0 - 1.0)
+                .collect()
+        };
+        let (xv, wv, dv) = (
+            data(n * c * hw * hw),
+            data(2 * c * c * 9),
+            data(n * 2 * c * l),
+        );
+        let w = Tensor::<3>::from_data(TensorData::new(wv.clone(), [1, 2 * c, k]), device);
+        let fwd_cols = ms(reps, || {
+            for images in g.chunks(1) {
+                let cols = conv::columns(&xv, &g, images.clone(), 1);
+                let cols =
+                    Tensor::<3>::from_data(TensorData::new(cols, [images.len(), k, l]), device);
+                let _ = w.clone().matmul(cols).into_data();
+            }
+        });
+        let s = Shape3 {
+            n,
+            ci: c,
+            co: 2 * c,
+            h: hw,
+            w: hw,
+        };
+        let fwd = ms(reps, || {
+            std::hint::black_box(direct::forward_strided(&xv, &wv, s));
+        });
+        let group = g.group();
+        let dw_cols = ms(reps, || {
+            let mut dw = vec![0.0f32; 2 * c * k];
+            for images in g.chunks(group) {
+                let groups = images.len().div_ceil(group);
+                let members = images.len() / groups;
+                let cols = conv::columns(&xv, &g, images.clone(), members);
+                let rows = conv::group_rows(&dv, &g, images, members);
+                let cols =
+                    Tensor::<3>::from_data(TensorData::new(cols, [groups, k, members * l]), device);
+                let rows = Tensor::<3>::from_data(
+                    TensorData::new(rows, [groups, 2 * c, members * l]),
+                    device,
+                );
+                let parts = rows.matmul(cols.swap_dims(1, 2)).into_data();
+                conv::add_images(&mut dw, &parts.try_to_vec::<f32>().expect("f32"));
+            }
+            std::hint::black_box(dw);
+        });
+        let dw = ms(reps, || {
+            std::hint::black_box(direct::weight_grad_strided(&xv, &dv, s));
+        });
+        println!(
+            "| {c} -> {} ch, {hw}x{hw} -> {} | {fwd_cols:.1} | {fwd:.1} | {dw_cols:.1} | {dw:.1} |",
+            2 * c,
+            hw / 2
         );
     }
 }
