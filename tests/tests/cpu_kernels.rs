@@ -152,6 +152,47 @@ fn the_model_batch_norm_matches_burns_in_training_and_evaluation() {
     }
 }
 
+/// The fused evaluation ops give the bits of the two ops they replace: batch norm then ReLU, and
+/// the residual sum then ReLU (negative values, zeros and a NaN included).
+#[test]
+fn the_fused_relus_give_the_bits_of_the_two_ops() {
+    use burn::tensor::activation::relu;
+    let bits = |t: Tensor<4>| -> Vec<u32> {
+        let v: Vec<f32> = t.into_data().try_to_vec().expect("f32");
+        v.iter().map(|f| f.to_bits()).collect()
+    };
+    for (k, [n, c, h, w]) in SHAPES.into_iter().enumerate() {
+        let seed = 300 + 10 * k as u64;
+        let bn = layer(c, seed, &flex());
+        let x = random([n, c, h, w], seed + 5, &flex());
+        let at = format!("{n}x{c}x{h}x{w}");
+        assert_eq!(
+            bits(cpu::batch_norm_relu(&bn, x.clone())),
+            bits(relu(cpu::batch_norm(&bn, x.clone()))),
+            "batch norm + ReLU {at}"
+        );
+        let mut b: Vec<f32> = random([n, c, h, w], seed + 6, &flex())
+            .into_data()
+            .try_to_vec()
+            .expect("f32");
+        b[0] = f32::NAN;
+        if b.len() > 1 {
+            b[1] = -0.0;
+        }
+        let b = Tensor::<4>::from_data(TensorData::new(b, [n, c, h, w]), &flex());
+        let fused = cpu::add_relu(x.clone(), b.clone());
+        assert!(
+            fused
+                .clone()
+                .into_data()
+                .iter::<f32>()
+                .next()
+                .is_some_and(f32::is_nan)
+        );
+        assert_eq!(bits(fused), bits(relu(x + b)), "sum + ReLU {at}");
+    }
+}
+
 #[test]
 fn a_frozen_layer_under_autodiff_passes_gradients_as_burns_does() {
     let ad = flex().autodiff();

@@ -80,7 +80,9 @@ pub fn batch_stats(x: &[f32], s: Nchw) -> (Vec<f32>, Vec<f32>) {
         .unzip()
 }
 
-/// `y = (x - mean) / sqrt(var + eps) * gamma + beta`, per channel.
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta`, per channel; with `then_relu`, `relu(y)`
+/// in the same pass (as Burn's ReLU computes it: NaN kept, everything else not above 0 is 0).
+#[allow(clippy::too_many_arguments)]
 pub fn normalize(
     x: &[f32],
     s: Nchw,
@@ -89,6 +91,7 @@ pub fn normalize(
     mean: &[f32],
     var: &[f32],
     eps: f64,
+    then_relu: bool,
 ) -> Vec<f32> {
     assert_eq!(x.len(), s.len(), "normalize: buffer and shape differ");
     let inv_std = inv_std(var, eps);
@@ -103,8 +106,38 @@ pub fn normalize(
             let ch = plane % s.c;
             let scale = inv_std[ch] * gamma[ch];
             let (mu, b) = (mean[ch], beta[ch]);
-            for (o, &v) in o.iter_mut().zip(xp) {
-                *o = (v - mu) * scale + b;
+            match then_relu {
+                false => {
+                    for (o, &v) in o.iter_mut().zip(xp) {
+                        *o = (v - mu) * scale + b;
+                    }
+                }
+                true => {
+                    for (o, &v) in o.iter_mut().zip(xp) {
+                        *o = relu((v - mu) * scale + b);
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Burn's ReLU of one value (`flex`'s: NaN propagates, as in PyTorch).
+#[inline(always)]
+pub fn relu(y: f32) -> f32 {
+    if y.is_nan() || y > 0.0 { y } else { 0.0 }
+}
+
+/// `relu(a + b)` element by element, in one pass (the residual blocks' sum).
+pub fn add_relu(a: &[f32], b: &[f32]) -> Vec<f32> {
+    assert_eq!(a.len(), b.len(), "add_relu: the buffers differ in length");
+    const CHUNK: usize = 1 << 14;
+    let mut out = vec![0.0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for (o, (&x, &y)) in o.iter_mut().zip(a.iter().zip(b)) {
+                *o = relu(x + y);
             }
         });
     out
@@ -242,7 +275,7 @@ mod tests {
             let (m, v) = batch_stats(&x, s);
             close(&m, &mean, 1e-5, "mean");
             close(&v, &var, 1e-5, "var");
-            let y = normalize(&x, s, &gamma, &beta, &m, &v, eps);
+            let y = normalize(&x, s, &gamma, &beta, &m, &v, eps, false);
             let want: Vec<f64> = (0..x.len())
                 .map(|i| {
                     let ch = (i / s.hw) % s.c;
@@ -271,7 +304,7 @@ mod tests {
                 .expect("pool");
             pool.install(|| {
                 let (m, v) = batch_stats(&x, s);
-                let y = normalize(&x, s, &gamma, &gamma, &m, &v, 1e-5);
+                let y = normalize(&x, s, &gamma, &gamma, &m, &v, 1e-5, false);
                 let (xg, gg, bg) = backward(&x, &dy, s, &gamma, &m, &v, 1e-5);
                 [m, v, y, xg, gg, bg].map(|t| t.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
             })

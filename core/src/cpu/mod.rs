@@ -27,7 +27,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{FloatTensorOps, ModuleOps};
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension, tensor::FloatTensor,
 };
@@ -35,6 +35,7 @@ use burn::nn::BatchNorm;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use burn::tensor::activation::relu;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, TensorData};
 use conv::ConvGeometry;
@@ -59,7 +60,8 @@ pub trait CpuKernels: Backend {
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
-    /// Batch norm with given statistics (evaluation).
+    /// Batch norm with given statistics (evaluation), followed by a ReLU in the same pass when
+    /// `then_relu`.
     fn bn_eval(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -67,7 +69,11 @@ pub trait CpuKernels: Backend {
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
         epsilon: f64,
+        then_relu: bool,
     ) -> FloatTensor<Self>;
+
+    /// `relu(a + b)` (the residual blocks' sum) in one pass.
+    fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// Gradients of [`CpuKernels::bn_train`]: `(x, gamma, beta)`.
     fn bn_train_backward(
@@ -170,6 +176,7 @@ impl CpuKernels for Flex {
             &mean,
             &var,
             epsilon,
+            false,
         );
         let c = Shape::new([s.c]);
         (
@@ -186,6 +193,7 @@ impl CpuKernels for Flex {
         mean: FlexTensor,
         variance: FlexTensor,
         epsilon: f64,
+        then_relu: bool,
     ) -> FlexTensor {
         let x = values(&x);
         let s = layout(&x);
@@ -197,8 +205,15 @@ impl CpuKernels for Flex {
             slice(&values(&mean)),
             slice(&values(&variance)),
             epsilon,
+            then_relu,
         );
         tensor(out, x.shape())
+    }
+
+    fn add_relu(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        let (a, b) = (values(&a), values(&b));
+        assert_eq!(a.shape(), b.shape(), "add_relu: the shapes differ");
+        tensor(batch_norm::add_relu(slice(&a), slice(&b)), a.shape())
     }
 
     fn bn_train_backward(
@@ -416,10 +431,22 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         mean: AdTensor<B, C>,
         variance: AdTensor<B, C>,
         epsilon: f64,
+        then_relu: bool,
     ) -> AdTensor<B, C> {
-        <Autodiff<B, C> as ModuleOps<Autodiff<B, C>>>::batch_norm(
+        let y = <Autodiff<B, C> as ModuleOps<Autodiff<B, C>>>::batch_norm(
             x, gamma, beta, mean, variance, epsilon,
-        )
+        );
+        match then_relu {
+            true => <Autodiff<B, C> as ActivationOps<Autodiff<B, C>>>::relu(y),
+            false => y,
+        }
+    }
+
+    /// Differentiable through Burn's own ops (the models call it on autodiff devices only in
+    /// evaluation mode, where it is rare: see [`add_relu`]).
+    fn add_relu(a: AdTensor<B, C>, b: AdTensor<B, C>) -> AdTensor<B, C> {
+        let sum = <Autodiff<B, C> as FloatTensorOps<Autodiff<B, C>>>::float_add(a, b);
+        <Autodiff<B, C> as ActivationOps<Autodiff<B, C>>>::relu(sum)
     }
 
     fn bn_train_backward(
@@ -511,6 +538,23 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
         bn.running_var.update(running_var.detach());
         return Tensor::from_dispatch(out);
     }
+    running_batch_norm(bn, x, false)
+}
+
+/// `relu(batch_norm(bn, x))`: where the batch norm uses its running statistics on a native `flex`
+/// device without autodiff (evaluating, inference), one pass over the activations instead of
+/// two, with the same bits; elsewhere the two ops.
+pub fn batch_norm_relu<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    let device = x.device();
+    if cfg!(target_arch = "wasm32") || !is_flex(&device) || device.is_autodiff() {
+        return relu(batch_norm(bn, x));
+    }
+    running_batch_norm(bn, x, true)
+}
+
+/// The evaluation batch norm of [`CpuKernels::bn_eval`] (`then_relu`: with the ReLU fused).
+fn running_batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, then_relu: bool) -> Tensor<D> {
+    let device = x.device();
     let out = <Dispatch as CpuKernels>::bn_eval(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
@@ -518,8 +562,22 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
         bn.running_mean.value().to_device(&device).into_dispatch(),
         bn.running_var.value().to_device(&device).into_dispatch(),
         bn.epsilon,
+        then_relu,
     );
     Tensor::from_dispatch(out)
+}
+
+/// `relu(a + b)`, the residual blocks' sum: in one pass on a native `flex` device without
+/// autodiff (evaluating, inference), with the same bits as the two ops; elsewhere the two ops.
+pub fn add_relu(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    let device = a.device();
+    if cfg!(target_arch = "wasm32") || !is_flex(&device) || device.is_autodiff() {
+        return relu(a + b);
+    }
+    Tensor::from_dispatch(<Dispatch as CpuKernels>::add_relu(
+        a.into_dispatch(),
+        b.into_dispatch(),
+    ))
 }
 
 /// The model's 2-D convolution: Burn's [`Conv2d::forward`], computed by [`CpuKernels`] on `flex`

@@ -1,11 +1,10 @@
 //! Building blocks shared by the ResNets.
 
-use crate::cpu::{batch_norm, conv2d};
+use crate::cpu::{add_relu, batch_norm, batch_norm_relu, conv2d};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 /// Kaiming-normal, fan-out, ReLU gain: the method spec's conv initialisation.
 pub fn kaiming_fan_out() -> Initializer {
@@ -75,13 +74,13 @@ impl BasicBlock {
     /// # Shapes
     /// `[N, c_in, H, W]` -> `[N, c_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(batch_norm(&self.bn1, conv2d(&self.conv1, x.clone())));
+        let out = batch_norm_relu(&self.bn1, conv2d(&self.conv1, x.clone()));
         let out = batch_norm(&self.bn2, conv2d(&self.conv2, out));
         let skip = match &self.shortcut {
             Some(s) => batch_norm(&s.bn, conv2d(&s.conv, x)),
             None => x,
         };
-        relu(out + skip)
+        add_relu(out, skip)
     }
 }
 
@@ -115,13 +114,13 @@ impl PreActBlock {
     /// # Shapes
     /// `[N, c_in, H, W]` -> `[N, c_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(batch_norm(&self.bn1, x.clone()));
+        let out = batch_norm_relu(&self.bn1, x.clone());
         let skip = match &self.shortcut {
             Some(c) => conv2d(c, out.clone()),
             None => x,
         };
         let out = conv2d(&self.conv1, out);
-        let out = conv2d(&self.conv2, relu(batch_norm(&self.bn2, out)));
+        let out = conv2d(&self.conv2, batch_norm_relu(&self.bn2, out));
         out + skip
     }
 }

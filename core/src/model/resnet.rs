@@ -7,7 +7,6 @@ use super::blocks::{BasicBlock, bn, conv, global_avg_pool};
 use burn::module::Module;
 use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 /// ResNet-18 for 32x32 inputs.
 #[derive(Module, Debug)]
@@ -50,10 +49,7 @@ impl ResNet18 {
     /// Forward pass keeping the intermediate outputs.
     pub fn features(&self, x: Tensor<4>) -> Features {
         let run = |blocks: &[BasicBlock], x: Tensor<4>| blocks.iter().fold(x, |x, b| b.forward(x));
-        let x = relu(crate::cpu::batch_norm(
-            &self.stem_bn,
-            crate::cpu::conv2d(&self.stem_conv, x),
-        )); // [N, w, 32, 32]
+        let x = crate::cpu::batch_norm_relu(&self.stem_bn, crate::cpu::conv2d(&self.stem_conv, x)); // [N, w, 32, 32]
         let s1 = run(&self.layer1, x); // [N, w, 32, 32]
         let s2 = run(&self.layer2, s1.clone()); // [N, 2w, 16, 16]
         let s3 = run(&self.layer3, s2.clone()); // [N, 4w, 8, 8]
