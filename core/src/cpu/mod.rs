@@ -545,11 +545,15 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
 /// device without autodiff (evaluating, inference), one pass over the activations instead of
 /// two, with the same bits; elsewhere the two ops.
 pub fn batch_norm_relu<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
-    let device = x.device();
-    if cfg!(target_arch = "wasm32") || !is_flex(&device) || device.is_autodiff() {
+    if !fuses_here(&x.device()) {
         return relu(batch_norm(bn, x));
     }
     running_batch_norm(bn, x, true)
+}
+
+/// Whether the fused evaluation ops run on `device`: natively on `flex`, without autodiff.
+fn fuses_here(device: &Device) -> bool {
+    !cfg!(target_arch = "wasm32") && is_flex(device) && !device.is_autodiff()
 }
 
 /// The evaluation batch norm of [`CpuKernels::bn_eval`] (`then_relu`: with the ReLU fused).
@@ -570,8 +574,7 @@ fn running_batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, then_relu: b
 /// `relu(a + b)`, the residual blocks' sum: in one pass on a native `flex` device without
 /// autodiff (evaluating, inference), with the same bits as the two ops; elsewhere the two ops.
 pub fn add_relu(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
-    let device = a.device();
-    if cfg!(target_arch = "wasm32") || !is_flex(&device) || device.is_autodiff() {
+    if !fuses_here(&a.device()) {
         return relu(a + b);
     }
     Tensor::from_dispatch(<Dispatch as CpuKernels>::add_relu(
