@@ -622,6 +622,14 @@ flags = { synthetic-train = 600, synthetic-test = 64, width = 8, epochs = 6, bat
         files.contains(&&"checkpoint/state.json".to_string()),
         "{files:?}"
     );
+    // An earlier sitting's time, as a run archived by the process that ran it records it.
+    let mut m = manifest.clone();
+    m["wall_seconds"] = serde_json::json!(1000.0);
+    std::fs::write(
+        entry.join("manifest.json"),
+        serde_json::to_string_pretty(&m).expect("json"),
+    )
+    .expect("write");
     // Without --unfinished the unfinished run is not written; the table shows its cell missing.
     assert!(table(&archive).contains("| BadNets 10% | - |"));
     // The next machine: the output folder is gone; the run is restored and resumes.
@@ -648,6 +656,9 @@ flags = { synthetic-train = 600, synthetic-test = 64, width = 8, epochs = 6, bat
             .expect("json");
     assert_eq!(manifest["status"], "complete");
     assert_eq!(manifest["epochs_done"], 6);
+    // The resumed run's time adds to the earlier sitting's.
+    let wall = manifest["wall_seconds"].as_f64().expect("wall");
+    assert!(wall > 1000.0 && wall < 2000.0, "{wall}");
     assert!(entry.join("model.safetensors").is_file());
     assert!(
         !entry.join("checkpoint/state.json").exists(),

@@ -90,7 +90,8 @@ pub(crate) struct Manifest {
     pub arithmetic: Vec<String>,
     /// Seconds of its epochs (training and evaluation), from its report.
     pub epoch_seconds: f64,
-    /// Wall-clock seconds of the processes that ran it, where the archiving process ran it.
+    /// Wall-clock seconds of the processes that ran it, where the archiving process ran it (a
+    /// run resumed across sittings: the sum over the sittings that archived it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_seconds: Option<f64>,
     /// Epochs done (of an unfinished run: so far).
@@ -99,6 +100,15 @@ pub(crate) struct Manifest {
     /// Every file of the entry but the manifest, by path relative to the entry's folder, with
     /// its SHA-256 (hex).
     pub files: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Seconds the run took: its processes' wall-clock time where known, never less than its
+    /// epochs' (a run resumed from an archive that did not record the earlier sittings).
+    pub(crate) fn seconds(&self) -> f64 {
+        self.wall_seconds
+            .map_or(self.epoch_seconds, |w| w.max(self.epoch_seconds))
+    }
 }
 
 /// The commit of this program's sources (set by the build script).
@@ -647,6 +657,12 @@ impl Archive {
         if arithmetic.last() != Some(&arithmetic_now) {
             arithmetic.push(arithmetic_now);
         }
+        // A resumed run: the earlier sittings' time counts too.
+        let earlier_wall = previous
+            .as_ref()
+            .filter(|p| p.status == EntryStatus::InProgress)
+            .and_then(|p| p.wall_seconds)
+            .unwrap_or(0.0);
         let manifest = Manifest {
             archive_version: ARCHIVE_VERSION,
             run: run.name.clone(),
@@ -659,7 +675,7 @@ impl Archive {
             commit: commit().to_string(),
             arithmetic,
             epoch_seconds,
-            wall_seconds: wall.map(|w| w.as_secs_f64()),
+            wall_seconds: wall.map(|w| earlier_wall + w.as_secs_f64()),
             epochs_done,
             archived_unix: cleanse_core::report::now_unix(),
             files: hashes,

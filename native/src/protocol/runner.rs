@@ -3,7 +3,7 @@
 //! are skipped, unfinished ones resume, a failing run is reported and the rest go on (except the
 //! runs that need it); a run another process holds is waited for.
 
-use super::archive::{Archive, EntryStatus, Restored};
+use super::archive::{Archive, EntryStatus, Manifest, Restored};
 use super::exec::{Tally, announce_held, archive_run, command_words};
 use super::plan::{Plan, Role, Run, model_pairs};
 use super::spec::{Models, Spec};
@@ -395,7 +395,7 @@ fn dry_run_archive(root: &Path, plan: &Plan, mine: &[&Run], out: &Path) -> Resul
             .filter_map(|m| plan.run(&m.run))
             .filter(|x| column(x) == column(r) || (x.role, &x.defense) == (r.role, &r.defense))
             .filter_map(|x| entries.iter().find(|m| m.run == x.name))
-            .map(|m| m.wall_seconds.unwrap_or(m.epoch_seconds))
+            .map(Manifest::seconds)
             .collect();
         (!same.is_empty()).then(|| same.iter().sum::<f64>() / same.len() as f64)
     };

@@ -170,7 +170,7 @@ fn provenance_table(plan: &Plan, out: &Path, entries: &[Manifest]) -> Result<Str
                 m.arithmetic.join(", then "),
                 m.commit.get(..12).unwrap_or(&m.commit),
                 m.epochs_done,
-                m.wall_seconds.unwrap_or(m.epoch_seconds) / 3600.0
+                m.seconds() / 3600.0
             ),
             None => match finished(&out.join(&r.name))? {
                 Some(rep) => format!(
