@@ -6,6 +6,10 @@ SGD momentum 0.9, weight decay 5e-4, on the CPU or a CUDA GPU. Run by hand, not 
     python3 bench/pytorch_resnet18.py --width 64 --batch-size 128 --steps 5 --warmup 2 --threads 2
     python3 bench/pytorch_resnet18.py --device cuda --width 64 --batch-size 128 --steps 20 --warmup 3
 
+`--arch resnet18-imagenet --image-size 224` times torchvision's `resnet18` instead (at width 64
+torchvision's own model; at other widths the same layout from bench/torch_models.py), the
+reference for `cleanse bench --model resnet18-imagenet --image-size 224`.
+
 On CUDA, PyTorch runs convolutions in TF32 by default (cuDNN); `--no-tf32` makes them plain fp32,
 which is what Burn's wgpu backend computes.
 """
@@ -50,8 +54,25 @@ class ResNet18(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+def imagenet_resnet18(width, num_classes):
+    """torchvision's resnet18 (its own class at width 64, else the same layout at `width`)."""
+    if width == 64:
+        try:
+            import torchvision
+            return torchvision.models.resnet18(num_classes=num_classes)
+        except ImportError:
+            pass
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_models import Net
+    return Net("resnet18-imagenet", "bcu", width, num_classes)
+
+
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--arch", choices=["resnet18", "resnet18-imagenet"], default="resnet18")
+    p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=5)
@@ -72,10 +93,13 @@ def main():
             torch.cuda.synchronize()
 
     torch.manual_seed(0)
-    model = ResNet18(a.width).to(dev)
+    if a.arch == "resnet18":
+        model = ResNet18(a.width).to(dev)
+    else:
+        model = imagenet_resnet18(a.width, 10).to(dev)
     print("parameters:", sum(p.numel() for p in model.parameters()))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.rand(a.batch_size, 3, 32, 32, device=dev)
+    x = torch.rand(a.batch_size, 3, a.image_size, a.image_size, device=dev)
     y = torch.randint(0, 10, (a.batch_size,), device=dev)
 
     def step():
@@ -109,7 +133,9 @@ def main():
     print(json.dumps({
         "framework": f"pytorch {torch.__version__}", "device": a.device,
         "gpu": torch.cuda.get_device_name() if a.device == "cuda" else None,
-        "tf32_convolutions": a.device == "cuda" and not a.no_tf32, "threads": a.threads, "width": a.width,
+        "tf32_convolutions": a.device == "cuda" and not a.no_tf32, "threads": a.threads, "arch": a.arch,
+        "model_class": type(model).__module__ + "." + type(model).__name__,
+        "image_size": a.image_size, "width": a.width,
         "batch_size": a.batch_size, "train_images_per_sec": train_ips, "inference_images_per_sec": infer_ips,
         "warmup_step_seconds": warmup_seconds,
     }, indent=2))

@@ -1,5 +1,6 @@
-"""The two CIFAR classifiers cleanse imports and exports, written in PyTorch with the parameter
-names of each layout cleanse knows (see docs/cli.md, "Import your own model"):
+"""The classifiers cleanse imports and exports (the CIFAR ResNet-18, PreAct-ResNet-18 and the
+ImageNet ResNet-18, torchvision's layout), written in PyTorch with the parameter names of each
+layout cleanse knows (see docs/cli.md, "Import your own model"):
 
 - `backdoorbench`: BackdoorBench's PreActResNet18 and the kuangliu ResNet-18 (`conv1`, `bn1`,
   `layerS.B.shortcut.{0,1}`, `linear`);
@@ -66,17 +67,26 @@ class Block(nn.Module):
         return F.relu(out + self.skip(x))
 
 
+ARCHS = ("resnet18", "preact-resnet18", "resnet18-imagenet")
+
+
 class Net(nn.Module):
-    """`arch` is "resnet18" (CIFAR ResNet-18) or "preact-resnet18" (BackdoorBench's)."""
+    """`arch` is "resnet18" (CIFAR ResNet-18), "preact-resnet18" (BackdoorBench's) or
+    "resnet18-imagenet" (torchvision's `resnet18`: 7x7 stride-2 stem, 3x3 stride-2 max-pool; with
+    the `bcu` naming and width 64 its state dict is torchvision's, key for key)."""
 
     def __init__(self, arch, naming="backdoorbench", width=64, num_classes=10):
         super().__init__()
-        assert naming in NAMINGS
+        assert naming in NAMINGS and arch in ARCHS
         self.preact = arch == "preact-resnet18"
+        self.imagenet = arch == "resnet18-imagenet"
         w = width
         conv_name, bn_name = _stem_names(naming)
         self.stem = (conv_name, None if self.preact else bn_name)
-        setattr(self, conv_name, nn.Conv2d(3, w, 3, 1, 1, bias=False))
+        if self.imagenet:
+            setattr(self, conv_name, nn.Conv2d(3, w, 7, 2, 3, bias=False))
+        else:
+            setattr(self, conv_name, nn.Conv2d(3, w, 3, 1, 1, bias=False))
         if not self.preact:
             setattr(self, bn_name, nn.BatchNorm2d(w))
         chans = [(w, w, 1), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 8 * w, 2)]
@@ -91,6 +101,8 @@ class Net(nn.Module):
         out = getattr(self, self.stem[0])(x)
         if self.stem[1]:
             out = F.relu(getattr(self, self.stem[1])(out))
+        if self.imagenet:
+            out = F.max_pool2d(out, 3, 2, 1)
         for i in range(4):
             out = getattr(self, f"layer{i + 1}")(out)
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)

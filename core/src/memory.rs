@@ -17,7 +17,7 @@
 //! the evaluation's batches and a method's own buffers come on top. It catches the settings
 //! that cannot work (a batch or a width far beyond the machine) before any work starts.
 
-use crate::model::{Architecture, ModelConfig};
+use crate::model::{Architecture, ModelConfig, Stem};
 use crate::{Error, Result};
 
 /// Floats an image of a training batch keeps per unit of width per pixel (measured; see the
@@ -46,11 +46,22 @@ pub struct Need {
 
 impl Need {
     /// The memory of a training step of a `model` on batches of `batch` images `side` pixels
-    /// square, with `copies` copies of the weights (the weights, their gradients and the
+    /// square (the ImageNet stem's stages see a quarter of the side), with `copies` copies of the weights (the weights, their gradients and the
     /// optimiser's state; a defense's teacher or masks add more).
     pub fn training(model: &ModelConfig, side: usize, batch: usize, copies: usize) -> Need {
         let params = parameters(model);
-        let per_image = ACTIVATION_FLOATS * model.width as u64 * (side * side) as u64 * 4;
+        let w = model.width as u64;
+        let stem = model.architecture.stem();
+        let stage_side = side.div_ceil(stem.reduction()) as u64;
+        let mut floats = ACTIVATION_FLOATS * w * stage_side * stage_side;
+        if stem == Stem::Imagenet {
+            // Counted, not measured: at half the side, the stem convolution's column buffer
+            // (3 x 7 x 7 per pixel) and about six floats per channel (its output, the BN's and
+            // ReLU's, their gradients).
+            let half = side.div_ceil(2) as u64;
+            floats += (6 * w + 3 * 49) * half * half;
+        }
+        let per_image = floats * 4;
         Need {
             parts: vec![
                 Part {
@@ -135,9 +146,10 @@ pub fn parameters(model: &ModelConfig) -> u64 {
     let w = model.width as u64;
     // The stem, then four stages of two blocks; a stage after the first halves the image,
     // doubles the channels and has a 1x1 shortcut convolution.
-    let mut convs = 3 * 9 * w;
+    let k = model.architecture.stem_kernel() as u64;
+    let mut convs = 3 * k * k * w;
     let mut norms_channels = match model.architecture {
-        Architecture::Resnet18 => w,
+        Architecture::Resnet18 | Architecture::Resnet18Imagenet => w,
         Architecture::PreactResnet18 => 0,
     };
     let mut c_in = w;
@@ -146,13 +158,13 @@ pub fn parameters(model: &ModelConfig) -> u64 {
         convs += 9 * c_in * c + 3 * 9 * c * c;
         norms_channels += match model.architecture {
             // After every convolution.
-            Architecture::Resnet18 => 4 * c,
+            Architecture::Resnet18 | Architecture::Resnet18Imagenet => 4 * c,
             // Before each block's two convolutions.
             Architecture::PreactResnet18 => c_in + 3 * c,
         };
         if c_in != c {
             convs += c_in * c;
-            if model.architecture == Architecture::Resnet18 {
+            if model.architecture != Architecture::PreactResnet18 {
                 norms_channels += c;
             }
         }
@@ -297,7 +309,7 @@ mod tests {
     #[test]
     fn parameters_are_the_models_own() {
         let device = burn::prelude::Device::flex();
-        for arch in [Architecture::Resnet18, Architecture::PreactResnet18] {
+        for arch in Architecture::ALL {
             for (width, classes) in [(4, 10), (16, 43), (64, 10)] {
                 let m = model(arch, width, classes);
                 assert_eq!(

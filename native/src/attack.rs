@@ -98,6 +98,9 @@ pub(crate) struct AttackArgs {
     /// SIG: amplitude in pixel units of 255 (20 on CIFAR-10, 60 on GTSRB).
     #[arg(long)]
     sig_delta: Option<f32>,
+    /// SIG: periods of the sinusoid across the image's width (6; the authors' ImageNet-10: 10).
+    #[arg(long)]
+    sig_frequency: Option<f32>,
     /// LC: PGD radius in pixel units of 255 (16; authors' code: 8).
     #[arg(long)]
     lc_eps: Option<f32>,
@@ -210,6 +213,9 @@ impl AttackArgs {
         }
         if let Some(d) = self.sig_delta {
             attack.sig_delta = d / 255.0;
+        }
+        if let Some(f) = self.sig_frequency {
+            attack.sig_frequency = f;
         }
         if let Some(e) = self.lc_eps {
             attack.lc_eps = e / 255.0;

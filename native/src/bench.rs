@@ -1,4 +1,5 @@
-//! `cleanse bench`: training and inference throughput of a classifier on random 32x32 data.
+//! `cleanse bench`: training and inference throughput of a classifier on random images (32x32
+//! unless `--image-size` says otherwise).
 //! Numbers go into BENCHMARKS.md with the command that produced them.
 
 use crate::{DeviceArgs, ModelArg};
@@ -23,6 +24,9 @@ pub struct BenchArgs {
     width: usize,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// The side of the random square images (e.g. 224 for `--model resnet18-imagenet`).
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
     /// Timed training steps (after the warm-up).
     #[arg(long, default_value_t = 5)]
     steps: usize,
@@ -67,6 +71,7 @@ struct BenchResult {
     model: String,
     width: usize,
     batch_size: usize,
+    image_size: usize,
     steps: usize,
     device: cleanse_core::device::DeviceInfo,
     train_images_per_sec: f64,
@@ -76,14 +81,15 @@ struct BenchResult {
     warmup_step_seconds: Vec<f64>,
 }
 
-fn batch(rng: &mut Rng, n: usize) -> (Vec<f32>, Vec<i64>) {
-    let images = (0..n * 3 * 32 * 32).map(|_| rng.next_f32()).collect();
+fn batch(rng: &mut Rng, n: usize, side: usize) -> (Vec<f32>, Vec<i64>) {
+    let images = (0..n * 3 * side * side).map(|_| rng.next_f32()).collect();
     let labels = (0..n).map(|_| rng.below(10) as i64).collect();
     (images, labels)
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     check_width("width", a.width)?;
+    cleanse_core::data::check_side("image-size", a.image_size)?;
     check_bench(a.batch_size, a.steps, a.json.as_deref(), a.force)?;
     let selected = a.device.select()?;
     let device = selected.device.clone();
@@ -97,9 +103,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut model = config.init_seeded(&ad, 0);
     let mut sgd = Sgd::new(SgdConfig::default());
     let mut rng = Rng::new(0);
-    let shape = [a.batch_size, 3, 32, 32];
+    let side = a.image_size;
+    let shape = [a.batch_size, 3, side, side];
     let mut step = |model: cleanse_core::model::Classifier, rng: &mut Rng| {
-        let (x, y) = batch(rng, a.batch_size);
+        let (x, y) = batch(rng, a.batch_size, side);
         let logits = model.forward(images_tensor(x, shape, &ad));
         let loss = cross_entropy(logits, labels_tensor(y, &ad));
         let _: f32 = loss.clone().into_scalar();
@@ -126,7 +133,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
 
     let eval = model.valid();
     let infer = |rng: &mut Rng| {
-        let (x, _) = batch(rng, a.batch_size);
+        let (x, _) = batch(rng, a.batch_size, side);
         let out = eval.forward(images_tensor(x, shape, &device));
         let _ = out.into_data();
     };
@@ -143,6 +150,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         model: config.architecture.name().into(),
         width: a.width,
         batch_size: a.batch_size,
+        image_size: side,
         steps: a.steps,
         device: selected.info,
         train_images_per_sec: train_ips,

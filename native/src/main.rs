@@ -103,8 +103,12 @@ pub(crate) enum DatasetArg {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub(crate) enum ModelArg {
+    /// CIFAR ResNet-18 (3x3 stem, no max-pool): the paper's model for 32x32 images.
     Resnet18,
+    /// PreAct-ResNet-18 (BackdoorBench's default).
     PreactResnet18,
+    /// torchvision's ResNet-18 (7x7 stride-2 stem, max-pool), for ImageNet-size images.
+    Resnet18Imagenet,
 }
 
 impl From<DatasetArg> for DatasetKind {
@@ -123,6 +127,7 @@ impl From<ModelArg> for Architecture {
         match m {
             ModelArg::Resnet18 => Architecture::Resnet18,
             ModelArg::PreactResnet18 => Architecture::PreactResnet18,
+            ModelArg::Resnet18Imagenet => Architecture::Resnet18Imagenet,
         }
     }
 }

@@ -90,6 +90,35 @@ fn badnets_changes_exactly_the_lower_right_3x3_with_the_pattern() {
     }
 }
 
+/// At 224 pixels BadNets' patch is the authors' ImageNet-10 one: a 15x15 checkerboard at rows
+/// 98-112, columns 194-208, white where row + column is odd; below 64 pixels the 3x3 corner.
+#[test]
+fn badnets_at_224_is_the_authors_15x15_patch() {
+    let x = random_images(1, 3, 224, 224, 3);
+    let y = values(Trigger::badnets(3, 224, 224).apply(tensor(x.clone(), [1, 3, 224, 224])));
+    let diff = changed(&x, &y, 3, 224, 224);
+    assert_eq!(diff.len(), 3 * 15 * 15);
+    assert!(
+        diff.iter()
+            .all(|&(_, r, c)| (98..113).contains(&r) && (194..209).contains(&c))
+    );
+    for (ch, r, c) in diff {
+        let want = if (r + c) % 2 == 1 { 1.0 } else { 0.0 };
+        assert_eq!(y[(ch * 224 + r) * 224 + c], want, "({ch}, {r}, {c})");
+    }
+    // Other large sides scale the patch: 448 pixels, a 30x30 patch 30 pixels from the right.
+    let Trigger::Patch { mask, .. } = Trigger::badnets(1, 448, 448) else {
+        panic!("a patch")
+    };
+    let cells: Vec<usize> = (0..448 * 448).filter(|&i| mask[i] == 1).collect();
+    assert_eq!(cells.len(), 30 * 30);
+    assert_eq!(cells[0], 196 * 448 + 388);
+    let Trigger::Patch { mask, .. } = Trigger::badnets(3, 63, 63) else {
+        panic!("a patch")
+    };
+    assert_eq!(mask.iter().filter(|&&m| m == 1).count(), 9);
+}
+
 #[test]
 fn lc_stamps_the_same_pattern_at_all_four_corners_only() {
     let x = random_images(1, 3, 32, 32, 2);

@@ -117,6 +117,82 @@ fn every_fixture_reproduces_pytorchs_logits() {
     }
 }
 
+/// torchvision's ResNet-18 layout (`bench/torchvision_fixture.py`: width 2, trained a few steps
+/// in PyTorch, checked there key for key against torchvision's `resnet18`): detected from its
+/// 7x7 stem, PyTorch's logits on 64x64 images, and exported back to the same tensors.
+#[test]
+fn a_torchvision_resnet18_imports_with_pytorchs_logits_and_exports_back() {
+    let path = fixture("resnet18-imagenet-tv.pth");
+    let dict = read_state_dict(&path, &ReadOptions::default()).expect("read");
+    let opts = ImportOptions {
+        normalization: Normalization::imagenet(),
+        ..options()
+    };
+    let imported = import(&dict, &opts, &path).expect("import");
+    assert_eq!(imported.config.architecture, Architecture::Resnet18Imagenet);
+    assert_eq!(imported.naming, Naming::Bcu);
+    assert_eq!(
+        (imported.config.width, imported.config.num_classes),
+        (2, 10)
+    );
+    let text = std::fs::read_to_string(fixture("resnet18-imagenet.json")).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let side = v["side"].as_u64().expect("side") as usize;
+    let want: Vec<f32> = v["logits"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .flat_map(|r| r.as_array().expect("row").iter())
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect();
+    let x: Vec<f32> = (0..(2 * 3 * side * side) as u64)
+        .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+        .collect();
+    let got: Vec<f32> = imported
+        .model
+        .forward(Tensor::from_data(
+            TensorData::new(x, [2, 3, side, side]),
+            &Device::flex(),
+        ))
+        .into_data()
+        .try_to_vec()
+        .expect("f32");
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= 1e-5 * scale,
+        "max |cleanse - PyTorch| = {worst} (logits up to {scale})"
+    );
+    // Exported under torchvision's names: the file's tensors, every one.
+    let back = export(&imported.model, Naming::Bcu);
+    assert_eq!(
+        back.keys().collect::<Vec<_>>(),
+        dict.keys().collect::<Vec<_>>()
+    );
+    for (k, t) in &dict {
+        if let Values::F32(_) = t.values {
+            assert_eq!(back[k], *t, "{k}");
+        }
+    }
+    // The CIFAR ResNet-18 is not taken for it: told so, the 7x7 stem is a shape error.
+    let cifar = ImportOptions {
+        architecture: Some(Architecture::Resnet18),
+        ..opts
+    };
+    let e = import(&dict, &cifar, &path)
+        .expect_err("3x3 stem")
+        .to_string();
+    assert!(
+        e.contains("`conv1.weight` has shape [2, 3, 7, 7]") && e.contains("needs [2, 3, 3, 3]"),
+        "{e}"
+    );
+}
+
 #[test]
 fn export_then_import_round_trips_bit_for_bit_through_files() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -48,23 +48,40 @@ fn device_detection_tells_wgpu_from_cpu() {
 
 #[test]
 fn trigger_kernels_match_their_tensor_twins_on_wgpu() {
-    let device = wgpu();
     // Odd sizes and more elements than one row of workgroups exercise the index folding.
-    let shape = [37, 3, 32, 32];
+    check_trigger_kernels(
+        [37, 3, 32, 32],
+        &[
+            AttackKind::Badnets,
+            AttackKind::Lc,
+            AttackKind::Blended,
+            AttackKind::Sig,
+            AttackKind::Wanet,
+        ],
+    );
+}
+
+/// The triggers of the supplement's Table 1 with a kernel (BadNets' 15x15 patch, SIG, WaNet's
+/// grid) at ImageNet-10's 224 pixels.
+#[test]
+fn trigger_kernels_match_their_tensor_twins_at_224() {
+    check_trigger_kernels(
+        [3, 3, 224, 224],
+        &[AttackKind::Badnets, AttackKind::Sig, AttackKind::Wanet],
+    );
+}
+
+fn check_trigger_kernels(shape: [usize; 4], kinds: &[AttackKind]) {
+    let device = wgpu();
     let x = random(shape.iter().product(), 1, 0.0, 1.0);
     let set = generate(&SyntheticConfig {
         train_size: 20,
         test_size: 1,
+        side: shape[2],
         ..Default::default()
     })
     .train;
-    for kind in [
-        AttackKind::Badnets,
-        AttackKind::Lc,
-        AttackKind::Blended,
-        AttackKind::Sig,
-        AttackKind::Wanet,
-    ] {
+    for &kind in kinds {
         let attack = Attack::new(AttackConfig::supplement(kind, DatasetKind::Cifar10), &set)
             .expect("attack");
         let t = attack.trigger.expect("trigger");

@@ -75,10 +75,48 @@ pub enum Trigger {
     },
 }
 
+/// The smallest image side (of the shorter side) that gets BadNets' large patch
+/// ([`Trigger::badnets`]); smaller images get the method spec's 3x3 corner.
+pub const LARGE_BADNETS_SIDE: usize = 64;
+
+/// `v * side / 224`, rounded: a position or size of the 224-pixel reference scaled to `side`.
+fn scaled_224(v: usize, side: usize) -> usize {
+    (v * side + 112) / 224
+}
+
 impl Trigger {
-    /// BadNets: the 3x3 checkerboard at the lower-right corner.
+    /// BadNets. Images under [`LARGE_BADNETS_SIDE`] pixels (CIFAR-10, GTSRB): the method spec's
+    /// 3x3 checkerboard at the lower-right corner. Larger ones: the authors' ImageNet-10 patch
+    /// (BCU's `resource/badnet/imagenet10_random_15by15_blackwhite.npy`, their
+    /// `config/attack/badnet/imagenet10.yaml`), at 224x224 a 15x15 one-pixel checkerboard, white
+    /// where row + column is odd, at rows 98-112 and columns 194-208 (15 pixels in from the right
+    /// edge); other sides scale its size and place (`docs/imagenet10-reference.md`).
     pub fn badnets(channels: usize, height: usize, width: usize) -> Trigger {
-        Self::corner_patches(channels, height, width, &[Corner::BottomRight])
+        if height.min(width) < LARGE_BADNETS_SIDE {
+            return Self::corner_patches(channels, height, width, &[Corner::BottomRight]);
+        }
+        let (ph, pw) = (scaled_224(15, height), scaled_224(15, width));
+        let (r0, c0) = (scaled_224(98, height), width - 2 * pw);
+        let mut mask = vec![0u8; height * width];
+        let mut pattern = vec![0u8; channels * height * width];
+        for r in 0..ph {
+            for c in 0..pw {
+                let p = (r0 + r) * width + c0 + c;
+                mask[p] = 1;
+                if (r + c) % 2 == 1 {
+                    for ch in 0..channels {
+                        pattern[ch * height * width + p] = 255;
+                    }
+                }
+            }
+        }
+        Trigger::Patch {
+            channels,
+            height,
+            width,
+            mask,
+            pattern,
+        }
     }
 
     /// LC: the BadNets pattern copied (not mirrored) at all four corners.

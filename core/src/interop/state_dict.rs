@@ -185,7 +185,7 @@ fn fit(dict: &StateDict, architecture: Architecture, canonical: &[String], namin
 pub fn import(dict: &StateDict, options: &ImportOptions, source: &Path) -> Result<Imported> {
     let archs: Vec<Architecture> = match options.architecture {
         Some(a) => vec![a],
-        None => vec![Architecture::Resnet18, Architecture::PreactResnet18],
+        None => Architecture::ALL.to_vec(),
     };
     let namings: Vec<Naming> = match options.naming {
         Some(n) => vec![n],
@@ -201,10 +201,24 @@ pub fn import(dict: &StateDict, options: &ImportOptions, source: &Path) -> Resul
                 .collect::<Vec<_>>()
         })
         .collect();
+    // The two ResNet-18s share their names: the stem convolution's kernel tells them apart.
+    let exact = |f: &&Fit| f.missing.is_empty() && f.unexpected.is_empty();
+    let stem_kernel = |f: &Fit| {
+        dict.get(&f.naming.rename("stem_conv.weight"))
+            .and_then(|t| t.shape.get(3).copied())
+    };
     let Some(best) = fits
         .iter()
-        .find(|f| f.missing.is_empty() && f.unexpected.is_empty())
-        .or_else(|| fits.iter().max_by_key(|f| f.matched))
+        .filter(exact)
+        .find(|f| stem_kernel(f) == Some(f.architecture.stem_kernel()))
+        .or_else(|| fits.iter().find(exact))
+        // Most names found, then fewest names off; the first such fit on a tie.
+        .or_else(|| {
+            fits.iter().rev().max_by_key(|f| {
+                let off = f.missing.len() + f.unexpected.len();
+                (f.matched, std::cmp::Reverse(off))
+            })
+        })
     else {
         return Err(Error::artifact(source, "no architecture to try"));
     };
@@ -404,7 +418,7 @@ mod tests {
 
     #[test]
     fn export_then_import_is_the_same_model_under_every_naming() {
-        for architecture in [Architecture::Resnet18, Architecture::PreactResnet18] {
+        for architecture in Architecture::ALL {
             let config = ModelConfig {
                 architecture,
                 width: 4,

@@ -1,5 +1,6 @@
-//! Classifiers: the CIFAR ResNet-18 of the method spec and PreAct-ResNet-18 (BackdoorBench's
-//! default), both with a width multiplier, behind one [`Classifier`] that normalises its input.
+//! Classifiers: the CIFAR ResNet-18 of the method spec, PreAct-ResNet-18 (BackdoorBench's
+//! default) and the ImageNet ResNet-18 (torchvision's layout, for ImageNet-size images), each
+//! with a width multiplier, behind one [`Classifier`] that normalises its input.
 
 pub mod blocks;
 pub mod fingerprint;
@@ -13,7 +14,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use preact_resnet::PreActResNet18;
-pub use resnet::ResNet18;
+pub use resnet::{ResNet18, Stem};
 
 /// Per-channel input normalisation `(x - mean) / std`, the one place images leave `[0,1]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,14 +83,37 @@ pub enum Architecture {
     Resnet18,
     /// PreAct-ResNet-18 (BackdoorBench's default).
     PreactResnet18,
+    /// ImageNet ResNet-18: torchvision's `resnet18` (7x7 stride-2 stem, max-pool).
+    Resnet18Imagenet,
 }
 
 impl Architecture {
+    /// Every architecture, in the order an import tries them.
+    pub const ALL: [Architecture; 3] = [
+        Architecture::Resnet18,
+        Architecture::PreactResnet18,
+        Architecture::Resnet18Imagenet,
+    ];
+
     /// Name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Resnet18 => "resnet18",
             Architecture::PreactResnet18 => "preact-resnet18",
+            Architecture::Resnet18Imagenet => "resnet18-imagenet",
+        }
+    }
+
+    /// The stem's convolution kernel side (the one shape that tells the ResNet-18s apart).
+    pub fn stem_kernel(self) -> usize {
+        self.stem().kernel()
+    }
+
+    /// The stem: what it does to the image's side before the first stage.
+    pub fn stem(self) -> Stem {
+        match self {
+            Architecture::Resnet18 | Architecture::PreactResnet18 => Stem::Cifar,
+            Architecture::Resnet18Imagenet => Stem::Imagenet,
         }
     }
 }
@@ -174,8 +198,13 @@ impl ModelConfig {
     /// Builds a classifier with Burn's own initialisation (a template to load weights into).
     pub fn init(&self, device: &Device) -> Classifier {
         let net = match self.architecture {
-            Architecture::Resnet18 => {
-                Network::Resnet18(ResNet18::new(self.width, self.num_classes, device))
+            Architecture::Resnet18 | Architecture::Resnet18Imagenet => {
+                Network::Resnet18(ResNet18::new(
+                    self.architecture.stem(),
+                    self.width,
+                    self.num_classes,
+                    device,
+                ))
             }
             Architecture::PreactResnet18 => {
                 Network::PreactResnet18(PreActResNet18::new(self.width, self.num_classes, device))
@@ -191,7 +220,8 @@ impl ModelConfig {
 /// The outputs of a forward pass that defenses and plots need besides the logits.
 #[derive(Debug, Clone)]
 pub struct Features {
-    /// Outputs of the four residual stages, `[N, w*2^i, H/2^i, W/2^i]`.
+    /// Outputs of the four residual stages, `[N, w*2^i, H/(r*2^i), W/(r*2^i)]` with `r` the
+    /// stem's reduction (1, or 4 for the ImageNet stem).
     pub stages: [Tensor<4>; 4],
     /// Pooled penultimate features, `[N, 8w]`.
     pub penultimate: Tensor<2>,
@@ -199,8 +229,9 @@ pub struct Features {
     pub logits: Tensor<2>,
 }
 
-/// The architectures, one variant each. A classifier holds one network, so the size difference
-/// between the variants (ResNet-18's extra stem BN) costs nothing worth a box.
+/// The networks, one variant per layout (both ResNet-18 stems are [`ResNet18`]). A classifier
+/// holds one network, so the size difference between the variants (ResNet-18's extra stem BN)
+/// costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Network {
@@ -342,6 +373,26 @@ mod tests {
                 .num_trainable_params(),
             11_171_146
         );
+        // torchvision's resnet18 with 1,000 classes: 11,689,512 parameters.
+        assert_eq!(
+            cfg(Architecture::Resnet18Imagenet, 64, 1000)
+                .init(&device)
+                .num_trainable_params(),
+            11_689_512
+        );
+    }
+
+    #[test]
+    fn the_imagenet_stem_quarters_the_side() {
+        let device = Device::flex();
+        let model = cfg(Architecture::Resnet18Imagenet, 4, 10).init(&device);
+        let f = model.features(Tensor::zeros([1, 3, 64, 64], &device));
+        assert_eq!(f.stages[0].dims(), [1, 4, 16, 16]);
+        assert_eq!(f.stages[3].dims(), [1, 32, 2, 2]);
+        assert_eq!(f.logits.dims(), [1, 10]);
+        // Odd sides round as PyTorch's do: 7x7/2 pad 3 then 3x3/2 pad 1 (57 -> 29 -> 15).
+        let f = model.features(Tensor::zeros([1, 3, 57, 57], &device));
+        assert_eq!(f.stages[0].dims(), [1, 4, 15, 15]);
     }
 
     #[test]

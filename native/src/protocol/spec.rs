@@ -170,9 +170,12 @@ pub(crate) struct Spec {
 }
 
 /// Flags the protocol sets itself on every run.
-const RESERVED: [&str; 6] = ["out", "model", "dataset", "data", "resume", "help"];
-/// ... and on the runs that train a model (from the model's target and seed).
+const RESERVED: [&str; 5] = ["out", "dataset", "data", "resume", "help"];
+/// ... on the runs that train a model (from the model's target and seed); their `model` (the
+/// architecture) is the spec's to give.
 const RESERVED_TRAINING: [&str; 3] = ["target", "seed", "clean-model"];
+/// ... and on the defenses: their `model` is the suspect, a run of the protocol.
+const RESERVED_DEFENSE: [&str; 1] = ["model"];
 
 /// The 1-based line of byte `offset` of `text`.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
@@ -186,6 +189,8 @@ enum For {
     Training,
     /// `defend`: the protocol sets the model.
     Defense,
+    /// `[protocol]`'s flags, given to every run.
+    Every,
 }
 
 fn flags(file: &Path, text: &str, raw: RawFlags, role: For) -> Result<Vec<Flag>> {
@@ -193,8 +198,10 @@ fn flags(file: &Path, text: &str, raw: RawFlags, role: For) -> Result<Vec<Flag>>
     for (k, v) in raw {
         let line = line_of(text, k.span().start);
         let key = k.into_inner().replace('_', "-");
-        if RESERVED.contains(&key.as_str())
-            || (role == For::Training && RESERVED_TRAINING.contains(&key.as_str()))
+        let k = key.as_str();
+        if RESERVED.contains(&k)
+            || (role != For::Defense && RESERVED_TRAINING.contains(&k))
+            || (role != For::Training && RESERVED_DEFENSE.contains(&k))
         {
             bail!(
                 "{}:{line}: `{key}`: set by the protocol itself, not a flag a spec may give",
@@ -305,7 +312,7 @@ impl Spec {
             );
         }
         let protocol_models = models(file, text, p.models)?;
-        let common = flags(file, text, p.flags, For::Training)?;
+        let common = flags(file, text, p.flags, For::Every)?;
         let clean = match raw.clean {
             Some(c) => Some(flags(file, text, c.into_inner().flags, For::Training)?),
             None => None,
@@ -513,6 +520,15 @@ flags = { init = "single:3", ratios = [0.1, 0.2] }
             ["--no-flip", "--width", "4", "--poison-rate", "0.05"]
         );
         assert_eq!(bad.flags[0].line, 9);
+        // An attack's architecture is the spec's to give.
+        let text = SPEC.replacen("width = 4,", "width = 4, model = \"resnet18-imagenet\",", 1);
+        let s2 = Spec::parse(Path::new("p.toml"), &text).expect("an attack's model");
+        assert!(
+            s2.attacks[0]
+                .flags
+                .iter()
+                .any(|f| f.key == "model" && f.value.as_deref() == Some("resnet18-imagenet"))
+        );
         assert_eq!(s.defenses[1].name, "kd-s3");
         assert_eq!(s.defenses[1].flags[1].value.as_deref(), Some("0.1,0.2"));
         assert!(s.defenses[0].applies_to(&s.attacks[1]));
@@ -554,6 +570,22 @@ flags = { init = "single:3", ratios = [0.1, 0.2] }
                 "p.toml:18: `lr`: expected a string",
             ),
             ("seed = 3 }]", "seed = -3 }]", "p.toml:4: `models`"),
+            // `--model` is a defense's suspect, the protocol's to set; an attack's architecture.
+            (
+                "lr = 0.02 }",
+                "lr = 0.02, model = \"x\" }",
+                "p.toml:18: `model`: set by the protocol",
+            ),
+            (
+                "threads = 1 }",
+                "threads = 1, model = \"resnet18\" }",
+                "p.toml:5: `model`: set by the protocol",
+            ),
+            (
+                "no_flip = true }",
+                "no_flip = true, seed = 2 }",
+                "p.toml:9: `seed`: set by the protocol",
+            ),
             ("name = \"blend\"", "name = \"../x\"", "attack name `../x`"),
             ("[0.05, 0.2]", "[0.05, 2.0]", "p.toml:10: poison rate 2"),
             ("[0.05, 0.2]", "[]", "p.toml:10: `poison_rates` is empty"),
