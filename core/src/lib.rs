@@ -8,15 +8,16 @@
 //! 1. [`error`], [`rng`], [`io`]: errors, randomness, files;
 //! 2. [`device`], [`cpu`], [`kernels`]: devices, the CPU and GPU kernels;
 //! 3. [`model`]: ResNet-18 and its loss;
-//! 4. [`data`], [`memory`]: data sets, splits and batches; memory estimates;
-//! 5. [`optim`]: SGD, Adam, schedules;
-//! 6. [`report`]: the run report's schema and record types;
-//! 7. [`engine`]: steps, the epoch loop, checkpoints, run directories, evaluation, the ASR meter;
-//! 8. [`train`]: a classifier's training run, with hooks;
-//! 9. [`attack`]: the attacks (their hooks and triggers);
-//! 10. [`defend`]: the defenses and the cleanser;
-//! 11. [`interop`], [`output`], [`table`]: PyTorch files, output folders, results tables;
-//! 12. [`protocol_table`]: a protocol's table.
+//! 4. [`memory`]: memory estimates and the memory the process can get;
+//! 5. [`data`]: data sets, splits and batches;
+//! 6. [`optim`]: SGD, Adam, schedules;
+//! 7. [`report`]: the run report's schema and record types;
+//! 8. [`engine`]: steps, the epoch loop, checkpoints, run directories, evaluation, the ASR meter;
+//! 9. [`train`]: a classifier's training run, with hooks;
+//! 10. [`attack`]: the attacks (their hooks and triggers);
+//! 11. [`defend`]: the defenses and the cleanser;
+//! 12. [`interop`], [`output`], [`table`]: PyTorch files, output folders, results tables;
+//! 13. [`protocol_table`]: a protocol's table.
 
 pub mod attack;
 pub mod cpu;

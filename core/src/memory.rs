@@ -129,7 +129,8 @@ impl Need {
     }
 }
 
-fn gib(bytes: u64) -> String {
+/// `bytes` for a message: GiB with one decimal under 10, whole GiB above, MiB under 1 GiB.
+pub fn gib(bytes: u64) -> String {
     let g = bytes as f64 / (1u64 << 30) as f64;
     if g >= 10.0 {
         format!("{g:.0} GiB")

@@ -509,4 +509,40 @@ fn a_run_beyond_the_memory_it_can_get_is_refused_not_aborted() {
         .expect("bash");
     assert_refused(&o, &["memory", "ulimit -v", "lower --batch-size"], "ulimit");
     assert!(!out.exists());
+    // An image folder read at a size whose bytes the process cannot hold (300 images at
+    // 1024x1024 are 900 MB): refused before decoding, naming the folder and the flag.
+    let data = tmp.path().join("folder");
+    for (split, n) in [("train", 150), ("val", 1)] {
+        for class in ["a", "b"] {
+            let dir = data.join(split).join(class);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            for i in 0..n {
+                image::RgbImage::from_pixel(4, 4, image::Rgb([i as u8, 7, 9]))
+                    .save(dir.join(format!("{i}.png")))
+                    .expect("png");
+            }
+        }
+    }
+    let out = tmp.path().join("large");
+    let line = format!(
+        "ulimit -v 600000 && exec {} train --dataset folder --data {} --image-size 1024 \
+         --width 4 --epochs 1 --device cpu --threads 1 --out {}",
+        env!("CARGO_BIN_EXE_cleanse"),
+        data.display(),
+        out.display()
+    );
+    let o = Command::new("bash")
+        .args(["-c", &line])
+        .output()
+        .expect("bash");
+    let err = assert_refused(
+        &o,
+        &["image-size", "300 images at 1024x1024", "ulimit -v"],
+        "large",
+    );
+    assert!(
+        err.contains(&data.join("train").display().to_string()),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
