@@ -1,8 +1,7 @@
 //! The project's own kernels for Burn's CPU backend (`flex`), reached through Burn's backend
 //! extension mechanism with hand-written autodiff nodes. [`batch_norm`] and [`conv2d`] are the
-//! places that decide: on a `flex` device the models' convolutions run here (natively and in the
-//! browser) and so do their batch norms (natively only: in the browser Burn's measured faster);
-//! elsewhere (GPU) Burn's own ops run.
+//! places that decide: on a `flex` device the models' convolutions and batch norms run here
+//! (natively and in the browser); elsewhere (GPU) Burn's own ops run.
 //!
 //! The convolution's forward and weight gradient are column matrices multiplied by the backend's
 //! matrix product ([`conv`] module docs), and its input gradient Burn's, except where the direct
@@ -506,12 +505,12 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
 
 /// The model's batch norm: Burn's [`BatchNorm::forward`] semantics (training statistics only on
 /// an autodiff device with the layer's training flag on; running statistics updated with the
-/// biased batch variance, as Burn does), computed by [`CpuKernels`] on native `flex` devices and
-/// by Burn elsewhere: on the GPU, and in the browser, where the demo's epoch measured 12% slower
-/// with these kernels than with Burn's op (BENCHMARKS.md, "In the browser").
+/// biased batch variance, as Burn does), computed by [`CpuKernels`] on `flex` devices (natively
+/// and in the browser, whose wasm is built with SIMD: BENCHMARKS.md, "In the browser") and by
+/// Burn on the GPU.
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
-    if cfg!(target_arch = "wasm32") || !is_flex(&device) {
+    if !is_flex(&device) {
         return bn.forward(x);
     }
     if device.is_autodiff() && bn.training.is_enabled() {
@@ -541,7 +540,7 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     running_batch_norm(bn, x, false)
 }
 
-/// `relu(batch_norm(bn, x))`: where the batch norm uses its running statistics on a native `flex`
+/// `relu(batch_norm(bn, x))`: where the batch norm uses its running statistics on a `flex`
 /// device without autodiff (evaluating, inference), one pass over the activations instead of
 /// two, with the same bits; elsewhere the two ops.
 pub fn batch_norm_relu<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
@@ -551,9 +550,9 @@ pub fn batch_norm_relu<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D
     running_batch_norm(bn, x, true)
 }
 
-/// Whether the fused evaluation ops run on `device`: natively on `flex`, without autodiff.
+/// Whether the fused evaluation ops run on `device`: on `flex`, without autodiff.
 fn fuses_here(device: &Device) -> bool {
-    !cfg!(target_arch = "wasm32") && is_flex(device) && !device.is_autodiff()
+    is_flex(device) && !device.is_autodiff()
 }
 
 /// The evaluation batch norm of [`CpuKernels::bn_eval`] (`then_relu`: with the ReLU fused).
