@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# One prepared run for a lent GPU machine (at most 7.5 minutes, warm-up included): ResNet-18 training and
+# One prepared run for a lent GPU machine (at most 8 minutes, warm-up included): ResNet-18 training and
 # inference throughput of `cleanse bench` on wgpu (two processes one after the other, to see what
 # CubeCL's persistent autotune cache and the driver's pipeline cache save the second), at width 64
-# and 16, batch 128; then bench/pytorch_resnet18.py on CUDA (TF32 convolutions as PyTorch's
-# default, and plain fp32); then both on the CPU with every core. Every command has its own time
+# and 16, batch 128; the same with the SPIR-V build (`--features spirv`: SPIR-V on Vulkan, and
+# its compiled kernels kept on disk, `cubecl.toml`'s `[compilation] cache = true`) when its binary
+# is given; then bench/pytorch_resnet18.py on CUDA (TF32 convolutions as PyTorch's default, plain
+# fp32, and AMP bf16); then, if asked, both on the CPU with every core. Every command has its own time
 # limit, so one that hangs costs its slot and the rest still run. Results go into BENCHMARKS.md.
 #
-#   bash bench/gpu_check.sh path/to/cleanse OUTDIR
+#   bash bench/gpu_check.sh path/to/cleanse OUTDIR [path/to/cleanse-spirv]
+#   GPU_CHECK_PARTS="spirv torch" bash bench/gpu_check.sh ...   # some parts only
 set -u
-BIN=${1:?usage: gpu_check.sh CLEANSE_BINARY OUTDIR}
-OUT=${2:?usage: gpu_check.sh CLEANSE_BINARY OUTDIR}
+BIN=${1:?usage: gpu_check.sh CLEANSE_BINARY OUTDIR [SPIRV_BINARY]}
+OUT=${2:?usage: gpu_check.sh CLEANSE_BINARY OUTDIR [SPIRV_BINARY]}
+SPIRV=${3:-}
 mkdir -p "$OUT"
 export XDG_RUNTIME_DIR=/tmp
 export PYTHONUNBUFFERED=1
 CORES=$(nproc)
 log() { echo "[$(date +%T)] $*"; }
 
-# Which parts run (all by default): GPU_CHECK_PARTS="wgpu torch cpu".
-PARTS=${GPU_CHECK_PARTS:-wgpu torch cpu}
+# Which parts run: GPU_CHECK_PARTS="wgpu spirv torch cpu" (default: the first three, about 7.5
+# minutes on the H200 of 2026-12-04 by its timings; the CPU part adds about a minute).
+PARTS=${GPU_CHECK_PARTS:-wgpu spirv torch}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 # limit SECONDS NAME COMMAND...: runs COMMAND with a time limit, stdout to $OUT/NAME.json and
@@ -48,10 +53,27 @@ if part wgpu; then
     # Cargo workspace (as here), else under ~/.cache/cubecl.
     log "CubeCL cache: $(du -sh target/environment ~/.cache/cubecl 2>/dev/null | tr '\n' ' ')"
 fi
+if part spirv && [[ -n $SPIRV ]]; then
+    # The compiled-kernel cache: cubecl.toml in the working directory (CubeCL looks here and in
+    # every parent); the second process should start from it.
+    printf '[compilation]\ncache = true\n' >cubecl.toml
+    limit 150 spirv-w64-first "$SPIRV" bench --width 64 $B --device wgpu
+    limit 60 spirv-w64-second "$SPIRV" bench --width 64 $B --device wgpu
+    limit 60 spirv-w16 "$SPIRV" bench --width 16 $B --device wgpu
+    log "CubeCL cache after SPIR-V: $(du -sh target/environment ~/.cache/cubecl 2>/dev/null | tr '\n' ' ')"
+    rm -f cubecl.toml
+    # The SPIR-V parity tests (tests/tests/spirv.rs), when their binary is carried along:
+    # SPIRV_TESTS=path/to/spirv-<hash> (cargo test --release -p cleanse-tests --features spirv
+    # --test spirv --no-run prints it).
+    if [[ -n ${SPIRV_TESTS:-} ]]; then
+        limit 120 spirv-tests "$SPIRV_TESTS" --test-threads=1
+    fi
+fi
 if part torch; then
     P="python3 bench/pytorch_resnet18.py --device cuda --batch-size 128 --steps 50 --warmup 3"
     limit 30 torch-cuda-w64 $P --width 64
     limit 30 torch-cuda-w64-fp32 $P --width 64 --no-tf32
+    limit 30 torch-cuda-w64-bf16 $P --width 64 --amp bf16
     limit 30 torch-cuda-w16 $P --width 16
 fi
 if part cpu; then

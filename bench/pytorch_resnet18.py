@@ -80,6 +80,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--no-tf32", action="store_true", help="plain fp32 convolutions and matmuls on CUDA")
+    p.add_argument("--amp", choices=["bf16", "f16"], default=None,
+                   help="automatic mixed precision (torch.autocast) on CUDA, fp32 master weights; "
+                        "f16 with a GradScaler")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.device == "cuda":
@@ -102,11 +105,27 @@ def main():
     x = torch.rand(a.batch_size, 3, a.image_size, a.image_size, device=dev)
     y = torch.randint(0, 10, (a.batch_size,), device=dev)
 
+    amp = {"bf16": torch.bfloat16, "f16": torch.float16}.get(a.amp)
+    if amp is not None and a.device != "cuda":
+        raise SystemExit("--amp is for --device cuda")
+    scaler = torch.amp.GradScaler("cuda") if a.amp == "f16" else None
+
+    def forward(inputs):
+        if amp is None:
+            return model(inputs)
+        with torch.autocast("cuda", dtype=amp):
+            return model(inputs)
+
     def step():
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
+        loss = F.cross_entropy(forward(x).float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         return loss.item()
 
     model.train()
@@ -123,17 +142,17 @@ def main():
     model.eval()
     with torch.no_grad():
         for _ in range(max(a.warmup, 1)):
-            model(x)
+            forward(x)
         sync()
         t = time.perf_counter()
         for _ in range(a.steps):
-            model(x)
+            forward(x)
         sync()
         infer_ips = a.steps * a.batch_size / (time.perf_counter() - t)
     print(json.dumps({
         "framework": f"pytorch {torch.__version__}", "device": a.device,
         "gpu": torch.cuda.get_device_name() if a.device == "cuda" else None,
-        "tf32_convolutions": a.device == "cuda" and not a.no_tf32, "threads": a.threads, "arch": a.arch,
+        "tf32_convolutions": a.device == "cuda" and not a.no_tf32, "amp": a.amp, "threads": a.threads, "arch": a.arch,
         "model_class": type(model).__module__ + "." + type(model).__name__,
         "image_size": a.image_size, "width": a.width,
         "batch_size": a.batch_size, "train_images_per_sec": train_ips, "inference_images_per_sec": infer_ips,

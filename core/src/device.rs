@@ -16,6 +16,9 @@ pub enum DeviceChoice {
     Wgpu,
     /// Burn's pure-Rust CPU backend (`flex`).
     Cpu,
+    /// Burn's CUDA backend on the first NVIDIA GPU (a build with the `cuda` feature:
+    /// `scripts/setup-cuda.sh`).
+    Cuda,
 }
 
 /// The backend that runs.
@@ -24,6 +27,7 @@ pub enum DeviceChoice {
 pub enum Backend {
     Wgpu,
     Flex,
+    Cuda,
 }
 
 /// One graphics adapter as wgpu reports it.
@@ -128,11 +132,37 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
             };
             Ok(wgpu_on(first))
         }
+        DeviceChoice::Cuda => cuda(choice, cpu_threads),
         DeviceChoice::Auto => match list_adapters().into_iter().find(AdapterInfo::is_hardware) {
             Some(a) => Ok(wgpu_on(a)),
             None => Ok(flex()),
         },
     }
+}
+
+/// The first CUDA device, in a build with the `cuda` feature.
+#[cfg(feature = "cuda")]
+fn cuda(choice: DeviceChoice, cpu_threads: usize) -> Result<Selected> {
+    Ok(Selected {
+        device: Device::cuda(0),
+        info: DeviceInfo {
+            requested: choice,
+            backend: Backend::Cuda,
+            adapter: None,
+            cpu_threads,
+        },
+    })
+}
+
+/// Without the `cuda` feature: an error saying how to get it.
+#[cfg(not(feature = "cuda"))]
+fn cuda(_choice: DeviceChoice, _cpu_threads: usize) -> Result<Selected> {
+    Err(Error::Device {
+        device: "cuda".into(),
+        reason: "this build has no CUDA backend: build with `--features cuda` after \
+                 `bash scripts/setup-cuda.sh` (or use --device wgpu)"
+            .into(),
+    })
 }
 
 impl std::str::FromStr for DeviceChoice {
@@ -142,9 +172,10 @@ impl std::str::FromStr for DeviceChoice {
             "auto" => Ok(DeviceChoice::Auto),
             "wgpu" => Ok(DeviceChoice::Wgpu),
             "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
             _ => Err(Error::config(
                 "device",
-                format!("`{s}`: expected auto, wgpu or cpu"),
+                format!("`{s}`: expected auto, wgpu, cpu or cuda"),
             )),
         }
     }

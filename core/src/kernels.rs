@@ -2,7 +2,7 @@
 //!
 //! Each operation is a Burn backend extension implemented for the CubeCL backend, so it runs
 //! inside Burn's fusion stream on the tensors' own device buffers. The public functions take
-//! and return ordinary tensors; they must only be called on wgpu devices ([`is_wgpu`]); the
+//! and return ordinary tensors; they must only be called where [`runs_wgsl`] says they run; the
 //! callers fall back to the plain-tensor twins elsewhere. The trigger kernels are not
 //! differentiable: they take the values of autodiff tensors and return constants (triggers act
 //! on data). The distillation-loss kernel computes the loss and its gradient in one pass, and
@@ -19,12 +19,16 @@ use cubecl::CubeCount;
 use cubecl::prelude::KernelId;
 use cubecl::server::KernelArguments;
 
-/// Whether `device` is a wgpu device (where the WGSL kernels run; a CUDA device takes the twins).
-pub fn is_wgpu(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Cube(cubecl::Device::Wgpu(_))
-    )
+/// Whether the WGSL kernels run on `device`: a wgpu device whose runtime compiles WGSL. The CPU
+/// and CUDA take the twins, and so does a wgpu device that compiles SPIR-V (a build with the
+/// `spirv` feature on a Vulkan adapter that supports it: CubeCL refuses a WGSL source there and
+/// fails the kernel's tensors with it). The runtime names its compiler (`wgpu<wgsl>`,
+/// `wgpu<spirv>`, `wgpu<msl>`), read once the device's runtime is up.
+pub fn runs_wgsl(device: &Device) -> bool {
+    match device.clone().inner().as_dispatch() {
+        DispatchDevice::Cube(d @ cubecl::Device::Wgpu(_)) => d.client().name() == "wgpu<wgsl>",
+        _ => false,
+    }
 }
 
 /// A kernel source for CubeCL, keyed by the kernel's name and a hash of its text.

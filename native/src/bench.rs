@@ -199,7 +199,7 @@ pub fn run_kernels(a: &KernelBenchArgs) -> Result<()> {
     use cleanse_core::data::synthetic::{SyntheticConfig, generate};
     let selected = a.device.select()?;
     let device = selected.device.clone();
-    let on_wgpu = cleanse_core::kernels::is_wgpu(&device);
+    let on_wgpu = cleanse_core::kernels::runs_wgsl(&device);
     let set = generate(&SyntheticConfig {
         train_size: 10,
         test_size: 1,

@@ -145,6 +145,8 @@ pub(crate) enum DeviceArg {
     Auto,
     Wgpu,
     Cpu,
+    /// Burn's CUDA backend (a build with `--features cuda`).
+    Cuda,
 }
 
 impl From<DeviceArg> for DeviceChoice {
@@ -153,6 +155,7 @@ impl From<DeviceArg> for DeviceChoice {
             DeviceArg::Auto => DeviceChoice::Auto,
             DeviceArg::Wgpu => DeviceChoice::Wgpu,
             DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
         }
     }
 }
@@ -334,9 +337,10 @@ pub(crate) fn describe_device(selected: &device::Selected) -> String {
 
 /// A device as people read it: the adapter for wgpu, the thread count for the CPU.
 pub(crate) fn describe_device_info(info: &device::DeviceInfo) -> String {
-    match &info.adapter {
-        Some(a) => format!("wgpu on {} ({}, {})", a.name, a.device_type, a.api),
-        None => format!("cpu (flex, {} threads)", info.cpu_threads),
+    match (&info.adapter, info.backend) {
+        (Some(a), _) => format!("wgpu on {} ({}, {})", a.name, a.device_type, a.api),
+        (None, device::Backend::Cuda) => "cuda (device 0)".to_string(),
+        (None, _) => format!("cpu (flex, {} threads)", info.cpu_threads),
     }
 }
 

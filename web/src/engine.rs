@@ -353,7 +353,7 @@ pub async fn train<H: Host>(
         }
         if kind == AttackKind::Lc
             && cfg!(target_arch = "wasm32")
-            && cleanse_core::kernels::is_wgpu(device)
+            && cleanse_core::kernels::runs_wgsl(device)
         {
             return Err(
                 "LC's adversarial images are read back synchronously, which WebGPU \

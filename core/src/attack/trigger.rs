@@ -329,7 +329,7 @@ impl Trigger {
 
     /// Applies the trigger on `x`'s device: the WGSL kernels on wgpu, tensor operations elsewhere.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        if !crate::kernels::is_wgpu(&x.device()) {
+        if !crate::kernels::runs_wgsl(&x.device()) {
             return self.apply_tensor(x);
         }
         self.apply_kernel(x)

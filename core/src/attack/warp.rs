@@ -180,7 +180,7 @@ pub fn augment_grid(h: usize, w: usize, a: &WanetAugment, rng: &mut Rng) -> Vec<
 /// Bilinear `grid_sample` (align_corners, zero padding) on `x`'s device: the WGSL kernel on wgpu
 /// (values only, no gradient), [`grid_sample_tensor`] elsewhere.
 pub fn grid_sample(x: Tensor<4>, grid: Tensor<4>) -> Tensor<4> {
-    if crate::kernels::is_wgpu(&x.device()) {
+    if crate::kernels::runs_wgsl(&x.device()) {
         crate::kernels::grid_sample(x, grid)
     } else {
         grid_sample_tensor(x, grid)

@@ -64,7 +64,7 @@ pub fn kd_loss(student: Tensor<2>, teacher: Tensor<2>, t: f64) -> Tensor<1> {
 /// [`kd_loss`] by the fused WGSL kernel on wgpu devices ([`crate::kernels::kd_loss`]), by the
 /// plain-tensor twin elsewhere.
 pub fn distillation_loss(student: Tensor<2>, teacher: Tensor<2>, t: f64) -> Tensor<1> {
-    if crate::kernels::is_wgpu(&student.device()) {
+    if crate::kernels::runs_wgsl(&student.device()) {
         crate::kernels::kd_loss(student, teacher, t)
     } else {
         kd_loss(student, teacher, t)

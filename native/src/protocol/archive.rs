@@ -146,9 +146,10 @@ pub(crate) fn cpu_arithmetic() -> String {
 
 /// The arithmetic that computed the run of `report`.
 fn arithmetic_of(report: &Report) -> String {
-    match &report.device.adapter {
-        Some(a) => format!("wgpu {} ({})", a.name, a.api),
-        None => cpu_arithmetic(),
+    match (&report.device.adapter, report.device.backend) {
+        (Some(a), _) => format!("wgpu {} ({})", a.name, a.api),
+        (None, cleanse_core::device::Backend::Cuda) => "cuda".to_string(),
+        (None, _) => cpu_arithmetic(),
     }
 }
 
