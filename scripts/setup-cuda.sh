@@ -30,7 +30,7 @@ else
     python3 -m zipfile -e "$w" "$WORK/unpacked"
   done
   STATIC=$(find "$WORK/unpacked" -maxdepth 2 -type d -name static | head -n 1)
-  [[ -n $STATIC && -x $STATIC/bin/llvm-config ]] || { echo "setup-cuda: no static/bin/llvm-config in the wheels" >&2; exit 1; }
+  [[ -n $STATIC && -f $STATIC/bin/llvm-config ]] || { echo "setup-cuda: no static/bin/llvm-config in the wheels" >&2; exit 1; }
   mkdir -p "$PREFIX"
   cp -a "$STATIC"/. "$PREFIX"/
   chmod +x "$PREFIX/bin/llvm-config"
