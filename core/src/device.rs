@@ -140,9 +140,37 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
     }
 }
 
-/// The first CUDA device, in a build with the `cuda` feature.
+/// The first CUDA device, in a build with the `cuda` feature. The CUDA runtime loads the NVIDIA
+/// driver's `libcuda.so.1` on first use and panics in its own thread when it is missing: looked
+/// for first in the dynamic linker's usual folders and `LD_LIBRARY_PATH`, for an error instead.
 #[cfg(feature = "cuda")]
 fn cuda(choice: DeviceChoice, cpu_threads: usize) -> Result<Selected> {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    dirs.extend(
+        [
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+            "/usr/lib64",
+            "/usr/lib",
+            "/usr/local/cuda/lib64",
+            "/usr/local/cuda/compat",
+            "/usr/lib/wsl/lib",
+        ]
+        .map(std::path::PathBuf::from),
+    );
+    let found = dirs
+        .iter()
+        .any(|d| d.join("libcuda.so.1").exists() || d.join("libcuda.so").exists());
+    if !found {
+        return Err(Error::Device {
+            device: "cuda".into(),
+            reason: "the NVIDIA driver's libcuda.so.1 is not in LD_LIBRARY_PATH or the usual \
+                     library folders: install the driver, or use --device wgpu or cpu"
+                .into(),
+        });
+    }
     Ok(Selected {
         device: Device::cuda(0),
         info: DeviceInfo {
