@@ -242,6 +242,10 @@ pub(crate) struct TrainArgs {
     /// Fraction of the training set held out for the defender.
     #[arg(long, default_value_t = 0.1)]
     holdout: f64,
+    /// Hold out this many images of every class instead of a fraction (the supplement's
+    /// ImageNet-10 split: 300 of each class).
+    #[arg(long, value_name = "N", conflicts_with_all = ["holdout", "defender_per_class", "defender_fraction"])]
+    holdout_per_class: Option<usize>,
     /// Take the defender's data from the test set instead: N images of each class (one fixed
     /// choice), the rest of the test set evaluates; nothing is held out of the training set (the
     /// supplement's GTSRB protocol).
@@ -316,7 +320,8 @@ impl TrainArgs {
         c.sgd.momentum = self.momentum;
         c.sgd.weight_decay = self.weight_decay;
         c.seed = self.seed;
-        c.holdout = if c.data.defender_from_test() {
+        c.holdout_per_class = self.holdout_per_class;
+        c.holdout = if c.data.defender_from_test() || c.holdout_per_class.is_some() {
             0.0
         } else {
             self.holdout

@@ -142,6 +142,37 @@ fn per_class_slice_takes_exactly_n_per_class() {
     assert!(err.contains("fewer than the 101"), "{err}");
 }
 
+/// The ImageNet-10 split: N images of every class of the training set held out, the rest kept;
+/// a class with fewer than N, or nothing left to train on, is an error naming the flag.
+#[test]
+fn per_class_holdout_holds_out_n_of_every_class() {
+    let data = gtsrb::load_dir(&shared_data().join("gtsrb32-subset"), 32).expect("read");
+    let s = split::per_class_holdout(&data.train, 7, 0).expect("holdout");
+    assert_eq!(data.train.subset(&s.held_out).class_counts(), vec![7; 43]);
+    assert_eq!(s.keep.len() + s.held_out.len(), data.train.len());
+    assert_eq!(
+        s,
+        split::per_class_holdout(&data.train, 7, 0).expect("again")
+    );
+    assert_ne!(
+        s.held_out,
+        split::per_class_holdout(&data.train, 7, 1)
+            .expect("seed 1")
+            .held_out
+    );
+    let err = split::per_class_holdout(&data.train, 101, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holdout-per-class") && err.contains("fewer than the 101"),
+        "{err}"
+    );
+    let err = split::per_class_holdout(&data.train, 100, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("leaves 0 training images"), "{err}");
+}
+
 /// The authors' GTSRB split: a fraction of every class of the test set, in proportion to class
 /// size, a fixed choice per seed; the rest evaluates.
 #[test]

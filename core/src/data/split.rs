@@ -2,6 +2,8 @@
 //!
 //! - [`holdout`]: a fraction of the training set held out *before* poisoning; the attacker never
 //!   sees it, and it later becomes the defender's clean, unlabeled data.
+//! - [`per_class_holdout`]: `n` images of every class of the training set held out instead of a
+//!   fraction (the supplement's ImageNet-10 split: 300 of each class).
 //! - [`per_class_slice`]: the first `n` images of each class (in a seeded order) of a test set, the
 //!   rest being used for evaluation (the GTSRB protocol for the defender's data).
 //! - [`fraction_per_class`]: a fraction of each class of a test set (in a seeded order), the rest
@@ -114,6 +116,33 @@ pub fn per_class_slice(set: &ImageSet, per_class: usize, seed: u64) -> Result<Sp
     Ok(complement(set.len(), held_out))
 }
 
+/// Holds `per_class` images of every class of a training set out for the defender (seeded
+/// choice); at least 2 images must remain to train on. An error names `holdout-per-class`.
+pub fn per_class_holdout(set: &ImageSet, per_class: usize, seed: u64) -> Result<Split> {
+    let counts = by_class(set);
+    if let Some((c, members)) = counts.iter().enumerate().find(|(_, m)| m.len() < per_class) {
+        return Err(Error::config(
+            "holdout-per-class",
+            format!(
+                "class {c} has {} training images, fewer than the {per_class} to hold out",
+                members.len()
+            ),
+        ));
+    }
+    let split = per_class_slice(set, per_class, seed)?;
+    if split.keep.len() < 2 {
+        return Err(Error::config(
+            "holdout-per-class",
+            format!(
+                "holding out {per_class} of every class leaves {} training images; at least 2 \
+                 must remain",
+                split.keep.len()
+            ),
+        ));
+    }
+    Ok(split)
+}
+
 /// Takes `round(fraction * n_c)` images of each class `c` (seeded choice) as `held_out`, so the
 /// held-out part follows the class sizes; the rest is `keep`. Every class must keep at least one
 /// image and the held-out part must not be empty.
@@ -156,6 +185,9 @@ pub struct SplitFile {
     pub data: DataSpec,
     pub seed: u64,
     pub holdout: f64,
+    /// Set when the run held out this many images of every class instead of a fraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_per_class: Option<usize>,
     pub split: Split,
 }
 

@@ -121,6 +121,7 @@ pub fn write_run(
             data,
             seed,
             holdout,
+            holdout_per_class: None,
             split,
         },
     )?;
