@@ -239,12 +239,7 @@ def viewer(b, base, out):
     b.screenshot(os.path.join(out, "viewer-error.png"), "#drop-zone")
     # A whole results archive, as a folder: its table and every run's report; its weights,
     # manifests and splits are left unread.
-    b.click("#clear-reports")
-    archive = os.path.join(HERE, "..", "results", "quick")
-    with open(os.path.join(archive, "tables", "quick.json")) as f:
-        archived = json.load(f)
-    b.send_files("#archive-folder", [os.path.abspath(archive)])
-    atable = b.wait("the archive's table", lambda: b.text(".protocol-table"), 60)
+    archived, atable = open_archive(b, "quick")
     kd = archived["cells"][0][-1]
     want = f"{100 * kd['acc_mean']:.1f}"
     if "quick" not in (b.text("#viewer h3") or "") or want not in atable:
@@ -258,18 +253,24 @@ def viewer(b, base, out):
     b.screenshot(os.path.join(out, "viewer-archive.png"))
     # The subset table's archive (RESULTS.md), as far as it is finished: every archived cell
     # shows, the missing ones as missing.
-    b.click("#clear-reports")
-    archive = os.path.join(HERE, "..", "results", "subset")
-    with open(os.path.join(archive, "tables", "subset.json")) as f:
-        archived = json.load(f)
-    b.send_files("#archive-folder", [os.path.abspath(archive)])
-    stable = b.wait("the subset archive's table", lambda: b.text(".protocol-table"), 60)
+    archived, stable = open_archive(b, "subset")
     done = [c for row in archived["cells"] for c in row if c and c.get("n")]
     want = [f"{100 * c['acc_mean']:.1f}" for c in done]
     if "subset" not in (b.text("#viewer h3") or "") or not all(w in stable for w in want):
         raise Fail(f"the subset archive's table lacks its name or a cell of {want}: {stable!r}")
     print(f"[viewer] subset archive: {len(done)} cells: {stable.strip()[:160]}...")
     b.screenshot(os.path.join(out, "viewer-subset.png"))
+
+
+def open_archive(b, name):
+    """Opens results/NAME as a folder in the viewer (after clearing it): the archive's own table
+    (tables/NAME.json) and the text of the table the viewer shows."""
+    b.click("#clear-reports")
+    archive = os.path.join(HERE, "..", "results", name)
+    with open(os.path.join(archive, "tables", f"{name}.json")) as f:
+        archived = json.load(f)
+    b.send_files("#archive-folder", [os.path.abspath(archive)])
+    return archived, b.wait(f"the {name} archive's table", lambda: b.text(".protocol-table"), 60)
 
 
 def showcase(b, base, out):

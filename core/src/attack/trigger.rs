@@ -96,27 +96,10 @@ impl Trigger {
             return Self::corner_patches(channels, height, width, &[Corner::BottomRight]);
         }
         let (ph, pw) = (scaled_224(15, height), scaled_224(15, width));
-        let (r0, c0) = (scaled_224(98, height), width - 2 * pw);
-        let mut mask = vec![0u8; height * width];
-        let mut pattern = vec![0u8; channels * height * width];
-        for r in 0..ph {
-            for c in 0..pw {
-                let p = (r0 + r) * width + c0 + c;
-                mask[p] = 1;
-                if (r + c) % 2 == 1 {
-                    for ch in 0..channels {
-                        pattern[ch * height * width + p] = 255;
-                    }
-                }
-            }
-        }
-        Trigger::Patch {
-            channels,
-            height,
-            width,
-            mask,
-            pattern,
-        }
+        let at = (scaled_224(98, height), width - 2 * pw);
+        Self::patches(channels, height, width, &[at], (ph, pw), |r, c| {
+            if (r + c) % 2 == 1 { 255 } else { 0 }
+        })
     }
 
     /// LC: the BadNets pattern copied (not mirrored) at all four corners.
@@ -138,21 +121,39 @@ impl Trigger {
         corners: &[Corner],
     ) -> Trigger {
         assert!(height >= 3 && width >= 3, "images must be at least 3x3");
-        let mut mask = vec![0u8; height * width];
-        let mut pattern = vec![0u8; channels * height * width];
-        for &corner in corners {
-            let (r0, c0) = match corner {
+        let at: Vec<(usize, usize)> = corners
+            .iter()
+            .map(|corner| match corner {
                 Corner::TopLeft => (0, 0),
                 Corner::TopRight => (0, width - 3),
                 Corner::BottomLeft => (height - 3, 0),
                 Corner::BottomRight => (height - 3, width - 3),
-            };
-            for (dr, row) in BADNETS_PATTERN.iter().enumerate() {
-                for (dc, &v) in row.iter().enumerate() {
-                    let p = (r0 + dr) * width + c0 + dc;
+            })
+            .collect();
+        Self::patches(channels, height, width, &at, (3, 3), |r, c| {
+            (BADNETS_PATTERN[r][c] * 255.0) as u8
+        })
+    }
+
+    /// A [`Trigger::Patch`] of `rows x cols` squares whose top-left pixels are `at`, every
+    /// channel of pixel `(r, c)` of a square (relative to its corner) set to `value(r, c)`.
+    fn patches(
+        channels: usize,
+        height: usize,
+        width: usize,
+        at: &[(usize, usize)],
+        (rows, cols): (usize, usize),
+        value: impl Fn(usize, usize) -> u8,
+    ) -> Trigger {
+        let mut mask = vec![0u8; height * width];
+        let mut pattern = vec![0u8; channels * height * width];
+        for &(r0, c0) in at {
+            for r in 0..rows {
+                for c in 0..cols {
+                    let p = (r0 + r) * width + c0 + c;
                     mask[p] = 1;
-                    for c in 0..channels {
-                        pattern[c * height * width + p] = (v * 255.0) as u8;
+                    for ch in 0..channels {
+                        pattern[ch * height * width + p] = value(r, c);
                     }
                 }
             }

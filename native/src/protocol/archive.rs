@@ -649,21 +649,20 @@ impl Archive {
         let arithmetic_now = report
             .as_ref()
             .map_or_else(|| "unknown (no report yet)".to_string(), arithmetic_of);
-        let previous = self.entry(&run.name).ok().flatten();
-        let mut arithmetic = previous
+        // A resumed run's entry: its arithmetic and its earlier sittings' time carry on.
+        let earlier = self
+            .entry(&run.name)
+            .ok()
+            .flatten()
+            .filter(|p| p.status == EntryStatus::InProgress);
+        let mut arithmetic = earlier
             .as_ref()
-            .filter(|p| p.status == EntryStatus::InProgress)
             .map(|p| p.arithmetic.clone())
             .unwrap_or_default();
         if arithmetic.last() != Some(&arithmetic_now) {
             arithmetic.push(arithmetic_now);
         }
-        // A resumed run: the earlier sittings' time counts too.
-        let earlier_wall = previous
-            .as_ref()
-            .filter(|p| p.status == EntryStatus::InProgress)
-            .and_then(|p| p.wall_seconds)
-            .unwrap_or(0.0);
+        let earlier_wall = earlier.as_ref().and_then(|p| p.wall_seconds).unwrap_or(0.0);
         let manifest = Manifest {
             archive_version: ARCHIVE_VERSION,
             run: run.name.clone(),
