@@ -1,5 +1,6 @@
 //! Picking the compute device: one function, [`select`], decides for every command.
 
+use crate::precision::Precision;
 use crate::{Error, Result};
 use burn::prelude::Device;
 use burn::tensor::DeviceKind;
@@ -67,6 +68,59 @@ pub struct DeviceInfo {
     pub adapter: Option<AdapterInfo>,
     /// Threads of the CPU pool (flex backend and data loading).
     pub cpu_threads: usize,
+    /// The training arithmetic (`--precision`; reports before it existed: f32).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+impl Selected {
+    /// The device training in `precision`, when it can: the CPU backend computes in f32 only;
+    /// WGSL and Vulkan have no bf16 arithmetic; f16 needs the adapter's `shader-f16`. The error
+    /// names `--precision` and why.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Selected> {
+        if let Some(dtype) = precision.reduced() {
+            let refuse = |reason: String| {
+                Err(Error::config(
+                    "precision",
+                    format!("`{}`: {reason}", precision.name()),
+                ))
+            };
+            match self.info.backend {
+                Backend::Flex => {
+                    return refuse(
+                        "the CPU backend computes in f32 (its kernels are f32; reduced precision \
+                         is for GPUs): use --precision f32, or --device wgpu or cuda"
+                            .into(),
+                    );
+                }
+                Backend::Wgpu if precision == Precision::Bf16 => {
+                    return refuse(
+                        "WGSL and Vulkan have no bf16 arithmetic: use f16 on wgpu, or bf16 with \
+                         --device cuda"
+                            .into(),
+                    );
+                }
+                _ if !self.device.supports_dtype(dtype) => {
+                    let adapter = match &self.info.adapter {
+                        Some(a) => format!(" ({} offers no `shader-f16`)", a.name),
+                        None => String::new(),
+                    };
+                    return refuse(format!(
+                        "this device has no {} arithmetic{adapter}",
+                        precision.name()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        self.info.precision = precision;
+        Ok(self)
+    }
+
+    /// The training arithmetic.
+    pub fn precision(&self) -> Precision {
+        self.info.precision
+    }
 }
 
 /// Every adapter wgpu can open on this machine, hardware first.
@@ -103,6 +157,7 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
             backend: Backend::Flex,
             adapter: None,
             cpu_threads,
+            precision: Precision::F32,
         },
     };
     let wgpu_on = |adapter: AdapterInfo| {
@@ -117,6 +172,7 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
                 backend: Backend::Wgpu,
                 adapter: Some(adapter),
                 cpu_threads,
+                precision: Precision::F32,
             },
         }
     };
@@ -178,6 +234,7 @@ fn cuda(choice: DeviceChoice, cpu_threads: usize) -> Result<Selected> {
             backend: Backend::Cuda,
             adapter: None,
             cpu_threads,
+            precision: Precision::F32,
         },
     })
 }

@@ -5,7 +5,8 @@
 //!
 //! Layers, lowest first; a module imports only from layers below its own (`tests/layers.rs`
 //! checks the sources):
-//! 1. [`error`], [`rng`], [`io`]: errors, randomness, files;
+//! 1. [`error`], [`rng`], [`io`], [`precision`]: errors, randomness, files, the arithmetic's
+//!    precision;
 //! 2. [`device`], [`cpu`], [`kernels`]: devices, the CPU and GPU kernels;
 //! 3. [`model`]: ResNet-18 and its loss;
 //! 4. [`memory`]: memory estimates and the memory the process can get;
@@ -33,6 +34,7 @@ pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod output;
+pub mod precision;
 pub mod protocol_table;
 pub mod report;
 pub mod rng;

@@ -7,7 +7,7 @@ use std::path::Path;
 /// Lowest first; a module may name only modules of lower layers. The same as `src/lib.rs`'s
 /// documentation.
 const LAYERS: &[&[&str]] = &[
-    &["error", "rng", "io"],
+    &["error", "rng", "io", "precision"],
     &["device", "cpu", "kernels"],
     &["model"],
     &["memory"],

@@ -263,7 +263,7 @@ pub(crate) fn run_attack(args: &AttackArgs, matches: &ArgMatches) -> Result<()> 
             cleanse_core::attack::canonical_run,
         )?;
     }
-    let selected = args.train.device.select()?;
+    let selected = args.train.precision.select(&args.train.device)?;
     errln!("device: {}", describe_device(&selected));
 
     let clean_model = match (&args.clean_model, attack_config.kind) {

@@ -2,16 +2,16 @@
 //! unless `--image-size` says otherwise).
 //! Numbers go into BENCHMARKS.md with the command that produced them.
 
-use crate::{DeviceArgs, ModelArg};
+use crate::{DeviceArgs, ModelArg, PrecisionArgs};
 use anyhow::Result;
-use burn::module::Module;
-use burn::optim::GradientsParams;
 use clap::Args;
+use cleanse_core::engine::Trainee;
 use cleanse_core::engine::eval::{images_tensor, labels_tensor};
 use cleanse_core::model::loss::cross_entropy;
 use cleanse_core::model::{ModelConfig, Normalization, check_width};
 use cleanse_core::optim::{Sgd, SgdConfig};
 use cleanse_core::output::{check_output, write_output_json};
+use cleanse_core::precision::autocast;
 use cleanse_core::rng::Rng;
 use serde::Serialize;
 use std::time::Instant;
@@ -35,6 +35,8 @@ pub struct BenchArgs {
     warmup: usize,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Also write the result as JSON here (a new file).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -91,7 +93,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     check_width("width", a.width)?;
     cleanse_core::data::check_side("image-size", a.image_size)?;
     check_bench(a.batch_size, a.steps, a.json.as_deref(), a.force)?;
-    let selected = a.device.select()?;
+    let selected = a.precision.select(&a.device)?;
     let device = selected.device.clone();
     let ad = device.clone().autodiff();
     let config = ModelConfig {
@@ -100,23 +102,29 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         num_classes: 10,
         normalization: Normalization::cifar10(),
     };
-    let mut model = config.init_seeded(&ad, 0);
-    let mut sgd = Sgd::new(SgdConfig::default());
+    let precision = selected.precision();
+    // The training step of every run: forward in the precision, scaled backward, SGD.
+    let mut trainee = Trainee::new(
+        config.init_seeded(&ad, 0),
+        Sgd::new(SgdConfig::default()),
+        &device,
+        precision,
+    );
     let mut rng = Rng::new(0);
     let side = a.image_size;
     let shape = [a.batch_size, 3, side, side];
-    let mut step = |model: cleanse_core::model::Classifier, rng: &mut Rng| {
+    let mut step = |rng: &mut Rng| {
         let (x, y) = batch(rng, a.batch_size, side);
-        let logits = model.forward(images_tensor(x, shape, &ad));
+        let logits = trainee.forward(images_tensor(x, shape, &ad));
         let loss = cross_entropy(logits, labels_tensor(y, &ad));
         let _: f32 = loss.clone().into_scalar();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        sgd.step(0.01, model, grads)
+        let grads = trainee.backward(loss);
+        trainee.update(0.01, grads);
     };
     let mut warmup_step_seconds = Vec::new();
     for i in 0..a.warmup.max(1) {
         let t = Instant::now();
-        model = step(model, &mut rng);
+        step(&mut rng);
         let _ = device.sync();
         let s = t.elapsed().as_secs_f64();
         errln!("warm-up training step {}: {s:.2}s", i + 1);
@@ -125,16 +133,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let first_step_seconds = warmup_step_seconds[0];
     let t = Instant::now();
     for _ in 0..a.steps {
-        model = step(model, &mut rng);
+        step(&mut rng);
     }
     let _ = device.sync();
     let train_ips = (a.steps * a.batch_size) as f64 / t.elapsed().as_secs_f64();
     errln!("training: {train_ips:.1} images/s");
 
-    let eval = model.valid();
+    let eval = trainee.valid();
     let infer = |rng: &mut Rng| {
         let (x, _) = batch(rng, a.batch_size, side);
-        let out = eval.forward(images_tensor(x, shape, &device));
+        let out = autocast(precision, || eval.forward(images_tensor(x, shape, &device)));
         let _ = out.into_data();
     };
     for _ in 0..a.warmup.max(1) {

@@ -2,7 +2,7 @@
 //! defense shares ([`CommonArgs`]) and its own.
 
 use crate::attack::AsrArgs;
-use crate::{DatasetArg, DeviceArgs, describe_device, progress};
+use crate::{DatasetArg, DeviceArgs, PrecisionArgs, describe_device, progress};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use cleanse_core::data::DataSpec;
@@ -70,6 +70,8 @@ pub(crate) struct CommonArgs {
     eval_every: Option<usize>,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     #[arg(long, help = crop_help())]
     crop_padding: Option<usize>,
     /// No horizontal flips (never used on data sets where a flip changes the class, e.g. GTSRB).
@@ -504,7 +506,7 @@ pub(crate) fn run(cmd: &DefendCommand) -> Result<()> {
     let defense = cmd.defense(Some(&split))?;
     defense.validate().map_err(flag_error)?;
     let asr = common.asr_source(&split)?;
-    let selected = common.device.select()?;
+    let selected = common.precision.select(&common.device)?;
     errln!("device: {}", describe_device(&selected));
     let mut bars = progress::Bars::new();
     let report = defense

@@ -44,6 +44,7 @@ use cleanse_core::data::{DataSpec, DatasetKind};
 use cleanse_core::device::{self, DeviceChoice};
 use cleanse_core::model::Architecture;
 use cleanse_core::optim::Schedule;
+use cleanse_core::precision::Precision;
 use cleanse_core::train::TrainConfig;
 use std::path::PathBuf;
 
@@ -157,6 +158,43 @@ impl From<DeviceArg> for DeviceChoice {
             DeviceArg::Cpu => DeviceChoice::Cpu,
             DeviceArg::Cuda => DeviceChoice::Cuda,
         }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Default)]
+pub(crate) enum PrecisionArg {
+    /// f32 everywhere.
+    #[default]
+    F32,
+    /// Convolutions in f16 with dynamic loss scaling (GPUs with f16 arithmetic).
+    F16,
+    /// Convolutions in bfloat16 (CUDA).
+    Bf16,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F16 => Precision::F16,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
+}
+
+/// The training arithmetic, for the commands that train.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct PrecisionArgs {
+    /// f16 / bf16: the convolutions in reduced precision, the weights, batch norms, loss and
+    /// optimiser in f32 (GPUs only; f16 scales the loss).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
+}
+
+impl PrecisionArgs {
+    /// The device of `device` set to train in this precision, or why it cannot.
+    pub fn select(&self, device: &DeviceArgs) -> Result<device::Selected> {
+        Ok(device.select()?.with_precision(self.precision.into())?)
     }
 }
 
@@ -278,7 +316,9 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     eval_every: usize,
     #[command(flatten)]
-    device: DeviceArgs,
+    pub(crate) device: DeviceArgs,
+    #[command(flatten)]
+    pub(crate) precision: PrecisionArgs,
     /// Output directory; must be new or empty unless --resume.
     #[arg(long)]
     out: PathBuf,
@@ -342,16 +382,20 @@ pub(crate) fn describe_device(selected: &device::Selected) -> String {
 
 /// A device as people read it: the adapter for wgpu, the thread count for the CPU.
 pub(crate) fn describe_device_info(info: &device::DeviceInfo) -> String {
-    match (&info.adapter, info.backend) {
+    let where_ = match (&info.adapter, info.backend) {
         (Some(a), _) => format!("wgpu on {} ({}, {})", a.name, a.device_type, a.api),
         (None, device::Backend::Cuda) => "cuda (device 0)".to_string(),
         (None, _) => format!("cpu (flex, {} threads)", info.cpu_threads),
+    };
+    match info.precision {
+        Precision::F32 => where_,
+        p => format!("{where_}, convolutions in {p}"),
     }
 }
 
 fn run_train(args: &TrainArgs) -> Result<()> {
     let config = args.config();
-    let selected = args.device.select()?;
+    let selected = args.precision.select(&args.device)?;
     errln!("device: {}", describe_device(&selected));
     let mut bars = progress::Bars::new();
     let report = cleanse_core::train::train(&config, &args.out, args.resume, &selected, &mut bars)

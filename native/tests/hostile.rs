@@ -98,6 +98,16 @@ fn bad_training_and_attack_settings_are_refused_before_any_work() {
         (&["train"], &["--lr", "nan"], &["lr"]),
         (&["train"], &["--threads", "100000"], &["--threads"]),
         (
+            &["train"],
+            &["--precision", "f16"],
+            &["precision", "CPU backend computes in f32"],
+        ),
+        (
+            &["attack", "iab"],
+            &["--device", "wgpu", "--precision", "f16"],
+            &["precision", "f16", "bf16"],
+        ),
+        (
             &["attack", "sig"],
             &["--sig-delta=-20"],
             &["sig-delta", "1/255"],
@@ -275,13 +285,31 @@ fn bad_defense_settings_are_refused_before_any_work() {
         ("kd", &["--crop-padding", "100000"], &["crop-padding"]),
         ("ft", &["--lr=-1"], &["lr"]),
         ("ft", &["--crop-padding", "5000"], &["crop-padding"]),
+        (
+            "kd",
+            &["--precision", "bf16"],
+            &["precision", "CPU backend"],
+        ),
+        (
+            "anp",
+            &["--device", "wgpu", "--precision", "f16"],
+            &["precision", "ANP computes in f32"],
+        ),
+        (
+            "ibau",
+            &["--device", "wgpu", "--precision", "f16"],
+            &["precision", "I-BAU computes in f32"],
+        ),
     ];
     for (i, (method, extra, needles)) in cases.iter().enumerate() {
         let out = tmp.path().join(format!("defended{i}"));
-        let mut args: Vec<String> = ["defend", method, "--model", &m, "--device", "cpu"]
+        let mut args: Vec<String> = ["defend", method, "--model", &m]
             .iter()
             .map(|s| s.to_string())
             .collect();
+        if !extra.contains(&"--device") {
+            args.extend(["--device".to_string(), "cpu".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(["--out".to_string(), out.display().to_string()]);
         let what = format!("defend {method} {extra:?}");

@@ -27,6 +27,7 @@ use cleanse_core::engine::run_files::{self, load_model};
 use cleanse_core::engine::{LoopPlan, Trainee};
 use cleanse_core::model::{Architecture, Classifier, ModelConfig};
 use cleanse_core::optim::{Sgd, SgdConfig};
+use cleanse_core::precision::Precision;
 use cleanse_core::train::run::CrossEntropyStep;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -400,7 +401,12 @@ pub async fn train<H: Host>(
     };
     let model = config.init_seeded(&device.clone().autodiff(), plan.seed);
     let mut step = CrossEntropyStep {
-        trainee: Trainee::new(model, Sgd::new(SgdConfig::default()), device),
+        trainee: Trainee::new(
+            model,
+            Sgd::new(SgdConfig::default()),
+            device,
+            Precision::F32,
+        ),
         hooks: training.as_mut().map(AttackTraining::hooks),
         seed: plan.seed,
         device: device.clone(),
@@ -451,7 +457,13 @@ pub async fn cleanse<H: Host>(
     }
     let config = plan.config(data.kind.allows_flip())?;
     async_driver::check_finite(&teacher.model, &data.test, device, "the model to cleanse").await?;
-    let (mut step, _, _) = cleanse::student_step(&config, &teacher.model, &teacher.config, device);
+    let (mut step, _, _) = cleanse::student_step(
+        &config,
+        &teacher.model,
+        &teacher.config,
+        device,
+        Precision::F32,
+    );
     let meter = teacher.asr_meter(&data.test, device)?;
     let loop_plan = LoopPlan {
         max_batches: plan.max_batches,

@@ -36,7 +36,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Shape, TensorData};
+use burn::tensor::{DType, FloatDType, Shape, TensorData};
 use conv::ConvGeometry;
 
 /// Whether `device` is Burn's CPU backend (`flex`), autodiff or not.
@@ -585,7 +585,8 @@ pub fn add_relu(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
 /// The model's 2-D convolution: Burn's [`Conv2d::forward`], computed by [`CpuKernels`] on `flex`
 /// devices (natively and in the browser, where the demo's epoch measured about 20% faster with it,
 /// BENCHMARKS.md) when the layer has one group, no dilation and explicit or no padding (every
-/// layer of the project's models), by Burn elsewhere.
+/// layer of the project's models), by Burn elsewhere: in f16 or bf16 inside
+/// [`crate::precision::autocast`] (input and weight cast down, output cast back to f32).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
     let padding = match conv.padding {
@@ -593,6 +594,22 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         PaddingConfig2d::Explicit(top, left, bottom, right) => Some([(top, bottom), (left, right)]),
         PaddingConfig2d::Same => None,
     };
+    if !is_flex(&device)
+        && let (Some(dtype), Some(padding)) = (crate::precision::conv_dtype(), padding)
+    {
+        // Reduced precision (inside `precision::autocast`, GPUs only): input and weight cast
+        // down, the output cast back to f32; the casts carry the gradients back in f32.
+        let options =
+            ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+        let out = burn::tensor::module::conv2d(
+            x.cast(dtype),
+            conv.weight.val().cast(dtype),
+            None,
+            options,
+        )
+        .cast(FloatDType::F32);
+        return with_bias(conv, out);
+    }
     let Some(padding) =
         padding.filter(|_| is_flex(&device) && conv.groups == 1 && conv.dilation == [1, 1])
     else {
@@ -604,6 +621,11 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         conv.weight.val().into_dispatch(),
         options,
     ));
+    with_bias(conv, out)
+}
+
+/// `out` plus the convolution's bias, when it has one.
+fn with_bias(conv: &Conv2d, out: Tensor<4>) -> Tensor<4> {
     match &conv.bias {
         Some(b) => {
             let c = b.dims()[0];

@@ -414,6 +414,10 @@ impl Method for AnpConfig {
         AnpConfig::paper(suspect, flip)
     }
 
+    fn trains_in_reduced_precision(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         "anp"
     }

@@ -185,12 +185,13 @@ impl Step for KdStep {
         let temp = self.temperature.at(at.epoch, self.epochs);
         let x = images_tensor(pixels, b.shape, &self.device);
         let t_logits = self.teacher.forward(x.clone());
-        let s_logits = self.trainee.model().forward(x.autodiff());
+        let s_logits = self.trainee.forward(x.autodiff());
         let loss = distillation_loss(s_logits.clone(), t_logits.clone().autodiff(), temp);
         let teacher_pred = t_logits.argmax(1).reshape([n]);
         let matches = matches(s_logits.inner(), teacher_pred);
         let value = loss.clone().inner();
-        self.trainee.update(at.lr, loss.backward());
+        let grads = self.trainee.backward(loss);
+        self.trainee.update(at.lr, grads);
         StepOutput {
             loss: value,
             matches: Some(matches),
@@ -222,6 +223,7 @@ pub fn student_step(
     teacher: &Classifier,
     teacher_config: &crate::model::ModelConfig,
     device: &Device,
+    precision: crate::precision::Precision,
 ) -> (KdStep, Classifier, crate::report::findings::Realised) {
     let (student, realised) = reinit::student(
         teacher,
@@ -235,6 +237,7 @@ pub fn student_step(
             student.clone().train(),
             Sgd::new(config.training.sgd.clone()),
             device,
+            precision,
         ),
         teacher: teacher.clone(),
         temperature: config.temperature,
@@ -262,8 +265,13 @@ pub(crate) fn prepare(
         unreachable!("the cleanser is given images without labels")
     };
     let images = Arc::new(select_unlabeled(config, || Ok(holdout))?);
-    let (step, student, realised) =
-        student_step(config, suspect.model, suspect.config, &selected.device);
+    let (step, student, realised) = student_step(
+        config,
+        suspect.model,
+        suspect.config,
+        &selected.device,
+        selected.precision(),
+    );
     Ok(Prepared {
         step,
         data: images,

@@ -157,7 +157,21 @@ impl Defense {
         selected: &Selected,
         observer: &mut dyn Observer,
     ) -> Result<Report> {
-        self.as_method().run(Launch {
+        let method = self.as_method();
+        if selected.precision() != crate::precision::Precision::F32
+            && !method.trains_in_reduced_precision()
+        {
+            return Err(crate::Error::config(
+                "precision",
+                format!(
+                    "`{}`: {} computes in f32 (it trains no classifier with the engine's \
+                     trainee): use --precision f32",
+                    selected.precision(),
+                    method.display_name()
+                ),
+            ));
+        }
+        method.run(Launch {
             config: self.record_value(),
             canonical: Defense::canonical,
             asr,

@@ -341,6 +341,7 @@ pub(crate) fn prepare(
                 start.clone().train(),
                 Sgd::new(ft.training.sgd.clone()),
                 &device,
+                selected.precision(),
             ),
             hooks: None,
             seed: ft.common.seed,

@@ -64,6 +64,7 @@ pub(crate) fn prepare(
             suspect.model.clone().train(),
             Sgd::new(config.training.sgd.clone()),
             &device,
+            selected.precision(),
         ),
         hooks: None,
         seed: config.common.seed,

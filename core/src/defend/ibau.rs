@@ -508,6 +508,10 @@ impl Method for IbauConfig {
         IbauConfig::paper(suspect)
     }
 
+    fn trains_in_reduced_precision(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         "ibau"
     }

@@ -274,12 +274,15 @@ impl Step for McrStep {
             .next_f32() as f64;
         let x = images_tensor(std::mem::take(&mut b.images), b.shape, &ad);
         let y = labels_tensor(b.labels.clone(), &ad);
-        let (point, squares) = curve_point(self.trainee.model(), &self.ends, t, true);
-        let logits = point.forward(x);
+        let (logits, squares) = self.trainee.autocast(|m| {
+            let (point, squares) = curve_point(m, &self.ends, t, true);
+            (point.forward(x), squares)
+        });
         let loss = cross_entropy(logits.clone(), y.clone()) + squares * (0.5 * self.l2);
         let matches = matches(logits.inner(), y.inner());
         let value = loss.clone().inner();
-        self.trainee.update(at.lr, loss.backward());
+        let grads = self.trainee.backward(loss);
+        self.trainee.update(at.lr, grads);
         StepOutput {
             loss: value,
             matches: Some(matches),
@@ -333,7 +336,7 @@ pub(crate) fn prepare(
     };
     let holdout = Arc::new(holdout);
     let step = McrStep {
-        trainee: Trainee::new(bend.train(), Sgd::new(sgd), &device),
+        trainee: Trainee::new(bend.train(), Sgd::new(sgd), &device, selected.precision()),
         ends,
         l2: ft.training.sgd.weight_decay,
         t: config.t,

@@ -42,6 +42,12 @@ pub trait Method {
     fn access(&self) -> DefenderAccess {
         DefenderAccess::Labelled
     }
+    /// Whether the method trains its model through the engine's trainee, in `--precision`'s
+    /// arithmetic; methods that do not (ANP's masks, I-BAU's hypergradient) compute in f32 and
+    /// refuse a reduced precision.
+    fn trains_in_reduced_precision(&self) -> bool {
+        true
+    }
     /// The settings every defense has.
     fn common(&self) -> &CommonSettings;
     fn common_mut(&mut self) -> &mut CommonSettings;

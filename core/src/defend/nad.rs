@@ -156,7 +156,7 @@ impl Step for NadStep {
         let x = images_tensor(std::mem::take(&mut b.images), b.shape, &self.device);
         let y = labels_tensor(b.labels.clone(), &ad);
         let teacher = self.teacher.features(x.clone());
-        let student = self.trainee.model().features(x.autodiff());
+        let student = self.trainee.autocast(|m| m.features(x.autodiff()));
         let mut loss = cross_entropy(student.logits.clone(), y.clone());
         for (i, beta) in self.betas.iter().enumerate() {
             if *beta == 0.0 {
@@ -170,7 +170,8 @@ impl Step for NadStep {
         }
         let matches = matches(student.logits.inner(), y.inner());
         let value = loss.clone().inner();
-        self.trainee.update(at.lr, loss.backward());
+        let grads = self.trainee.backward(loss);
+        self.trainee.update(at.lr, grads);
         StepOutput {
             loss: value,
             matches: Some(matches),
@@ -215,6 +216,7 @@ pub(crate) fn prepare(
             suspect.model.clone().train(),
             Sgd::new(ft.training.sgd.clone()),
             &device,
+            selected.precision(),
         ),
         teacher,
         betas: config.betas,

@@ -8,6 +8,7 @@ use crate::engine::checkpoint::{self, CheckpointState};
 use crate::engine::meter::AsrMeter;
 use crate::model::Classifier;
 use crate::optim::sgd::Sgd;
+use crate::precision::Precision;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -70,20 +71,55 @@ pub trait ClassifierStep: Step {
     fn restore(&mut self, dir: &Path, state: &CheckpointState) -> Result<()>;
 }
 
-/// A classifier under training with its SGD state: the part every step shares.
+/// A classifier under training with its SGD state and its arithmetic: the part every step
+/// shares. A step runs the model's forward through [`Trainee::autocast`] and its backward
+/// through [`Trainee::backward`], so that reduced precision and loss scaling
+/// ([`crate::precision`]) reach every method that trains a classifier.
 pub struct Trainee {
     model: Option<Classifier>,
     pub sgd: Sgd,
     device: Device,
+    precision: Precision,
 }
 
 impl Trainee {
-    /// `model` must live on `device`'s autodiff device.
-    pub fn new(model: Classifier, sgd: Sgd, device: &Device) -> Self {
+    /// `model` must live on `device`'s autodiff device; `precision` must be one the device
+    /// computes in ([`crate::device::Selected::with_precision`]).
+    pub fn new(model: Classifier, sgd: Sgd, device: &Device, precision: Precision) -> Self {
+        let sgd = match precision.needs_loss_scaling() {
+            true => sgd.with_loss_scaling(),
+            false => sgd,
+        };
         Trainee {
             model: Some(model),
             sgd,
             device: device.clone(),
+            precision,
+        }
+    }
+
+    /// The training arithmetic.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Runs `f` on the model in the trainee's precision: its convolutions in f16 or bf16 when
+    /// training in reduced precision (their outputs back in f32).
+    pub fn autocast<R>(&self, f: impl FnOnce(&Classifier) -> R) -> R {
+        crate::precision::autocast(self.precision, || f(self.model()))
+    }
+
+    /// The model's logits for `x`, in the trainee's precision.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.autocast(|m| m.forward(x))
+    }
+
+    /// The gradients of `loss`, multiplied by the loss scale when the loss is scaled (f16):
+    /// [`Trainee::update`] divides it out.
+    pub fn backward(&self, loss: Tensor<1>) -> burn::tensor::Gradients {
+        match self.sgd.loss_scale() {
+            Some(ls) => loss.mul_scalar(ls.scale).backward(),
+            None => loss.backward(),
         }
     }
 
@@ -99,7 +135,8 @@ impl Trainee {
         self.model().valid()
     }
 
-    /// One SGD step with `grads` at learning rate `lr`.
+    /// One SGD step with `grads` (from [`Trainee::backward`]) at learning rate `lr`; skipped
+    /// when the loss is scaled and they are not finite.
     pub fn update(&mut self, lr: f64, grads: burn::tensor::Gradients) {
         let model = self.model.take().expect("a trainee always holds its model");
         let grads = GradientsParams::from_grads(grads, &model);

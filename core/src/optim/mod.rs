@@ -3,8 +3,10 @@
 //! Below the engine: they know tensors and modules, nothing of runs.
 
 pub mod adam;
+pub mod loss_scale;
 pub mod schedule;
 pub mod sgd;
 
+pub use loss_scale::LossScale;
 pub use schedule::Schedule;
 pub use sgd::{Sgd, SgdConfig};

@@ -5,6 +5,7 @@
 //! The momentum buffers are keyed by parameter path (`net.Resnet18.layer1.0.conv1.weight`), so a
 //! checkpoint restores them into a freshly built model in another process, on any device.
 
+use crate::optim::loss_scale::{LossScale, gradients_finite};
 use crate::{Error, Result};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
@@ -69,11 +70,16 @@ pub fn check_lr(lr: f64) -> crate::Result<()> {
     }
 }
 
-/// The optimiser: config plus one momentum buffer per parameter path.
+/// The optimiser: config plus one momentum buffer per parameter path, and the loss scale when
+/// the loss is scaled (f16 training).
 pub struct Sgd {
     pub config: SgdConfig,
     buffers: BTreeMap<String, Tensor<1>>,
+    loss_scale: Option<LossScale>,
 }
+
+/// The state file's entry for the loss scale (parameter paths never start with `@`).
+const LOSS_SCALE_KEY: &str = "@loss-scale";
 
 struct StepMapper<'a> {
     path: Vec<String>,
@@ -81,6 +87,8 @@ struct StepMapper<'a> {
     buffers: &'a mut BTreeMap<String, Tensor<1>>,
     config: &'a SgdConfig,
     lr: f64,
+    /// What every gradient is multiplied by first (the loss scale's inverse), when not 1.
+    unscale: Option<f64>,
 }
 
 impl ModuleMapper for StepMapper<'_> {
@@ -99,7 +107,10 @@ impl ModuleMapper for StepMapper<'_> {
         };
         let require_grad = tensor.is_require_grad();
         let p = tensor.inner();
-        let grad = grad.to_device(&p.device());
+        let mut grad = grad.to_device(&p.device());
+        if let Some(u) = self.unscale {
+            grad = grad.mul_scalar(u);
+        }
         let c = self.config;
         let mut g = if c.weight_decay != 0.0 {
             grad + p.clone().mul_scalar(c.weight_decay)
@@ -143,17 +154,44 @@ impl Sgd {
         Sgd {
             config,
             buffers: BTreeMap::new(),
+            loss_scale: None,
         }
     }
 
-    /// Applies one update with learning rate `lr` to every parameter that has a gradient.
+    /// The same optimiser for a scaled loss: gradients arrive multiplied by
+    /// [`Sgd::loss_scale`]; a step divides it out, or is skipped when they are not finite
+    /// ([`LossScale`]).
+    pub fn with_loss_scaling(mut self) -> Self {
+        self.loss_scale = Some(LossScale::default());
+        self
+    }
+
+    /// The loss scale, when the loss is scaled.
+    pub fn loss_scale(&self) -> Option<LossScale> {
+        self.loss_scale
+    }
+
+    /// Applies one update with learning rate `lr` to every parameter that has a gradient. With
+    /// loss scaling, gradients that are not finite leave `module` and the momentum unchanged
+    /// and halve the scale.
     pub fn step<M: Module>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
+        let unscale = match &mut self.loss_scale {
+            Some(ls) => {
+                let scale = ls.scale;
+                if !ls.record(gradients_finite(&module, &grads)) {
+                    return module;
+                }
+                Some(1.0 / scale)
+            }
+            None => None,
+        };
         let mut mapper = StepMapper {
             path: Vec::new(),
             grads: &mut grads,
             buffers: &mut self.buffers,
             config: &self.config,
             lr,
+            unscale,
         };
         module.map(&mut mapper)
     }
@@ -168,14 +206,42 @@ impl Sgd {
         self.buffers.len()
     }
 
-    /// Serialises the momentum buffers: magic, count, then per buffer the path and `f32` values.
+    /// Serialises the momentum buffers: magic, count, then per buffer the path and `f32` values;
+    /// the loss scale, when there is one, as a buffer of its own (`@loss-scale`).
     pub fn to_bytes(&self) -> Vec<u8> {
-        encode_buffers(MAGIC, &self.buffers)
+        match self.loss_scale {
+            None => encode_buffers(MAGIC, &self.buffers),
+            Some(ls) => {
+                let mut all = self.buffers.clone();
+                let device = all
+                    .values()
+                    .next()
+                    .map(|t| t.device())
+                    .unwrap_or_else(Device::flex);
+                all.insert(
+                    LOSS_SCALE_KEY.to_string(),
+                    Tensor::from_data(TensorData::new(ls.to_values().to_vec(), [3]), &device),
+                );
+                encode_buffers(MAGIC, &all)
+            }
+        }
     }
 
-    /// Restores buffers written by [`Sgd::to_bytes`] onto `device`.
+    /// Restores buffers written by [`Sgd::to_bytes`] onto `device`, and the loss scale when this
+    /// optimiser scales the loss (a state without one starts at the initial scale).
     pub fn load_bytes(&mut self, path: &Path, bytes: &[u8], device: &Device) -> Result<()> {
-        self.buffers = decode_buffers(MAGIC, "SGD", path, bytes, device)?;
+        let mut buffers = decode_buffers(MAGIC, "SGD", path, bytes, device)?;
+        let stored = buffers.remove(LOSS_SCALE_KEY);
+        if let (Some(ls), Some(t)) = (&mut self.loss_scale, stored) {
+            let values: Vec<f32> = t.to_data().try_to_vec_as::<f32>().unwrap_or_default();
+            *ls = LossScale::from_values(&values).ok_or_else(|| {
+                Error::artifact(
+                    path,
+                    format!("optimizer state: a bad loss scale {values:?}"),
+                )
+            })?;
+        }
+        self.buffers = buffers;
         Ok(())
     }
 }
@@ -247,6 +313,41 @@ mod tests {
     #[derive(Module, Debug)]
     struct Tiny {
         a: Linear,
+    }
+
+    /// With loss scaling, gradients arrive multiplied by the scale: an applied step divides it
+    /// out (the same update as unscaled), a step with gradients that are not finite changes
+    /// nothing but halves the scale, and the scale survives the state file.
+    #[test]
+    fn a_scaled_step_is_the_unscaled_one_or_skipped() {
+        let device = Device::flex().autodiff();
+        let model = Tiny {
+            a: LinearConfig::new(2, 1).init(&device),
+        };
+        let x = Tensor::<2>::ones([1, 2], &device);
+        let mut plain = Sgd::new(SgdConfig::default());
+        let mut scaled = Sgd::new(SgdConfig::default()).with_loss_scaling();
+        let s = scaled.loss_scale().expect("scaled").scale;
+        let loss = |m: &Tiny| m.a.forward(x.clone()).sum();
+        let g = GradientsParams::from_grads(loss(&model).backward(), &model);
+        let a = plain.step(0.1, model.clone(), g);
+        let g = GradientsParams::from_grads(loss(&model).mul_scalar(s).backward(), &model);
+        let b = scaled.step(0.1, model.clone(), g);
+        let w = |m: &Tiny| -> Vec<f32> { m.a.weight.val().to_data().try_to_vec().expect("f32") };
+        for (p, q) in w(&a).iter().zip(w(&b)) {
+            assert!((p - q).abs() < 1e-6, "{p} vs {q}");
+        }
+        let g = GradientsParams::from_grads(loss(&b).mul_scalar(f32::INFINITY).backward(), &b);
+        let c = scaled.step(0.1, b.clone(), g);
+        assert_eq!(w(&c), w(&b), "skipped");
+        let ls = scaled.loss_scale().expect("scaled");
+        assert_eq!((ls.scale, ls.skipped), (s / 2.0, 1));
+        let mut again = Sgd::new(SgdConfig::default()).with_loss_scaling();
+        again
+            .load_bytes(Path::new("x"), &scaled.to_bytes(), &Device::flex())
+            .expect("load");
+        assert_eq!(again.loss_scale(), Some(ls));
+        assert_eq!(again.num_buffers(), 2, "the scale is not a momentum buffer");
     }
 
     /// Two steps on `loss = sum(W)` with a hand-computed reference.

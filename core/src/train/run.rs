@@ -197,6 +197,11 @@ pub trait TrainHooks {
     }
     /// Sees the gradients of each step before the classifier's update (IAB steps its generator).
     fn after_backward(&mut self, _grads: &mut burn::tensor::Gradients, _epoch: usize) {}
+    /// Whether [`TrainHooks::after_backward`] may see gradients multiplied by a loss scale (f16
+    /// training): false for hooks that step an optimiser of their own on them.
+    fn takes_scaled_gradients(&self) -> bool {
+        true
+    }
     /// Saves the hook's own training state beside the checkpoint of `epochs_done` epochs
     /// (called before the checkpoint's state file is written).
     fn save_checkpoint(&self, _dir: &Path, _epochs_done: usize) -> Result<()> {
@@ -274,14 +279,14 @@ impl Step for CrossEntropyStep<'_> {
             Some(h) => h.batch(x, y, &b, self.seed, at.epoch, at.batch),
             None => (x, y, None),
         };
-        let logits = self.trainee.model().forward(x);
+        let logits = self.trainee.forward(x);
         let mut loss = cross_entropy(logits.clone(), y.clone());
         if let Some(extra) = extra {
             loss = loss + extra;
         }
         let matches = matches(logits.detach(), y);
         let value = loss.clone().inner();
-        let mut grads = loss.backward();
+        let mut grads = self.trainee.backward(loss);
         if let Some(h) = &mut self.hooks {
             h.after_backward(&mut grads, at.epoch);
         }
@@ -356,6 +361,16 @@ pub fn train_with(
     observer: &mut dyn Observer,
 ) -> Result<Report> {
     config.validate()?;
+    if selected.precision().needs_loss_scaling() && !hooks.takes_scaled_gradients() {
+        return Err(Error::config(
+            "precision",
+            format!(
+                "`{}`: this attack trains a network of its own on the classifier's gradients, \
+                 which f16's loss scaling would change: use bf16 (--device cuda) or f32",
+                selected.precision()
+            ),
+        ));
+    }
     let attack_json = hooks.describe();
     let config_json = run_configuration(config, attack_json.clone())?;
     let mut run = RunDir::open(out, config_json, hooks.canonical(), config.seed, resume)?;
@@ -414,7 +429,12 @@ pub fn train_with(
     let model = model_config.init_seeded(&device.clone().autodiff(), config.seed);
     let kind = hooks.kind();
     let mut step = CrossEntropyStep {
-        trainee: Trainee::new(model, Sgd::new(config.sgd.clone()), &device),
+        trainee: Trainee::new(
+            model,
+            Sgd::new(config.sgd.clone()),
+            &device,
+            selected.precision(),
+        ),
         hooks: Some(hooks),
         seed: config.seed,
         device: device.clone(),

@@ -230,6 +230,11 @@ impl crate::train::run::TrainHooks for IabHooks {
         (Tensor::cat(parts, 0), y, div)
     }
 
+    fn takes_scaled_gradients(&self) -> bool {
+        // The generator's Adam steps on these gradients.
+        false
+    }
+
     fn after_backward(&mut self, grads: &mut burn::tensor::Gradients, _epoch: usize) {
         if let Some(g) = self.generator.take() {
             let gp = GradientsParams::from_module(grads, &g);
