@@ -18,7 +18,8 @@
 //! 10. [`attack`]: the attacks (their hooks and triggers);
 //! 11. [`defend`]: the defenses and the cleanser;
 //! 12. [`interop`], [`output`], [`table`]: PyTorch files, output folders, results tables;
-//! 13. [`protocol_table`]: a protocol's table.
+//! 13. [`protocol_table`]: a protocol's table;
+//! 14. [`leaderboard`]: BackdoorBench's questions of a protocol's table.
 
 pub mod attack;
 pub mod cpu;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod interop;
 pub mod io;
 pub mod kernels;
+pub mod leaderboard;
 pub mod memory;
 pub mod model;
 pub mod optim;

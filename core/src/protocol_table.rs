@@ -176,10 +176,16 @@ impl ProtocolTable {
         s
     }
 
-    /// Writes `<name>.md`, `<name>.csv` and `<name>.json` into `dir` (each atomically).
-    pub fn write(&self, dir: &Path, name: &str) -> Result<()> {
+    /// Writes `<name>.md` (the Markdown, then `notes` after an empty line when there are any),
+    /// `<name>.csv` and `<name>.json` into `dir` (each atomically).
+    pub fn write(&self, dir: &Path, name: &str, notes: Option<&str>) -> Result<()> {
         use crate::io::{write_atomic, write_json_atomic};
-        write_atomic(&dir.join(format!("{name}.md")), self.markdown().as_bytes())?;
+        let mut md = self.markdown();
+        if let Some(notes) = notes {
+            md.push('\n');
+            md.push_str(notes);
+        }
+        write_atomic(&dir.join(format!("{name}.md")), md.as_bytes())?;
         write_atomic(&dir.join(format!("{name}.csv")), self.csv().as_bytes())?;
         write_json_atomic(&dir.join(format!("{name}.json")), self)?;
         Ok(())

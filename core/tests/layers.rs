@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["defend"],
     &["interop", "output", "table"],
     &["protocol_table"],
+    &["leaderboard"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -5,6 +5,7 @@
 use super::archive::{Archive, EntryStatus, Manifest};
 use super::plan::{Plan, Role};
 use anyhow::Result;
+use cleanse_core::leaderboard::Leaderboard;
 use cleanse_core::protocol_table::{ProtocolTable, Stat};
 use cleanse_core::report::{Report, RunStatus};
 use cleanse_core::table::{NO_DEFENSE, attack_label, record_label};
@@ -189,18 +190,27 @@ fn provenance_table(plan: &Plan, out: &Path, entries: &[Manifest]) -> Result<Str
     Ok(s)
 }
 
-/// The table of `plan` as `out/tables/<name>.{md,csv,json}`.
-pub(crate) fn save(plan: &Plan, out: &Path) -> Result<ProtocolTable> {
+/// The table of `plan` as `out/tables/<name>.{md,csv,json}`, the Markdown followed by the
+/// table's leaderboard (when an attack has a defended cell); returns the table and the
+/// leaderboard's Markdown.
+pub(crate) fn save(plan: &Plan, out: &Path) -> Result<(ProtocolTable, Option<String>)> {
     let t = build(plan, out)?;
     let dir = out.join("tables");
     cleanse_core::io::create_dir_all(&dir)?;
-    t.write(&dir, &plan.name())?;
-    Ok(t)
+    // BackdoorBench's leaderboard to compare with is CIFAR-10's.
+    let cifar10 = plan.runs.iter().any(|r| {
+        r.words
+            .windows(2)
+            .any(|w| w[0] == "--dataset" && w[1] == "cifar10")
+    });
+    let leaderboard = Leaderboard::of(&t, cifar10).map(|l| l.markdown());
+    t.write(&dir, &plan.name(), leaderboard.as_deref())?;
+    Ok((t, leaderboard))
 }
 
 /// The table of `plan` as `out/tables/<name>.{md,csv,json}`, and its Markdown on stdout.
 pub(crate) fn write(plan: &Plan, out: &Path) -> Result<()> {
-    let t = save(plan, out)?;
+    let (t, leaderboard) = save(plan, out)?;
     let dir = out.join("tables");
     outln!(
         "{} ({}):\n",
@@ -208,5 +218,8 @@ pub(crate) fn write(plan: &Plan, out: &Path) -> Result<()> {
         dir.join(format!("{}.md", plan.name())).display()
     );
     out!("{}", t.markdown());
+    if let Some(l) = leaderboard {
+        out!("\n{l}");
+    }
     Ok(())
 }
