@@ -259,6 +259,12 @@ def viewer(b, base, out):
     if "subset" not in (b.text("#viewer h3") or "") or not all(w in stable for w in want):
         raise Fail(f"the subset archive's table lacks its name or a cell of {want}: {stable!r}")
     print(f"[viewer] subset archive: {len(done)} cells: {stable.strip()[:160]}...")
+    # Its leaderboard: a best defense for every attack with a defended cell (BadNets' first).
+    board = b.wait("the subset's leaderboard", lambda: b.text(".leaderboard"), 60)
+    if "BadNets" not in board or "DER" not in board:
+        raise Fail(f"the leaderboard lacks BadNets' row: {board!r}")
+    pairs = b.text(".leaderboard-reversals") or ""
+    print(f"[viewer] leaderboard: {board.strip()[:160]}...; reversals: {pairs.strip()[:80]}...")
     b.screenshot(os.path.join(out, "viewer-subset.png"))
 
 

@@ -163,9 +163,10 @@ fn attack_key(label: &str) -> String {
 
 impl Leaderboard {
     /// The leaderboard of `table`'s finished cells (column 0 is "No defense"), compared with
-    /// BackdoorBench's CIFAR-10 leaderboard when `cifar10` (the table's data set is CIFAR-10);
-    /// `None` when no attack has both an undefended and a defended cell with an ASR.
-    pub fn of(table: &ProtocolTable, cifar10: bool) -> Option<Leaderboard> {
+    /// BackdoorBench's CIFAR-10 leaderboard when the table's data set is CIFAR-10; `None` when no
+    /// attack has both an undefended and a defended cell with an ASR.
+    pub fn of(table: &ProtocolTable) -> Option<Leaderboard> {
+        let cifar10 = table.dataset.as_deref() == Some("cifar10");
         let mut rankings = Vec::new();
         for (attack, cells) in table.attacks.iter().zip(&table.cells) {
             let Some(undefended) = cells.first().and_then(point) else {
@@ -380,6 +381,7 @@ mod tests {
             models: vec!["t0-s0".into()],
             cells: rows.into_iter().map(|r| r.1).collect(),
             mean: vec![None; columns.len()],
+            dataset: Some("cifar10".into()),
         }
     }
 
@@ -412,8 +414,12 @@ mod tests {
             ),
             ("SIG 100%", vec![None, stat(0.5, 0.1), None, None]),
         ]);
-        let l = Leaderboard::of(&t, true).expect("a leaderboard");
-        let other = Leaderboard::of(&t, false).expect("a leaderboard");
+        let l = Leaderboard::of(&t).expect("a leaderboard");
+        let other = Leaderboard::of(&ProtocolTable {
+            dataset: Some("gtsrb".into()),
+            ..t.clone()
+        })
+        .expect("a leaderboard");
         assert_eq!((other.compared_pairs, &other.rankings), (0, &l.rankings));
         assert!(!other.markdown().contains("BackdoorBench v2"));
         assert_eq!(l.rankings.len(), 2, "SIG has no undefended cell");
@@ -434,11 +440,7 @@ mod tests {
         assert!(md.contains("| BadNets 10% | ANP (9.0 / 0.0 / 79.0) | FT (57.0 / 68.0 / 65.5) |"));
         assert!(md.contains("1 of 1 pairs"), "{md}");
         assert!(
-            Leaderboard::of(
-                &table(vec![("X", vec![None, stat(0.5, 0.1), None, None])]),
-                true
-            )
-            .is_none()
+            Leaderboard::of(&table(vec![("X", vec![None, stat(0.5, 0.1), None, None])])).is_none()
         );
     }
 }

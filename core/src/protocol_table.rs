@@ -65,6 +65,9 @@ pub struct ProtocolTable {
     pub cells: Vec<Vec<Option<Stat>>>,
     /// Per column, the mean over the attacks of their means, where every attack has the cell.
     pub mean: Vec<Option<Stat>>,
+    /// The data set (`cifar10`, `gtsrb`, ...; absent in tables written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
 }
 
 /// The `kind` of a protocol table's JSON.

@@ -125,6 +125,13 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> Result<ProtocolTable> {
         s.expected = means.iter().map(|m| m.expected).sum();
         Some(s)
     });
+    // The data set, as every run's command line names it.
+    let dataset = plan.runs.iter().find_map(|r| {
+        r.words
+            .windows(2)
+            .find(|w| w[0] == "--dataset")
+            .map(|w| w[1].clone())
+    });
     Ok(ProtocolTable {
         kind: cleanse_core::protocol_table::KIND.into(),
         attacks,
@@ -132,6 +139,7 @@ pub(crate) fn build(plan: &Plan, out: &Path) -> Result<ProtocolTable> {
         models: plan.models.clone(),
         cells,
         mean,
+        dataset,
     })
 }
 
@@ -197,13 +205,7 @@ pub(crate) fn save(plan: &Plan, out: &Path) -> Result<(ProtocolTable, Option<Str
     let t = build(plan, out)?;
     let dir = out.join("tables");
     cleanse_core::io::create_dir_all(&dir)?;
-    // BackdoorBench's leaderboard to compare with is CIFAR-10's.
-    let cifar10 = plan.runs.iter().any(|r| {
-        r.words
-            .windows(2)
-            .any(|w| w[0] == "--dataset" && w[1] == "cifar10")
-    });
-    let leaderboard = Leaderboard::of(&t, cifar10).map(|l| l.markdown());
+    let leaderboard = Leaderboard::of(&t).map(|l| l.markdown());
     t.write(&dir, &plan.name(), leaderboard.as_deref())?;
     Ok((t, leaderboard))
 }

@@ -3,6 +3,7 @@
 use super::chart::chart;
 use super::{files_of, read_named};
 use crate::{archive_name, curves, defense_curves, load_reports, protocol_cell, summary};
+use cleanse_core::leaderboard::{Entry, Leaderboard};
 use cleanse_core::protocol_table::ProtocolTable;
 use cleanse_core::report::Report;
 use cleanse_core::table::AttackDefenseTable;
@@ -49,6 +50,81 @@ fn acc_asr_table(
             <thead><tr><th rowspan="2">"attack"</th>{head}</tr><tr>{sub}</tr></thead>
             <tbody>{rows}</tbody>
         </table>
+    }
+}
+
+/// A protocol table's leaderboard (core's [`Leaderboard`]): the best defense per attack by DER,
+/// each defense's means, and on CIFAR-10 the pairs ordered otherwise than BackdoorBench's.
+fn leaderboard_view(l: Leaderboard) -> impl IntoView + use<> {
+    let entry = |e: Option<&Entry>| match e {
+        Some(e) => format!(
+            "{} ({} / {} / {})",
+            e.column,
+            pct(e.acc),
+            pct(e.asr),
+            pct(e.der)
+        ),
+        None => "(none)".into(),
+    };
+    let best = l
+        .rankings
+        .iter()
+        .map(|r| {
+            let top = r.entries[0].der;
+            let tied: Vec<String> = r
+                .entries
+                .iter()
+                .take_while(|e| e.der == top)
+                .map(|e| entry(Some(e)))
+                .collect();
+            let second = entry(r.entries.iter().find(|e| e.der < top));
+            view! { <tr><th>{r.attack.clone()}</th><td>{tied.join(", ")}</td><td>{second}</td></tr> }
+        })
+        .collect::<Vec<_>>();
+    let means = l
+        .summaries
+        .iter()
+        .map(|d| {
+            view! {
+                <tr><th>{d.column.clone()}</th><td>{d.attacks}</td><td>{pct(d.acc_drop)}</td>
+                    <td>{pct(d.asr)}</td><td>{pct(d.der)}</td><td>{d.wins}</td></tr>
+            }
+        })
+        .collect::<Vec<_>>();
+    let reversals = (l.compared_pairs > 0).then(|| {
+        let rows = l
+            .reversals
+            .iter()
+            .map(|r| {
+                let side = |(name, there, here): &(String, f64, f64)| {
+                    format!("{name} {} -> {}", pct(*there), pct(*here))
+                };
+                view! { <tr><th>{r.attack.clone()}</th><td>{side(&r.higher)}</td><td>{side(&r.lower)}</td></tr> }
+            })
+            .collect::<Vec<_>>();
+        view! {
+            <p class="note">{format!(
+                "Against BackdoorBench v2's CIFAR-10 leaderboard (PreAct-ResNet-18, 10% poisoned, 5% clean data): {} of {} pairs of defenses on the same attack ordered the other way by DER here (DER % there -> here).",
+                l.reversals.len(),
+                l.compared_pairs
+            )}</p>
+            <table class="leaderboard-reversals">
+                <thead><tr><th>"attack"</th><th>"higher there"</th><th>"lower there"</th></tr></thead>
+                <tbody>{rows}</tbody>
+            </table>
+        }
+    });
+    view! {
+        <h4>"Leaderboard: BackdoorBench's defense effectiveness rating, DER = (max(0, ΔASR) - max(0, ΔACC) + 1) / 2 (100: the backdoor removed at no cost; 50: nothing changed)"</h4>
+        <table class="leaderboard">
+            <thead><tr><th>"attack"</th><th>"best defense (ACC / ASR / DER %)"</th><th>"second"</th></tr></thead>
+            <tbody>{best}</tbody>
+        </table>
+        <table class="leaderboard-defenses">
+            <thead><tr><th>"defense"</th><th>"attacks"</th><th>"mean ACC drop"</th><th>"mean ASR %"</th><th>"mean DER %"</th><th>"best on"</th></tr></thead>
+            <tbody>{means}</tbody>
+        </table>
+        {reversals}
     }
 }
 
@@ -213,9 +289,11 @@ pub fn Viewer() -> impl IntoView {
                         (attack, cells.iter().map(|c| c.as_ref().map(protocol_cell)).collect())
                     })
                     .collect();
+                let board = Leaderboard::of(&t).map(leaderboard_view);
                 view! {
                     <h3>{format!("{name}: mean ± standard deviation over {} model(s) per attack", t.models.len())}</h3>
                     {acc_asr_table(None, Some("protocol-table"), &t.columns, rows)}
+                    {board}
                 }
             })
             .collect::<Vec<_>>()
