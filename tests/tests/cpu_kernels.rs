@@ -153,7 +153,8 @@ fn the_model_batch_norm_matches_burns_in_training_and_evaluation() {
 }
 
 /// The fused evaluation ops give the bits of the two ops they replace: batch norm then ReLU, and
-/// the residual sum then ReLU (negative values, zeros and a NaN included).
+/// the residual sum then ReLU (negative values, zeros and a NaN included), also when they write
+/// over an input no one else holds.
 #[test]
 fn the_fused_relus_give_the_bits_of_the_two_ops() {
     use burn::tensor::activation::relu;
@@ -189,7 +190,31 @@ fn the_fused_relus_give_the_bits_of_the_two_ops() {
                 .next()
                 .is_some_and(f32::is_nan)
         );
-        assert_eq!(bits(fused), bits(relu(x + b)), "sum + ReLU {at}");
+        assert_eq!(
+            bits(fused),
+            bits(relu(x.clone() + b.clone())),
+            "sum + ReLU {at}"
+        );
+        // An input no one else holds is overwritten in place: the same bits; one still held
+        // elsewhere is left as it was.
+        let sole = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &flex());
+        let before = bits(x.clone());
+        assert_eq!(
+            bits(cpu::batch_norm_relu(&bn, sole(&x))),
+            bits(cpu::batch_norm_relu(&bn, x.clone())),
+            "batch norm + ReLU in place {at}"
+        );
+        assert_eq!(
+            bits(cpu::batch_norm(&bn, sole(&x))),
+            bits(cpu::batch_norm(&bn, x.clone())),
+            "batch norm in place {at}"
+        );
+        assert_eq!(
+            bits(cpu::add_relu(sole(&x), b.clone())),
+            bits(relu(x.clone() + b.clone())),
+            "sum + ReLU in place {at}"
+        );
+        assert_eq!(bits(x), before, "a shared input is not written");
     }
 }
 

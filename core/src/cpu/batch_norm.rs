@@ -94,18 +94,16 @@ pub fn normalize(
     then_relu: bool,
 ) -> Vec<f32> {
     assert_eq!(x.len(), s.len(), "normalize: buffer and shape differ");
-    let inv_std = inv_std(var, eps);
     let mut out = vec![0.0f32; x.len()];
     if s.hw == 0 {
         return out;
     }
+    let per_channel = channel_affine(s, gamma, beta, mean, var, eps);
     out.par_chunks_mut(s.hw)
         .zip(x.par_chunks(s.hw))
         .enumerate()
         .for_each(|(plane, (o, xp))| {
-            let ch = plane % s.c;
-            let scale = inv_std[ch] * gamma[ch];
-            let (mu, b) = (mean[ch], beta[ch]);
+            let (mu, scale, b) = per_channel[plane % s.c];
             match then_relu {
                 false => {
                     for (o, &v) in o.iter_mut().zip(xp) {
@@ -120,6 +118,56 @@ pub fn normalize(
             }
         });
     out
+}
+
+/// [`normalize`] written over its input (the same values, no second buffer): for an input no
+/// one else holds.
+#[allow(clippy::too_many_arguments)]
+pub fn normalize_in_place(
+    x: &mut [f32],
+    s: Nchw,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+    then_relu: bool,
+) {
+    assert_eq!(x.len(), s.len(), "normalize: buffer and shape differ");
+    if s.hw == 0 {
+        return;
+    }
+    let per_channel = channel_affine(s, gamma, beta, mean, var, eps);
+    x.par_chunks_mut(s.hw).enumerate().for_each(|(plane, xp)| {
+        let (mu, scale, b) = per_channel[plane % s.c];
+        match then_relu {
+            false => {
+                for v in xp.iter_mut() {
+                    *v = (*v - mu) * scale + b;
+                }
+            }
+            true => {
+                for v in xp.iter_mut() {
+                    *v = relu((*v - mu) * scale + b);
+                }
+            }
+        }
+    });
+}
+
+/// Per channel, `(mean, inv_std * gamma, beta)`: what evaluation's batch norm applies.
+fn channel_affine(
+    s: Nchw,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+) -> Vec<(f32, f32, f32)> {
+    let inv_std = inv_std(var, eps);
+    (0..s.c)
+        .map(|ch| (mean[ch], inv_std[ch] * gamma[ch], beta[ch]))
+        .collect()
 }
 
 /// Burn's ReLU of one value (`flex`'s: NaN propagates, as in PyTorch).
@@ -141,6 +189,19 @@ pub fn add_relu(a: &[f32], b: &[f32]) -> Vec<f32> {
             }
         });
     out
+}
+
+/// [`add_relu`] written over `a` (for an `a` no one else holds).
+pub fn add_relu_in_place(a: &mut [f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "add_relu: the buffers differ in length");
+    const CHUNK: usize = 1 << 14;
+    a.par_chunks_mut(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|(a, b)| {
+            for (x, &y) in a.iter_mut().zip(b) {
+                *x = relu(*x + y);
+            }
+        });
 }
 
 /// `1 / sqrt(var + eps)`, computed as Burn's default does (`f32` add, sqrt, reciprocal).

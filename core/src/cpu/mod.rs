@@ -114,6 +114,16 @@ fn values(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
+/// `t`'s values to overwrite in place, when `t` alone holds its buffer and is all of it, in
+/// order (f32 only).
+fn sole(t: &mut FlexTensor) -> Option<&mut [f32]> {
+    let n = t.shape().num_elements();
+    if t.dtype() != DType::F32 || t.layout().contiguous_offsets() != Some((0, n)) {
+        return None;
+    }
+    t.try_storage_mut::<f32>().filter(|s| s.len() == n)
+}
+
 fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
@@ -194,24 +204,29 @@ impl CpuKernels for Flex {
         epsilon: f64,
         then_relu: bool,
     ) -> FlexTensor {
-        let x = values(&x);
         let s = layout(&x);
-        let out = batch_norm::normalize(
-            slice(&x),
-            s,
-            slice(&values(&gamma)),
-            slice(&values(&beta)),
-            slice(&values(&mean)),
-            slice(&values(&variance)),
-            epsilon,
-            then_relu,
-        );
+        let mut x = x;
+        let stats = [&gamma, &beta, &mean, &variance].map(values);
+        let [g, b, m, v] = stats.each_ref().map(|t| slice(t));
+        // An input no one else holds (evaluation, where nothing keeps it for a backward pass)
+        // is overwritten: no second buffer to allocate and zero.
+        if let Some(xs) = sole(&mut x) {
+            batch_norm::normalize_in_place(xs, s, g, b, m, v, epsilon, then_relu);
+            return x;
+        }
+        let x = values(&x);
+        let out = batch_norm::normalize(slice(&x), s, g, b, m, v, epsilon, then_relu);
         tensor(out, x.shape())
     }
 
     fn add_relu(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        let (a, b) = (values(&a), values(&b));
         assert_eq!(a.shape(), b.shape(), "add_relu: the shapes differ");
+        let (mut a, b) = (a, values(&b));
+        if let Some(av) = sole(&mut a) {
+            batch_norm::add_relu_in_place(av, slice(&b));
+            return a;
+        }
+        let a = values(&a);
         tensor(batch_norm::add_relu(slice(&a), slice(&b)), a.shape())
     }
 
