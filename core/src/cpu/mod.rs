@@ -207,7 +207,7 @@ impl CpuKernels for Flex {
         let s = layout(&x);
         let mut x = x;
         let stats = [&gamma, &beta, &mean, &variance].map(values);
-        let [g, b, m, v] = stats.each_ref().map(|t| slice(t));
+        let [g, b, m, v] = stats.each_ref().map(slice);
         // An input no one else holds (evaluation, where nothing keeps it for a backward pass)
         // is overwritten: no second buffer to allocate and zero.
         if let Some(xs) = sole(&mut x) {
