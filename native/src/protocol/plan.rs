@@ -100,6 +100,15 @@ impl Plan {
             )
             .collect();
         let common = flag_words(&spec.common);
+        // The protocol's flags a run does not set itself: a run's own flag (an attack's or a
+        // defense's `precision`, `threads`, ...) wins over the protocol's.
+        let common_for = |own: &[Flag]| -> Vec<Flag> {
+            spec.common
+                .iter()
+                .filter(|c| own.iter().all(|f| f.key != c.key))
+                .cloned()
+                .collect()
+        };
         let path = |name: &str| out.join(name).display().to_string();
         let protocol_pairs = resolve(&spec.models);
         // Each attack's models, in the order of `spec.attacks`.
@@ -140,11 +149,11 @@ impl Plan {
                     .chain(data.clone())
                     .chain(flag_words(&clean_flags))
                     .chain(["--seed".into(), seed.to_string()])
-                    .chain(common.clone())
+                    .chain(flag_words(&common_for(&clean_flags)))
                     .collect(),
                 needs: Vec::new(),
                 group: name,
-                lines: flag_lines(&clean_flags),
+                lines: flag_lines(&[clean_flags.clone(), common_for(&clean_flags)].concat()),
                 entry_line: 0,
             });
         }
@@ -161,7 +170,7 @@ impl Plan {
                 .collect(),
             needs: vec![of.to_string()],
             group: group.to_string(),
-            lines: Vec::new(),
+            lines: flag_lines(&spec.common),
             entry_line: line,
         };
         for &pair in &all_pairs {
@@ -180,7 +189,7 @@ impl Plan {
                         "--seed".into(),
                         pair.1.to_string(),
                     ])
-                    .chain(common.clone())
+                    .chain(flag_words(&common_for(&a.flags)))
                     .collect();
                 let mut needs = Vec::new();
                 if a.kind == "lc" {
@@ -197,7 +206,7 @@ impl Plan {
                     words,
                     needs,
                     group: group.clone(),
-                    lines: flag_lines(&a.flags),
+                    lines: flag_lines(&[a.flags.clone(), common_for(&a.flags)].concat()),
                     entry_line: a.line,
                 });
                 if a.tsne {
@@ -215,11 +224,11 @@ impl Plan {
                             .into_iter()
                             .chain(["--model".to_string(), path(&teacher)])
                             .chain(flag_words(&d.flags))
-                            .chain(common.clone())
+                            .chain(flag_words(&common_for(&d.flags)))
                             .collect(),
                         needs: vec![teacher.clone()],
                         group: group.clone(),
-                        lines: flag_lines(&d.flags),
+                        lines: flag_lines(&[d.flags.clone(), common_for(&d.flags)].concat()),
                         entry_line: d.line,
                     });
                     if d.tsne {
@@ -227,10 +236,6 @@ impl Plan {
                     }
                 }
             }
-        }
-        let common_lines = flag_lines(&spec.common);
-        for r in &mut runs {
-            r.lines.extend(common_lines.iter().cloned());
         }
         Plan {
             spec: spec.file.clone(),
@@ -417,6 +422,42 @@ attacks = ["blended"]
                 .ends_with(&["--seed".into(), "3".into()])
         );
         assert_eq!(plan.models, ["t0-s1", "t0-s2"]);
+    }
+
+    /// A flag an attack or a defense sets itself replaces the protocol's flag of that name
+    /// (e.g. ANP and I-BAU in f32 in a protocol that trains in f16); the others keep it.
+    #[test]
+    fn a_runs_own_flag_wins_over_the_protocols() {
+        let spec = Spec::parse(
+            Path::new("p.toml"),
+            r#"
+[protocol]
+dataset = "synthetic"
+flags = { device = "wgpu", precision = "f16" }
+[[attack]]
+kind = "badnets"
+flags = { device = "cpu", precision = "f32" }
+[[defense]]
+method = "ft"
+[[defense]]
+method = "anp"
+flags = { precision = "f32" }
+"#,
+        )
+        .expect("spec");
+        let plan = Plan::build(&spec, Path::new("o"), &|m| model_pairs(m, 10, None));
+        let value = |run: &str, flag: &str| -> Vec<String> {
+            let w = &plan.run(run).expect("run").words;
+            w.windows(2)
+                .filter(|p| p[0] == flag)
+                .map(|p| p[1].clone())
+                .collect()
+        };
+        assert_eq!(value("badnets/t0-s0/attack", "--precision"), ["f32"]);
+        assert_eq!(value("badnets/t0-s0/attack", "--device"), ["cpu"]);
+        assert_eq!(value("badnets/t0-s0/ft", "--precision"), ["f16"]);
+        assert_eq!(value("badnets/t0-s0/anp", "--precision"), ["f32"]);
+        assert_eq!(value("badnets/t0-s0/anp", "--device"), ["wgpu"]);
     }
 
     #[test]
