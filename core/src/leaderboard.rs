@@ -238,88 +238,141 @@ impl Leaderboard {
         })
     }
 
-    /// Markdown: the best defense per attack, each defense's means, and the pairs ordered
-    /// otherwise than BackdoorBench's leaderboard does.
-    pub fn markdown(&self) -> String {
-        let pct = |v: f64| format!("{:.1}", v * 100.0);
-        let mut s = String::from(
-            "Leaderboard, by BackdoorBench's defense effectiveness rating DER = (max(0, ΔASR) - \
-             max(0, ΔACC) + 1) / 2 against the undefended model (100 removes the backdoor at no \
-             cost in accuracy, 50 changes nothing):\n\n\
-             | attack | best defense (ACC / ASR / DER %) | second |\n|---|---|---|\n",
-        );
-        let cell = |e: Option<&Entry>| match e {
-            Some(e) => format!(
-                "{} ({} / {} / {})",
-                e.column,
-                pct(e.acc),
-                pct(e.asr),
-                pct(e.der)
-            ),
-            None => "(none)".into(),
-        };
-        for r in &self.rankings {
-            let best = r.entries[0].der;
-            let tied: Vec<String> = r
-                .entries
-                .iter()
-                .take_while(|e| e.der == best)
-                .map(|e| cell(Some(e)))
-                .collect();
-            let second = r.entries.iter().find(|e| e.der < best);
-            s.push_str(&format!(
-                "| {} | {} | {} |\n",
-                r.attack,
-                tied.join(", "),
-                cell(second)
-            ));
-        }
-        s.push_str(
-            "\nPer defense, over the attacks it has a cell for (ACC drop: the undefended ACC \
-             minus the defended, in points):\n\n\
-             | defense | attacks | mean ACC drop | mean ASR % | mean DER % | best on |\n\
-             |---|---|---|---|---|---|\n",
-        );
-        for d in &self.summaries {
-            s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} |\n",
-                d.column,
-                d.attacks,
-                pct(d.acc_drop),
-                pct(d.asr),
-                pct(d.der),
-                d.wins
-            ));
-        }
-        if self.compared_pairs > 0 {
-            s.push_str(&format!(
-                "\nAgainst BackdoorBench v2's CIFAR-10 leaderboard (PreAct-ResNet-18, 10% \
+    /// The table of the best defense per attack: its header and rows (attack; the best,
+    /// several when tied; the second), as the Markdown and the viewer show them.
+    pub const BEST_HEADER: [&'static str; 3] =
+        ["attack", "best defense (ACC / ASR / DER %)", "second"];
+
+    /// The table of each defense's means: header, then [`Summary::row`].
+    pub const MEANS_HEADER: [&'static str; 6] = [
+        "defense",
+        "attacks",
+        "mean ACC drop",
+        "mean ASR %",
+        "mean DER %",
+        "best on",
+    ];
+
+    /// The table of the reversals: header, then [`Reversal::row`].
+    pub const REVERSALS_HEADER: [&'static str; 3] = ["attack", "higher there", "lower there"];
+
+    /// How the defenses are rated, in a sentence.
+    pub const RATING: &'static str = "Leaderboard, by BackdoorBench's defense effectiveness \
+         rating DER = (max(0, ΔASR) - max(0, ΔACC) + 1) / 2 against the undefended model (100 \
+         removes the backdoor at no cost in accuracy, 50 changes nothing)";
+
+    /// What the comparison with BackdoorBench found, in a sentence (without its end), when the
+    /// table was compared.
+    pub fn comparison(&self) -> Option<String> {
+        (self.compared_pairs > 0).then(|| {
+            format!(
+                "Against BackdoorBench v2's CIFAR-10 leaderboard (PreAct-ResNet-18, 10% \
                  poisoned, 5% clean data; FT, FP, NAD, ANP, I-BAU): {} of {} pairs of defenses \
                  on the same attack are ordered the other way by DER here",
                 self.reversals.len(),
                 self.compared_pairs
-            ));
+            )
+        })
+    }
+
+    /// Markdown: the best defense per attack, each defense's means, and the pairs ordered
+    /// otherwise than BackdoorBench's leaderboard does.
+    pub fn markdown(&self) -> String {
+        let table = |header: &[&str], rows: Vec<Vec<String>>| {
+            let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
+            let mut t = line(header.iter().map(|h| h.to_string()).collect());
+            t.push_str(&line(vec!["---".to_string(); header.len()]).replace(' ', ""));
+            rows.into_iter().for_each(|r| t.push_str(&line(r)));
+            t
+        };
+        let mut s = format!("{}:\n\n", Self::RATING);
+        s.push_str(&table(
+            &Self::BEST_HEADER,
+            self.rankings.iter().map(|r| r.row().to_vec()).collect(),
+        ));
+        s.push_str(
+            "\nPer defense, over the attacks it has a cell for (ACC drop: the undefended ACC \
+             minus the defended, in points):\n\n",
+        );
+        s.push_str(&table(
+            &Self::MEANS_HEADER,
+            self.summaries.iter().map(|d| d.row().to_vec()).collect(),
+        ));
+        if let Some(comparison) = self.comparison() {
+            s.push_str(&format!("\n{comparison}"));
             if self.reversals.is_empty() {
                 s.push_str(".\n");
             } else {
-                s.push_str(
-                    " (DER % there -> here):\n\n\
-                     | attack | higher there | lower there |\n|---|---|---|\n",
-                );
-                for r in &self.reversals {
-                    let side = |(name, there, here): &(String, f64, f64)| {
-                        format!("{name} {} -> {}", pct(*there), pct(*here))
-                    };
-                    s.push_str(&format!(
-                        "| {} | {} | {} |\n",
-                        r.attack,
-                        side(&r.higher),
-                        side(&r.lower)
-                    ));
-                }
+                s.push_str(" (DER % there -> here):\n\n");
+                s.push_str(&table(
+                    &Self::REVERSALS_HEADER,
+                    self.reversals.iter().map(|r| r.row().to_vec()).collect(),
+                ));
             }
         }
         s
+    }
+}
+
+/// A rate as a percentage with one decimal.
+fn pct(v: f64) -> String {
+    format!("{:.1}", v * 100.0)
+}
+
+impl Entry {
+    /// `FT (57.6 / 67.9 / 65.8)`: the column with its ACC, ASR and DER in percent.
+    pub fn text(&self) -> String {
+        format!(
+            "{} ({} / {} / {})",
+            self.column,
+            pct(self.acc),
+            pct(self.asr),
+            pct(self.der)
+        )
+    }
+}
+
+impl Ranking {
+    /// The attack, its best defenses (several when tied) and the next one ([`Entry::text`];
+    /// `(none)` when there is none).
+    pub fn row(&self) -> [String; 3] {
+        let best = self.entries[0].der;
+        let tied: Vec<String> = self
+            .entries
+            .iter()
+            .take_while(|e| e.der == best)
+            .map(Entry::text)
+            .collect();
+        let second = self.entries.iter().find(|e| e.der < best);
+        [
+            self.attack.clone(),
+            tied.join(", "),
+            second.map_or_else(|| "(none)".to_string(), Entry::text),
+        ]
+    }
+}
+
+impl Summary {
+    /// The defense's row under [`Leaderboard::MEANS_HEADER`].
+    pub fn row(&self) -> [String; 6] {
+        [
+            self.column.clone(),
+            self.attacks.to_string(),
+            pct(self.acc_drop),
+            pct(self.asr),
+            pct(self.der),
+            self.wins.to_string(),
+        ]
+    }
+}
+
+impl Reversal {
+    /// The attack and both defenses as `name DER-there -> DER-here`.
+    pub fn row(&self) -> [String; 3] {
+        let side = |(name, there, here): &(String, f64, f64)| {
+            format!("{name} {} -> {}", pct(*there), pct(*here))
+        };
+        [self.attack.clone(), side(&self.higher), side(&self.lower)]
     }
 }
 

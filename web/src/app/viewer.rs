@@ -3,7 +3,7 @@
 use super::chart::chart;
 use super::{files_of, read_named};
 use crate::{archive_name, curves, defense_curves, load_reports, protocol_cell, summary};
-use cleanse_core::leaderboard::{Entry, Leaderboard};
+use cleanse_core::leaderboard::Leaderboard;
 use cleanse_core::protocol_table::ProtocolTable;
 use cleanse_core::report::Report;
 use cleanse_core::table::AttackDefenseTable;
@@ -53,77 +53,55 @@ fn acc_asr_table(
     }
 }
 
-/// A protocol table's leaderboard (core's [`Leaderboard`]): the best defense per attack by DER,
-/// each defense's means, and on CIFAR-10 the pairs ordered otherwise than BackdoorBench's.
+/// A protocol table's leaderboard (core's [`Leaderboard`], with the rows and headers its
+/// Markdown has): the best defense per attack by DER, each defense's means, and on CIFAR-10 the
+/// pairs ordered otherwise than BackdoorBench's.
 fn leaderboard_view(l: Leaderboard) -> impl IntoView + use<> {
-    let entry = |e: Option<&Entry>| match e {
-        Some(e) => format!(
-            "{} ({} / {} / {})",
-            e.column,
-            pct(e.acc),
-            pct(e.asr),
-            pct(e.der)
-        ),
-        None => "(none)".into(),
-    };
-    let best = l
-        .rankings
-        .iter()
-        .map(|r| {
-            let top = r.entries[0].der;
-            let tied: Vec<String> = r
-                .entries
-                .iter()
-                .take_while(|e| e.der == top)
-                .map(|e| entry(Some(e)))
-                .collect();
-            let second = entry(r.entries.iter().find(|e| e.der < top));
-            view! { <tr><th>{r.attack.clone()}</th><td>{tied.join(", ")}</td><td>{second}</td></tr> }
-        })
-        .collect::<Vec<_>>();
-    let means = l
-        .summaries
-        .iter()
-        .map(|d| {
-            view! {
-                <tr><th>{d.column.clone()}</th><td>{d.attacks}</td><td>{pct(d.acc_drop)}</td>
-                    <td>{pct(d.asr)}</td><td>{pct(d.der)}</td><td>{d.wins}</td></tr>
-            }
-        })
-        .collect::<Vec<_>>();
-    let reversals = (l.compared_pairs > 0).then(|| {
-        let rows = l
-            .reversals
+    let table = |class: &'static str, header: &[&str], rows: Vec<Vec<String>>| {
+        let head = header
             .iter()
+            .map(|h| view! { <th>{h.to_string()}</th> })
+            .collect::<Vec<_>>();
+        let rows = rows
+            .into_iter()
             .map(|r| {
-                let side = |(name, there, here): &(String, f64, f64)| {
-                    format!("{name} {} -> {}", pct(*there), pct(*here))
-                };
-                view! { <tr><th>{r.attack.clone()}</th><td>{side(&r.higher)}</td><td>{side(&r.lower)}</td></tr> }
+                let mut cells = r.into_iter();
+                let first = cells.next().unwrap_or_default();
+                let rest = cells.map(|c| view! { <td>{c}</td> }).collect::<Vec<_>>();
+                view! { <tr><th>{first}</th>{rest}</tr> }
             })
             .collect::<Vec<_>>();
         view! {
-            <p class="note">{format!(
-                "Against BackdoorBench v2's CIFAR-10 leaderboard (PreAct-ResNet-18, 10% poisoned, 5% clean data): {} of {} pairs of defenses on the same attack ordered the other way by DER here (DER % there -> here).",
-                l.reversals.len(),
-                l.compared_pairs
-            )}</p>
-            <table class="leaderboard-reversals">
-                <thead><tr><th>"attack"</th><th>"higher there"</th><th>"lower there"</th></tr></thead>
+            <table class=class>
+                <thead><tr>{head}</tr></thead>
                 <tbody>{rows}</tbody>
             </table>
         }
+    };
+    let best = table(
+        "leaderboard",
+        &Leaderboard::BEST_HEADER,
+        l.rankings.iter().map(|r| r.row().to_vec()).collect(),
+    );
+    let means = table(
+        "leaderboard-defenses",
+        &Leaderboard::MEANS_HEADER,
+        l.summaries.iter().map(|d| d.row().to_vec()).collect(),
+    );
+    let reversals = l.comparison().map(|comparison| {
+        view! {
+            <p class="note">{format!("{comparison} (DER % there -> here).")}</p>
+            {table(
+                "leaderboard-reversals",
+                &Leaderboard::REVERSALS_HEADER,
+                l.reversals.iter().map(|r| r.row().to_vec()).collect(),
+            )}
+        }
     });
     view! {
-        <h4>"Leaderboard: BackdoorBench's defense effectiveness rating, DER = (max(0, ΔASR) - max(0, ΔACC) + 1) / 2 (100: the backdoor removed at no cost; 50: nothing changed)"</h4>
-        <table class="leaderboard">
-            <thead><tr><th>"attack"</th><th>"best defense (ACC / ASR / DER %)"</th><th>"second"</th></tr></thead>
-            <tbody>{best}</tbody>
-        </table>
-        <table class="leaderboard-defenses">
-            <thead><tr><th>"defense"</th><th>"attacks"</th><th>"mean ACC drop"</th><th>"mean ASR %"</th><th>"mean DER %"</th><th>"best on"</th></tr></thead>
-            <tbody>{means}</tbody>
-        </table>
+        <h4>{format!("{}.", Leaderboard::RATING)}</h4>
+        {best}
+        {means}
         {reversals}
     }
 }
