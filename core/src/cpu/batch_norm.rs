@@ -103,19 +103,9 @@ pub fn normalize(
         .zip(x.par_chunks(s.hw))
         .enumerate()
         .for_each(|(plane, (o, xp))| {
-            let (mu, scale, b) = per_channel[plane % s.c];
-            match then_relu {
-                false => {
-                    for (o, &v) in o.iter_mut().zip(xp) {
-                        *o = (v - mu) * scale + b;
-                    }
-                }
-                true => {
-                    for (o, &v) in o.iter_mut().zip(xp) {
-                        *o = relu((v - mu) * scale + b);
-                    }
-                }
-            }
+            // One plane (a few KiB) copied, then normalised while it is in the cache.
+            o.copy_from_slice(xp);
+            normalize_plane(o, per_channel[plane % s.c], then_relu);
         });
     out
 }
@@ -138,21 +128,27 @@ pub fn normalize_in_place(
         return;
     }
     let per_channel = channel_affine(s, gamma, beta, mean, var, eps);
-    x.par_chunks_mut(s.hw).enumerate().for_each(|(plane, xp)| {
-        let (mu, scale, b) = per_channel[plane % s.c];
-        match then_relu {
-            false => {
-                for v in xp.iter_mut() {
-                    *v = (*v - mu) * scale + b;
-                }
-            }
-            true => {
-                for v in xp.iter_mut() {
-                    *v = relu((*v - mu) * scale + b);
-                }
+    x.par_chunks_mut(s.hw)
+        .enumerate()
+        .for_each(|(plane, xp)| normalize_plane(xp, per_channel[plane % s.c], then_relu));
+}
+
+/// One plane of evaluation's batch norm, in place: `(v - mean) * scale + beta` with its
+/// channel's `(mean, scale, beta)`, then ReLU when `then_relu`.
+#[inline(always)]
+fn normalize_plane(xp: &mut [f32], (mu, scale, b): (f32, f32, f32), then_relu: bool) {
+    match then_relu {
+        false => {
+            for v in xp.iter_mut() {
+                *v = (*v - mu) * scale + b;
             }
         }
-    });
+        true => {
+            for v in xp.iter_mut() {
+                *v = relu((*v - mu) * scale + b);
+            }
+        }
+    }
 }
 
 /// Per channel, `(mean, inv_std * gamma, beta)`: what evaluation's batch norm applies.
@@ -176,17 +172,19 @@ pub fn relu(y: f32) -> f32 {
     if y.is_nan() || y > 0.0 { y } else { 0.0 }
 }
 
+/// Elements per task of the residual sum.
+const SUM_CHUNK: usize = 1 << 14;
+
 /// `relu(a + b)` element by element, in one pass (the residual blocks' sum).
 pub fn add_relu(a: &[f32], b: &[f32]) -> Vec<f32> {
     assert_eq!(a.len(), b.len(), "add_relu: the buffers differ in length");
-    const CHUNK: usize = 1 << 14;
     let mut out = vec![0.0f32; a.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+    out.par_chunks_mut(SUM_CHUNK)
+        .zip(a.par_chunks(SUM_CHUNK).zip(b.par_chunks(SUM_CHUNK)))
         .for_each(|(o, (a, b))| {
-            for (o, (&x, &y)) in o.iter_mut().zip(a.iter().zip(b)) {
-                *o = relu(x + y);
-            }
+            // One chunk copied, then summed while it is in the cache.
+            o.copy_from_slice(a);
+            add_relu_chunk(o, b);
         });
     out
 }
@@ -194,14 +192,17 @@ pub fn add_relu(a: &[f32], b: &[f32]) -> Vec<f32> {
 /// [`add_relu`] written over `a` (for an `a` no one else holds).
 pub fn add_relu_in_place(a: &mut [f32], b: &[f32]) {
     assert_eq!(a.len(), b.len(), "add_relu: the buffers differ in length");
-    const CHUNK: usize = 1 << 14;
-    a.par_chunks_mut(CHUNK)
-        .zip(b.par_chunks(CHUNK))
-        .for_each(|(a, b)| {
-            for (x, &y) in a.iter_mut().zip(b) {
-                *x = relu(*x + y);
-            }
-        });
+    a.par_chunks_mut(SUM_CHUNK)
+        .zip(b.par_chunks(SUM_CHUNK))
+        .for_each(|(a, b)| add_relu_chunk(a, b));
+}
+
+/// `a = relu(a + b)`, element by element.
+#[inline(always)]
+fn add_relu_chunk(a: &mut [f32], b: &[f32]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x = relu(*x + y);
+    }
 }
 
 /// `1 / sqrt(var + eps)`, computed as Burn's default does (`f32` add, sqrt, reciprocal).
