@@ -18,7 +18,9 @@
 //!
 //! Runs where the CPU has AVX2 and FMA (`pulp`'s `V3`, checked at run time), with 8 output
 //! channels to a vector; where it also has AVX-512 (`V4`), output blocks go in pairs, 16 output
-//! channels to a vector, in tiles of 16 accumulators (a row of 16, two rows of 8, four of 4).
+//! channels to a vector, in tiles of 16 accumulators (a row of 16, two rows of 8, four of 4);
+//! the 4x4 and 8x8 planes with their sizes as constants, the products that read the zero
+//! border left out (`small_plane`).
 //! Elsewhere [`supported`] is false and the column-matrix convolution runs.
 
 use rayon::prelude::*;
@@ -464,6 +466,9 @@ impl pulp::NullaryFnOnce for Wide<'_> {
             p,
             planes,
         } = self;
+        if small_plane(simd, input, weight, p, planes) {
+            return;
+        }
         // 16 accumulators of the 32 registers: a row of 16, two rows of 8 or four of 4.
         match (p.stride, p.w % 16, p.w % 8, p.h % 2, p.w % 4, p.h % 4) {
             (1, 0, _, _, _, _) => wide_tiles::<1, 16, 1>(simd, input, weight, p, planes),
@@ -476,6 +481,122 @@ impl pulp::NullaryFnOnce for Wide<'_> {
             _ => wide_tiles::<1, 1, 2>(simd, input, weight, p, planes),
         }
     }
+}
+
+/// The 4x4 and 8x8 planes at stride 1 (the last two stages of a 32-pixel model), whose sizes are
+/// constants here: every tile is known at compile time, with its offsets into the padded input
+/// and which of its rows and columns read the zero border at each kernel tap. Those products
+/// (on a 4x4 plane 44 of every 144, on 8x8 a sixth) are left out; the others are summed in the
+/// same order as [`wide_tiles`] (input block, kernel row, column, input channel), and adding
+/// `0 * w` leaves a finite sum as it is, so the result is the same. False for other planes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn small_plane(
+    simd: pulp::x86::V4,
+    input: &[[f32; LANES]],
+    weight: &[[f32; 2 * LANES]],
+    p: Plane,
+    planes: &mut [f32],
+) -> bool {
+    let a = (simd, input, weight, p.ib);
+    match (p.stride, p.h, p.w) {
+        (1, 4, 4) => fixed_tile::<4, 4, 6, 36, 0, true, true>(a, planes),
+        (1, 8, 8) => {
+            fixed_tile::<2, 8, 10, 100, 0, true, false>(a, planes);
+            fixed_tile::<2, 8, 10, 100, 2, false, false>(a, planes);
+            fixed_tile::<2, 8, 10, 100, 4, false, false>(a, planes);
+            fixed_tile::<2, 8, 10, 100, 6, false, true>(a, planes);
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// One tile of [`small_plane`]: rows `Y0 .. Y0 + R` of a plane `T` wide, whose padded input planes
+/// are `PW` wide and `PLANE` long; `TOP` / `BOTTOM`: the tile's first / last row is the plane's.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn fixed_tile<
+    const R: usize,
+    const T: usize,
+    const PW: usize,
+    const PLANE: usize,
+    const Y0: usize,
+    const TOP: bool,
+    const BOTTOM: bool,
+>(
+    (simd, input, weight, ib): (pulp::x86::V4, &[[f32; LANES]], &[[f32; 2 * LANES]], usize),
+    planes: &mut [f32],
+) {
+    let mut acc = [[simd.splat_f32x16(0.0); T]; R];
+    for b in 0..ib {
+        let channels: &[[f32; LANES]; PLANE] = input[b * PLANE..][..PLANE]
+            .try_into()
+            .expect("a padded plane");
+        let filters: &[[f32; 2 * LANES]; 9 * LANES] = weight[b * 9 * LANES..][..9 * LANES]
+            .try_into()
+            .expect("an input block's filters");
+        let a = (simd, channels, filters);
+        acc = fixed_tap::<R, T, PW, PLANE, Y0, TOP, BOTTOM, 0, 0>(acc, a);
+        acc = fixed_tap::<R, T, PW, PLANE, Y0, TOP, BOTTOM, 0, 1>(acc, a);
+        acc = fixed_tap::<R, T, PW, PLANE, Y0, TOP, BOTTOM, 0, 2>(acc, a);
+        acc = fixed_tap::<R, T, PW, PLANE, Y0, TOP, BOTTOM, 1, 0>(acc, a);
+        acc = fixed_tap::<R, T, PW, PLANE, Y0, TOP, BOTTOM, 1, 1>(acc, a);
+        acc = fixed_tap::<R, T, PW, PLANE, Y0, TOP, BOTTOM, 1, 2>(acc, a);
+        acc = fixed_tap::<R, T, PW, PLANE, Y0, TOP, BOTTOM, 2, 0>(acc, a);
+        acc = fixed_tap::<R, T, PW, PLANE, Y0, TOP, BOTTOM, 2, 1>(acc, a);
+        acc = fixed_tap::<R, T, PW, PLANE, Y0, TOP, BOTTOM, 2, 2>(acc, a);
+    }
+    let area = planes.len() / (2 * LANES);
+    for (r, row) in acc.iter().enumerate() {
+        for (t, v) in row.iter().enumerate() {
+            let lanes: [f32; 2 * LANES] = pulp::bytemuck::cast(*v);
+            for (o, value) in lanes.iter().enumerate() {
+                planes[o * area + (Y0 + r) * T + t] = *value;
+            }
+        }
+    }
+}
+
+/// Kernel tap (`DY`, `DX`) of one input block added to a [`fixed_tile`]'s accumulators, the rows
+/// and columns that read the border at this tap left out.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn fixed_tap<
+    const R: usize,
+    const T: usize,
+    const PW: usize,
+    const PLANE: usize,
+    const Y0: usize,
+    const TOP: bool,
+    const BOTTOM: bool,
+    const DY: usize,
+    const DX: usize,
+>(
+    mut acc: [[pulp::f32x16; T]; R],
+    (simd, channels, filters): (
+        pulp::x86::V4,
+        &[[f32; LANES]; PLANE],
+        &[[f32; 2 * LANES]; 9 * LANES],
+    ),
+) -> [[pulp::f32x16; T]; R] {
+    // The rows and columns of the tile that read inside the plane at this tap.
+    let r0 = (TOP && DY == 0) as usize;
+    let r1 = R - (BOTTOM && DY == 2) as usize;
+    let t0 = (DX == 0) as usize;
+    let t1 = T - (DX == 2) as usize;
+    for c in 0..LANES {
+        let wv: pulp::f32x16 = pulp::bytemuck::cast(filters[(DY * 3 + DX) * LANES + c]);
+        for r in r0..r1 {
+            for t in t0..t1 {
+                let v = simd.splat_f32x16(channels[(Y0 + r + DY) * PW + t + DX][c]);
+                acc[r][t] = simd.mul_add_f32x16(v, wv, acc[r][t]);
+            }
+        }
+    }
+    acc
 }
 
 /// [`Wide`] in tiles of `R` rows by `T` columns of 16 output channels, at stride `S`.
@@ -694,7 +815,7 @@ mod tests {
             .collect()
     }
 
-    const SHAPES: [Shape3; 7] = [
+    const SHAPES: [Shape3; 9] = [
         Shape3 {
             n: 3,
             ci: 32,
@@ -743,6 +864,21 @@ mod tests {
             co: 16,
             h: 6,
             w: 12,
+        },
+        // The fixed 4x4 and 8x8 planes of the AVX-512 form (and, swapped, their input gradients).
+        Shape3 {
+            n: 2,
+            ci: 16,
+            co: 32,
+            h: 4,
+            w: 4,
+        },
+        Shape3 {
+            n: 3,
+            ci: 16,
+            co: 16,
+            h: 8,
+            w: 8,
         },
     ];
 
