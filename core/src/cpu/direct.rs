@@ -323,6 +323,10 @@ impl pulp::NullaryFnOnce for WeightTask<'_> {
             let grads = &gb[(img * pairs + p) * oh * ow..][..oh * ow];
             let mut acc = [[zero; LANES]; 3];
             for y in 0..oh {
+                // A row of the zero border adds nothing (`0 * g` leaves a finite sum as it is).
+                if y * stride + dy == 0 || y * stride + dy == h + 1 {
+                    continue;
+                }
                 let row = &input[(y * stride + dy) * pw..][..pw];
                 let line = &grads[y * ow..][..ow];
                 for (x, g) in line.iter().enumerate() {
