@@ -24,9 +24,11 @@ fn assert_refused(o: &Output, needles: &[&str], what: &str) -> String {
         !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
         "{what}: panicked\n{err}"
     );
+    // The last `error:` line: a GPU driver may print lines of its own first (Wayland's
+    // "error: XDG_RUNTIME_DIR is invalid or not set" where that variable is unset).
     let line = err
         .lines()
-        .find(|l| l.starts_with("error:"))
+        .rfind(|l| l.starts_with("error:"))
         .unwrap_or_else(|| panic!("{what}: no `error:` line\n{err}"));
     assert!(
         line.len() < 400,
