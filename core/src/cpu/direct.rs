@@ -323,11 +323,13 @@ impl pulp::NullaryFnOnce for WeightTask<'_> {
             let grads = &gb[(img * pairs + p) * oh * ow..][..oh * ow];
             let mut acc = [[zero; LANES]; 3];
             for y in 0..oh {
-                // A row of the zero border adds nothing (`0 * g` leaves a finite sum as it is).
-                if y * stride + dy == 0 || y * stride + dy == h + 1 {
+                // The padded input row; a row of the zero border adds nothing (`0 * g` leaves a
+                // finite sum as it is).
+                let padded = y * stride + dy;
+                if padded == 0 || padded == h + 1 {
                     continue;
                 }
-                let row = &input[(y * stride + dy) * pw..][..pw];
+                let row = &input[padded * pw..][..pw];
                 let line = &grads[y * ow..][..ow];
                 for (x, g) in line.iter().enumerate() {
                     let g: f32x16 = pulp::bytemuck::cast(*g);
