@@ -132,18 +132,98 @@ fn padded_blocks(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<[f32;
         .enumerate()
         .for_each(|(task, block)| {
             // Image `task / cb`, channels `(task % cb) * 8 ..`.
-            let first = task * LANES;
-            for lane in 0..LANES {
-                let plane = &x[(first + lane) * h * w..][..h * w];
-                for (y, line) in plane.chunks_exact(w).enumerate() {
-                    let dst = &mut block[(y + 1) * pw + 1..][..w];
-                    for (d, v) in dst.iter_mut().zip(line) {
-                        d[lane] = *v;
-                    }
-                }
+            let planes = &x[task * LANES * h * w..][..LANES * h * w];
+            for y in 0..h {
+                let lines = std::array::from_fn(|lane| &planes[lane * h * w + y * w..][..w]);
+                interleave(lines, &mut block[(y + 1) * pw + 1..][..w], 1);
             }
         });
     out
+}
+
+/// `dst[i * stride][lane] = lines[lane][i]`: 8 rows of values as vectors of 8 lanes, by 8x8
+/// transposes in registers where the CPU has AVX2.
+fn interleave(lines: [&[f32]; LANES], dst: &mut [[f32; LANES]], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        simd.vectorize(Interleave {
+            simd,
+            lines,
+            dst,
+            stride,
+        });
+        return;
+    }
+    for (i, values) in (0..lines[0].len()).zip(dst.iter_mut().step_by(stride)) {
+        *values = std::array::from_fn(|lane| lines[lane][i]);
+    }
+}
+
+/// [`interleave`]'s work, compiled with AVX2 by `pulp`.
+#[cfg(target_arch = "x86_64")]
+struct Interleave<'a> {
+    simd: pulp::x86::V3,
+    lines: [&'a [f32]; LANES],
+    dst: &'a mut [[f32; LANES]],
+    stride: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for Interleave<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        use core::arch::x86_64::__m256;
+        let Interleave {
+            simd,
+            lines,
+            dst,
+            stride,
+        } = self;
+        let avx = simd.avx;
+        let len = lines[0].len();
+        let whole = len / LANES * LANES;
+        for x0 in (0..whole).step_by(LANES) {
+            let r: [__m256; LANES] = std::array::from_fn(|lane| {
+                let v: [f32; LANES] = lines[lane][x0..x0 + LANES].try_into().expect("8 values");
+                pulp::cast(v)
+            });
+            // Pairs of rows, then pairs of pairs, then the 128-bit halves.
+            let t0 = avx._mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = avx._mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = avx._mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = avx._mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = avx._mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = avx._mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = avx._mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = avx._mm256_unpackhi_ps(r[6], r[7]);
+            let s0 = avx._mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = avx._mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = avx._mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = avx._mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = avx._mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = avx._mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = avx._mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = avx._mm256_shuffle_ps::<0xEE>(t5, t7);
+            let columns = [
+                avx._mm256_permute2f128_ps::<0x20>(s0, s4),
+                avx._mm256_permute2f128_ps::<0x20>(s1, s5),
+                avx._mm256_permute2f128_ps::<0x20>(s2, s6),
+                avx._mm256_permute2f128_ps::<0x20>(s3, s7),
+                avx._mm256_permute2f128_ps::<0x31>(s0, s4),
+                avx._mm256_permute2f128_ps::<0x31>(s1, s5),
+                avx._mm256_permute2f128_ps::<0x31>(s2, s6),
+                avx._mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (i, column) in columns.into_iter().enumerate() {
+                dst[(x0 + i) * stride] = pulp::cast(column);
+            }
+        }
+        for i in whole..len {
+            dst[i * stride] = std::array::from_fn(|lane| lines[lane][i]);
+        }
+    }
 }
 
 /// `weight` (`[co, ci, 3, 3]`) as `[co / 8][ci / 8][3][3][ci % 8]` vectors of 8 output channels.
@@ -244,12 +324,13 @@ fn wide_blocks(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<[f32; 2 * LAN
     out.par_chunks_mut(plane)
         .enumerate()
         .for_each(|(task, block)| {
-            let first = task * 2 * LANES;
-            for lane in 0..2 * LANES {
-                let src = &x[(first + lane) * plane..][..plane];
-                for (d, v) in block.iter_mut().zip(src) {
-                    d[lane] = *v;
-                }
+            // Each vector of 16 as two of 8 lanes: the first 8 planes' values, then the others'.
+            let block: &mut [[f32; LANES]] = pulp::bytemuck::cast_slice_mut(block);
+            let planes = &x[task * 2 * LANES * plane..][..2 * LANES * plane];
+            for half in 0..2 {
+                let lines =
+                    std::array::from_fn(|lane| &planes[(half * LANES + lane) * plane..][..plane]);
+                interleave(lines, &mut block[half..], 2);
             }
         });
     out
@@ -895,6 +976,50 @@ mod tests {
                 (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
                 "{what}: [{i}] {x} vs {y}"
             );
+        }
+    }
+
+    #[test]
+    fn the_blocked_copies_are_the_layouts_they_name() {
+        // Plane widths with and without a whole number of 8-value runs (the transposed part and
+        // the rest).
+        for (n, c, h, w) in [(2, 16, 3, 12), (1, 8, 4, 4), (2, 32, 5, 8), (1, 16, 2, 19)] {
+            let x = data(n * c * h * w, 5);
+            let padded = padded_blocks(&x, n, c, h, w);
+            let (ph, pw) = (h + 2, w + 2);
+            assert_eq!(padded.len(), n * c / LANES * ph * pw);
+            for (i, lanes) in padded.iter().enumerate() {
+                let (task, at) = (i / (ph * pw), i % (ph * pw));
+                let (y, xx) = (at / pw, at % pw);
+                for (lane, v) in lanes.iter().enumerate() {
+                    let inside = (1..=h).contains(&y) && (1..=w).contains(&xx);
+                    let want = match inside {
+                        true => x[(task * LANES + lane) * h * w + (y - 1) * w + xx - 1],
+                        false => 0.0,
+                    };
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "{n}x{c}x{h}x{w}: [{i}][{lane}]"
+                    );
+                }
+            }
+            if c % 16 != 0 {
+                continue;
+            }
+            let wide = wide_blocks(&x, n, c, h * w);
+            assert_eq!(wide.len(), n * c / 16 * h * w);
+            for (i, lanes) in wide.iter().enumerate() {
+                let (task, at) = (i / (h * w), i % (h * w));
+                for (lane, v) in lanes.iter().enumerate() {
+                    let want = x[(task * 2 * LANES + lane) * h * w + at];
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "{n}x{c}x{h}x{w}: wide [{i}][{lane}]"
+                    );
+                }
+            }
         }
     }
 
