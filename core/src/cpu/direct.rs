@@ -20,7 +20,9 @@
 //! channels to a vector; where it also has AVX-512 (`V4`), output blocks go in pairs, 16 output
 //! channels to a vector, in tiles of 16 accumulators (a row of 16, two rows of 8, four of 4);
 //! the 4x4 and 8x8 planes with their sizes as constants, the products that read the zero
-//! border left out (`small_plane`).
+//! border left out (`small_plane`). In the browser (wasm built with `simd128`) the same tiles
+//! of 8 output channels run as plain arrays the compiler vectorizes (`portable_planes`: the
+//! forward pass and input gradient; the weight gradient stays the column version there).
 //! Elsewhere [`supported`] is false and the column-matrix convolution runs.
 
 use rayon::prelude::*;
@@ -38,7 +40,8 @@ pub struct Shape3 {
     pub w: usize,
 }
 
-/// Whether this machine runs the direct convolution (AVX2 and FMA).
+/// Whether this machine runs the direct convolution: x86 with AVX2 and FMA, or wasm built with
+/// `simd128` (the browser, in plain arrays the compiler vectorizes: [`portable_planes`]).
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -46,7 +49,7 @@ pub fn supported() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
     }
 }
 
@@ -766,8 +769,66 @@ fn block_planes(input: &[[f32; LANES]], weight: &[[f32; LANES]], p: Plane, plane
         });
         return;
     }
-    let _ = (input, weight, p, planes);
-    unreachable!("the direct convolution runs only where supported() says it does")
+    portable_planes(input, weight, p, planes);
+}
+
+/// [`block_planes`] in plain arrays of 8 lanes, which the compiler turns into the target's vectors
+/// (two `v128` for each in the browser's wasm, built with `simd128`): separate multiplies and
+/// adds, no fused multiply-add, summed in the same order as the x86 forms.
+fn portable_planes(input: &[[f32; LANES]], weight: &[[f32; LANES]], p: Plane, planes: &mut [f32]) {
+    // 8 vectors of accumulators: four columns of one block, or two columns of two blocks.
+    match (p.group, p.w % 4, p.w % 2) {
+        (1, 0, _) => portable_tiles::<1, 4>(input, weight, p, planes),
+        (1, _, _) => portable_tiles::<1, 1>(input, weight, p, planes),
+        (_, _, 0) => portable_tiles::<2, 2>(input, weight, p, planes),
+        _ => portable_tiles::<2, 1>(input, weight, p, planes),
+    }
+}
+
+/// [`portable_planes`] in tiles of `G` output blocks by `T` columns of one row.
+fn portable_tiles<const G: usize, const T: usize>(
+    input: &[[f32; LANES]],
+    weight: &[[f32; LANES]],
+    p: Plane,
+    planes: &mut [f32],
+) {
+    let Plane { ib, h, w, .. } = p;
+    let pw = w + 2;
+    let plane = (h + 2) * pw;
+    let filters = ib * 9 * LANES;
+    for y in 0..h {
+        for x0 in (0..w).step_by(T) {
+            let mut acc = [[[0.0f32; LANES]; T]; G];
+            for b in 0..ib {
+                let channels = &input[b * plane..][..plane];
+                for dy in 0..3 {
+                    let row = &channels[(y + dy) * pw + x0..][..T + 2];
+                    for dx in 0..3 {
+                        let tap = b * 9 * LANES + (dy * 3 + dx) * LANES;
+                        for c in 0..LANES {
+                            let wv: [[f32; LANES]; G] =
+                                std::array::from_fn(|g| weight[g * filters + tap + c]);
+                            for t in 0..T {
+                                let v = row[t + dx][c];
+                                for g in 0..G {
+                                    for o in 0..LANES {
+                                        acc[g][t][o] += v * wv[g][o];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (g, block) in acc.iter().enumerate() {
+                for (t, lanes) in block.iter().enumerate() {
+                    for (o, value) in lanes.iter().enumerate() {
+                        planes[(g * LANES + o) * h * w + y * w + x0 + t] = *value;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// [`block_planes`]'s work, compiled with AVX2 and FMA by `pulp`.
@@ -1020,6 +1081,45 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// [`forward`] with the portable tiles (the browser's form) on any machine.
+    fn portable_forward(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
+        let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
+        let wb = weight_blocks(weight, s.co, s.ci, false);
+        let (ib, ob) = (s.ci / LANES, s.co / LANES);
+        let group = if !s.w.is_multiple_of(8) && ob.is_multiple_of(GROUP) {
+            GROUP
+        } else {
+            1
+        };
+        let image = ib * (s.h + 2) * (s.w + 2);
+        let mut out = vec![0.0f32; s.n * s.co * s.h * s.w];
+        for (task, planes) in out.chunks_mut(group * LANES * s.h * s.w).enumerate() {
+            let (img, first) = (task / (ob / group), task % (ob / group) * group);
+            let p = Plane {
+                ib,
+                h: s.h,
+                w: s.w,
+                group,
+                stride: 1,
+                pw: s.w + 2,
+                ph: s.h + 2,
+            };
+            let weight = &wb[first * ib * 9 * LANES..][..group * ib * 9 * LANES];
+            portable_planes(&xb[img * image..][..image], weight, p, planes);
+        }
+        out
+    }
+
+    #[test]
+    fn the_portable_tiles_are_the_convolution() {
+        for s in SHAPES {
+            let x = data(s.n * s.ci * s.h * s.w, 3);
+            let w = data(s.co * s.ci * 9, 4);
+            let what = format!("portable {s:?}");
+            close(&portable_forward(&x, &w, s), &naive(&x, &w, s), &what);
         }
     }
 
