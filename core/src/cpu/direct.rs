@@ -22,7 +22,7 @@
 //! the 4x4 and 8x8 planes with their sizes as constants, the products that read the zero
 //! border left out (`small_plane`). In the browser (wasm built with `simd128`) the same tiles
 //! of 8 output channels run as plain arrays the compiler vectorizes (`portable_planes`: the
-//! forward pass and input gradient; the weight gradient stays the column version there).
+//! forward pass and input gradient; the weight gradient in the same way, `portable_weight_grad`).
 //! Elsewhere [`supported`] is false and the column-matrix convolution runs.
 
 use rayon::prelude::*;
@@ -49,8 +49,14 @@ pub fn supported() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
+        portable()
     }
+}
+
+/// Whether this build runs the portable forms ([`portable_planes`], [`portable_weight_grad`]):
+/// wasm with `simd128`, the browser.
+fn portable() -> bool {
+    cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
 }
 
 /// The smallest plane (`h * w`) the direct convolution is used for without AVX-512: on smaller
@@ -272,11 +278,11 @@ pub fn input_grad(dy: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
 }
 
 /// Whether the direct weight gradient ([`weight_grad`]) can compute `g`'s shape here: with
-/// AVX-512, output channels in multiples of 16 (elsewhere the column version).
+/// AVX-512, output channels in multiples of 16; in the browser ([`portable`]) every shape that
+/// [`applies`]; elsewhere the column version.
 pub fn chosen_for_weight_grad(g: &super::conv::ConvGeometry) -> bool {
     applies(g.ci, g.co, [g.kh, g.kw], g.stride, g.padding)
-        && g.co.is_multiple_of(2 * LANES)
-        && wide()
+        && ((g.co.is_multiple_of(2 * LANES) && wide()) || portable())
 }
 
 /// The weight gradient of [`forward`] for the output gradient `dy` (`[s.n, s.co, s.h, s.w]`):
@@ -296,6 +302,9 @@ pub fn weight_grad_strided(x: &[f32], dy: &[f32], s: Shape3) -> Vec<f32> {
 }
 
 fn weight_grad_at(x: &[f32], dy: &[f32], s: Shape3, stride: usize) -> Vec<f32> {
+    if !wide() {
+        return portable_weight_grad(x, dy, s, stride);
+    }
     let (oh, ow) = ((s.h - 1) / stride + 1, (s.w - 1) / stride + 1);
     let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
     let gb = wide_blocks(dy, s.n, s.co, oh * ow);
@@ -337,6 +346,76 @@ fn wide_blocks(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<[f32; 2 * LAN
             }
         });
     out
+}
+
+/// `x` (`[n, c, plane]`) as `[n][c / 8][plane][8]`.
+fn lane_blocks(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<[f32; LANES]> {
+    let mut out = vec![[0.0f32; LANES]; n * c / LANES * plane];
+    out.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(task, block)| {
+            let planes = &x[task * LANES * plane..][..LANES * plane];
+            let lines = std::array::from_fn(|lane| &planes[lane * plane..][..plane]);
+            interleave(lines, block, 1);
+        });
+    out
+}
+
+/// [`weight_grad_at`] in plain arrays of 8 lanes (the browser's form, like [`portable_planes`]):
+/// one task per 8 output channels, 8 input channels and kernel tap, the 64 sums in 8 arrays of
+/// 8 output channels, summed image by image, the images' sums added in image order.
+fn portable_weight_grad(x: &[f32], dy: &[f32], s: Shape3, stride: usize) -> Vec<f32> {
+    let (oh, ow) = ((s.h - 1) / stride + 1, (s.w - 1) / stride + 1);
+    let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
+    let gb = lane_blocks(dy, s.n, s.co, oh * ow);
+    let (ib, ob) = (s.ci / LANES, s.co / LANES);
+    let tasks: Vec<(usize, usize, usize)> = (0..ob)
+        .flat_map(|o| (0..ib).flat_map(move |b| (0..9).map(move |tap| (o, b, tap))))
+        .collect();
+    let sums: Vec<[[f32; LANES]; LANES]> = tasks
+        .par_iter()
+        .map(|&(o, b, tap)| {
+            let (ky, kx) = (tap / 3, tap % 3);
+            let (h, pw) = (s.h, s.w + 2);
+            let mut total = [[0.0f32; LANES]; LANES];
+            for img in 0..s.n {
+                let input = &xb[(img * ib + b) * (h + 2) * pw..][..(h + 2) * pw];
+                let grads = &gb[(img * ob + o) * oh * ow..][..oh * ow];
+                let mut acc = [[0.0f32; LANES]; LANES];
+                for y in 0..oh {
+                    // A row of the zero border adds nothing.
+                    let padded = y * stride + ky;
+                    if padded == 0 || padded == h + 1 {
+                        continue;
+                    }
+                    let row = &input[padded * pw..][..pw];
+                    for (xo, g) in grads[y * ow..][..ow].iter().enumerate() {
+                        let taps = &row[xo * stride + kx];
+                        for (sums, v) in acc.iter_mut().zip(taps) {
+                            for (sum, gv) in sums.iter_mut().zip(g) {
+                                *sum += v * gv;
+                            }
+                        }
+                    }
+                }
+                for (sums, image) in total.iter_mut().zip(&acc) {
+                    for (sum, v) in sums.iter_mut().zip(image) {
+                        *sum += v;
+                    }
+                }
+            }
+            total
+        })
+        .collect();
+    let mut dw = vec![0.0f32; s.co * s.ci * 9];
+    for (&(o, b, tap), sum) in tasks.iter().zip(&sums) {
+        for (c, lanes) in sum.iter().enumerate() {
+            for (lane, v) in lanes.iter().enumerate() {
+                dw[((o * LANES + lane) * s.ci + b * LANES + c) * 9 + tap] = *v;
+            }
+        }
+    }
+    dw
 }
 
 /// One task of [`weight_grad`]: the sums for output pair `p`, input block `b`, kernel row `dy`,
@@ -1235,74 +1314,101 @@ mod tests {
         }
     }
 
+    /// The weight gradient by its definition, in f64.
+    fn naive_weight_grad(x: &[f32], dy: &[f32], s: Shape3) -> Vec<f32> {
+        let mut want = vec![0.0f32; s.co * s.ci * 9];
+        for o in 0..s.co {
+            for i in 0..s.ci {
+                for tap in 0..9 {
+                    let (ky, kx) = (tap / 3, tap % 3);
+                    let mut sum = 0.0f64;
+                    for img in 0..s.n {
+                        for y in 0..s.h {
+                            for xo in 0..s.w {
+                                let (iy, ix) = (y + ky, xo + kx);
+                                if iy < 1 || ix < 1 || iy > s.h || ix > s.w {
+                                    continue;
+                                }
+                                let xv = x[((img * s.ci + i) * s.h + iy - 1) * s.w + ix - 1];
+                                let g = dy[((img * s.co + o) * s.h + y) * s.w + xo];
+                                sum += xv as f64 * g as f64;
+                            }
+                        }
+                    }
+                    want[(o * s.ci + i) * 9 + tap] = sum as f32;
+                }
+            }
+        }
+        want
+    }
+
+    const WEIGHT_GRAD_SHAPES: [Shape3; 5] = [
+        Shape3 {
+            n: 5,
+            ci: 32,
+            co: 32,
+            h: 2,
+            w: 2,
+        },
+        Shape3 {
+            n: 2,
+            ci: 8,
+            co: 16,
+            h: 1,
+            w: 1,
+        },
+        Shape3 {
+            n: 2,
+            ci: 8,
+            co: 16,
+            h: 8,
+            w: 8,
+        },
+        Shape3 {
+            n: 3,
+            ci: 24,
+            co: 32,
+            h: 5,
+            w: 7,
+        },
+        Shape3 {
+            n: 1,
+            ci: 16,
+            co: 16,
+            h: 4,
+            w: 4,
+        },
+    ];
+
     #[test]
     fn the_weight_gradient_sums_over_images_and_positions() {
         if !wide() {
             return;
         }
-        for s in [
-            Shape3 {
-                n: 5,
-                ci: 32,
-                co: 32,
-                h: 2,
-                w: 2,
-            },
-            Shape3 {
-                n: 2,
-                ci: 8,
-                co: 16,
-                h: 1,
-                w: 1,
-            },
-            Shape3 {
-                n: 2,
-                ci: 8,
-                co: 16,
-                h: 8,
-                w: 8,
-            },
-            Shape3 {
-                n: 3,
-                ci: 24,
-                co: 32,
-                h: 5,
-                w: 7,
-            },
-            Shape3 {
-                n: 1,
-                ci: 16,
-                co: 16,
-                h: 4,
-                w: 4,
-            },
-        ] {
+        for s in WEIGHT_GRAD_SHAPES {
             let x = data(s.n * s.ci * s.h * s.w, 5);
             let dy = data(s.n * s.co * s.h * s.w, 6);
-            let mut want = vec![0.0f32; s.co * s.ci * 9];
-            for o in 0..s.co {
-                for i in 0..s.ci {
-                    for tap in 0..9 {
-                        let (ky, kx) = (tap / 3, tap % 3);
-                        let mut sum = 0.0f64;
-                        for img in 0..s.n {
-                            for y in 0..s.h {
-                                for xo in 0..s.w {
-                                    let (iy, ix) = (y + ky, xo + kx);
-                                    if iy < 1 || ix < 1 || iy > s.h || ix > s.w {
-                                        continue;
-                                    }
-                                    let xv = x[((img * s.ci + i) * s.h + iy - 1) * s.w + ix - 1];
-                                    let g = dy[((img * s.co + o) * s.h + y) * s.w + xo];
-                                    sum += xv as f64 * g as f64;
-                                }
-                            }
-                        }
-                        want[(o * s.ci + i) * 9 + tap] = sum as f32;
-                    }
-                }
-            }
+            let want = naive_weight_grad(&x, &dy, s);
             close(&weight_grad(&x, &dy, s), &want, &format!("{s:?}"));
+        }
+    }
+
+    #[test]
+    fn the_portable_weight_gradient_sums_over_images_and_positions() {
+        // Eight output channels as well as sixteen: the browser's form takes every multiple of 8.
+        let eight = Shape3 {
+            n: 2,
+            ci: 16,
+            co: 8,
+            h: 6,
+            w: 3,
+        };
+        for s in WEIGHT_GRAD_SHAPES.into_iter().chain([eight]) {
+            let x = data(s.n * s.ci * s.h * s.w, 7);
+            let dy = data(s.n * s.co * s.h * s.w, 8);
+            let want = naive_weight_grad(&x, &dy, s);
+            let what = format!("portable {s:?}");
+            close(&portable_weight_grad(&x, &dy, s, 1), &want, &what);
         }
     }
 
