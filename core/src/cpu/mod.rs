@@ -7,7 +7,8 @@
 //! matrix product ([`conv`] module docs), and its input gradient Burn's, except where the direct
 //! convolution ([`direct`]: 3x3, stride 1, channels in blocks of 8, planes of 8x8 and more with
 //! AVX2 or in the browser's wasm with `simd128`, every plane with AVX-512) computes the forward
-//! and the input gradient, and (AVX-512, output channels in multiples of 16) the weight gradient.
+//! and the input gradient, and (AVX-512 with output channels in multiples of 16, or the browser)
+//! the weight gradient.
 //!
 //! Burn's default batch norm on `flex` is a chain of about 25 tensor operations (swapped-axis
 //! copies, broadcasts, separate reductions); here the training forward is two reading passes and
