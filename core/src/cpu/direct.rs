@@ -263,8 +263,11 @@ fn weight_blocks(weight: &[f32], co: usize, ci: usize, turned: bool) -> Vec<[f32
 /// The direct convolution of `x` (`[s.n, s.ci, s.h, s.w]`) by `weight` (`[s.co, s.ci, 3, 3]`),
 /// stride 1, padding 1: `[s.n, s.co, s.h, s.w]`. Only where [`supported`] and [`applies`].
 pub fn forward(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
-    let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
     let wb = weight_blocks(weight, s.co, s.ci, false);
+    if by_rows(s.co, s.w) {
+        return convolve_rows(x, &wb, s.n, s.ci, s.co, s.h, s.w);
+    }
+    let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
     convolve(&xb, &wb, s.n, s.ci, s.co, s.h, s.w, 1)
 }
 
@@ -272,9 +275,140 @@ pub fn forward(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
 /// `[s.n, s.ci, s.h, s.w]`, the same convolution of `dy` by the weight turned round with its
 /// channels swapped.
 pub fn input_grad(dy: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
-    let db = padded_blocks(dy, s.n, s.co, s.h, s.w);
     let wb = weight_blocks(weight, s.co, s.ci, true);
+    if by_rows(s.ci, s.w) {
+        return convolve_rows(dy, &wb, s.n, s.co, s.ci, s.h, s.w);
+    }
+    let db = padded_blocks(dy, s.n, s.co, s.h, s.w);
     convolve(&db, &wb, s.n, s.co, s.ci, s.h, s.w, 1)
+}
+
+/// Whether a stride-1 convolution to `outs` channels on planes `w` wide runs by rows
+/// ([`convolve_rows`]): with AVX-512, 16 output channels to a task and rows of whole runs of 16.
+fn by_rows(outs: usize, w: usize) -> bool {
+    outs.is_multiple_of(2 * LANES) && w.is_multiple_of(2 * LANES) && wide()
+}
+
+/// `x` (`[n, c, h, w]`) as `[n, c, h + 2, w + 2]`, the border zero.
+fn padded_planes(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let (ph, pw) = (h + 2, w + 2);
+    let mut out = vec![0.0f32; n * c * ph * pw];
+    out.par_chunks_mut(ph * pw)
+        .zip(x.par_chunks(h * w))
+        .with_min_len(16)
+        .for_each(|(dst, src)| {
+            for (y, line) in src.chunks_exact(w).enumerate() {
+                dst[(y + 1) * pw + 1..][..w].copy_from_slice(line);
+            }
+        });
+    out
+}
+
+/// [`convolve`] at stride 1 where [`by_rows`], the roles turned: the accumulators are 16 output
+/// channels of 16 pixels of a row, each step one vector of 16 input pixels of a channel (from the
+/// padded NCHW planes: no channel blocks to build) times each output channel's weight
+/// broadcast, so that a tile's 16 vectors are written into the 16 output planes whole. The same
+/// products summed in the same order as [`convolve`], so the same result.
+#[allow(clippy::too_many_arguments)]
+fn convolve_rows(
+    x: &[f32],
+    wb: &[[f32; LANES]],
+    n: usize,
+    ins: usize,
+    outs: usize,
+    h: usize,
+    w: usize,
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V4::try_new() {
+        let xp = padded_planes(x, n, ins, h, w);
+        let (ib, ob) = (ins / LANES, outs / LANES);
+        let wide = widen(wb, ob, ib);
+        let image = ins * (h + 2) * (w + 2);
+        let filters = ib * 9 * LANES;
+        let mut out = vec![0.0f32; n * outs * h * w];
+        out.par_chunks_mut(2 * LANES * h * w)
+            .enumerate()
+            .for_each(|(task, planes)| {
+                let (img, pair) = (task / (ob / 2), task % (ob / 2));
+                let p = Plane {
+                    ib,
+                    h,
+                    w,
+                    group: 2,
+                    stride: 1,
+                    pw: w + 2,
+                    ph: h + 2,
+                };
+                simd.vectorize(Rows {
+                    simd,
+                    input: &xp[img * image..][..image],
+                    weight: &wide[pair * filters..][..filters],
+                    p,
+                    planes,
+                });
+            });
+        return out;
+    }
+    let _ = (x, wb, n, ins, outs, h, w);
+    unreachable!("convolve_rows runs only where by_rows() says so")
+}
+
+/// One task of [`convolve_rows`], compiled with AVX-512 by `pulp`.
+#[cfg(target_arch = "x86_64")]
+struct Rows<'a> {
+    simd: pulp::x86::V4,
+    input: &'a [f32],
+    weight: &'a [[f32; 2 * LANES]],
+    p: Plane,
+    planes: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for Rows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        use pulp::f32x16;
+        let Rows {
+            simd,
+            input,
+            weight,
+            p,
+            planes,
+        } = self;
+        let Plane {
+            ib, h, w, pw, ph, ..
+        } = p;
+        let plane = ph * pw;
+        for y in 0..h {
+            for x0 in (0..w).step_by(2 * LANES) {
+                let mut acc = [simd.splat_f32x16(0.0); 2 * LANES];
+                for b in 0..ib {
+                    for dy in 0..3 {
+                        for dx in 0..3 {
+                            let taps = &weight[(b * 9 + dy * 3 + dx) * LANES..][..LANES];
+                            for (c, tap) in taps.iter().enumerate() {
+                                let at = (b * LANES + c) * plane + (y + dy) * pw + x0 + dx;
+                                let run: [f32; 2 * LANES] =
+                                    input[at..at + 2 * LANES].try_into().expect("16 pixels");
+                                let xv: f32x16 = pulp::cast(run);
+                                for (o, a) in acc.iter_mut().enumerate() {
+                                    let wv = simd.splat_f32x16(tap[o]);
+                                    *a = simd.mul_add_f32x16(xv, wv, *a);
+                                }
+                            }
+                        }
+                    }
+                }
+                for (o, a) in acc.iter().enumerate() {
+                    let lanes: [f32; 2 * LANES] = pulp::cast(*a);
+                    planes[o * h * w + y * w + x0..][..2 * LANES].copy_from_slice(&lanes);
+                }
+            }
+        }
+    }
 }
 
 /// Whether the direct weight gradient ([`weight_grad`]) can compute `g`'s shape here: with
@@ -1200,6 +1334,37 @@ mod tests {
             let what = format!("portable {s:?}");
             close(&portable_forward(&x, &w, s), &naive(&x, &w, s), &what);
         }
+    }
+
+    #[test]
+    fn by_rows_is_the_blocked_convolution_bit_for_bit() {
+        if !wide() {
+            return;
+        }
+        let shapes = [(2, 16, 32, 3, 32), (1, 48, 16, 2, 16), (2, 32, 48, 4, 48)];
+        for (n, ci, co, h, w) in shapes {
+            let s = Shape3 { n, ci, co, h, w };
+            let x = data(n * ci * h * w, 9);
+            let weight = data(co * ci * 9, 10);
+            let dy = data(n * co * h * w, 11);
+            let what = format!("{s:?}");
+            close(&forward(&x, &weight, s), &naive(&x, &weight, s), &what);
+            let wb = weight_blocks(&weight, co, ci, false);
+            let blocked = convolve(&padded_blocks(&x, n, ci, h, w), &wb, n, ci, co, h, w, 1);
+            assert!(by_rows(co, w), "{what}");
+            let rows = convolve_rows(&x, &wb, n, ci, co, h, w);
+            assert_eq!(bits(&rows), bits(&blocked), "forward {what}");
+            // The input gradient: `ci` outputs from `co` inputs.
+            let wt = weight_blocks(&weight, co, ci, true);
+            let blocked = convolve(&padded_blocks(&dy, n, co, h, w), &wt, n, co, ci, h, w, 1);
+            assert!(by_rows(ci, w), "{what}");
+            let rows = convolve_rows(&dy, &wt, n, co, ci, h, w);
+            assert_eq!(bits(&rows), bits(&blocked), "input gradient {what}");
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 
     #[test]
