@@ -20,7 +20,10 @@
 //! channels to a vector; where it also has AVX-512 (`V4`), output blocks go in pairs, 16 output
 //! channels to a vector, in tiles of 16 accumulators (a row of 16, two rows of 8, four of 4);
 //! the 4x4 and 8x8 planes with their sizes as constants, the products that read the zero
-//! border left out (`small_plane`). In the browser (wasm built with `simd128`) the same tiles
+//! border left out (`small_plane`); planes whose rows are whole runs of 16 (32x32, 16x16) by
+//! rows, the roles turned (`convolve_rows`: 16 pixels of one input channel, loaded from padded
+//! NCHW planes, times each of 16 output channels' weights, so the tile is written as whole
+//! vectors; the same products in the same order). In the browser (wasm built with `simd128`) the same tiles
 //! of 8 output channels run as plain arrays the compiler vectorizes (`portable_planes`: the
 //! forward pass and input gradient; the weight gradient in the same way, `portable_weight_grad`).
 //! Elsewhere [`supported`] is false and the column-matrix convolution runs.
