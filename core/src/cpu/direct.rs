@@ -23,9 +23,10 @@
 //! border left out (`small_plane`); planes whose rows are whole runs of 16 (32x32, 16x16) by
 //! rows, the roles turned (`convolve_rows`: 16 pixels of one input channel, loaded from padded
 //! NCHW planes, times each of 16 output channels' weights, so the tile is written as whole
-//! vectors; the same products in the same order). In the browser (wasm built with `simd128`) the same tiles
-//! of 8 output channels run as plain arrays the compiler vectorizes (`portable_planes`: the
-//! forward pass and input gradient; the weight gradient in the same way, `portable_weight_grad`).
+//! vectors; the same products in the same order). In the browser (wasm built with `simd128`)
+//! the same tiles of 8 output channels run as plain arrays the compiler vectorizes
+//! (`portable_planes`: the forward pass and input gradient; the weight gradient in the same way,
+//! `portable_weight_grad`).
 //! Elsewhere [`supported`] is false and the column-matrix convolution runs.
 
 use rayon::prelude::*;
@@ -293,6 +294,7 @@ fn by_rows(outs: usize, w: usize) -> bool {
 }
 
 /// `x` (`[n, c, h, w]`) as `[n, c, h + 2, w + 2]`, the border zero.
+#[cfg(target_arch = "x86_64")]
 fn padded_planes(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
     let (ph, pw) = (h + 2, w + 2);
     let mut out = vec![0.0f32; n * c * ph * pw];
@@ -672,11 +674,11 @@ fn convolve(
     let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
     let mut out = vec![0.0f32; n * outs * oh * ow];
     let (ib, ob) = (ins / LANES, outs / LANES);
-    let image = ib * (h + 2) * (w + 2);
-    let filters = ib * 9 * LANES;
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V4::try_new().filter(|_| ob % 2 == 0) {
         // AVX-512: pairs of output blocks, 16 output channels to a vector.
+        let image = ib * (h + 2) * (w + 2);
+        let filters = ib * 9 * LANES;
         let wide = widen(wb, ob, ib);
         out.par_chunks_mut(2 * LANES * oh * ow)
             .enumerate()
@@ -704,6 +706,26 @@ fn convolve(
         return out;
     }
     assert_eq!(stride, 1, "the strided direct convolution needs AVX-512");
+    convolve_blocks(xb, wb, (ib, ob, h, w), &mut out, block_planes);
+    out
+}
+
+/// One task's output planes from its padded input blocks and weight blocks: [`block_planes`]
+/// (the tests also pass [`portable_planes`]).
+type BlockKernel = fn(&[[f32; LANES]], &[[f32; LANES]], Plane, &mut [f32]);
+
+/// [`convolve`] at stride 1 in blocks of 8 output channels, `ib` input and `ob` output blocks of
+/// `h x w` planes, into `out`: one task per image and block (or pair of blocks), computed by
+/// `kernel`.
+fn convolve_blocks(
+    xb: &[[f32; LANES]],
+    wb: &[[f32; LANES]],
+    (ib, ob, h, w): (usize, usize, usize, usize),
+    out: &mut [f32],
+    kernel: BlockKernel,
+) {
+    let image = ib * (h + 2) * (w + 2);
+    let filters = ib * 9 * LANES;
     // Rows of 8 or more fill a tile of one block; narrower planes pair output blocks.
     let group = if !w.is_multiple_of(8) && ob.is_multiple_of(GROUP) {
         GROUP
@@ -725,9 +747,8 @@ fn convolve(
                 pw: w + 2,
                 ph: h + 2,
             };
-            block_planes(input, weight, shape, planes);
+            kernel(input, weight, shape, planes);
         });
-    out
 }
 
 /// The weight blocks `wb` (`ob` output blocks of `ib` input blocks) as pairs of output blocks:
@@ -1304,28 +1325,9 @@ mod tests {
     fn portable_forward(x: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
         let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
         let wb = weight_blocks(weight, s.co, s.ci, false);
-        let (ib, ob) = (s.ci / LANES, s.co / LANES);
-        let group = if !s.w.is_multiple_of(8) && ob.is_multiple_of(GROUP) {
-            GROUP
-        } else {
-            1
-        };
-        let image = ib * (s.h + 2) * (s.w + 2);
         let mut out = vec![0.0f32; s.n * s.co * s.h * s.w];
-        for (task, planes) in out.chunks_mut(group * LANES * s.h * s.w).enumerate() {
-            let (img, first) = (task / (ob / group), task % (ob / group) * group);
-            let p = Plane {
-                ib,
-                h: s.h,
-                w: s.w,
-                group,
-                stride: 1,
-                pw: s.w + 2,
-                ph: s.h + 2,
-            };
-            let weight = &wb[first * ib * 9 * LANES..][..group * ib * 9 * LANES];
-            portable_planes(&xb[img * image..][..image], weight, p, planes);
-        }
+        let blocks = (s.ci / LANES, s.co / LANES, s.h, s.w);
+        convolve_blocks(&xb, &wb, blocks, &mut out, portable_planes);
         out
     }
 
