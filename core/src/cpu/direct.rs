@@ -1,9 +1,11 @@
 //! A direct 3x3 convolution (stride 1, padding 1, channels in multiples of 8): no column
 //! matrix, the output channels in registers. The shape of every 3x3 convolution of the models
 //! after the stem, forward and (with the kernel turned round and its channels swapped) input
-//! gradient; with AVX-512 also the weight gradient ([`weight_grad`]), and the forward pass and
-//! weight gradient of the stride-2 convolutions of the stage transitions ([`forward_strided`],
-//! [`weight_grad_strided`]).
+//! gradient, and the weight gradient ([`weight_grad`]); on x86 also the forward pass and weight
+//! gradient of the stride-2 convolutions of the stage transitions ([`forward_strided`],
+//! [`weight_grad_strided`]). The AVX2 and the AVX-512 forms sum every output in the same order
+//! with the same fused multiply-adds: the same bits on either kind of CPU for a call both run
+//! (with AVX2 alone, planes under [`MIN_PLANE`] keep the column matrices).
 //!
 //! Layout: channels in blocks of [`LANES`] (one 256-bit vector), innermost. The input is copied
 //! once per call into `[n][c / 8][h + 2][w + 2][8]`, with the padding written as zeros so that
@@ -26,7 +28,7 @@
 //! vectors; the same products in the same order). In the browser (wasm built with `simd128`)
 //! the same tiles of 8 output channels run as plain arrays the compiler vectorizes
 //! (`portable_planes`: the forward pass and input gradient; the weight gradient in the same way,
-//! `portable_weight_grad`).
+//! `portable_weight_task`).
 //! Elsewhere [`supported`] is false and the column-matrix convolution runs.
 
 use rayon::prelude::*;
@@ -47,17 +49,10 @@ pub struct Shape3 {
 /// Whether this machine runs the direct convolution: x86 with AVX2 and FMA, or wasm built with
 /// `simd128` (the browser, in plain arrays the compiler vectorizes: [`portable_planes`]).
 pub fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        pulp::x86::V3::try_new().is_some()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        portable()
-    }
+    x86_direct() || portable()
 }
 
-/// Whether this build runs the portable forms ([`portable_planes`], [`portable_weight_grad`]):
+/// Whether this build runs the portable forms ([`portable_planes`], [`portable_weight_task`]):
 /// wasm with `simd128`, the browser.
 fn portable() -> bool {
     cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
@@ -67,6 +62,15 @@ fn portable() -> bool {
 /// planes (the last stage's 4x4) the column matrices' products were faster with AVX2 alone
 /// (BENCHMARKS.md); with AVX-512 the direct convolution is used on every plane.
 pub const MIN_PLANE: usize = 64;
+
+/// The most input channels for which the weight gradient runs directly without AVX-512; above
+/// it (width 64's later stages) the column matrices' products were faster on a CPU with AVX2
+/// alone (BENCHMARKS.md, 2026-12-07).
+pub const AVX2_MAX_WEIGHT_GRAD_CHANNELS: usize = 64;
+
+/// The most input channels for which the stride-2 convolution runs directly without AVX-512
+/// (measured as [`AVX2_MAX_WEIGHT_GRAD_CHANNELS`]).
+pub const AVX2_MAX_STRIDED_CHANNELS: usize = 32;
 
 /// Whether this machine runs the AVX-512 form (`pulp`'s `V4`).
 pub fn wide() -> bool {
@@ -105,16 +109,39 @@ pub fn chosen(g: &super::conv::ConvGeometry) -> bool {
 }
 
 /// Whether `g` is a 3x3 convolution of stride 2 and padding 1 (the models' stage transitions)
-/// whose forward pass and weight gradient run directly here: with AVX-512, output channels in
-/// multiples of 16 and input channels in multiples of 8 (its input gradient stays Burn's
-/// transposed convolution).
+/// whose forward pass and weight gradient run directly here (its input gradient stays Burn's
+/// transposed convolution): input channels in multiples of 8; with AVX-512 output channels in
+/// multiples of 16, with AVX2 alone in multiples of 8 and output planes of at least
+/// [`MIN_PLANE`] and at most [`AVX2_MAX_STRIDED_CHANNELS`] input channels. Not in the browser
+/// (the portable tiles have stride 1).
 pub fn chosen_strided(g: &super::conv::ConvGeometry) -> bool {
+    let (oh, ow) = (g.h.div_ceil(2), g.w.div_ceil(2));
+    let here = match wide() {
+        true => g.co.is_multiple_of(2 * LANES),
+        false => {
+            x86_direct()
+                && g.co.is_multiple_of(LANES)
+                && oh * ow >= MIN_PLANE
+                && g.ci <= AVX2_MAX_STRIDED_CHANNELS
+        }
+    };
     g.ci.is_multiple_of(LANES)
-        && g.co.is_multiple_of(2 * LANES)
         && [g.kh, g.kw] == [3, 3]
         && g.stride == [2, 2]
         && g.padding == [(1, 1), (1, 1)]
-        && wide()
+        && here
+}
+
+/// Whether this machine runs the x86 forms (AVX2 and FMA; `pulp`'s `V3`).
+fn x86_direct() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        pulp::x86::V3::try_new().is_some()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// The direct convolution of `x` (`[s.n, s.ci, s.h, s.w]`) by `weight` (`[s.co, s.ci, 3, 3]`) at
@@ -288,7 +315,8 @@ pub fn input_grad(dy: &[f32], weight: &[f32], s: Shape3) -> Vec<f32> {
 }
 
 /// Whether a stride-1 convolution to `outs` channels on planes `w` wide runs by rows
-/// ([`convolve_rows`]): with AVX-512, 16 output channels to a task and rows of whole runs of 16.
+/// ([`convolve_rows`]): with AVX-512, 16 output channels to a task and rows of whole runs of 16
+/// (with AVX2 alone, 8 output channels by runs of 8 pixels measured no faster than the tiles).
 fn by_rows(outs: usize, w: usize) -> bool {
     outs.is_multiple_of(2 * LANES) && w.is_multiple_of(2 * LANES) && wide()
 }
@@ -417,19 +445,29 @@ impl pulp::NullaryFnOnce for Rows<'_> {
 }
 
 /// Whether the direct weight gradient ([`weight_grad`]) can compute `g`'s shape here: with
-/// AVX-512, output channels in multiples of 16; in the browser ([`portable`]) every shape that
+/// AVX-512, output channels in multiples of 16; with AVX2 alone, planes of at least
+/// [`MIN_PLANE`] (as the forward pass) and at most [`AVX2_MAX_WEIGHT_GRAD_CHANNELS`] input
+/// channels; in the browser ([`portable`]) every shape that
 /// [`applies`]; elsewhere the column version.
 pub fn chosen_for_weight_grad(g: &super::conv::ConvGeometry) -> bool {
-    applies(g.ci, g.co, [g.kh, g.kw], g.stride, g.padding)
-        && ((g.co.is_multiple_of(2 * LANES) && wide()) || portable())
+    let here = match wide() {
+        true => g.co.is_multiple_of(2 * LANES),
+        false => {
+            portable()
+                || (x86_direct() && g.h * g.w >= MIN_PLANE && g.ci <= AVX2_MAX_WEIGHT_GRAD_CHANNELS)
+        }
+    };
+    applies(g.ci, g.co, [g.kh, g.kw], g.stride, g.padding) && here
 }
 
 /// The weight gradient of [`forward`] for the output gradient `dy` (`[s.n, s.co, s.h, s.w]`):
 /// `[s.co, s.ci, 3, 3]`, `dW[o][i][dy][dx] = sum over images, rows, columns of
-/// dY[o][y][x] X[i][y + dy - 1][x + dx - 1]`. One task per 16 output channels, 8 input channels
-/// and kernel row: the three taps of the row for the 8 input channels in 24 registers of 16 output
-/// channels, summed image by image, the images' sums added in image order. Only where
-/// [`chosen_for_weight_grad`].
+/// dY[o][y][x] X[i][y + dy - 1][x + dx - 1]`. With AVX-512 one task per 16 output channels, 8
+/// input channels and kernel row: the three taps of the row for the 8 input channels in 24
+/// registers of 16 output channels; with AVX2 one task per 8 output channels, 8 input channels
+/// and tap, in 8 registers. Each weight is summed image by image by fused multiply-adds over the
+/// rows and columns in order, the images' sums added in image order: the same result with
+/// either. Only where [`chosen_for_weight_grad`].
 pub fn weight_grad(x: &[f32], dy: &[f32], s: Shape3) -> Vec<f32> {
     weight_grad_at(x, dy, s, 1)
 }
@@ -442,7 +480,11 @@ pub fn weight_grad_strided(x: &[f32], dy: &[f32], s: Shape3) -> Vec<f32> {
 
 fn weight_grad_at(x: &[f32], dy: &[f32], s: Shape3, stride: usize) -> Vec<f32> {
     if !wide() {
-        return portable_weight_grad(x, dy, s, stride);
+        #[cfg(target_arch = "x86_64")]
+        if x86_direct() {
+            return lane_weight_grad(x, dy, s, stride, fused_weight_task);
+        }
+        return lane_weight_grad(x, dy, s, stride, portable_weight_task);
     }
     let (oh, ow) = ((s.h - 1) / stride + 1, (s.w - 1) / stride + 1);
     let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
@@ -500,51 +542,46 @@ fn lane_blocks(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<[f32; LANES]>
     out
 }
 
-/// [`weight_grad_at`] in plain arrays of 8 lanes (the browser's form, like [`portable_planes`]):
-/// one task per 8 output channels, 8 input channels and kernel tap, the 64 sums in 8 arrays of
-/// 8 output channels, summed image by image, the images' sums added in image order.
-fn portable_weight_grad(x: &[f32], dy: &[f32], s: Shape3, stride: usize) -> Vec<f32> {
+/// What a task of [`lane_weight_grad`] reads: the padded input blocks, the output gradient's
+/// blocks of 8 channels, the shape and the stride.
+#[derive(Clone, Copy)]
+struct LaneInputs<'a> {
+    xb: &'a [[f32; LANES]],
+    gb: &'a [[f32; LANES]],
+    s: Shape3,
+    stride: usize,
+}
+
+/// One task of [`lane_weight_grad`]: the sums of output block `o`, input block `b` and kernel
+/// tap `tap`, as `[input channel]` arrays of 8 output channels.
+type LaneWeightKernel = fn(LaneInputs, usize, usize, usize) -> [[f32; LANES]; LANES];
+
+/// [`weight_grad_at`] in blocks of 8 output channels: one task per output block, input block and
+/// kernel tap, computed by `kernel` ([`fused_weight_task`] with AVX2, [`portable_weight_task`] in
+/// the browser).
+fn lane_weight_grad(
+    x: &[f32],
+    dy: &[f32],
+    s: Shape3,
+    stride: usize,
+    kernel: LaneWeightKernel,
+) -> Vec<f32> {
     let (oh, ow) = ((s.h - 1) / stride + 1, (s.w - 1) / stride + 1);
     let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
     let gb = lane_blocks(dy, s.n, s.co, oh * ow);
+    let inputs = LaneInputs {
+        xb: &xb,
+        gb: &gb,
+        s,
+        stride,
+    };
     let (ib, ob) = (s.ci / LANES, s.co / LANES);
     let tasks: Vec<(usize, usize, usize)> = (0..ob)
         .flat_map(|o| (0..ib).flat_map(move |b| (0..9).map(move |tap| (o, b, tap))))
         .collect();
     let sums: Vec<[[f32; LANES]; LANES]> = tasks
         .par_iter()
-        .map(|&(o, b, tap)| {
-            let (ky, kx) = (tap / 3, tap % 3);
-            let (h, pw) = (s.h, s.w + 2);
-            let mut total = [[0.0f32; LANES]; LANES];
-            for img in 0..s.n {
-                let input = &xb[(img * ib + b) * (h + 2) * pw..][..(h + 2) * pw];
-                let grads = &gb[(img * ob + o) * oh * ow..][..oh * ow];
-                let mut acc = [[0.0f32; LANES]; LANES];
-                for y in 0..oh {
-                    // A row of the zero border adds nothing.
-                    let padded = y * stride + ky;
-                    if padded == 0 || padded == h + 1 {
-                        continue;
-                    }
-                    let row = &input[padded * pw..][..pw];
-                    for (xo, g) in grads[y * ow..][..ow].iter().enumerate() {
-                        let taps = &row[xo * stride + kx];
-                        for (sums, v) in acc.iter_mut().zip(taps) {
-                            for (sum, gv) in sums.iter_mut().zip(g) {
-                                *sum += v * gv;
-                            }
-                        }
-                    }
-                }
-                for (sums, image) in total.iter_mut().zip(&acc) {
-                    for (sum, v) in sums.iter_mut().zip(image) {
-                        *sum += v;
-                    }
-                }
-            }
-            total
-        })
+        .map(|&(o, b, tap)| kernel(inputs, o, b, tap))
         .collect();
     let mut dw = vec![0.0f32; s.co * s.ci * 9];
     for (&(o, b, tap), sum) in tasks.iter().zip(&sums) {
@@ -555,6 +592,106 @@ fn portable_weight_grad(x: &[f32], dy: &[f32], s: Shape3, stride: usize) -> Vec<
         }
     }
     dw
+}
+
+/// A task of [`lane_weight_grad`] in plain arrays of 8 lanes (the browser's form, like
+/// [`portable_planes`]: separate multiplies and adds), the 64 sums summed image by image, the
+/// images' sums added in image order.
+fn portable_weight_task(a: LaneInputs, o: usize, b: usize, tap: usize) -> [[f32; LANES]; LANES] {
+    let LaneInputs { xb, gb, s, stride } = a;
+    let (oh, ow) = ((s.h - 1) / stride + 1, (s.w - 1) / stride + 1);
+    let (ib, ob) = (s.ci / LANES, s.co / LANES);
+    let (ky, kx) = (tap / 3, tap % 3);
+    let (h, pw) = (s.h, s.w + 2);
+    let mut total = [[0.0f32; LANES]; LANES];
+    for img in 0..s.n {
+        let input = &xb[(img * ib + b) * (h + 2) * pw..][..(h + 2) * pw];
+        let grads = &gb[(img * ob + o) * oh * ow..][..oh * ow];
+        let mut acc = [[0.0f32; LANES]; LANES];
+        for y in 0..oh {
+            // A row of the zero border adds nothing.
+            let padded = y * stride + ky;
+            if padded == 0 || padded == h + 1 {
+                continue;
+            }
+            let row = &input[padded * pw..][..pw];
+            for (xo, g) in grads[y * ow..][..ow].iter().enumerate() {
+                let taps = &row[xo * stride + kx];
+                for (sums, v) in acc.iter_mut().zip(taps) {
+                    for (sum, gv) in sums.iter_mut().zip(g) {
+                        *sum += v * gv;
+                    }
+                }
+            }
+        }
+        for (sums, image) in total.iter_mut().zip(&acc) {
+            for (sum, v) in sums.iter_mut().zip(image) {
+                *sum += v;
+            }
+        }
+    }
+    total
+}
+
+/// A task of [`lane_weight_grad`] with AVX2 and FMA: 8 registers of 8 output channels (one per
+/// input channel), each weight's products added by fused multiply-adds in the order of the
+/// AVX-512 form ([`WeightTask`]), so the same result.
+#[cfg(target_arch = "x86_64")]
+fn fused_weight_task(a: LaneInputs, o: usize, b: usize, tap: usize) -> [[f32; LANES]; LANES] {
+    let simd = pulp::x86::V3::try_new().expect("chosen only with AVX2 and FMA");
+    simd.vectorize(FusedWeightTask { simd, a, o, b, tap })
+}
+
+/// [`fused_weight_task`]'s work, compiled with AVX2 and FMA by `pulp`.
+#[cfg(target_arch = "x86_64")]
+struct FusedWeightTask<'a> {
+    simd: pulp::x86::V3,
+    a: LaneInputs<'a>,
+    o: usize,
+    b: usize,
+    tap: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for FusedWeightTask<'_> {
+    type Output = [[f32; LANES]; LANES];
+
+    #[inline(always)]
+    fn call(self) -> Self::Output {
+        use pulp::f32x8;
+        let FusedWeightTask { simd, a, o, b, tap } = self;
+        let LaneInputs { xb, gb, s, stride } = a;
+        let (oh, ow) = ((s.h - 1) / stride + 1, (s.w - 1) / stride + 1);
+        let (ib, ob) = (s.ci / LANES, s.co / LANES);
+        let (ky, kx) = (tap / 3, tap % 3);
+        let (h, pw) = (s.h, s.w + 2);
+        let zero = simd.splat_f32x8(0.0);
+        let mut total = [zero; LANES];
+        for img in 0..s.n {
+            let input = &xb[(img * ib + b) * (h + 2) * pw..][..(h + 2) * pw];
+            let grads = &gb[(img * ob + o) * oh * ow..][..oh * ow];
+            let mut acc = [zero; LANES];
+            for y in 0..oh {
+                // A row of the zero border adds nothing (as in the AVX-512 form).
+                let padded = y * stride + ky;
+                if padded == 0 || padded == h + 1 {
+                    continue;
+                }
+                let row = &input[padded * pw..][..pw];
+                for (xo, g) in grads[y * ow..][..ow].iter().enumerate() {
+                    let g: f32x8 = pulp::cast(*g);
+                    let taps = &row[xo * stride + kx];
+                    for (sum, v) in acc.iter_mut().zip(taps) {
+                        *sum = simd.mul_add_f32x8(simd.splat_f32x8(*v), g, *sum);
+                    }
+                }
+            }
+            for (sum, image) in total.iter_mut().zip(&acc) {
+                *sum = simd.add_f32x8(*sum, *image);
+            }
+        }
+        total.map(pulp::cast)
+    }
 }
 
 /// One task of [`weight_grad`]: the sums for output pair `p`, input block `b`, kernel row `dy`,
@@ -659,7 +796,7 @@ impl pulp::NullaryFnOnce for WeightTask<'_> {
 const GROUP: usize = 2;
 
 /// `ins` blocked padded input channels (`h x w` planes) to `outs` NCHW output channels, at
-/// `stride` 1 (outputs `h x w`) or 2 (outputs `(h + 1) / 2 x (w + 1) / 2`; AVX-512 only).
+/// `stride` 1 (outputs `h x w`) or 2 (outputs `(h + 1) / 2 x (w + 1) / 2`; x86 only).
 #[allow(clippy::too_many_arguments)]
 fn convolve(
     xb: &[[f32; LANES]],
@@ -705,8 +842,7 @@ fn convolve(
             });
         return out;
     }
-    assert_eq!(stride, 1, "the strided direct convolution needs AVX-512");
-    convolve_blocks(xb, wb, (ib, ob, h, w), &mut out, block_planes);
+    convolve_blocks(xb, wb, (ib, ob, h, w, stride), &mut out, block_planes);
     out
 }
 
@@ -714,25 +850,26 @@ fn convolve(
 /// (the tests also pass [`portable_planes`]).
 type BlockKernel = fn(&[[f32; LANES]], &[[f32; LANES]], Plane, &mut [f32]);
 
-/// [`convolve`] at stride 1 in blocks of 8 output channels, `ib` input and `ob` output blocks of
-/// `h x w` planes, into `out`: one task per image and block (or pair of blocks), computed by
+/// [`convolve`] in blocks of 8 output channels, `ib` input and `ob` output blocks, input planes
+/// `h x w` at `stride`, into `out`: one task per image and block (or pair of blocks), computed by
 /// `kernel`.
 fn convolve_blocks(
     xb: &[[f32; LANES]],
     wb: &[[f32; LANES]],
-    (ib, ob, h, w): (usize, usize, usize, usize),
+    (ib, ob, h, w, stride): (usize, usize, usize, usize, usize),
     out: &mut [f32],
     kernel: BlockKernel,
 ) {
+    let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
     let image = ib * (h + 2) * (w + 2);
     let filters = ib * 9 * LANES;
     // Rows of 8 or more fill a tile of one block; narrower planes pair output blocks.
-    let group = if !w.is_multiple_of(8) && ob.is_multiple_of(GROUP) {
+    let group = if !ow.is_multiple_of(8) && ob.is_multiple_of(GROUP) {
         GROUP
     } else {
         1
     };
-    out.par_chunks_mut(group * LANES * h * w)
+    out.par_chunks_mut(group * LANES * oh * ow)
         .enumerate()
         .for_each(|(task, planes)| {
             let (img, first) = (task / (ob / group), task % (ob / group) * group);
@@ -740,10 +877,10 @@ fn convolve_blocks(
             let weight = &wb[first * filters..][..group * filters];
             let shape = Plane {
                 ib,
-                h,
-                w,
+                h: oh,
+                w: ow,
                 group,
-                stride: 1,
+                stride,
                 pw: w + 2,
                 ph: h + 2,
             };
@@ -1013,6 +1150,7 @@ fn block_planes(input: &[[f32; LANES]], weight: &[[f32; LANES]], p: Plane, plane
 /// (two `v128` for each in the browser's wasm, built with `simd128`): separate multiplies and
 /// adds, no fused multiply-add, summed in the same order as the x86 forms.
 fn portable_planes(input: &[[f32; LANES]], weight: &[[f32; LANES]], p: Plane, planes: &mut [f32]) {
+    assert_eq!(p.stride, 1, "the portable tiles have stride 1");
     // 8 vectors of accumulators: four columns of one block, or two columns of two blocks.
     match (p.group, p.w % 4, p.w % 2) {
         (1, 0, _) => portable_tiles::<1, 4>(input, weight, p, planes),
@@ -1029,9 +1167,10 @@ fn portable_tiles<const G: usize, const T: usize>(
     p: Plane,
     planes: &mut [f32],
 ) {
-    let Plane { ib, h, w, .. } = p;
-    let pw = w + 2;
-    let plane = (h + 2) * pw;
+    let Plane {
+        ib, h, w, pw, ph, ..
+    } = p;
+    let plane = ph * pw;
     let filters = ib * 9 * LANES;
     for y in 0..h {
         for x0 in (0..w).step_by(T) {
@@ -1091,31 +1230,35 @@ impl pulp::NullaryFnOnce for Block<'_> {
             p,
             planes,
         } = self;
-        // 8 accumulators: two output blocks by four columns (or two rows by two columns); one
-        // output block by eight columns where blocks do not pair.
-        match (p.group, p.w % 8, p.w % 4) {
-            (1, 0, _) => tiles::<1, 1, 8>(simd, input, weight, p, planes),
-            (1, _, _) => tiles::<1, 1, 1>(simd, input, weight, p, planes),
-            (_, _, 0) => tiles::<2, 1, 4>(simd, input, weight, p, planes),
-            _ => tiles::<2, 1, 1>(simd, input, weight, p, planes),
+        // 8 accumulators: two output blocks by four columns; one output block by eight columns
+        // where blocks do not pair.
+        let a = (simd, input, weight, p);
+        match (p.stride, p.group, p.w % 8, p.w % 4) {
+            (1, 1, 0, _) => tiles::<1, 1, 8, 1>(a, planes),
+            (1, 1, _, _) => tiles::<1, 1, 1, 1>(a, planes),
+            (1, _, _, 0) => tiles::<2, 1, 4, 1>(a, planes),
+            (1, ..) => tiles::<2, 1, 1, 1>(a, planes),
+            (_, 1, 0, _) => tiles::<1, 1, 8, 2>(a, planes),
+            (_, 1, _, _) => tiles::<1, 1, 1, 2>(a, planes),
+            (_, _, _, 0) => tiles::<2, 1, 4, 2>(a, planes),
+            _ => tiles::<2, 1, 1, 2>(a, planes),
         }
     }
 }
 
-/// [`block_planes`] in tiles of `G` output blocks by `R` rows by `T` columns.
+/// [`block_planes`] in tiles of `G` output blocks by `R` rows by `T` columns, at stride `S`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn tiles<const G: usize, const R: usize, const T: usize>(
-    simd: pulp::x86::V3,
-    input: &[[f32; LANES]],
-    weight: &[[f32; LANES]],
-    p: Plane,
+#[allow(clippy::type_complexity)]
+fn tiles<const G: usize, const R: usize, const T: usize, const S: usize>(
+    (simd, input, weight, p): (pulp::x86::V3, &[[f32; LANES]], &[[f32; LANES]], Plane),
     planes: &mut [f32],
 ) {
     use pulp::f32x8;
-    let Plane { ib, h, w, .. } = p;
-    let pw = w + 2;
-    let plane = (h + 2) * pw;
+    let Plane {
+        ib, h, w, pw, ph, ..
+    } = p;
+    let plane = ph * pw;
     let filters = ib * 9 * LANES;
     let vector = |a: [f32; LANES]| -> f32x8 { pulp::bytemuck::cast(a) };
     for y0 in (0..h).step_by(R) {
@@ -1126,9 +1269,10 @@ fn tiles<const G: usize, const R: usize, const T: usize>(
                 let blocks: [&[[f32; LANES]]; G] =
                     std::array::from_fn(|g| &weight[g * filters + b * 9 * LANES..][..9 * LANES]);
                 for dy in 0..3 {
-                    // The `R` input rows this kernel row reads, `T + 2` pixels each.
-                    let rows: [&[[f32; LANES]]; R] =
-                        std::array::from_fn(|r| &channels[(y0 + r + dy) * pw + x0..][..T + 2]);
+                    // The `R` input rows this kernel row reads, `(T - 1) * S + 3` pixels each.
+                    let rows: [&[[f32; LANES]]; R] = std::array::from_fn(|r| {
+                        &channels[((y0 + r) * S + dy) * pw + x0 * S..][..(T - 1) * S + 3]
+                    });
                     for dx in 0..3 {
                         let tap = (dy * 3 + dx) * LANES;
                         for c in 0..LANES {
@@ -1136,7 +1280,7 @@ fn tiles<const G: usize, const R: usize, const T: usize>(
                                 std::array::from_fn(|g| vector(blocks[g][tap + c]));
                             for r in 0..R {
                                 for t in 0..T {
-                                    let v = simd.splat_f32x8(rows[r][t + dx][c]);
+                                    let v = simd.splat_f32x8(rows[r][t * S + dx][c]);
                                     for g in 0..G {
                                         acc[g][r][t] = simd.mul_add_f32x8(v, wv[g], acc[g][r][t]);
                                     }
@@ -1326,7 +1470,7 @@ mod tests {
         let xb = padded_blocks(x, s.n, s.ci, s.h, s.w);
         let wb = weight_blocks(weight, s.co, s.ci, false);
         let mut out = vec![0.0f32; s.n * s.co * s.h * s.w];
-        let blocks = (s.ci / LANES, s.co / LANES, s.h, s.w);
+        let blocks = (s.ci / LANES, s.co / LANES, s.h, s.w, 1);
         convolve_blocks(&xb, &wb, blocks, &mut out, portable_planes);
         out
     }
@@ -1401,10 +1545,10 @@ mod tests {
 
     #[test]
     fn the_strided_direct_convolution_is_the_convolution_at_stride_2() {
-        if !wide() {
+        if !x86_direct() {
             return;
         }
-        for s in SHAPES.into_iter().filter(|s| s.co % 16 == 0) {
+        for s in SHAPES {
             let x = data(s.n * s.ci * s.h * s.w, 4);
             let w = data(s.co * s.ci * 9, 5);
             let what = format!("stride 2 {s:?}");
@@ -1415,7 +1559,7 @@ mod tests {
             );
         }
         // Its weight gradient: the stride-1 one's with the output gradient zero at odd places.
-        for s in SHAPES.into_iter().filter(|s| s.co % 16 == 0) {
+        for s in SHAPES.into_iter().filter(|s| s.co % 16 == 0 || !wide()) {
             let (oh, ow) = (s.h.div_ceil(2), s.w.div_ceil(2));
             let x = data(s.n * s.ci * s.h * s.w, 8);
             let dy = data(s.n * s.co * oh * ow, 9);
@@ -1552,7 +1696,7 @@ mod tests {
 
     #[test]
     fn the_weight_gradient_sums_over_images_and_positions() {
-        if !wide() {
+        if !x86_direct() {
             return;
         }
         for s in WEIGHT_GRAD_SHAPES {
@@ -1578,7 +1722,130 @@ mod tests {
             let dy = data(s.n * s.co * s.h * s.w, 8);
             let want = naive_weight_grad(&x, &dy, s);
             let what = format!("portable {s:?}");
-            close(&portable_weight_grad(&x, &dy, s, 1), &want, &what);
+            let portable = lane_weight_grad(&x, &dy, s, 1, portable_weight_task);
+            close(&portable, &want, &what);
+        }
+    }
+
+    /// The input value at padded place (`py`, `px`) of channel `i` of image `img`: 0 on the border.
+    fn padded_value(x: &[f32], s: Shape3, img: usize, i: usize, py: usize, px: usize) -> f32 {
+        match (1..=s.h).contains(&py) && (1..=s.w).contains(&px) {
+            true => x[((img * s.ci + i) * s.h + py - 1) * s.w + px - 1],
+            false => 0.0,
+        }
+    }
+
+    /// The convolution at `stride` as the x86 forms sum it, one value at a time: for each output,
+    /// fused multiply-adds over input blocks, kernel rows, columns and the block's channels in
+    /// that order, the border's zeros included.
+    fn ordered_forward(x: &[f32], weight: &[f32], s: Shape3, stride: usize) -> Vec<f32> {
+        let (oh, ow) = ((s.h - 1) / stride + 1, (s.w - 1) / stride + 1);
+        let mut out = vec![0.0f32; s.n * s.co * oh * ow];
+        for img in 0..s.n {
+            for o in 0..s.co {
+                for y in 0..oh {
+                    for xo in 0..ow {
+                        let mut acc = 0.0f32;
+                        for b in 0..s.ci / LANES {
+                            for tap in 0..9 {
+                                let (ky, kx) = (tap / 3, tap % 3);
+                                for c in 0..LANES {
+                                    let i = b * LANES + c;
+                                    let (py, px) = (y * stride + ky, xo * stride + kx);
+                                    let v = padded_value(x, s, img, i, py, px);
+                                    acc = v.mul_add(weight[(o * s.ci + i) * 9 + tap], acc);
+                                }
+                            }
+                        }
+                        out[((img * s.co + o) * oh + y) * ow + xo] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The weight gradient at `stride` as the x86 forms sum it: for each weight, image by image
+    /// fused multiply-adds over the output rows (those reading the zero border rows left out)
+    /// and columns in order, the images' sums added in image order.
+    fn ordered_weight_grad(x: &[f32], dy: &[f32], s: Shape3, stride: usize) -> Vec<f32> {
+        let (oh, ow) = ((s.h - 1) / stride + 1, (s.w - 1) / stride + 1);
+        let mut dw = vec![0.0f32; s.co * s.ci * 9];
+        for o in 0..s.co {
+            for i in 0..s.ci {
+                for tap in 0..9 {
+                    let (ky, kx) = (tap / 3, tap % 3);
+                    let mut total = 0.0f32;
+                    for img in 0..s.n {
+                        let mut acc = 0.0f32;
+                        for y in 0..oh {
+                            let py = y * stride + ky;
+                            if py == 0 || py == s.h + 1 {
+                                continue;
+                            }
+                            for xo in 0..ow {
+                                let v = padded_value(x, s, img, i, py, xo * stride + kx);
+                                let g = dy[((img * s.co + o) * oh + y) * ow + xo];
+                                acc = v.mul_add(g, acc);
+                            }
+                        }
+                        total += acc;
+                    }
+                    dw[(o * s.ci + i) * 9 + tap] = total;
+                }
+            }
+        }
+        dw
+    }
+
+    /// The AVX2 and the AVX-512 forms give the same bits: each is compared with the one order of
+    /// fused multiply-adds they share, on the machine's form (CI's machines have AVX-512, others
+    /// AVX2 alone), at both strides, on the shapes where both run (16 output channels a block
+    /// pair), the planes by rows, the fixed 4x4 and 8x8 ones and the tiled ones among them.
+    #[test]
+    fn the_x86_forms_sum_in_one_order_bit_for_bit() {
+        if !x86_direct() {
+            return;
+        }
+        let extra = [
+            Shape3 {
+                n: 2,
+                ci: 16,
+                co: 32,
+                h: 16,
+                w: 16,
+            },
+            Shape3 {
+                n: 1,
+                ci: 8,
+                co: 16,
+                h: 32,
+                w: 32,
+            },
+        ];
+        let shapes = SHAPES.into_iter().chain(extra).filter(|s| s.co % 16 == 0);
+        for s in shapes {
+            let (oh, ow) = (s.h.div_ceil(2), s.w.div_ceil(2));
+            let x = data(s.n * s.ci * s.h * s.w, 12);
+            let weight = data(s.co * s.ci * 9, 13);
+            let dy = data(s.n * s.co * s.h * s.w, 14);
+            let dy2 = data(s.n * s.co * oh * ow, 15);
+            let what = format!("{s:?}");
+            let want = ordered_forward(&x, &weight, s, 1);
+            assert_eq!(
+                bits(&forward(&x, &weight, s)),
+                bits(&want),
+                "forward {what}"
+            );
+            let want = ordered_forward(&x, &weight, s, 2);
+            let got = forward_strided(&x, &weight, s);
+            assert_eq!(bits(&got), bits(&want), "stride 2 {what}");
+            let want = ordered_weight_grad(&x, &dy, s, 1);
+            let got = weight_grad(&x, &dy, s);
+            assert_eq!(bits(&got), bits(&want), "weight gradient {what}");
+            let want = ordered_weight_grad(&x, &dy2, s, 2);
+            let got = weight_grad_strided(&x, &dy2, s);
+            assert_eq!(bits(&got), bits(&want), "stride-2 weight gradient {what}");
         }
     }
 
