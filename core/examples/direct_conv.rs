@@ -4,13 +4,13 @@
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release --example direct_conv -- 16
 //!
-//! Columns: forward by Burn (`conv2d` on flex) and direct; input gradient by Burn
-//! (`conv2d_x_backward`: a transposed convolution on flex) and direct; weight gradient by Burn
-//! (`conv2d_weight_backward`) and direct. A second table: the stride-2 convolutions of the stage
-//! transitions, forward and weight gradient by the column matrices (`cpu::conv`, as
-//! `cpu::conv2d` computes them where the direct one is not chosen) and direct. Every shape is
-//! timed, including those `cpu::conv2d` leaves to the column version on this CPU (with AVX2
-//! alone, planes under `direct::MIN_PLANE`).
+//! Columns: forward by Burn (`conv2d` on flex), by the column matrices (`cpu::conv`, which
+//! `cpu::conv2d` runs where the direct one is not chosen) and direct; input gradient by Burn
+//! (`conv2d_x_backward`: a transposed convolution on flex, which `cpu::conv2d` runs where the
+//! direct one is not chosen) and direct; weight gradient by Burn (`conv2d_weight_backward`), by
+//! the column matrices and direct. A second table: the stride-2 convolutions of the stage
+//! transitions, forward and weight gradient by the column matrices and direct. Every shape is
+//! timed, including those `cpu::conv2d` leaves to the other versions on this CPU.
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::module::conv2d;
@@ -38,9 +38,9 @@ fn main() {
     assert!(direct::supported(), "this CPU has no AVX2 and FMA");
     let (n, reps) = (128, 5);
     println!(
-        "| layer | fwd Burn | fwd direct | input grad Burn | input grad direct | weight grad Burn | weight grad direct |"
+        "| layer | fwd Burn | fwd columns | fwd direct | input grad Burn | input grad direct | weight grad Burn | weight grad columns | weight grad direct |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (c, hw) in [(width, 32), (2 * width, 16), (4 * width, 8), (8 * width, 4)] {
         let x = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.0, 1.0), &device);
         let w = Tensor::<4>::random([c, c, 3, 3], Distribution::Normal(0.0, 0.1), &device);
@@ -86,8 +86,9 @@ fn main() {
         let dw = ms(reps, || {
             std::hint::black_box(direct::weight_grad(&xv, &dv, s));
         });
+        let (fwd_cols, dw_cols) = by_columns(c, c, hw, 1, (&xv, &wv, &dv), reps, &device);
         println!(
-            "| {c} ch {hw}x{hw} | {burn_fwd:.1} | {fwd:.1} | {burn_dx:.1} | {dx:.1} | {burn_dw:.1} | {dw:.1} |"
+            "| {c} ch {hw}x{hw} | {burn_fwd:.1} | {fwd_cols:.1} | {fwd:.1} | {burn_dx:.1} | {dx:.1} | {burn_dw:.1} | {dw_cols:.1} | {dw:.1} |"
         );
     }
     strided(width, n, reps, &device);
@@ -95,42 +96,17 @@ fn main() {
 
 /// The stride-2 table: column matrices against the direct convolution.
 fn strided(width: usize, n: usize, reps: usize, device: &Device) {
-    use cleanse_core::cpu::conv::{self, ConvGeometry};
     println!();
     println!("| stride 2 | fwd columns | fwd direct | weight grad columns | weight grad direct |");
     println!("|---|---|---|---|---|");
-    for (c, hw) in [(width, 32), (2 * width, 16), (4 * width, 8)] {
-        let g = ConvGeometry {
-            n,
-            ci: c,
-            h: hw,
-            w: hw,
-            co: 2 * c,
-            kh: 3,
-            kw: 3,
-            stride: [2, 2],
-            padding: [(1, 1), (1, 1)],
-        };
-        let (k, l) = (g.rows(), g.cols());
-        let data = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((i * 7919) % 211) as f32 / 100.0 - 1.0)
-                .collect()
-        };
+    for (c, hw) in [(width, 32usize), (2 * width, 16), (4 * width, 8)] {
+        let l = hw.div_ceil(2) * hw.div_ceil(2);
         let (xv, wv, dv) = (
             data(n * c * hw * hw),
             data(2 * c * c * 9),
             data(n * 2 * c * l),
         );
-        let w = Tensor::<3>::from_data(TensorData::new(wv.clone(), [1, 2 * c, k]), device);
-        let fwd_cols = ms(reps, || {
-            for images in g.chunks(1) {
-                let cols = conv::columns(&xv, &g, images.clone(), 1);
-                let cols =
-                    Tensor::<3>::from_data(TensorData::new(cols, [images.len(), k, l]), device);
-                let _ = w.clone().matmul(cols).into_data();
-            }
-        });
+        let (fwd_cols, dw_cols) = by_columns(c, 2 * c, hw, 2, (&xv, &wv, &dv), reps, device);
         let s = Shape3 {
             n,
             ci: c,
@@ -141,25 +117,6 @@ fn strided(width: usize, n: usize, reps: usize, device: &Device) {
         let fwd = ms(reps, || {
             std::hint::black_box(direct::forward_strided(&xv, &wv, s));
         });
-        let group = g.group();
-        let dw_cols = ms(reps, || {
-            let mut dw = vec![0.0f32; 2 * c * k];
-            for images in g.chunks(group) {
-                let groups = images.len().div_ceil(group);
-                let members = images.len() / groups;
-                let cols = conv::columns(&xv, &g, images.clone(), members);
-                let rows = conv::group_rows(&dv, &g, images, members);
-                let cols =
-                    Tensor::<3>::from_data(TensorData::new(cols, [groups, k, members * l]), device);
-                let rows = Tensor::<3>::from_data(
-                    TensorData::new(rows, [groups, 2 * c, members * l]),
-                    device,
-                );
-                let parts = rows.matmul(cols.swap_dims(1, 2)).into_data();
-                conv::add_images(&mut dw, &parts.try_to_vec::<f32>().expect("f32"));
-            }
-            std::hint::black_box(dw);
-        });
         let dw = ms(reps, || {
             std::hint::black_box(direct::weight_grad_strided(&xv, &dv, s));
         });
@@ -169,4 +126,66 @@ fn strided(width: usize, n: usize, reps: usize, device: &Device) {
             hw / 2
         );
     }
+}
+
+/// Values in [-1, 1) without a random generator.
+fn data(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919) % 211) as f32 / 100.0 - 1.0)
+        .collect()
+}
+
+/// Milliseconds of the forward pass and the weight gradient by the column matrices (`cpu::conv`,
+/// as `cpu::conv2d` computes them where the direct convolution is not chosen) of a 3x3
+/// convolution of `ci` to `co` channels on `hw x hw` planes at `stride`, padding 1, for the
+/// input, weight and output gradient `(x, w, dy)`.
+fn by_columns(
+    ci: usize,
+    co: usize,
+    hw: usize,
+    stride: usize,
+    (xv, wv, dv): (&[f32], &[f32], &[f32]),
+    reps: usize,
+    device: &Device,
+) -> (f64, f64) {
+    use cleanse_core::cpu::conv::{self, ConvGeometry};
+    let n = xv.len() / (ci * hw * hw);
+    let g = ConvGeometry {
+        n,
+        ci,
+        h: hw,
+        w: hw,
+        co,
+        kh: 3,
+        kw: 3,
+        stride: [stride, stride],
+        padding: [(1, 1), (1, 1)],
+    };
+    let (k, l) = (g.rows(), g.cols());
+    let w = Tensor::<3>::from_data(TensorData::new(wv.to_vec(), [1, co, k]), device);
+    let fwd = ms(reps, || {
+        for images in g.chunks(1) {
+            let cols = conv::columns(xv, &g, images.clone(), 1);
+            let cols = Tensor::<3>::from_data(TensorData::new(cols, [images.len(), k, l]), device);
+            let _ = w.clone().matmul(cols).into_data();
+        }
+    });
+    let group = g.group();
+    let dw = ms(reps, || {
+        let mut dw = vec![0.0f32; co * k];
+        for images in g.chunks(group) {
+            let groups = images.len().div_ceil(group);
+            let members = images.len() / groups;
+            let cols = conv::columns(xv, &g, images.clone(), members);
+            let rows = conv::group_rows(dv, &g, images, members);
+            let cols =
+                Tensor::<3>::from_data(TensorData::new(cols, [groups, k, members * l]), device);
+            let rows =
+                Tensor::<3>::from_data(TensorData::new(rows, [groups, co, members * l]), device);
+            let parts = rows.matmul(cols.swap_dims(1, 2)).into_data();
+            conv::add_images(&mut dw, &parts.try_to_vec::<f32>().expect("f32"));
+        }
+        std::hint::black_box(dw);
+    });
+    (fwd, dw)
 }

@@ -5,7 +5,9 @@
 //! gradient of the stride-2 convolutions of the stage transitions ([`forward_strided`],
 //! [`weight_grad_strided`]). The AVX2 and the AVX-512 forms sum every output in the same order
 //! with the same fused multiply-adds: the same bits on either kind of CPU for a call both run
-//! (with AVX2 alone, planes under [`MIN_PLANE`] keep the column matrices).
+//! (with AVX2 alone, planes under [`MIN_PLANE`] and the many channels of width 64's later
+//! stages keep the column matrices: [`AVX2_MAX_CHANNELS`], [`AVX2_MAX_WEIGHT_GRAD_CHANNELS`],
+//! [`AVX2_MAX_STRIDED_CHANNELS`]).
 //!
 //! Layout: channels in blocks of [`LANES`] (one 256-bit vector), innermost. The input is copied
 //! once per call into `[n][c / 8][h + 2][w + 2][8]`, with the padding written as zeros so that
@@ -63,10 +65,16 @@ fn portable() -> bool {
 /// (BENCHMARKS.md); with AVX-512 the direct convolution is used on every plane.
 pub const MIN_PLANE: usize = 64;
 
+/// The most channels for which the forward pass and the input gradient run directly without
+/// AVX-512; above it (width 64's 16x16 and 8x8 stages) the column matrices' forward pass and
+/// Burn's transposed convolution were faster on a CPU with AVX2 alone (BENCHMARKS.md,
+/// 2026-12-07, second session).
+pub const AVX2_MAX_CHANNELS: usize = 64;
+
 /// The most input channels for which the weight gradient runs directly without AVX-512; above
-/// it (width 64's later stages) the column matrices' products were faster on a CPU with AVX2
-/// alone (BENCHMARKS.md, 2026-12-07).
-pub const AVX2_MAX_WEIGHT_GRAD_CHANNELS: usize = 64;
+/// it (width 64's 8x8 and 4x4 stages) the column matrices' products were faster on a CPU with
+/// AVX2 alone (BENCHMARKS.md, 2026-12-07, second session).
+pub const AVX2_MAX_WEIGHT_GRAD_CHANNELS: usize = 128;
 
 /// The most input channels for which the stride-2 convolution runs directly without AVX-512
 /// (measured as [`AVX2_MAX_WEIGHT_GRAD_CHANNELS`]).
@@ -101,11 +109,13 @@ pub fn applies(
 }
 
 /// Whether the CPU convolution of `g`'s shape runs directly here: the one place that decides
-/// (this machine runs it, the shape is one it computes, the plane is large enough).
+/// (this machine runs it, the shape is one it computes; without AVX-512 the plane is large
+/// enough and, with AVX2, the channels at most [`AVX2_MAX_CHANNELS`]).
 pub fn chosen(g: &super::conv::ConvGeometry) -> bool {
-    applies(g.ci, g.co, [g.kh, g.kw], g.stride, g.padding)
-        && supported()
-        && (g.h * g.w >= MIN_PLANE || wide())
+    let here = wide()
+        || (g.h * g.w >= MIN_PLANE
+            && (portable() || (x86_direct() && g.ci.max(g.co) <= AVX2_MAX_CHANNELS)));
+    applies(g.ci, g.co, [g.kh, g.kw], g.stride, g.padding) && here
 }
 
 /// Whether `g` is a 3x3 convolution of stride 2 and padding 1 (the models' stage transitions)
@@ -677,13 +687,14 @@ impl pulp::NullaryFnOnce for FusedWeightTask<'_> {
                 if padded == 0 || padded == h + 1 {
                     continue;
                 }
-                let row = &input[padded * pw..][..pw];
-                for (xo, g) in grads[y * ow..][..ow].iter().enumerate() {
+                // The pixels by iterators: with an index checked in this loop the compiler kept
+                // one accumulator on the stack and copied the others each pixel.
+                let row = &input[padded * pw + kx..][..pw - kx];
+                for (g, taps) in grads[y * ow..][..ow].iter().zip(row.iter().step_by(stride)) {
                     let g: f32x8 = pulp::cast(*g);
-                    let taps = &row[xo * stride + kx];
-                    for (sum, v) in acc.iter_mut().zip(taps) {
-                        *sum = simd.mul_add_f32x8(simd.splat_f32x8(*v), g, *sum);
-                    }
+                    acc = std::array::from_fn(|c| {
+                        simd.mul_add_f32x8(simd.splat_f32x8(taps[c]), g, acc[c])
+                    });
                 }
             }
             for (sum, image) in total.iter_mut().zip(&acc) {
@@ -1275,7 +1286,11 @@ fn tiles<const G: usize, const R: usize, const T: usize, const S: usize>(
                     });
                     for dx in 0..3 {
                         let tap = (dy * 3 + dx) * LANES;
-                        for c in 0..LANES {
+                        // A loop the compiler cannot unroll: unrolled, it loads the broadcasts
+                        // of all 8 channels (and taps) ahead, more than the 16 registers hold,
+                        // and stores and reloads 32 bytes for each 4-byte load.
+                        for c in 0..std::hint::black_box(LANES) {
+                            let c = c % LANES;
                             let wv: [f32x8; G] =
                                 std::array::from_fn(|g| vector(blocks[g][tap + c]));
                             for r in 0..R {
@@ -1856,5 +1871,48 @@ mod tests {
         assert!(!applies(16, 12, [3, 3], [1, 1], [(1, 1), (1, 1)]));
         assert!(!applies(16, 32, [3, 3], [2, 2], [(1, 1), (1, 1)]));
         assert!(!applies(16, 32, [1, 1], [1, 1], [(0, 0), (0, 0)]));
+    }
+
+    /// Which op runs which ResNet-18 stage here: with AVX-512 every 3x3 stride-1 stage; with
+    /// AVX2 alone the direct forward pass up to 64 channels on planes of at least 64 and the
+    /// direct weight gradient up to 128 input channels; the stride-2 ones up to 32.
+    #[test]
+    fn each_cpu_kind_chooses_the_stages_it_was_measured_fastest_on() {
+        let at = |c: usize, co: usize, hw: usize, stride: usize| super::super::conv::ConvGeometry {
+            n: 2,
+            ci: c,
+            h: hw,
+            w: hw,
+            co,
+            kh: 3,
+            kw: 3,
+            stride: [stride, stride],
+            padding: [(1, 1), (1, 1)],
+        };
+        let stages = [(16, 32), (64, 32), (128, 16), (256, 8), (512, 4), (128, 4)];
+        let forward: Vec<bool> = stages
+            .iter()
+            .map(|&(c, hw)| chosen(&at(c, c, hw, 1)))
+            .collect();
+        let weight: Vec<bool> = stages
+            .iter()
+            .map(|&(c, hw)| chosen_for_weight_grad(&at(c, c, hw, 1)))
+            .collect();
+        let strided: Vec<bool> = [(16, 32), (32, 16), (64, 32)]
+            .iter()
+            .map(|&(c, hw)| chosen_strided(&at(c, 2 * c, hw, 2)))
+            .collect();
+        if wide() {
+            assert_eq!(forward, [true; 6]);
+            assert_eq!(weight, [true; 6]);
+            assert_eq!(strided, [true; 3]);
+        } else if x86_direct() {
+            assert_eq!(forward, [true, true, false, false, false, false]);
+            assert_eq!(weight, [true, true, true, false, false, false]);
+            assert_eq!(strided, [true, true, false]);
+        } else if !portable() {
+            assert_eq!(forward, [false; 6]);
+            assert_eq!(strided, [false; 3]);
+        }
     }
 }
