@@ -5,16 +5,21 @@
 use std::path::Path;
 use std::process::Command;
 
-fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// `git -C root ARGS`'s output, or what went wrong; tried three times (a build once recorded
+/// `unknown` in a checkout where the same command succeeded a minute later).
+fn git(root: &Path, args: &[&str]) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match Command::new("git").arg("-C").arg(root).args(args).output() {
+            Ok(out) if out.status.success() => {
+                return Ok(String::from_utf8_lossy(&out.stdout).trim().to_string());
+            }
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Err(last)
 }
 
 fn main() {
@@ -27,13 +32,24 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     let commit = match git(&root, &["rev-parse", "HEAD"]) {
-        Some(c) => {
+        Ok(c) => {
             let mut args = vec!["status", "--porcelain", "--untracked-files=no", "--"];
             args.extend(sources);
-            let changed = git(&root, &args).is_none_or(|s| !s.is_empty());
+            let changed = git(&root, &args).map_or(true, |s| !s.is_empty());
             format!("{c}{}", if changed { "+changes" } else { "" })
         }
-        None => "unknown".to_string(),
+        Err(why) => {
+            // Outside a checkout `unknown` is expected; inside one it would leave the manifests
+            // of the runs this build archives without their commit, so say so.
+            if root.join(".git").exists() {
+                println!(
+                    "cargo:warning=the commit of {} could not be read ({why}): runs archived by \
+                     this build record the commit `unknown`; build again",
+                    root.display()
+                );
+            }
+            "unknown".to_string()
+        }
     };
     println!("cargo:rustc-env=CLEANSE_COMMIT={commit}");
 }

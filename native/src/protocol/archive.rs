@@ -663,6 +663,19 @@ impl Archive {
             arithmetic.push(arithmetic_now);
         }
         let earlier_wall = earlier.as_ref().and_then(|p| p.wall_seconds).unwrap_or(0.0);
+        if commit() == "unknown" || commit().ends_with("+changes") {
+            eprintln!(
+                "archive: {}: this program was built from {}, which its manifest records",
+                run.name,
+                match commit() {
+                    "unknown" => "sources whose commit it could not read".to_string(),
+                    c => format!(
+                        "uncommitted changes to commit {}",
+                        c.trim_end_matches("+changes")
+                    ),
+                }
+            );
+        }
         let manifest = Manifest {
             archive_version: ARCHIVE_VERSION,
             run: run.name.clone(),
