@@ -150,17 +150,7 @@ fn by_columns(
 ) -> (f64, f64) {
     use cleanse_core::cpu::conv::{self, ConvGeometry};
     let n = xv.len() / (ci * hw * hw);
-    let g = ConvGeometry {
-        n,
-        ci,
-        h: hw,
-        w: hw,
-        co,
-        kh: 3,
-        kw: 3,
-        stride: [stride, stride],
-        padding: [(1, 1), (1, 1)],
-    };
+    let g = ConvGeometry::three_by_three(n, ci, co, hw, stride);
     let (k, l) = (g.rows(), g.cols());
     let w = Tensor::<3>::from_data(TensorData::new(wv.to_vec(), [1, co, k]), device);
     let fwd = ms(reps, || {

@@ -42,6 +42,22 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// A 3x3 convolution of `ci` to `co` channels on `n` images of `hw x hw` at `stride`,
+    /// padding 1: the shape of every convolution of the models after the stem.
+    pub fn three_by_three(n: usize, ci: usize, co: usize, hw: usize, stride: usize) -> Self {
+        ConvGeometry {
+            n,
+            ci,
+            h: hw,
+            w: hw,
+            co,
+            kh: 3,
+            kw: 3,
+            stride: [stride, stride],
+            padding: [(1, 1), (1, 1)],
+        }
+    }
+
     /// The output's height and width.
     pub fn out(&self) -> [usize; 2] {
         let side =

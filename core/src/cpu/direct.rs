@@ -1878,16 +1878,8 @@ mod tests {
     /// direct weight gradient up to 128 input channels; the stride-2 ones up to 32.
     #[test]
     fn each_cpu_kind_chooses_the_stages_it_was_measured_fastest_on() {
-        let at = |c: usize, co: usize, hw: usize, stride: usize| super::super::conv::ConvGeometry {
-            n: 2,
-            ci: c,
-            h: hw,
-            w: hw,
-            co,
-            kh: 3,
-            kw: 3,
-            stride: [stride, stride],
-            padding: [(1, 1), (1, 1)],
+        let at = |c, co, hw, stride| {
+            super::super::conv::ConvGeometry::three_by_three(2, c, co, hw, stride)
         };
         let stages = [(16, 32), (64, 32), (128, 16), (256, 8), (512, 4), (128, 4)];
         let forward: Vec<bool> = stages
