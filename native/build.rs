@@ -31,7 +31,12 @@ fn main() {
     {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
-    let commit = match git(&root, &["rev-parse", "HEAD"]) {
+    // Outside a checkout (a source archive) there is no commit to read, nor tries to wait for.
+    let head = match root.join(".git").exists() {
+        true => git(&root, &["rev-parse", "HEAD"]),
+        false => Err("not a git checkout".to_string()),
+    };
+    let commit = match head {
         Ok(c) => {
             let mut args = vec!["status", "--porcelain", "--untracked-files=no", "--"];
             args.extend(sources);
@@ -39,8 +44,8 @@ fn main() {
             format!("{c}{}", if changed { "+changes" } else { "" })
         }
         Err(why) => {
-            // Outside a checkout `unknown` is expected; inside one it would leave the manifests
-            // of the runs this build archives without their commit, so say so.
+            // Inside a checkout `unknown` would leave the manifests of the runs this build
+            // archives without their commit, so say so.
             if root.join(".git").exists() {
                 println!(
                     "cargo:warning=the commit of {} could not be read ({why}): runs archived by \
