@@ -331,27 +331,13 @@ fn by_rows(outs: usize, w: usize) -> bool {
     outs.is_multiple_of(2 * LANES) && w.is_multiple_of(2 * LANES) && wide()
 }
 
-/// `x` (`[n, c, h, w]`) as `[n, c, h + 2, w + 2]`, the border zero.
-#[cfg(target_arch = "x86_64")]
-fn padded_planes(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let (ph, pw) = (h + 2, w + 2);
-    let mut out = vec![0.0f32; n * c * ph * pw];
-    out.par_chunks_mut(ph * pw)
-        .zip(x.par_chunks(h * w))
-        .with_min_len(16)
-        .for_each(|(dst, src)| {
-            for (y, line) in src.chunks_exact(w).enumerate() {
-                dst[(y + 1) * pw + 1..][..w].copy_from_slice(line);
-            }
-        });
-    out
-}
-
 /// [`convolve`] at stride 1 where [`by_rows`], the roles turned: the accumulators are 16 output
 /// channels of 16 pixels of a row, each step one vector of 16 input pixels of a channel (from the
-/// padded NCHW planes: no channel blocks to build) times each output channel's weight
-/// broadcast, so that a tile's 16 vectors are written into the 16 output planes whole. The same
-/// products summed in the same order as [`convolve`], so the same result.
+/// NCHW planes: no channel blocks to build) times each output channel's weight
+/// broadcast, so that a tile's 16 vectors are written into the 16 output planes whole. The input
+/// is read where it lies (no padded copy): the kernel rows that fall on the border are left out,
+/// and the runs that start or end at a row's edge are shifted in registers with a zero lane. The
+/// other products are summed in the same order as [`convolve`], so the same result.
 #[allow(clippy::too_many_arguments)]
 fn convolve_rows(
     x: &[f32],
@@ -364,10 +350,9 @@ fn convolve_rows(
 ) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V4::try_new() {
-        let xp = padded_planes(x, n, ins, h, w);
         let (ib, ob) = (ins / LANES, outs / LANES);
         let wide = widen(wb, ob, ib);
-        let image = ins * (h + 2) * (w + 2);
+        let image = ins * h * w;
         let filters = ib * 9 * LANES;
         let mut out = vec![0.0f32; n * outs * h * w];
         out.par_chunks_mut(2 * LANES * h * w)
@@ -380,12 +365,12 @@ fn convolve_rows(
                     w,
                     group: 2,
                     stride: 1,
-                    pw: w + 2,
-                    ph: h + 2,
+                    pw: w,
+                    ph: h,
                 };
                 simd.vectorize(Rows {
                     simd,
-                    input: &xp[img * image..][..image],
+                    input: &x[img * image..][..image],
                     weight: &wide[pair * filters..][..filters],
                     p,
                     planes,
@@ -413,6 +398,7 @@ impl pulp::NullaryFnOnce for Rows<'_> {
 
     #[inline(always)]
     fn call(self) {
+        use core::arch::x86_64::__m512i;
         use pulp::f32x16;
         let Rows {
             simd,
@@ -421,22 +407,37 @@ impl pulp::NullaryFnOnce for Rows<'_> {
             p,
             planes,
         } = self;
-        let Plane {
-            ib, h, w, pw, ph, ..
-        } = p;
-        let plane = ph * pw;
+        let Plane { ib, h, w, .. } = p;
+        let plane = h * w;
+        let avx = simd.avx512f;
+        let zero: __m512i = pulp::cast(simd.splat_f32x16(0.0));
+        let load = |at: usize| -> __m512i {
+            let run: [f32; 2 * LANES] = input[at..at + 2 * LANES].try_into().expect("16 pixels");
+            pulp::cast(run)
+        };
         for y in 0..h {
             for x0 in (0..w).step_by(2 * LANES) {
                 let mut acc = [simd.splat_f32x16(0.0); 2 * LANES];
                 for b in 0..ib {
-                    for dy in 0..3 {
+                    // Kernel rows on the border's zero rows add nothing.
+                    for dy in (y == 0) as usize..3 - (y + 1 == h) as usize {
+                        let row = (y + dy - 1) * w;
                         for dx in 0..3 {
                             let taps = &weight[(b * 9 + dy * 3 + dx) * LANES..][..LANES];
                             for (c, tap) in taps.iter().enumerate() {
-                                let at = (b * LANES + c) * plane + (y + dy) * pw + x0 + dx;
-                                let run: [f32; 2 * LANES] =
-                                    input[at..at + 2 * LANES].try_into().expect("16 pixels");
-                                let xv: f32x16 = pulp::cast(run);
+                                let at = (b * LANES + c) * plane + row + x0;
+                                // The 16 pixels at x0 + dx - 1: a zero lane in from the
+                                // border at a row's first and last run.
+                                let v = match dx {
+                                    0 if x0 == 0 => avx._mm512_alignr_epi32::<15>(load(at), zero),
+                                    0 => load(at - 1),
+                                    2 if x0 + 2 * LANES == w => {
+                                        avx._mm512_alignr_epi32::<1>(zero, load(at))
+                                    }
+                                    2 => load(at + 1),
+                                    _ => load(at),
+                                };
+                                let xv: f32x16 = pulp::cast(v);
                                 for (o, a) in acc.iter_mut().enumerate() {
                                     let wv = simd.splat_f32x16(tap[o]);
                                     *a = simd.mul_add_f32x16(xv, wv, *a);
@@ -1505,7 +1506,12 @@ mod tests {
         if !wide() {
             return;
         }
-        let shapes = [(2, 16, 32, 3, 32), (1, 48, 16, 2, 16), (2, 32, 48, 4, 48)];
+        let shapes = [
+            (2, 16, 32, 3, 32),
+            (1, 48, 16, 2, 16),
+            (2, 32, 48, 4, 48),
+            (1, 16, 16, 1, 16),
+        ];
         for (n, ci, co, h, w) in shapes {
             let s = Shape3 { n, ci, co, h, w };
             let x = data(n * ci * h * w, 9);
