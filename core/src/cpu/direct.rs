@@ -365,6 +365,7 @@ fn convolve_rows(
                     w,
                     group: 2,
                     stride: 1,
+                    // The input is read unpadded: its planes are `h x w`.
                     pw: w,
                     ph: h,
                 };
