@@ -11,6 +11,9 @@
 //! the column matrices and direct. A second table: the stride-2 convolutions of the stage
 //! transitions, forward and weight gradient by the column matrices and direct. Every shape is
 //! timed, including those `cpu::conv2d` leaves to the other versions on this CPU.
+//!
+//! `direct_conv 16 direct` times the direct forms alone (forward, input gradient, weight
+//! gradient; 20 calls each), the quick table to profile them by.
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::module::conv2d;
@@ -37,6 +40,10 @@ fn main() {
         .unwrap_or(16);
     assert!(direct::supported(), "this CPU has no AVX2 and FMA");
     let (n, reps) = (128, 5);
+    if std::env::args().nth(2).as_deref() == Some("direct") {
+        direct_only(width, n, 20);
+        return;
+    }
     println!(
         "| layer | fwd Burn | fwd columns | fwd direct | input grad Burn | input grad direct | weight grad Burn | weight grad columns | weight grad direct |"
     );
@@ -92,6 +99,32 @@ fn main() {
         );
     }
     strided(width, n, reps, &device);
+}
+
+/// Milliseconds per call of the direct forms alone at each stage's shape.
+fn direct_only(width: usize, n: usize, reps: usize) {
+    println!("| layer | fwd direct | input grad direct | weight grad direct |");
+    println!("|---|---|---|---|");
+    for (c, hw) in [(width, 32), (2 * width, 16), (4 * width, 8), (8 * width, 4)] {
+        let s = Shape3 {
+            n,
+            ci: c,
+            co: c,
+            h: hw,
+            w: hw,
+        };
+        let (xv, wv, dv) = (data(n * c * hw * hw), data(c * c * 9), data(n * c * hw * hw));
+        let fwd = ms(reps, || {
+            std::hint::black_box(direct::forward(&xv, &wv, s));
+        });
+        let dx = ms(reps, || {
+            std::hint::black_box(direct::input_grad(&dv, &wv, s));
+        });
+        let dw = ms(reps, || {
+            std::hint::black_box(direct::weight_grad(&xv, &dv, s));
+        });
+        println!("| {c} ch {hw}x{hw} | {fwd:.2} | {dx:.2} | {dw:.2} |");
+    }
 }
 
 /// The stride-2 table: column matrices against the direct convolution.
