@@ -113,7 +113,11 @@ fn direct_only(width: usize, n: usize, reps: usize) {
             h: hw,
             w: hw,
         };
-        let (xv, wv, dv) = (data(n * c * hw * hw), data(c * c * 9), data(n * c * hw * hw));
+        let (xv, wv, dv) = (
+            data(n * c * hw * hw),
+            data(c * c * 9),
+            data(n * c * hw * hw),
+        );
         let fwd = ms(reps, || {
             std::hint::black_box(direct::forward(&xv, &wv, s));
         });
