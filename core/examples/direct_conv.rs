@@ -13,7 +13,8 @@
 //! timed, including those `cpu::conv2d` leaves to the other versions on this CPU.
 //!
 //! `direct_conv 16 direct` times the direct forms alone (forward, input gradient, weight
-//! gradient; 20 calls each), the quick table to profile them by.
+//! gradient; 20 calls each), the quick table to profile them by, beside
+//! `python3 bench/pytorch_op_times.py --direct --width 16 --threads 1`.
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::module::conv2d;
