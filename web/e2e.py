@@ -11,7 +11,7 @@ the after numbers (E2E_WEBGPU_TRAIN=0 skips training on WebGPU); the browser con
 rejected kernel, wgpu error or panic. Then the viewer: sample reports
 give the attack x defense table, a malformed report gives an error naming the file, and the
 results archive of the quick protocol (results/quick), opened as a folder, gives its table and
-every run's curves, and the subset table's archive (results/subset) every cell finished so far.
+every run's curves, and the subset table's archive (results/subset) all 48 of its cells.
 Saves screenshots into OUT_DIR. E2E_QUERY adds URL settings (e.g. batches=1); E2E_BACKENDS picks backends ("webgpu cpu"). With --bench, trains two whole epochs of the demo setting on each
 backend instead (BadNets, width 8, 1,500 images, batch 32), and prints the epoch times.
 """
@@ -251,10 +251,12 @@ def viewer(b, base, out):
         raise Fail(f"expected a note on the files left unread: {notes!r}")
     print(f"[viewer] archive folder: {runs} runs, {notes.strip()}")
     b.screenshot(os.path.join(out, "viewer-archive.png"))
-    # The subset table's archive (RESULTS.md), as far as it is finished: every archived cell
-    # shows, the missing ones as missing.
+    # The subset table's archive (RESULTS.md): six attacks by the undefended model and seven
+    # defenses, every cell archived and shown.
     archived, stable = open_archive(b, "subset")
     done = [c for row in archived["cells"] for c in row if c and c.get("n")]
+    if len(done) != 48:
+        raise Fail(f"the subset archive has {len(done)} of its 48 cells")
     want = [f"{100 * c['acc_mean']:.1f}" for c in done]
     if "subset" not in (b.text("#viewer h3") or "") or not all(w in stable for w in want):
         raise Fail(f"the subset archive's table lacks its name or a cell of {want}: {stable!r}")
