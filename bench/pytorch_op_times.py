@@ -28,6 +28,11 @@ def ms(reps, f):
     return (time.perf_counter() - t) / reps * 1e3
 
 
+def stages(width):
+    """The 3x3 stride-1 convolutions of a 32-pixel ResNet-18 of `width`: channels and plane side."""
+    return [(width, 32), (2 * width, 16), (4 * width, 8), (8 * width, 4)]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--width", type=int, default=16)
@@ -43,7 +48,7 @@ def main():
         return
     print("| layer | conv fwd | conv input grad | conv fwd+bwd | BN fwd | BN fwd+bwd |")
     print("|---|---|---|---|---|---|")
-    for c, hw in [(a.width, 32), (2 * a.width, 16), (4 * a.width, 8), (8 * a.width, 4)]:
+    for c, hw in stages(a.width):
         x = torch.randn(n, c, hw, hw)
         r = torch.randn(n, c, hw, hw)
         w = torch.randn(c, c, 3, 3) * 0.1
@@ -72,7 +77,7 @@ def direct_only(width, n, reps):
     """Milliseconds per call of the 3x3 convolution's forward, input and weight gradient."""
     print("| layer | fwd | input grad | weight grad |")
     print("|---|---|---|---|")
-    for c, hw in [(width, 32), (2 * width, 16), (4 * width, 8), (8 * width, 4)]:
+    for c, hw in stages(width):
         x = torch.randn(n, c, hw, hw)
         w = torch.randn(c, c, 3, 3) * 0.1
         dy = torch.randn(n, c, hw, hw)

@@ -31,6 +31,12 @@ fn ms(reps: usize, mut f: impl FnMut()) -> f64 {
     t.elapsed().as_secs_f64() / reps as f64 * 1e3
 }
 
+/// The 3x3 stride-1 convolutions of a 32-pixel ResNet-18 of `width`: channels and plane side of
+/// each stage.
+fn stages(width: usize) -> [(usize, usize); 4] {
+    [(width, 32), (2 * width, 16), (4 * width, 8), (8 * width, 4)]
+}
+
 fn main() {
     use burn::backend::ops::ModuleOps;
     type Ops = burn::backend::Dispatch;
@@ -49,7 +55,7 @@ fn main() {
         "| layer | fwd Burn | fwd columns | fwd direct | input grad Burn | input grad direct | weight grad Burn | weight grad columns | weight grad direct |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (c, hw) in [(width, 32), (2 * width, 16), (4 * width, 8), (8 * width, 4)] {
+    for (c, hw) in stages(width) {
         let x = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.0, 1.0), &device);
         let w = Tensor::<4>::random([c, c, 3, 3], Distribution::Normal(0.0, 0.1), &device);
         let dy = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.0, 1.0), &device);
@@ -106,7 +112,7 @@ fn main() {
 fn direct_only(width: usize, n: usize, reps: usize) {
     println!("| layer | fwd direct | input grad direct | weight grad direct |");
     println!("|---|---|---|---|");
-    for (c, hw) in [(width, 32), (2 * width, 16), (4 * width, 8), (8 * width, 4)] {
+    for (c, hw) in stages(width) {
         let s = Shape3 {
             n,
             ci: c,
